@@ -1,0 +1,470 @@
+"""The YAML file, turned into frozen dataclasses or a ConfigError naming the path.
+
+Why so strict: an operator who types ``concurency: 8`` must hear about it at
+``governor check`` time, not discover at 3 a.m. that the queue ran with one
+worker. Every error therefore carries the dotted path and the bad value.
+The result is immutable, so a reload is "parse a whole new Config, compare,
+apply" and a bad file can never leave a half-applied config behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from governor.units import format_duration, format_size, parse_duration, parse_size
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str()`` names the path, e.g. ``queues.email.concurrency: ...``."""
+
+    def __init__(self, path: str, message: str, source: str | None = None) -> None:
+        self.path = path
+        self.message = message
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{path}: {message}" if path else f"{where}{message}")
+
+
+@dataclass(frozen=True)
+class MemoryLimits:
+    soft: int | None = 512 * 1024**2
+    hard: int | None = 1024**3
+    measure: str = "rss"  # rss | uss | pss: what confirms a limit crossed on RSS
+
+
+@dataclass(frozen=True)
+class TimeoutLimits:
+    soft: float | None = 50.0
+    hard: float | None = 60.0
+
+
+@dataclass(frozen=True)
+class RecyclePolicy:
+    max_jobs: int | None = 1000
+    max_age: float | None = 4 * 3600.0
+    jitter: float = 0.1
+    max_concurrent: int | None = None  # None: a quarter of the pool, at least 1
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max: int = 3
+    backoff: float = 2.0
+    max_backoff: float = 600.0
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """What a queue inherits from ``defaults``; a change here restarts its workers on reload."""
+
+    memory: MemoryLimits = field(default_factory=MemoryLimits)
+    timeout: TimeoutLimits = field(default_factory=TimeoutLimits)
+    recycle: RecyclePolicy = field(default_factory=RecyclePolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    done_ttl: float = 3600.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    name: str
+    concurrency: int
+    settings: QueueSettings
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "governor"
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == "embedded"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    path: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
+    handlers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    redis: RedisConfig
+    app: AppConfig
+    queues: Mapping[str, QueueConfig]
+    shutdown_timeout: float = 30.0
+    lease: float = 60.0
+    state_dir: str = ""
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective config, as YAML-ready data with units spelled out."""
+
+        def settings(s: QueueSettings) -> dict[str, Any]:
+            return {
+                "memory": {"soft": format_size(s.memory.soft), "hard": format_size(s.memory.hard),
+                           "measure": s.memory.measure},
+                "timeout": {"soft": format_duration(s.timeout.soft),
+                            "hard": format_duration(s.timeout.hard)},
+                "recycle": {"max_jobs": s.recycle.max_jobs,
+                            "max_age": format_duration(s.recycle.max_age),
+                            "jitter": s.recycle.jitter,
+                            "max_concurrent": s.recycle.max_concurrent},
+                "retry": {"max": s.retry.max, "backoff": format_duration(s.retry.backoff),
+                          "max_backoff": format_duration(s.retry.max_backoff)},
+                "done_ttl": format_duration(s.done_ttl),
+            }
+
+        return {
+            "redis": {"url": mask_url(self.redis.url), "prefix": self.redis.prefix},
+            "app": {"path": list(self.app.path), "preload": list(self.app.preload),
+                    "handlers": list(self.app.handlers)},
+            "shutdown_timeout": format_duration(self.shutdown_timeout),
+            "lease": format_duration(self.lease),
+            "state_dir": self.state_dir,
+            "log": {"level": self.log.level, "format": self.log.format},
+            "metrics": {"listen": self.metrics.listen},
+            "queues": {q.name: {"concurrency": q.concurrency, **settings(q.settings)}
+                       for q in self.queues.values()},
+        }
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in ``redis://user:secret@host`` so it never reaches a log or status."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+# --------------------------------------------------------------------------
+# Parsing
+
+
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+
+
+def interpolate(text: str, path: str, env: Mapping[str, str]) -> str:
+    """``${VAR}``, ``${VAR:-default}`` (unset or empty), ``${VAR-default}`` (unset); ``$$`` is ``$``."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, default = m.group(1), m.group(2), m.group(3)
+        value = env.get(name)
+        if op == ":-" and not value:
+            return default
+        if op == "-" and value is None:
+            return default
+        if value is None:
+            raise ConfigError(path, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+        return value
+
+    return _ENV.sub(sub, text)
+
+
+class _Section:
+    """One mapping of the YAML file: hands out its keys and rejects any left unread."""
+
+    def __init__(self, data: object, path: str, env: Mapping[str, str]) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(path, f"expected a mapping, got {_show(data)}")
+        self.data = dict(data)
+        self.path = path
+        self.env = env
+
+    def sub(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, parse: Callable[[Any], Any], default: Any = None) -> Any:
+        if key not in self.data:
+            return default
+        raw = self.data.pop(key)
+        raw = self._expand(raw, self.sub(key))
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(self.sub(key), str(exc)) from None
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.data.pop(key, None), self.sub(key), self.env)
+
+    def raw(self, key: str) -> Any:
+        return self.data.pop(key, None)
+
+    def _expand(self, value: Any, path: str) -> Any:
+        if isinstance(value, str):
+            return interpolate(value, path, self.env)
+        if isinstance(value, list):
+            return [self._expand(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    def done(self) -> None:
+        if self.data:
+            key = sorted(map(str, self.data))[0]
+            raise ConfigError(self.sub(key), "unknown key" + _suggest(key, self.known))
+
+    known: tuple[str, ...] = ()
+
+    def expect(self, *keys: str) -> _Section:
+        self.known = keys
+        return self
+
+
+def _suggest(key: str, known: tuple[str, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} (known keys: {', '.join(known)})" if known else hint
+
+
+def _show(value: object) -> str:
+    return repr(value)
+
+
+def _int(minimum: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"expected an integer >= {minimum}, got {v!r}")
+        if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
+            v = int(v)
+        if not isinstance(v, int) or v < minimum:
+            raise ValueError(f"expected an integer >= {minimum}, got {v!r}")
+        return v
+
+    return parse
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``off``/``false``/``none`` disable a limit; anything else goes to ``parse``."""
+
+    def wrapped(v: Any) -> Any:
+        if v is False or (isinstance(v, str) and v.strip().lower() in ("off", "none", "false", "no")):
+            return None
+        return parse(v)
+
+    return wrapped
+
+
+def _fraction(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise ValueError(f"expected a number between 0 and 1, got {v!r}")
+    return float(v)
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if not isinstance(v, str) or v.lower() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
+        return v.lower()
+
+    return parse
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+        raise ValueError(f"expected a string, got {v!r}")
+    return str(v)
+
+
+def _string_list(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError(f"expected a list of strings, got {v!r}")
+    return tuple(v)
+
+
+def _handler_patterns(v: Any) -> tuple[str, ...]:
+    patterns = _string_list(v)
+    for p in patterns:
+        if ":" not in p:
+            raise ValueError(f"expected 'module:function' patterns such as 'myapp.tasks:*', got {p!r}")
+    return patterns
+
+
+def _listen(v: Any) -> str:
+    v = _string(v)
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9808, got {v!r}")
+    return v
+
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SETTING_KEYS = ("memory", "timeout", "recycle", "retry", "done_ttl")
+
+
+def _settings(sec: _Section, base: QueueSettings) -> QueueSettings:
+    """Reads the inheritable keys of ``defaults`` or of one queue, over ``base``."""
+    mem = sec.section("memory").expect("soft", "hard", "measure")
+    memory = MemoryLimits(
+        soft=mem.get("soft", _optional(parse_size), base.memory.soft),
+        hard=mem.get("hard", _optional(parse_size), base.memory.hard),
+        measure=mem.get("measure", _choice("rss", "uss", "pss"), base.memory.measure),
+    )
+    mem.done()
+    if memory.soft and memory.hard and memory.soft > memory.hard:
+        raise ConfigError(mem.path, f"soft ({format_size(memory.soft)}) is above hard ({format_size(memory.hard)})")
+
+    tmo = sec.section("timeout").expect("soft", "hard")
+    timeout = TimeoutLimits(
+        soft=tmo.get("soft", _optional(parse_duration), base.timeout.soft),
+        hard=tmo.get("hard", _optional(parse_duration), base.timeout.hard),
+    )
+    tmo.done()
+    if timeout.soft and timeout.hard and timeout.soft > timeout.hard:
+        raise ConfigError(tmo.path, f"soft ({format_duration(timeout.soft)}) is above hard ({format_duration(timeout.hard)})")
+
+    rec = sec.section("recycle").expect("max_jobs", "max_age", "jitter", "max_concurrent")
+    recycle = RecyclePolicy(
+        max_jobs=rec.get("max_jobs", _optional(_int(1)), base.recycle.max_jobs),
+        max_age=rec.get("max_age", _optional(parse_duration), base.recycle.max_age),
+        jitter=rec.get("jitter", _fraction, base.recycle.jitter),
+        max_concurrent=rec.get("max_concurrent", _int(1), base.recycle.max_concurrent),
+    )
+    rec.done()
+
+    ret = sec.section("retry").expect("max", "backoff", "max_backoff")
+    retry = RetryPolicy(
+        max=ret.get("max", _int(0), base.retry.max),
+        backoff=ret.get("backoff", parse_duration, base.retry.backoff),
+        max_backoff=ret.get("max_backoff", parse_duration, base.retry.max_backoff),
+    )
+    ret.done()
+    done_ttl = sec.get("done_ttl", parse_duration, base.done_ttl)
+    return QueueSettings(memory=memory, timeout=timeout, recycle=recycle, retry=retry, done_ttl=done_ttl)
+
+
+def default_state_dir(source: str) -> str:
+    """Where the control socket (and an embedded Redis) live when the file does not say.
+
+    systemd's ``RuntimeDirectory=`` wins; otherwise a per-user directory keyed by
+    the config file, so two configs on one host never share a socket.
+    """
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return os.environ["RUNTIME_DIRECTORY"].split(":")[0]
+    import hashlib
+
+    key = hashlib.sha1(os.path.abspath(source).encode()).hexdigest()[:8]
+    return os.path.join(tempfile.gettempdir(), f"governor-{os.getuid()}", key)
+
+
+def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+    """Validates already-loaded YAML data; paths in ``app.path`` resolve against ``source``'s directory."""
+    env = os.environ if env is None else env
+    try:
+        return _parse(data, source, env)
+    except ConfigError as exc:
+        if exc.source is None:
+            raise ConfigError(exc.path, exc.message, source) from None
+        raise
+
+
+def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
+    top = _Section(data, "", env).expect(
+        "redis", "app", "defaults", "queues", "shutdown_timeout", "lease", "state_dir", "log", "metrics")
+    base_dir = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
+
+    red = top.section("redis").expect("url", "prefix")
+    redis = RedisConfig(
+        url=red.get("url", _string, RedisConfig.url),
+        prefix=red.get("prefix", _string, RedisConfig.prefix),
+    )
+    red.done()
+    if not (redis.embedded or re.match(r"^(redis|rediss|unix)://", redis.url)):
+        raise ConfigError("redis.url", f"expected redis://, rediss://, unix:// or 'embedded', got {mask_url(redis.url)!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", redis.prefix):
+        raise ConfigError("redis.prefix", f"expected letters, digits and _.:- only, got {redis.prefix!r}")
+
+    ap = top.section("app").expect("path", "preload", "handlers")
+    app = AppConfig(
+        path=tuple(str((base_dir / p).resolve()) for p in ap.get("path", _string_list, ())),
+        preload=ap.get("preload", _string_list, ()),
+        handlers=ap.get("handlers", _handler_patterns, ()),
+    )
+    ap.done()
+
+    defaults_sec = top.section("defaults").expect(*_SETTING_KEYS)
+    defaults = _settings(defaults_sec, QueueSettings())
+    defaults_sec.done()
+
+    queues_raw = top.raw("queues")
+    if not isinstance(queues_raw, dict) or not queues_raw:
+        raise ConfigError("queues", f"expected a mapping of queue name to settings, got {_show(queues_raw)}")
+    queues: dict[str, QueueConfig] = {}
+    for name, body in queues_raw.items():
+        path = f"queues.{name}"
+        if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+            raise ConfigError(path, "queue names are 1-64 letters, digits or _.-")
+        if isinstance(body, int) and not isinstance(body, bool):
+            body = {"concurrency": body}
+        q = _Section(body, path, env).expect("concurrency", *_SETTING_KEYS)
+        concurrency = q.get("concurrency", _int(0), 1)
+        settings = _settings(q, defaults)
+        q.done()
+        queues[name] = QueueConfig(name=name, concurrency=concurrency, settings=settings)
+
+    shutdown_timeout = top.get("shutdown_timeout", parse_duration, 30.0)
+    lease = top.get("lease", parse_duration, 60.0)
+    if lease < 1:
+        raise ConfigError("lease", f"expected at least 1s, got {format_duration(lease)}")
+    state_dir = top.get("state_dir", _string, None)
+    state_dir = str((base_dir / state_dir).resolve()) if state_dir else default_state_dir(source)
+
+    lg = top.section("log").expect("level", "format")
+    log = LogConfig(
+        level=lg.get("level", _choice("debug", "info", "warning", "error"), "info"),
+        format=lg.get("format", _choice("text", "json"), "text"),
+    )
+    lg.done()
+
+    me = top.section("metrics").expect("listen")
+    metrics = MetricsConfig(listen=me.get("listen", _optional(_listen), None))
+    me.done()
+    top.done()
+
+    return Config(source=source, redis=redis, app=app, queues=queues,
+                  shutdown_timeout=shutdown_timeout, lease=lease, state_dir=state_dir,
+                  log=log, metrics=metrics)
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
+    """Reads and validates a YAML file; every failure is a ConfigError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config: {exc.strerror}", path) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError("", f"invalid YAML: {where}{problem}", path) from None
+    return parse_config(data, path, env)

@@ -1,0 +1,26 @@
+-- KEYS: active, meta, data, done, leases, stats
+-- ARGV: id, token, worker, done_ttl_ms, result_json ('' for none), run_ms
+-- Returns 1 when settled, 0 when the lease was lost (the job is someone else's now).
+local now = now_ms()
+local id = ARGV[1]
+local meta = load_meta(KEYS[2], id)
+if not leased(meta, ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], id)
+release(KEYS[5], ARGV[3], id)
+meta.state = 'done'
+meta.token = nil
+meta.finished_at = now
+meta.run_ms = tonumber(ARGV[6])
+if ARGV[5] ~= '' then meta.result = cjson.decode(ARGV[5]) end
+redis.call('HSET', KEYS[2], id, cjson.encode(meta))
+redis.call('ZADD', KEYS[4], fmt(now), id)
+redis.call('HINCRBY', KEYS[6], 'done', 1)
+-- Expire done records a couple at a time, so the work keeps pace with acks
+-- without ever making one ack slow.
+local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(now - tonumber(ARGV[4])), 'LIMIT', 0, 2)
+for _, gone in ipairs(old) do
+  redis.call('ZREM', KEYS[4], gone)
+  redis.call('HDEL', KEYS[2], gone)
+  redis.call('HDEL', KEYS[3], gone)
+end
+return 1

@@ -1,0 +1,51 @@
+-- KEYS: active, meta, waiting, delayed, dead, leases, wake, stats
+-- ARGV: id, token, worker, error_json, mode, backoff_ms, reason, default_max_retries
+-- mode 'retry': retry after backoff_ms while attempts remain, else dead-letter.
+-- mode 'dead': dead-letter now (bad payload, handler not allowed).
+-- mode 'requeue': back to the front of waiting, the attempt not counted
+--   (the job did nothing wrong: its worker was stopped under it).
+-- Returns 0 lease lost, 1 requeued, 2 retry scheduled, 3 dead-lettered.
+local now = now_ms()
+local id, mode = ARGV[1], ARGV[5]
+local meta = load_meta(KEYS[2], id)
+if not leased(meta, ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], id)
+release(KEYS[6], ARGV[3], id)
+meta.token = nil
+if ARGV[4] ~= '' then
+  local entry = cjson.decode(ARGV[4])
+  entry.at = now
+  if type(meta.errors) ~= 'table' then meta.errors = {} end
+  table.insert(meta.errors, entry)
+end
+local max_retries = tonumber(meta.max_retries) or tonumber(ARGV[8])
+local result
+if mode == 'requeue' then
+  meta.attempts = math.max(0, (tonumber(meta.attempts) or 1) - 1)
+  meta.state = 'waiting'
+  redis.call('ZADD', KEYS[3], fmt(score(meta)), id)
+  wake(KEYS[7], 1)
+  result = 1
+elseif mode == 'retry' and (tonumber(meta.attempts) or 1) <= max_retries then
+  local backoff = tonumber(ARGV[6])
+  if backoff > 0 then
+    meta.state = 'delayed'
+    meta.due_at = now + backoff
+    redis.call('ZADD', KEYS[4], fmt(meta.due_at), id)
+  else
+    meta.state = 'waiting'
+    redis.call('ZADD', KEYS[3], fmt(score(meta)), id)
+  end
+  wake(KEYS[7], 1)
+  redis.call('HINCRBY', KEYS[8], 'retried', 1)
+  result = 2
+else
+  meta.state = 'dead'
+  meta.reason = ARGV[7]
+  meta.finished_at = now
+  redis.call('ZADD', KEYS[5], fmt(now), id)
+  redis.call('HINCRBY', KEYS[8], 'dead', 1)
+  result = 3
+end
+redis.call('HSET', KEYS[2], id, cjson.encode(meta))
+return result

@@ -1,0 +1,75 @@
+-- Shared prelude, prepended to every script. Every key a script touches is
+-- passed in KEYS; all of a queue's keys share the hash tag {prefix:queue}.
+-- Times are Redis server milliseconds, so hosts with skewed clocks agree.
+-- Numbers are handed to redis.call as '%.0f' strings: Lua's default number
+-- formatting keeps only 14 digits, which would corrupt scores.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function fmt(n)
+  return string.format('%.0f', n)
+end
+
+-- FIFO within a priority: lower priority number first, then enqueue order.
+local function score(meta)
+  local p = tonumber(meta.priority) or 50
+  return p * 1e13 + (tonumber(meta.seq) or 0)
+end
+
+local function load_meta(meta_key, id)
+  local raw = redis.call('HGET', meta_key, id)
+  if raw then
+    local ok, meta = pcall(cjson.decode, raw)
+    if ok and type(meta) == 'table' then return meta end
+  end
+  -- A record written by something other than governor: keep the id so the
+  -- worker can dead-letter it with a reason instead of losing it.
+  return {id = id, malformed = true}
+end
+
+local function wake(wake_key, n)
+  if n > 0 then
+    local tokens = {}
+    for i = 1, math.min(n, 512) do tokens[i] = '1' end
+    redis.call('RPUSH', wake_key, unpack(tokens))
+    redis.call('LTRIM', wake_key, -4096, -1)
+  end
+end
+
+-- Moves delayed jobs that are due to waiting; returns how many moved.
+local function promote(delayed_key, waiting_key, meta_key, wake_key, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', fmt(now), 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    local meta = load_meta(meta_key, id)
+    meta.state = 'waiting'
+    meta.due_at = nil
+    redis.call('ZREM', delayed_key, id)
+    redis.call('ZADD', waiting_key, fmt(score(meta)), id)
+    redis.call('HSET', meta_key, id, cjson.encode(meta))
+  end
+  wake(wake_key, #due)
+  return #due
+end
+
+-- Milliseconds until the next delayed job is due, or -1 when none is.
+local function next_due(delayed_key, now)
+  local first = redis.call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
+  if first[2] then return math.max(0, tonumber(first[2]) - now) end
+  return -1
+end
+
+-- Forgets a worker's lease entry, but only if it still names this job.
+local function release(leases_key, worker, id)
+  local held = redis.call('HGET', leases_key, worker)
+  if held and string.sub(held, 1, #id + 1) == id .. ' ' then
+    redis.call('HDEL', leases_key, worker)
+  end
+end
+
+-- The lease check that fences every settle: only the holder of the token
+-- may move an active job on.
+local function leased(meta, token)
+  return meta.state == 'active' and meta.token == token
+end

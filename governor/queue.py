@@ -1,0 +1,348 @@
+"""The Redis protocol: one queue's keys, the Lua scripts that move jobs, and ``Client``.
+
+Every state change of a job is one script (see ``governor/lua``), so a crash
+between two commands can never lose or duplicate a job. Scripts are sent as
+EVALSHA, batched in one pipeline when a worker settles one job and reserves
+the next, so a job costs a single round trip in steady state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, NamedTuple
+
+import redis
+
+from governor.connection import connect
+from governor.units import parse_duration
+
+DEFAULT_PRIORITY = 50
+MAX_PRIORITY = 100
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+_BULK_CHUNK = 1000
+
+
+def _load_scripts() -> dict[str, tuple[str, str]]:
+    pkg = resources.files("governor") / "lua"
+    prelude = (pkg / "lib.lua").read_text()
+    scripts = {}
+    for name in ("enqueue", "reserve", "ack", "fail", "tick", "renew"):
+        src = prelude + "\n" + (pkg / f"{name}.lua").read_text()
+        scripts[name] = (src, hashlib.sha1(src.encode()).hexdigest())
+    return scripts
+
+
+_SCRIPTS = _load_scripts()
+
+
+class Call(NamedTuple):
+    """One script invocation, ready to run alone or in a pipeline."""
+
+    script: str
+    keys: Sequence[str]
+    args: Sequence[Any]
+
+
+def run(client: redis.Redis, *calls: Call) -> list[Any]:
+    """Runs the calls in one round trip; reloads the scripts once if Redis forgot them.
+
+    A NOSCRIPT error means that command did not run, so re-running just the
+    failed ones is safe (a restarted Redis starts with an empty script cache).
+    """
+    results = _execute(client, calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+    if missing:
+        for src, _sha in _SCRIPTS.values():
+            client.script_load(src)
+        retried = _execute(client, [calls[i] for i in missing])
+        for i, r in zip(missing, retried, strict=True):
+            results[i] = r
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
+
+
+def _execute(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    if len(calls) == 1:
+        c = calls[0]
+        try:
+            return [client.evalsha(_SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)]
+        except redis.exceptions.NoScriptError as exc:
+            return [exc]
+    pipe = client.pipeline(transaction=False)
+    for c in calls:
+        pipe.evalsha(_SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)
+    return pipe.execute(raise_on_error=False)
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Every key of one queue, all under the hash tag ``{prefix:queue}`` (one Cluster slot)."""
+
+    prefix: str
+    queue: str
+
+    def key(self, part: str) -> str:
+        return f"{{{self.prefix}:{self.queue}}}:{part}"
+
+    @property
+    def waiting(self) -> str:
+        return self.key("waiting")
+
+    @property
+    def delayed(self) -> str:
+        return self.key("delayed")
+
+    @property
+    def active(self) -> str:
+        return self.key("active")
+
+    @property
+    def dead(self) -> str:
+        return self.key("dead")
+
+    @property
+    def done(self) -> str:
+        return self.key("done")
+
+    @property
+    def meta(self) -> str:
+        return self.key("meta")
+
+    @property
+    def data(self) -> str:
+        return self.key("data")
+
+    @property
+    def leases(self) -> str:
+        return self.key("leases")
+
+    @property
+    def wake(self) -> str:
+        return self.key("wake")
+
+    @property
+    def stats(self) -> str:
+        return self.key("stats")
+
+    # -- script calls ---------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[tuple[str, str, str, int]]) -> Call:
+        args: list[Any] = [len(jobs)]
+        for job in jobs:
+            args.extend(job)
+        return Call("enqueue", (self.meta, self.data, self.waiting, self.delayed,
+                                self.key("seq"), self.wake, self.stats), args)
+
+    def reserve(self, worker: str, token: str, lease_ms: int) -> Call:
+        return Call("reserve", (self.waiting, self.delayed, self.active, self.meta, self.data,
+                                self.leases, self.wake), (worker, token, lease_ms))
+
+    def ack(self, job_id: str, token: str, worker: str, done_ttl_ms: int, result: str,
+            run_ms: int) -> Call:
+        return Call("ack", (self.active, self.meta, self.data, self.done, self.leases, self.stats),
+                    (job_id, token, worker, done_ttl_ms, result, run_ms))
+
+    def fail(self, job_id: str, token: str, worker: str, error: dict | None, mode: str,
+             backoff_ms: int, reason: str, default_max_retries: int) -> Call:
+        """mode: ``retry`` (if attempts remain), ``dead`` (now) or ``requeue`` (attempt not counted)."""
+        return Call("fail", (self.active, self.meta, self.waiting, self.delayed, self.dead,
+                             self.leases, self.wake, self.stats),
+                    (job_id, token, worker, json.dumps(error) if error else "", mode, backoff_ms,
+                     reason, default_max_retries))
+
+    def tick(self, done_ttl_ms: int) -> Call:
+        return Call("tick", (self.waiting, self.delayed, self.active, self.meta, self.data,
+                             self.done, self.wake), (done_ttl_ms,))
+
+    def renew(self, lease_ms: int, workers: Sequence[str]) -> Call:
+        return Call("renew", (self.active, self.leases), (lease_ms, *workers))
+
+
+class FailOutcome:
+    """Return codes of fail.lua."""
+
+    LOST = 0
+    REQUEUED = 1
+    RETRYING = 2
+    DEAD = 3
+
+
+@dataclass
+class Reserved:
+    """A job leased to this worker: settle it with its ``token`` or lose it to the fence."""
+
+    id: str
+    token: str
+    payload: bytes
+    meta: dict[str, Any]
+
+    @classmethod
+    def from_reply(cls, reply: list[Any], token: str) -> Reserved:
+        _, job_id, payload, meta = reply
+        return cls(id=job_id.decode(), token=token, payload=payload, meta=json.loads(meta))
+
+    @property
+    def attempts(self) -> int:
+        return int(self.meta.get("attempts") or 1)
+
+
+def lease_of(client: redis.Redis, keys: QueueKeys, worker: str) -> tuple[str, str] | None:
+    """The (job id, token) a worker holds in this queue, as Redis knows it."""
+    held = client.hget(keys.leases, worker)
+    if not held:
+        return None
+    job_id, _, token = held.decode().partition(" ")
+    return job_id, token
+
+
+def _seconds(value: float | str | None, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+_TIME_FIELDS = ("enqueued_at", "started_at", "finished_at", "due_at")
+
+
+class Client:
+    """Enqueue jobs and read their records. Safe to share within one process, not across fork."""
+
+    def __init__(self, connection: redis.Redis, prefix: str = "governor",
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.redis = connection
+        self.prefix = prefix
+        self.max_payload = max_payload
+        self._registered: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "governor", **kwargs: Any) -> Client:
+        return cls(connect(url), prefix=prefix, **kwargs)
+
+    def keys(self, queue: str) -> QueueKeys:
+        return QueueKeys(self.prefix, queue)
+
+    def enqueue(self, queue: str, handler: str, *args: Any, priority: int = DEFAULT_PRIORITY,
+                delay: float | str | None = None, timeout: float | str | None = None,
+                max_retries: int | None = None, job_id: str | None = None,
+                **kwargs: Any) -> str:
+        """Queues one job and returns its id; an existing ``job_id`` is not queued twice."""
+        return self.enqueue_many(queue, [{
+            "handler": handler, "args": list(args), "kwargs": kwargs, "priority": priority,
+            "delay": delay, "timeout": timeout, "max_retries": max_retries, "job_id": job_id,
+        }])[0]
+
+    def enqueue_many(self, queue: str, jobs: Iterable[dict[str, Any]]) -> list[str]:
+        """Queues many jobs in one round trip. Each dict has ``handler`` and optionally
+        ``args``, ``kwargs``, ``priority``, ``delay``, ``timeout``, ``max_retries``, ``job_id``."""
+        keys = self.keys(queue)
+        prepared = [self._prepare(queue, spec) for spec in jobs]
+        ids = [p[0] for p in prepared]
+        calls = [keys.enqueue(prepared[i:i + _BULK_CHUNK])
+                 for i in range(0, len(prepared), _BULK_CHUNK)]
+        if not calls:
+            return []
+        if queue not in self._registered:
+            # once per client and queue: lets `job(id)` and `status` find the queue
+            self.redis.sadd(f"{self.prefix}:queues", queue)
+            self._registered.add(queue)
+        run(self.redis, *calls)
+        return ids
+
+    def _prepare(self, queue: str, spec: dict[str, Any]) -> tuple[str, str, str, int]:
+        unknown = set(spec) - {"handler", "args", "kwargs", "priority", "delay", "timeout",
+                               "max_retries", "job_id"}
+        if unknown:
+            raise ValueError(f"unknown job field(s): {', '.join(sorted(unknown))}")
+        handler = spec.get("handler")
+        if not isinstance(handler, str) or ":" not in handler:
+            raise ValueError(f"handler must be 'module:function', got {handler!r}")
+        args, kwargs = spec.get("args") or [], spec.get("kwargs") or {}
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise ValueError("args must be a list and kwargs a mapping")
+        priority = spec.get("priority", DEFAULT_PRIORITY)
+        if priority is None:
+            priority = DEFAULT_PRIORITY
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be an integer 0-{MAX_PRIORITY} (lower runs first), got {priority!r}")
+        max_retries = spec.get("max_retries")
+        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        delay = _seconds(spec.get("delay"), "delay") or 0.0
+        timeout = _seconds(spec.get("timeout"), "timeout")
+        job_id = spec.get("job_id") or uuid.uuid4().hex
+        if not isinstance(job_id, str) or not job_id or len(job_id) > 200 or " " in job_id:
+            raise ValueError(f"job_id must be a non-empty string without spaces, got {job_id!r}")
+        try:
+            payload = json.dumps({"handler": handler, "args": list(args), "kwargs": kwargs},
+                                 separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"job arguments must be JSON-serialisable: {exc}") from None
+        if len(payload) > self.max_payload:
+            raise ValueError(f"job payload is {len(payload)} bytes, over the limit of {self.max_payload}")
+        meta: dict[str, Any] = {"id": job_id, "queue": queue, "handler": handler, "priority": priority}
+        if max_retries is not None:
+            meta["max_retries"] = max_retries
+        if timeout is not None:
+            meta["timeout"] = timeout
+        return job_id, payload, json.dumps(meta, separators=(",", ":")), int(delay * 1000)
+
+    def queues(self) -> list[str]:
+        """Every queue a client has enqueued to under this prefix."""
+        return sorted(q.decode() for q in self.redis.smembers(f"{self.prefix}:queues"))
+
+    def job(self, job_id: str, queue: str | None = None) -> dict[str, Any] | None:
+        """The job's record (state, attempts, errors, result...), or None if unknown or expired."""
+        queues = [queue] if queue else self.queues()
+        pipe = self.redis.pipeline(transaction=False)
+        for q in queues:
+            pipe.hget(self.keys(q).meta, job_id)
+            pipe.hget(self.keys(q).data, job_id)
+        replies = pipe.execute()
+        for i in range(len(queues)):
+            meta, payload = replies[2 * i], replies[2 * i + 1]
+            if meta is None:
+                continue
+            record = json.loads(meta)
+            for name in _TIME_FIELDS:
+                if record.get(name) is not None:
+                    record[name] = record[name] / 1000.0
+            if not isinstance(record.get("errors"), list):
+                record["errors"] = []
+            try:
+                body = json.loads(payload) if payload else {}
+            except ValueError:
+                body = {}
+            record["args"] = body.get("args", []) if isinstance(body, dict) else []
+            record["kwargs"] = body.get("kwargs", {}) if isinstance(body, dict) else {}
+            return record
+        return None
+
+    def counts(self, queue: str) -> dict[str, int]:
+        """How many jobs are in each state, plus the queue's lifetime counters."""
+        k = self.keys(queue)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in (k.waiting, k.delayed, k.active, k.dead, k.done):
+            pipe.zcard(key)
+        pipe.hgetall(k.stats)
+        *cards, stats = pipe.execute()
+        out = dict(zip(("waiting", "delayed", "active", "dead", "done"), cards, strict=True))
+        for name in ("enqueued", "retried"):
+            out[f"{name}_total"] = int(stats.get(name.encode(), 0))
+        out["done_total"] = int(stats.get(b"done", 0))
+        out["dead_total"] = int(stats.get(b"dead", 0))
+        return out
+
+    def dead(self, queue: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recently dead-lettered jobs of a queue, newest first."""
+        ids = self.redis.zrevrange(self.keys(queue).dead, 0, limit - 1)
+        return [r for r in (self.job(i.decode(), queue) for i in ids) if r]
