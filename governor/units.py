@@ -46,13 +46,15 @@ def parse_duration(value: object) -> float:
 
 
 def format_size(n: int | None) -> str:
+    """The largest unit that states ``n`` exactly (so ``check`` prints what the limit really is)."""
     if n is None:
         return "-"
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size:
-            v = n / size
-            return f"{v:.0f}{unit}" if v == int(v) else f"{v:.1f}{unit}"
-    return f"{n}B"
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    if n >= 1024**2:
+        return f"{n / 1024**2:.1f}MiB"
+    return f"{n // 1024}KiB" if n % 1024 == 0 else f"{n}B"
 
 
 def format_duration(s: float | None) -> str:

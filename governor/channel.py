@@ -1,0 +1,61 @@
+"""The master <-> worker channel: a SOCK_SEQPACKET socketpair carrying small JSON lists.
+
+SEQPACKET keeps message boundaries (no framing code) and, unlike a pipe, a
+message a worker sent just before it died is still readable after its death,
+so the master learns the last job a worker started even when it reaps it.
+
+Worker -> master: ``["ready"]``, ``["start", job_id, token, handler, attempt,
+soft_s, hard_s]``, ``["end", job_id, outcome, seconds]``, ``["exit", reason]``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+MAX_MESSAGE = 64 * 1024
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    """(master end, worker end); the master end is non-blocking."""
+    master, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    master.setblocking(False)
+    return master, worker
+
+
+def encode(*message: Any) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def receive_all(sock: socket.socket) -> tuple[list[list[Any]], bool]:
+    """Every message now readable, and whether the peer has closed its end."""
+    messages = []
+    while True:
+        try:
+            data = sock.recv(MAX_MESSAGE)
+        except (BlockingIOError, InterruptedError):
+            return messages, False
+        except OSError:
+            return messages, True
+        if not data:
+            return messages, True
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(msg, list) and msg and isinstance(msg[0], str):
+            messages.append(msg)
+
+
+class WorkerEnd:
+    """The worker's side: fire-and-forget sends; a dead master means we are about to die too."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, *message: Any) -> None:
+        try:
+            self.sock.send(encode(*message))
+        except OSError:
+            pass

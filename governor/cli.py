@@ -1,0 +1,246 @@
+"""``governor run | check | enqueue | status``: the operator's commands.
+
+Exit codes: 0 success, 1 runtime failure (Redis unreachable, preload failed),
+2 bad input (invalid config, bad arguments), as argparse and systemd expect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import redis
+import yaml
+
+from governor.config import Config, ConfigError, load_config, mask_url
+from governor.connection import resolve_url
+from governor.queue import DEFAULT_PRIORITY, Client
+from governor.units import format_size
+
+DEFAULT_CONFIG = os.environ.get("GOVERNOR_CONFIG", "/etc/governor/governor.yaml")
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"governor: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _client(cfg: Config) -> Client:
+    url = resolve_url(cfg.redis.url, cfg.state_dir)
+    if cfg.redis.embedded and not os.path.exists(url[len("unix://"):]):
+        print(f"governor: the embedded Redis is not running (no socket in {cfg.state_dir}); "
+              f"start the master first: governor run -c {cfg.source}", file=sys.stderr)
+        raise SystemExit(1)
+    return Client.from_url(url, prefix=cfg.redis.prefix)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from governor.log import setup_logging
+    from governor.master import Master
+
+    cfg = _load(args.config)
+    setup_logging(cfg.log, args.log_level)
+    try:
+        return Master(cfg).run()
+    except RuntimeError as exc:  # embedded redis-server missing or failing
+        print(f"governor: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        print(f"governor: app.preload failed: {exc}", file=sys.stderr)
+        return 1
+    except redis.ConnectionError as exc:
+        print(f"governor: cannot reach Redis at {mask_url(cfg.redis.url)}: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(f"# {cfg.source}: OK")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False).rstrip())
+    return 0
+
+
+def _json_arg(text: str | None, name: str, kind: type) -> Any:
+    if text is None:
+        return kind()
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"governor: {name} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise SystemExit(f"governor: {name} must be a JSON {'array' if kind is list else 'object'}")
+    return value
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if args.queue not in cfg.queues:
+        print(f"governor: warning: queue {args.queue!r} is not in {cfg.source}; no worker will take it",
+              file=sys.stderr)
+    client = _client(cfg)
+    try:
+        job_id = client.enqueue(
+            args.queue, args.handler, *_json_arg(args.args, "--args", list),
+            priority=args.priority, delay=args.delay, timeout=args.timeout,
+            max_retries=args.max_retries, job_id=args.job_id,
+            **_json_arg(args.kwargs, "--kwargs", dict))
+    except ValueError as exc:
+        print(f"governor: {exc}", file=sys.stderr)
+        return 2
+    except redis.ConnectionError as exc:
+        print(f"governor: cannot reach Redis at {mask_url(cfg.redis.url)}: {exc}", file=sys.stderr)
+        return 1
+    print(job_id)
+    return 0
+
+
+def gather_status(cfg: Config) -> dict[str, Any]:
+    """Queues from Redis and, when a master runs, its pools and workers from the control socket."""
+    from governor import control
+
+    out: dict[str, Any] = {"config": cfg.source, "master": None, "pools": [], "queues": {}}
+    try:
+        live = control.request(cfg.state_dir, "status")
+        out["master"], out["pools"] = live["master"], live["pools"]
+    except (OSError, ValueError):
+        pass
+    try:
+        client = _client(cfg)
+        names = sorted(set(cfg.queues) | set(client.queues()))
+        for name in names:
+            out["queues"][name] = client.counts(name)
+            out["queues"][name]["recent_dead"] = [
+                {"id": j["id"], "handler": j.get("handler"), "reason": j.get("reason"),
+                 "attempts": j.get("attempts"),
+                 "error": (j["errors"][-1].get("error") if j["errors"] else None)}
+                for j in client.dead(name, limit=5)]
+    except redis.ConnectionError as exc:
+        out["redis_error"] = str(exc)
+    except SystemExit:
+        out["redis_error"] = "embedded Redis not running"
+    return out
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def render_status(st: dict[str, Any]) -> str:
+    lines = []
+    m = st["master"]
+    if m:
+        lines.append(f"master {m['pid']} on {m['host']}, up {_age(m['uptime'])}, redis {m['redis']}"
+                     + ("" if m["redis_ok"] else " (UNREACHABLE)")
+                     + (f", stopping ({m['stopping']})" if m["stopping"] else ""))
+    else:
+        lines.append("no master running for this config (showing what Redis holds)")
+    if st.get("redis_error"):
+        lines.append(f"redis: {st['redis_error']}")
+    rows = [["QUEUE", "WAITING", "DELAYED", "ACTIVE", "DEAD", "DONE", "DONE_TOTAL"]]
+    for name, c in st["queues"].items():
+        rows.append([name, *(str(c[k]) for k in ("waiting", "delayed", "active", "dead", "done", "done_total"))])
+    lines += ["", _table(rows)]
+    if st["pools"]:
+        rows = [["POOL", "#", "PID", "STATE", "UPTIME", "JOBS", "RSS", "JOB", "FOR"]]
+        for p in st["pools"]:
+            for w in p["workers"]:
+                job = w["job"] or {}
+                rows.append([p["queue"], str(w["index"]), str(w["pid"]), w["state"], _age(w["uptime"]),
+                             str(w["jobs_done"]), format_size(w.get("rss")),
+                             f"{job['id']} {job['handler']}" if job else "-", _age(job.get("seconds"))])
+        lines += ["", _table(rows)]
+        for p in st["pools"]:
+            live = sum(1 for w in p["workers"] if w["state"] in ("starting", "idle", "busy"))
+            note = f"pool {p['queue']}: {live}/{p['desired']} workers"
+            if p["backoff"]:
+                b = p["backoff"]
+                note += (f", BACKING OFF {b['seconds']:.0f}s (respawn in {b['respawn_in']:.0f}s): "
+                         f"{b['last_error']}")
+            lines.append(note)
+    dead = [(q, d) for q, c in st["queues"].items() for d in c.get("recent_dead", [])]
+    if dead:
+        rows = [["DEAD IN", "JOB", "HANDLER", "REASON", "ATTEMPTS", "LAST ERROR"]]
+        for q, d in dead:
+            err = (d["error"] or "").splitlines()[0][:80] if d["error"] else "-"
+            rows.append([q, d["id"], str(d["handler"]), str(d["reason"]), str(d["attempts"]), err])
+        lines += ["", _table(rows)]
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    while True:
+        st = gather_status(cfg)
+        text = json.dumps(st, indent=2) if args.json else render_status(st)
+        if not args.watch:
+            print(text)
+            return 0
+        sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+        sys.stdout.flush()
+        time.sleep(args.interval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="governor", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help=f"YAML config file (default: $GOVERNOR_CONFIG or {DEFAULT_CONFIG})")
+        return sp
+
+    r = with_config(sub.add_parser("run", help="run the master in the foreground"))
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    r.set_defaults(func=cmd_run)
+
+    with_config(sub.add_parser("check", help="validate the config and print it")).set_defaults(func=cmd_check)
+
+    e = with_config(sub.add_parser("enqueue", help="queue a job and print its id"))
+    e.add_argument("queue")
+    e.add_argument("handler", help="module:function")
+    e.add_argument("--args", help="JSON array of positional arguments")
+    e.add_argument("--kwargs", help="JSON object of keyword arguments")
+    e.add_argument("--priority", type=int, default=DEFAULT_PRIORITY, help="0-100, lower runs first")
+    e.add_argument("--delay", help="run no earlier than this from now, e.g. 30s")
+    e.add_argument("--timeout", help="hard time limit for this job, e.g. 5m")
+    e.add_argument("--max-retries", type=int)
+    e.add_argument("--job-id")
+    e.set_defaults(func=cmd_enqueue)
+
+    s = with_config(sub.add_parser("status", help="queues, pools and workers"))
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--watch", action="store_true", help="refresh in place")
+    s.add_argument("--interval", type=float, default=1.0)
+    s.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

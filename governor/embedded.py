@@ -1,0 +1,78 @@
+"""``redis: {url: embedded}``: a private redis-server the master starts and keeps alive.
+
+For a first run and for single-host installs that have no Redis of their own.
+It listens only on a unix socket (mode 0700) in the state directory, keeps an
+append-only file there so a restart loses no queued job, and is put in its own
+session so a Ctrl-C at the terminal reaches the master, not Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+
+import redis
+
+from governor.connection import EMBEDDED_SOCKET
+
+log = logging.getLogger("governor.embedded")
+
+INSTALL_HINT = ("redis-server was not found on PATH; install it with "
+                "'sudo apt-get install -y redis-server' (Debian/Ubuntu), "
+                "'sudo dnf install -y redis' (Fedora) or 'brew install redis' (macOS)")
+
+
+class EmbeddedRedis:
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.socket = os.path.join(state_dir, EMBEDDED_SOCKET)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return "unix://" + self.socket
+
+    def start(self, timeout: float = 10.0) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise RuntimeError(INSTALL_HINT)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)  # left by a predecessor that was killed
+        self.proc = subprocess.Popen(
+            [binary, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
+             "--dir", self.state_dir, "--appendonly", "yes", "--appendfsync", "everysec",
+             "--save", "", "--logfile", os.path.join(self.state_dir, "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(unix_socket_path=self.socket, socket_timeout=1)
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"embedded redis-server exited with {self.proc.returncode}; "
+                                   f"see {os.path.join(self.state_dir, 'redis.log')}")
+            try:
+                if client.ping():
+                    break
+            except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("embedded redis-server did not answer within "
+                                   f"{timeout:.0f}s; see {self.state_dir}/redis.log")
+            time.sleep(0.02)
+        client.close()
+        log.info("embedded redis-server running, pid %d, socket %s", self.proc.pid, self.socket)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,458 @@
+"""The arbiter: one single-threaded loop over a selector that keeps every pool at its size.
+
+Events arrive as file descriptors: signals through the wakeup fd, worker
+messages through their socketpairs, worker deaths through pidfds (so only
+processes this master forked are ever reaped), ``governor status`` through
+the control socket. After each batch of events the loop reconciles every
+pool (desired minus actual) and runs its timers. Signal handlers do nothing
+at all: the signal number arrives on the wakeup fd and ``handle_<name>``
+runs from the loop, where logging and Redis calls are safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from governor import channel, worker
+from governor.config import Config, ConfigError, QueueConfig, load_config, mask_url
+from governor.connection import connect, resolve_url
+from governor.control import ControlServer
+from governor.embedded import EmbeddedRedis
+from governor.pool import Pool
+from governor.process import State, WorkerProcess, describe_exit
+from governor.queue import FailOutcome, QueueKeys, lease_of, run
+
+log = logging.getLogger("governor.master")
+
+TICK_BUSY = 1.0   # seconds between maintenance passes over a queue with delayed/active jobs
+TICK_IDLE = 5.0   # ... and over an empty one (keeps an idle host under 1 Redis command/s)
+
+
+@dataclass
+class LostJob:
+    """A job whose worker died holding it, waiting to be requeued (retried while Redis is down)."""
+
+    queue: str
+    wid: str
+    pid: int
+    reason: str
+    description: str
+    mode: str  # 'retry' counts the attempt; 'requeue' does not
+    seconds: float | None
+    known: tuple[str, str] | None  # (id, token) from the worker's last 'start' message
+    max_retries: int
+
+
+def _settings_key(q: QueueConfig, cfg: Config) -> Any:
+    """What a worker was forked with; when this changes, its workers are replaced."""
+    return (q.settings, cfg.app, cfg.lease, cfg.redis)
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """Installed so the default action (death) does not happen; the wakeup fd carries the signal."""
+
+
+class Master:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.pools: dict[str, Pool] = {}
+        self.selector = selectors.DefaultSelector()
+        self.stopping: str | None = None  # None, 'graceful' or 'fast'
+        self.stop_deadline = 0.0
+        self.lost: list[LostJob] = []
+        self.next_tick: dict[str, float] = {}
+        self.next_renew = 0.0
+        self.redis_down_since: float | None = None
+        self.embedded = EmbeddedRedis(config.state_dir) if config.redis.embedded else None
+        self.redis_url = resolve_url(config.redis.url, config.state_dir)
+        self.redis: redis.Redis | None = None
+        self.control: ControlServer | None = None
+        self._sig_r = self._sig_w = -1
+
+    # -- start and stop ---------------------------------------------------------
+
+    def run(self) -> int:
+        self._prepare_app(self.config)
+        if self.embedded:
+            self.embedded.start()
+        self.redis = connect(self.redis_url, socket_timeout=5.0, name="governor-master")
+        self._install_signals()
+        self.control = ControlServer(self.config.state_dir, {"status": self.status})
+        self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
+        for q in self.config.queues.values():
+            self.pools[q.name] = Pool(q, _settings_key(q, self.config))
+        log.info("governor master %d starting: redis %s, queues %s", self.pid,
+                 mask_url(self.config.redis.url),
+                 ", ".join(f"{q.name}={q.concurrency}" for q in self.config.queues.values()))
+        try:
+            self._loop()
+        finally:
+            self._cleanup()
+        log.info("governor master %d stopped", self.pid)
+        return 0
+
+    def _prepare_app(self, cfg: Config) -> None:
+        for path in reversed(cfg.app.path):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        for module in cfg.app.preload:
+            importlib.import_module(module)  # before fork: workers share its pages copy-on-write
+
+    def _install_signals(self) -> None:
+        self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+            signal.signal(sig, _noop)
+        self.selector.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
+
+    def _cleanup(self) -> None:
+        signal.set_wakeup_fd(-1)
+        if self.control:
+            self.control.close()
+        for pool in self.pools.values():
+            for w in pool:
+                w.kill("shutdown")
+        if self.embedded:
+            self.embedded.stop()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._timers(now)
+            self._reconcile(now)
+            if self.stopping and not any(p.workers for p in self.pools.values()):
+                self._settle_lost()
+                return
+            timeout = max(0.0, self._next_wakeup(now) - time.monotonic())
+            for key, _ in self.selector.select(timeout):
+                kind, wp = key.data
+                if kind == "channel":
+                    self._on_channel(wp)
+                elif kind == "exit":
+                    self._on_exit(wp)
+                elif kind == "signal":
+                    self._on_signals()
+                elif kind == "control":
+                    self.control.serve_one()
+
+    def _next_wakeup(self, now: float) -> float:
+        times = [now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
+        if self.stopping == "graceful":
+            times.append(self.stop_deadline)
+        if self.lost:
+            times.append(now + 1.0)
+        for pool in self.pools.values():
+            if pool.delta() > 0 and pool.respawn_at > now:
+                times.append(pool.respawn_at)
+        return min(times)
+
+    # -- signals -----------------------------------------------------------------
+
+    def _on_signals(self) -> None:
+        try:
+            data = os.read(self._sig_r, 512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            name = signal.Signals(signum).name.lower()
+            handler = getattr(self, f"handle_{name}", None)
+            if handler:
+                handler()
+
+    def handle_sigterm(self) -> None:
+        """Graceful drain: no new jobs; in-flight jobs get shutdown_timeout to finish."""
+        if self.stopping:
+            return
+        self.stopping = "graceful"
+        self.stop_deadline = time.monotonic() + self.config.shutdown_timeout
+        busy = sum(1 for p in self.pools.values() for w in p if w.job)
+        log.info("SIGTERM: draining; %d job(s) in flight get up to %.0fs", busy, self.config.shutdown_timeout)
+
+    def handle_sigint(self) -> None:
+        """Fast stop: kill every worker now; their jobs go back to the queue at once."""
+        if self.stopping == "fast":
+            return
+        self.stopping = "fast"
+        log.info("fast stop: killing workers, requeueing their jobs")
+        for pool in self.pools.values():
+            for w in pool:
+                w.kill("shutdown")
+
+    handle_sigquit = handle_sigint
+
+    def handle_sighup(self) -> None:
+        """Reload the YAML; a bad file changes nothing."""
+        if self.stopping:
+            return
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            return
+        self._apply(new)
+
+    def _apply(self, new: Config) -> None:
+        old = self.config
+        if new.redis != old.redis or new.state_dir != old.state_dir:
+            log.warning("reload: redis and state_dir changes take effect on restart; keeping %s",
+                        mask_url(old.redis.url))
+            new = dataclasses.replace(new, redis=old.redis, state_dir=old.state_dir)
+        if new.app.preload != old.app.preload:
+            log.warning("reload: app.preload changes take effect on restart")
+        self._prepare_app(dataclasses.replace(new, app=dataclasses.replace(new.app, preload=())))
+        for q in new.queues.values():
+            pool = self.pools.get(q.name)
+            if pool is None:
+                self.pools[q.name] = Pool(q, _settings_key(q, new))
+                log.info("reload: queue %s added with %d worker(s)", q.name, q.concurrency)
+                continue
+            before = pool.desired()
+            if pool.update(q, _settings_key(q, new)):
+                log.info("reload: queue %s settings changed; replacing its workers as they finish", q.name)
+            if before != q.concurrency:
+                log.info("reload: queue %s concurrency %d -> %d", q.name, before, q.concurrency)
+        for name, pool in self.pools.items():
+            if name not in new.queues and not pool.removed:
+                pool.removed = True
+                log.info("reload: queue %s removed; draining its workers", name)
+        self.config = new
+        log.info("reloaded %s", new.source)
+
+    # -- reconcile: desired minus actual, per pool -----------------------------------
+
+    def _reconcile(self, now: float) -> None:
+        for name, pool in list(self.pools.items()):
+            if self.stopping:
+                for w in pool.taking_work():
+                    w.drain("drain")
+            else:
+                for w in pool.outdated():
+                    w.drain("reload")
+                delta = pool.delta()
+                if delta > 0 and pool.may_spawn(now):
+                    for _ in range(1 if pool.backoff else delta):
+                        self._spawn(pool, now)
+                elif delta < 0:
+                    for w in pool.excess(-delta):
+                        w.drain("drain")
+            if pool.removed and not pool.workers:
+                del self.pools[name]
+                self.next_tick.pop(name, None)
+
+    def _spawn(self, pool: Pool, now: float) -> None:
+        master_end, worker_end = channel.pair()
+        spec = worker.WorkerSpec(queue=pool.config, app=self.config.app, redis_url=self.redis_url,
+                                 prefix=self.config.redis.prefix, lease=self.config.lease,
+                                 index=pool.free_index(), master_pid=self.pid)
+        inherited = self._owned_fds() + [master_end.fileno()]
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.error("cannot fork a worker for %s: %s", pool.name, exc)
+            pool.note_crash(now, f"fork failed: {exc}")
+            worker_end.close()
+            master_end.close()
+            return
+        if pid == 0:
+            worker.main(spec, worker_end, inherited)
+        worker_end.close()
+        try:
+            os.setpgid(pid, pid)  # the child does the same; whichever runs first wins
+        except OSError:
+            pass
+        pidfd = os.pidfd_open(pid)
+        wp = WorkerProcess(pid=pid, wid=worker.worker_id(pid), queue=pool.name, index=spec.index,
+                           generation=pool.generation, sock=master_end, pidfd=pidfd, now=now)
+        pool.workers[pid] = wp
+        self.selector.register(master_end, selectors.EVENT_READ, ("channel", wp))
+        self.selector.register(pidfd, selectors.EVENT_READ, ("exit", wp))
+        log.debug("spawned worker %r", wp)
+
+    def _owned_fds(self) -> list[int]:
+        """Descriptors a forked worker must close: they belong to this loop."""
+        fds = [key.fd for key in self.selector.get_map().values()]
+        fds += [self._sig_r, self._sig_w]
+        if hasattr(self.selector, "fileno"):
+            fds.append(self.selector.fileno())
+        return [fd for fd in fds if fd >= 0]
+
+    # -- children -------------------------------------------------------------------
+
+    def _on_channel(self, wp: WorkerProcess) -> None:
+        messages, closed = channel.receive_all(wp.sock)
+        now = time.monotonic()
+        for msg in messages:
+            wp.on_message(msg, now)
+            if msg[0] == "end" and msg[2] == "ok":
+                pool = self.pools.get(wp.queue)
+                if pool and pool.backoff:
+                    log.info("queue %s: a worker finished a job; crash backoff reset", wp.queue)
+                    pool.backoff, pool.respawn_at, pool.last_error = 0.0, 0.0, None
+        if closed:
+            self.selector.unregister(wp.sock)
+
+    def _on_exit(self, wp: WorkerProcess) -> None:
+        try:
+            pid, status = os.waitpid(wp.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = wp.pid, 0
+        if pid == 0:
+            return
+        if wp.sock.fileno() in self.selector.get_map():
+            self._on_channel(wp)  # what it said before dying still sits in the socket
+            self.selector.unregister(wp.sock)
+        self.selector.unregister(wp.pidfd)
+        wp.close()
+        pool = self.pools.get(wp.queue)
+        if pool:
+            pool.workers.pop(wp.pid, None)
+        now = time.monotonic()
+        description = describe_exit(status)
+        killed = wp.state is State.STOPPING
+        crashed = not killed and (wp.job is not None or wp.stop_reason is None or status != 0)
+        reason = "crashed" if crashed else (wp.stop_reason or "exited")
+        log_fn = log.warning if crashed else log.info
+        log_fn("worker %r exited (%s), reason %s", wp, description, reason)
+        max_retries = pool.config.settings.retry.max if pool else 0
+        known = (wp.job.id, wp.job.token) if wp.job else None
+        seconds = round(now - wp.job.since, 3) if wp.job else None
+        self.lost.append(LostJob(queue=wp.queue, wid=wp.wid, pid=wp.pid, reason=reason,
+                                 description=description,
+                                 mode="requeue" if reason == "shutdown" else "retry",
+                                 seconds=seconds, known=known, max_retries=max_retries))
+        self._settle_lost()
+        if crashed and wp.jobs_done == 0 and pool and not self.stopping:
+            error = wp.fatal or description
+            backoff = pool.note_crash(now, error)
+            log.error("queue %s: worker died before finishing a job (%s); respawning in %.0fs",
+                      wp.queue, error, backoff)
+
+    def _settle_lost(self) -> None:
+        """Requeues the jobs of dead workers; what Redis refuses now is tried again later."""
+        while self.lost:
+            lost = self.lost[0]
+            keys = QueueKeys(self.config.redis.prefix, lost.queue)
+            try:
+                held = lease_of(self.redis, keys, lost.wid) or lost.known
+                if held:
+                    error = {"reason": lost.reason, "worker": lost.wid, "seconds": lost.seconds,
+                             "error": f"worker pid {lost.pid} {lost.description} while running the job"}
+                    outcome = run(self.redis, keys.fail(held[0], held[1], lost.wid, error, lost.mode,
+                                                         0, lost.reason, lost.max_retries))[0]
+                    self._log_requeue(held[0], lost.reason, outcome)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._redis_failed(exc)
+                return
+            self.lost.pop(0)
+
+    @staticmethod
+    def _log_requeue(job_id: str, reason: str, outcome: int) -> None:
+        if outcome == FailOutcome.REQUEUED:
+            log.info("job %s requeued (%s)", job_id, reason)
+        elif outcome == FailOutcome.RETRYING:
+            log.warning("job %s will be retried (%s)", job_id, reason)
+        elif outcome == FailOutcome.DEAD:
+            log.error("job %s dead-lettered (%s)", job_id, reason)
+
+    # -- timers --------------------------------------------------------------------
+
+    def _timers(self, now: float) -> None:
+        if self.stopping == "graceful" and now >= self.stop_deadline:
+            for pool in self.pools.values():
+                for w in pool:
+                    if w.state is not State.STOPPING:
+                        log.warning("worker %r still busy at shutdown_timeout; killing it", w)
+                        w.kill("shutdown")
+        if self.embedded and not self.embedded.alive() and not self.stopping:
+            log.error("embedded redis-server died; restarting it")
+            try:
+                self.embedded.start()
+            except RuntimeError as exc:
+                log.error("%s", exc)
+        if self.lost:
+            self._settle_lost()
+        due = [name for name in self.pools if self.next_tick.get(name, 0.0) <= now]
+        try:
+            if due:
+                self._tick(due, now)
+            if now >= self.next_renew:
+                self._renew()
+                self.next_renew = now + self.config.lease / 3
+            if self.redis_down_since is not None:
+                log.warning("Redis is reachable again")
+                self.redis_down_since = None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._redis_failed(exc)
+            for name in due:
+                self.next_tick[name] = now + TICK_BUSY
+
+    def _redis_failed(self, exc: Exception) -> None:
+        if self.redis_down_since is None:
+            self.redis_down_since = time.monotonic()
+            log.error("Redis unavailable (%s); retrying", exc)
+
+    def _tick(self, queues: list[str], now: float) -> None:
+        """Promote due delayed jobs, expire done records, reclaim expired leases."""
+        calls = [QueueKeys(self.config.redis.prefix, q).tick(
+            int(self.pools[q].config.settings.done_ttl * 1000)) for q in queues]
+        for name, reply in zip(queues, run(self.redis, *calls), strict=True):
+            next_due, active = reply[1], reply[2]
+            interval = TICK_BUSY if (active or next_due >= 0) else TICK_IDLE
+            if next_due >= 0:
+                interval = min(interval, next_due / 1000.0 + 0.005)
+            self.next_tick[name] = now + interval
+            expired = reply[3:]
+            for i in range(0, len(expired), 2):
+                self._reclaim(name, expired[i].decode(), expired[i + 1])
+
+    def _reclaim(self, queue: str, job_id: str, raw_meta: bytes) -> None:
+        try:
+            meta = json.loads(raw_meta)
+        except ValueError:
+            meta = {}
+        token, holder = meta.get("token") or "", meta.get("worker") or "?"
+        keys = QueueKeys(self.config.redis.prefix, queue)
+        error = {"reason": "lease_expired", "worker": holder,
+                 "error": f"lease of worker {holder} expired (its host or master stopped renewing it)"}
+        outcome = run(self.redis, keys.fail(job_id, token, holder, error, "retry", 0, "lease_expired",
+                                            self.pools[queue].config.settings.retry.max))[0]
+        self._log_requeue(job_id, "lease_expired", outcome)
+
+    def _renew(self) -> None:
+        calls = []
+        for pool in self.pools.values():
+            holders = [w.wid for w in pool if w.state is not State.STOPPING]
+            if holders:
+                keys = QueueKeys(self.config.redis.prefix, pool.name)
+                calls.append(keys.renew(int(self.config.lease * 1000), holders))
+        if calls:
+            run(self.redis, *calls)
+
+    # -- status ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "master": {"pid": self.pid, "host": socket.gethostname(), "uptime": round(now - self.started, 3),
+                       "config": self.config.source, "stopping": self.stopping,
+                       "redis": mask_url(self.config.redis.url),
+                       "redis_ok": self.redis_down_since is None},
+            "pools": [p.snapshot(now) for p in self.pools.values()],
+        }

@@ -1,0 +1,110 @@
+"""One queue's workers: how many it should have, how many it has, and its crash backoff.
+
+The scaling policy is resque-pool's: every pass of the master's loop asks each
+pool for ``desired - actual`` and spawns or drains the difference. Workers that
+are draining do not count as actual, so their replacements start at once and
+capacity holds while old workers finish their jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from governor.config import QueueConfig
+from governor.process import TAKING_WORK, State, WorkerProcess
+
+BACKOFF_START = 1.0
+BACKOFF_MAX = 60.0
+HEALTHY_AFTER = 60.0
+
+
+class Pool:
+    """Owns its WorkerProcess records; the master owns the processes' lifecycle calls."""
+
+    def __init__(self, config: QueueConfig, settings_key: Any) -> None:
+        self.config = config
+        self.settings_key = settings_key
+        self.generation = 0
+        self.removed = False
+        self.workers: dict[int, WorkerProcess] = {}
+        # crash-loop protection
+        self.backoff = 0.0
+        self.respawn_at = 0.0
+        self.last_crash = 0.0
+        self.last_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def update(self, config: QueueConfig, settings_key: Any) -> bool:
+        """Takes a reloaded config; returns True when its workers must be replaced."""
+        changed = settings_key != self.settings_key
+        self.config = config
+        self.removed = False
+        if changed:
+            self.settings_key = settings_key
+            self.generation += 1
+        self.backoff = 0.0  # an operator's reload is a fresh start
+        self.respawn_at = 0.0
+        return changed
+
+    def desired(self) -> int:
+        return 0 if self.removed else self.config.concurrency
+
+    def taking_work(self) -> list[WorkerProcess]:
+        return [w for w in self.workers.values() if w.state in TAKING_WORK]
+
+    def current(self) -> list[WorkerProcess]:
+        return [w for w in self.taking_work() if w.generation == self.generation]
+
+    def outdated(self) -> list[WorkerProcess]:
+        return [w for w in self.taking_work() if w.generation != self.generation]
+
+    def delta(self) -> int:
+        return self.desired() - len(self.current())
+
+    def excess(self, n: int) -> list[WorkerProcess]:
+        """The n workers to drain first: not yet started, then idle, then the busy ones
+        whose job started last (they have the least work to lose... and to wait for)."""
+        order = {State.STARTING: 0, State.IDLE: 1, State.BUSY: 2}
+        ranked = sorted(self.current(),
+                        key=lambda w: (order[w.state], -(w.job.since if w.job else w.started)))
+        return ranked[:n]
+
+    def free_index(self) -> int:
+        used = {w.index for w in self.workers.values()}
+        i = 0
+        while i in used:
+            i += 1
+        return i
+
+    def __iter__(self) -> Iterator[WorkerProcess]:
+        return iter(list(self.workers.values()))
+
+    # -- crash loops ---------------------------------------------------------
+
+    def note_crash(self, now: float, error: str) -> float:
+        """A worker died before finishing a job: back off (1 s doubling to 60 s)."""
+        self.backoff = BACKOFF_START if self.backoff == 0 else min(self.backoff * 2, BACKOFF_MAX)
+        self.respawn_at = now + self.backoff
+        self.last_crash = now
+        self.last_error = error
+        return self.backoff
+
+    def may_spawn(self, now: float) -> bool:
+        if self.backoff and now - self.last_crash >= HEALTHY_AFTER + self.backoff:
+            self.backoff = 0.0
+            self.last_error = None
+        return now >= self.respawn_at
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "queue": self.name,
+            "desired": self.desired(),
+            "workers": [w.snapshot(now) for w in sorted(self.workers.values(), key=lambda w: w.index)],
+            "backoff": {"seconds": self.backoff, "respawn_in": round(max(0.0, self.respawn_at - now), 3),
+                        "last_error": self.last_error} if self.backoff else None,
+            "generation": self.generation,
+        }

@@ -1,0 +1,159 @@
+"""The master's record of one worker child: named states and explicit transitions.
+
+As in supervisord's ``states.py``, a worker is always in exactly one state and
+every change goes through ``_to``, which refuses transitions that make no
+sense, so a bug shows up as an error in the log rather than as a worker the
+master has silently lost track of.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+
+class State(str, enum.Enum):
+    STARTING = "starting"  # forked, not yet connected to Redis
+    IDLE = "idle"          # waiting for a job
+    BUSY = "busy"          # running a job
+    DRAINING = "draining"  # told to finish its job (if any) and exit
+    STOPPING = "stopping"  # killed; waiting to reap it
+
+
+_ALLOWED = {
+    State.STARTING: {State.IDLE, State.DRAINING, State.STOPPING},
+    State.IDLE: {State.BUSY, State.DRAINING, State.STOPPING},
+    State.BUSY: {State.IDLE, State.DRAINING, State.STOPPING},
+    State.DRAINING: {State.STOPPING},
+    State.STOPPING: set(),
+}
+
+TAKING_WORK = (State.STARTING, State.IDLE, State.BUSY)
+
+
+@dataclass
+class CurrentJob:
+    id: str
+    token: str
+    handler: str
+    attempt: int
+    since: float  # master's monotonic clock
+    soft: float | None
+    hard: float | None
+
+
+class WorkerProcess:
+    """One forked worker as the master sees it. Owned by its Pool."""
+
+    def __init__(self, *, pid: int, wid: str, queue: str, index: int, generation: int,
+                 sock: socket.socket, pidfd: int, now: float) -> None:
+        self.pid = pid
+        self.wid = wid
+        self.queue = queue
+        self.index = index
+        self.generation = generation
+        self.sock = sock
+        self.pidfd = pidfd
+        self.started = now
+        self.state = State.STARTING
+        self.job: CurrentJob | None = None
+        self.jobs_done = 0
+        self.stop_reason: str | None = None
+        self.fatal: str | None = None
+
+    def __repr__(self) -> str:
+        return f"{self.queue}[{self.index}] pid {self.pid}"
+
+    def _to(self, new: State) -> None:
+        if new is not self.state and new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"worker {self!r}: illegal transition {self.state.value} -> {new.value}")
+        self.state = new
+
+    # -- what the worker tells us --------------------------------------------
+
+    def on_message(self, msg: list[Any], now: float) -> None:
+        kind = msg[0]
+        if kind == "ready" and self.state is State.STARTING:
+            self._to(State.IDLE)
+        elif kind == "start" and len(msg) >= 7:
+            self.job = CurrentJob(id=str(msg[1]), token=str(msg[2]), handler=str(msg[3]),
+                                  attempt=int(msg[4]), since=now, soft=msg[5], hard=msg[6])
+            if self.state in (State.IDLE, State.STARTING):
+                self._to(State.BUSY)
+        elif kind == "end":
+            if msg[2] == "ok":
+                self.jobs_done += 1
+            self.job = None
+            if self.state is State.BUSY:
+                self._to(State.IDLE)
+        elif kind == "exit":
+            if self.state in TAKING_WORK:
+                self.stop_reason = str(msg[1])
+                self._to(State.DRAINING)
+        elif kind == "fatal":
+            self.fatal = str(msg[1])
+
+    # -- what we do to it ------------------------------------------------------
+
+    def drain(self, reason: str) -> None:
+        """Finish the current job, take no more, exit (SIGTERM: it interrupts an idle wait)."""
+        if self.state not in TAKING_WORK:
+            return
+        self.stop_reason = reason
+        self._to(State.DRAINING)
+        _signal(self.pid, signal.SIGTERM)
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL the worker's whole process group, so no grandchild outlives it."""
+        if self.state is State.STOPPING:
+            return
+        self.stop_reason = reason
+        self._to(State.STOPPING)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            _signal(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        self.sock.close()
+        os.close(self.pidfd)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        job = None
+        if self.job:
+            job = {"id": self.job.id, "handler": self.job.handler, "attempt": self.job.attempt,
+                   "seconds": round(now - self.job.since, 3)}
+        return {"pid": self.pid, "index": self.index, "state": self.state.value,
+                "uptime": round(now - self.started, 3), "jobs_done": self.jobs_done,
+                "rss": rss_bytes(self.pid),
+                "job": job, "stop_reason": self.stop_reason, "generation": self.generation}
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size from /proc/PID/statm: about 20 µs, cheap enough to call often."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def describe_exit(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"

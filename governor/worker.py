@@ -1,0 +1,300 @@
+"""The worker child: reserve a job, run it, settle it, tell the master; until told to stop.
+
+The worker owns nothing the master relies on for safety: the master knows
+which job it runs (from ``start`` messages and the lease in Redis) and kills
+it from outside when a limit is crossed. The worker's own duties are to run
+only allowed handlers, to settle every job it takes exactly once, and to stop
+taking jobs when it receives SIGTERM (drain).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import redis
+from setproctitle import setproctitle
+
+from governor.channel import WorkerEnd
+from governor.config import AppConfig, QueueConfig
+from governor.connection import connect
+from governor.errors import SoftTimeLimitExceeded
+from governor.handlers import HandlerError, HandlerRegistry, Payload
+from governor.queue import Call, FailOutcome, QueueKeys, Reserved, run
+
+log = logging.getLogger("governor.worker")
+
+_PR_SET_PDEATHSIG = 1
+_IDLE_WAIT_MAX = 30.0  # seconds a blocked idle worker waits before re-checking (not a poll: ~0.03 cmd/s)
+_MAX_RESULT = 64 * 1024
+_MAX_TRACEBACK = 16 * 1024
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, handed over by fork (never serialised)."""
+
+    queue: QueueConfig
+    app: AppConfig
+    redis_url: str
+    prefix: str
+    lease: float
+    index: int
+    master_pid: int
+
+
+def worker_id(pid: int) -> str:
+    """How Redis names a worker's lease: unique per host and live process."""
+    return f"{socket.gethostname()}:{pid}"
+
+
+class _Interrupted(BaseException):
+    """SIGTERM while blocked waiting for work: leave the wait at once.
+
+    A BaseException so that redis-py, which wraps Exceptions raised while
+    reading a socket into ConnectionError, lets it through unchanged.
+    """
+
+
+def main(spec: WorkerSpec, sock: socket.socket, inherited_fds: Iterable[int]) -> NoReturn:
+    """Entry point in the forked child; never returns."""
+    code = 0
+    channel = WorkerEnd(sock)
+    try:
+        _detach_from_master(spec, inherited_fds)
+        code = Worker(spec, channel).run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException as exc:
+        log.exception("worker %s[%d] crashed", spec.queue.name, spec.index)
+        # the master shows this in `governor status` while the pool backs off
+        channel.send("fatal", "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000])
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
+    """Undo what fork copied from the master that the child must not keep."""
+    signal.set_wakeup_fd(-1)  # else our signals would wake the master's loop
+    try:
+        os.setpgid(0, 0)  # own process group: the master can kill us with our grandchildren
+    except OSError:
+        pass
+    for fd in inherited_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)  # the master decides what those mean
+    for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+    if os.getppid() != spec.master_pid:  # the master died before prctl took effect
+        os._exit(1)
+
+
+class Worker:
+    """One worker's loop. State lives here and nowhere else in the child."""
+
+    def __init__(self, spec: WorkerSpec, channel: WorkerEnd) -> None:
+        self.spec = spec
+        self.channel = channel
+        self.id = worker_id(os.getpid())
+        self.keys = QueueKeys(spec.prefix, spec.queue.name)
+        self.registry = HandlerRegistry(spec.app.handlers)
+        self.settings = spec.queue.settings
+        self.lease_ms = int(spec.lease * 1000)
+        self.done_ttl_ms = int(self.settings.done_ttl * 1000)
+        self._token_prefix = secrets.token_hex(6)
+        self._tokens = 0
+        self.draining = False
+        self._idle = False
+        self._in_job = False
+        self.jobs_done = 0
+        self.redis: redis.Redis | None = None
+
+    # -- signals --------------------------------------------------------------
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.draining = True
+        if self._idle:
+            raise _Interrupted()
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        if self._in_job:
+            raise SoftTimeLimitExceeded()
+
+    # -- main loop ------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        self._title("starting")
+        self.redis = connect(self.spec.redis_url, socket_timeout=None,
+                             name=f"governor-worker-{self.spec.queue.name}-{self.spec.index}")
+        self.channel.send("ready")
+        pending: Call | None = None
+        try:
+            while not self.draining:
+                self._title("idle")
+                reply = self._settle_and_reserve(pending)
+                pending = None
+                if reply[0] == 0:
+                    self._wait_for_work(reply[1])
+                    continue
+                pending = self._run(reply)
+        except _Interrupted:
+            self.redis.connection_pool.disconnect()  # a BLPOP reply may be half read
+        if pending is not None:
+            self._settle_and_reserve(pending, reserve=False)
+        self.channel.send("exit", "drain")
+        return 0
+
+    def _next_token(self) -> str:
+        self._tokens += 1
+        return f"{self._token_prefix}{self._tokens:x}"
+
+    def _settle_and_reserve(self, pending: Call | None, reserve: bool = True) -> list[Any]:
+        """Settles the last job and reserves the next in one round trip; rides out Redis outages."""
+        calls = [c for c in (pending,) if c is not None]
+        token = self._next_token()
+        if reserve:
+            calls.append(self.keys.reserve(self.id, token, self.lease_ms))
+        results = self._redis_retry(lambda: run(self.redis, *calls))
+        if pending is not None:
+            self._log_settle(pending, results[0])
+        if not reserve:
+            return [0, -1]
+        reply = results[-1]
+        if reply[0] == 1:
+            reply = list(reply)
+            reply.append(token)
+        return reply
+
+    def _redis_retry(self, fn: Any) -> Any:
+        delay, warned = 0.1, False
+        while True:
+            try:
+                result = fn()
+                if warned:
+                    log.warning("worker %s[%d]: Redis is back", self.spec.queue.name, self.spec.index)
+                return result
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not warned:
+                    log.warning("worker %s[%d]: Redis unavailable (%s); retrying",
+                                self.spec.queue.name, self.spec.index, exc)
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _log_settle(self, call: Call, result: Any) -> None:
+        job_id = call.args[0]
+        if call.script == "ack" and result == 0 or call.script == "fail" and result == FailOutcome.LOST:
+            log.warning("job %s: lease lost before settling (another worker owns it now); result dropped", job_id)
+        elif call.script == "fail" and result == FailOutcome.DEAD:
+            error = json.loads(call.args[3]).get("error", "") if call.args[3] else ""
+            log.warning("job %s dead-lettered (%s): %s", job_id, call.args[6], error.splitlines()[-1:] and error.splitlines()[-1])
+
+    def _wait_for_work(self, next_due_ms: int) -> None:
+        """Blocks in Redis until a job is enqueued (or a delayed one falls due); no polling."""
+        timeout = _IDLE_WAIT_MAX if next_due_ms < 0 else min(_IDLE_WAIT_MAX, max(next_due_ms / 1000.0, 0.01))
+        self._idle = True
+        try:
+            if self.draining:
+                return
+            self._redis_retry(lambda: self.redis.blpop([self.keys.wake], timeout=timeout))
+        finally:
+            self._idle = False
+
+    # -- running one job ------------------------------------------------------
+
+    def _run(self, reply: list[Any]) -> Call:
+        """Runs the job and returns the script call that settles it."""
+        token = reply[-1]
+        job = Reserved.from_reply(reply[:4], token)
+        soft, hard = self._limits(job)
+        handler_name = job.meta.get("handler") if isinstance(job.meta.get("handler"), str) else "?"
+        self.channel.send("start", job.id, token, handler_name, job.attempts, soft, hard)
+        self._title(f"job {job.id} {handler_name}")
+        started = time.monotonic()
+        try:
+            payload = Payload.parse(job.payload)
+            func = self.registry.resolve(payload.handler)
+        except HandlerError as exc:
+            self.channel.send("end", job.id, exc.reason, time.monotonic() - started)
+            return self.keys.fail(job.id, token, self.id, self._error(job, exc.reason, str(exc)),
+                                  "dead", 0, exc.reason, self.settings.retry.max)
+        try:
+            self._in_job = True
+            if soft:
+                signal.setitimer(signal.ITIMER_REAL, soft)
+            result = func(*payload.args, **payload.kwargs)
+            self._in_job = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        except (Exception, SystemExit, SoftTimeLimitExceeded) as exc:
+            self._in_job = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            seconds = time.monotonic() - started
+            reason = "timeout_soft" if isinstance(exc, SoftTimeLimitExceeded) else "exception"
+            self.channel.send("end", job.id, reason, seconds)
+            tb = traceback.format_exc()[-_MAX_TRACEBACK:]
+            error = self._error(job, reason, "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                                traceback=tb, seconds=round(seconds, 3))
+            log.debug("job %s failed: %s", job.id, error["error"])
+            return self.keys.fail(job.id, token, self.id, error, "retry", self._backoff_ms(job.attempts),
+                                  reason, self.settings.retry.max)
+        seconds = time.monotonic() - started
+        self.jobs_done += 1
+        self.channel.send("end", job.id, "ok", seconds)
+        log.debug("job %s done in %.3fs", job.id, seconds)
+        return self.keys.ack(job.id, token, self.id, self.done_ttl_ms, _result_json(result),
+                             int(seconds * 1000))
+
+    def _limits(self, job: Reserved) -> tuple[float | None, float | None]:
+        """(soft, hard) seconds. A per-job timeout replaces the hard limit and scales the soft one."""
+        soft, hard = self.settings.timeout.soft, self.settings.timeout.hard
+        override = job.meta.get("timeout")
+        if isinstance(override, (int, float)) and override > 0:
+            soft = override * (soft / hard) if soft and hard else None
+            hard = float(override)
+        return soft, hard
+
+    def _backoff_ms(self, attempts: int) -> int:
+        """Capped exponential backoff with equal jitter, so retries of a burst spread out."""
+        policy = self.settings.retry
+        delay = min(policy.max_backoff, policy.backoff * (2 ** max(attempts - 1, 0)))
+        return int((delay / 2 + random.uniform(0, delay / 2)) * 1000)
+
+    def _error(self, job: Reserved, reason: str, message: str, **extra: Any) -> dict[str, Any]:
+        return {"attempt": job.attempts, "reason": reason, "error": message, "worker": self.id, **extra}
+
+    def _title(self, what: str) -> None:
+        setproctitle(f"governor: worker {self.spec.queue.name}[{self.spec.index}] {what}")
+
+
+def _result_json(result: Any) -> str:
+    if result is None:
+        return ""
+    try:
+        text = json.dumps(result, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return ""
+    return text if len(text) <= _MAX_RESULT else ""
