@@ -1,0 +1,168 @@
+"""The master end to end: real `governor run`, real forks, real signals, real Redis."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+
+from conftest import wait_for
+
+
+def test_ten_thousand_jobs_run_exactly_once_and_failures_reach_dead_letter(governor):
+    governor.start({"alpha": {"concurrency": 2}, "beta": {"concurrency": 2}})
+    c = governor.client
+    for q in ("alpha", "beta"):
+        c.enqueue_many(q, [{"handler": "tasks:record", "args": [f"{q}-{i}"]} for i in range(5000)])
+    bad = c.enqueue("beta", "tasks:fail", "x")
+
+    def finished():
+        a, b = c.counts("alpha"), c.counts("beta")
+        return a["done_total"] == 5000 and b["done_total"] == 5000 and b["dead"] == 1
+
+    wait_for(finished, 90, "10,000 jobs to finish", interval=0.2)
+    runs = collections.Counter(governor.lines("done"))
+    assert len(runs) == 10000
+    assert set(runs.values()) == {1}, [k for k, v in runs.items() if v > 1][:5]
+    for q in ("alpha", "beta"):
+        counts = c.counts(q)
+        assert counts["waiting"] == counts["active"] == counts["delayed"] == 0
+    record = c.job(bad)
+    assert record["state"] == "dead" and record["reason"] == "exception"
+    assert record["attempts"] == 3  # retry.max 2: the first run and two retries
+    assert len(record["errors"]) == 3
+    assert all("ValueError: boom x" in e["traceback"] and 'in fail' in e["traceback"] for e in record["errors"])
+    # both workers of each pool did work
+    pids = collections.Counter(line.split()[1] for line in (governor.records / "done").read_text().splitlines())
+    assert len(pids) == 4
+
+
+def test_sigterm_lets_in_flight_jobs_finish_and_exits_zero(governor):
+    governor.start({"slow": {"concurrency": 4}})
+    ids = [governor.client.enqueue("slow", "tasks:sleep_then_record", f"j{i}", 3) for i in range(4)]
+    wait_for(lambda: len(governor.lines("start")) == 4, 10, "four jobs to start")
+    t0 = time.monotonic()
+    governor.signal(signal.SIGTERM)
+    assert governor.wait_exit(20) == 0
+    elapsed = time.monotonic() - t0
+    assert sorted(governor.lines("done")) == sorted(f"j{i}" for i in range(4))
+    assert elapsed < 8, f"drain took {elapsed:.1f}s"
+    counts = governor.client.counts("slow")
+    assert counts["active"] == 0 and counts["waiting"] == 0 and counts["delayed"] == 0
+    assert counts["done"] == 4 and counts["retried_total"] == 0
+    assert all(governor.client.job(i)["attempts"] == 1 for i in ids)
+    assert "reason drain" in governor.log()
+
+
+def test_drain_past_shutdown_timeout_kills_and_requeues(governor):
+    governor.start({"slow": {"concurrency": 1}}, shutdown_timeout="1s")
+    job = governor.client.enqueue("slow", "tasks:sleep_then_record", "long", 30)
+    wait_for(lambda: governor.lines("start"), 10, "the job to start")
+    governor.signal(signal.SIGTERM)
+    assert governor.wait_exit(10) == 0
+    record = governor.client.job(job)
+    assert record["state"] == "waiting"  # back in the queue, for the next master
+    assert record["attempts"] == 0  # not the job's fault: the attempt is not counted
+    assert record["errors"][-1]["reason"] == "shutdown"
+
+
+def test_sigint_stops_fast_and_requeues(governor):
+    governor.start({"slow": {"concurrency": 2}})
+    job = governor.client.enqueue("slow", "tasks:sleep_then_record", "long", 30)
+    wait_for(lambda: governor.lines("start"), 10, "the job to start")
+    t0 = time.monotonic()
+    governor.signal(signal.SIGINT)
+    assert governor.wait_exit(10) == 0
+    assert time.monotonic() - t0 < 3
+    assert governor.client.job(job)["state"] == "waiting"
+
+
+def test_sigkill_of_a_busy_worker_requeues_its_job_and_replaces_it(governor):
+    governor.start({"work": {"concurrency": 2}})
+    job = governor.client.enqueue("work", "tasks:sleep_then_record", "k", 1.5)
+    wait_for(lambda: governor.lines("start"), 10, "the job to start")
+    busy = wait_for(lambda: governor.workers("work", ("busy",)), 5, "a busy worker")[0]
+    before = {w["pid"] for w in governor.workers("work")}
+    import os
+    os.kill(busy["pid"], signal.SIGKILL)
+    wait_for(lambda: governor.lines("done") == ["k"], 15, "the job to run again and complete")
+    assert governor.lines("start") == ["k", "k"]
+    record = governor.client.job(job)
+    assert record["state"] == "done" and record["attempts"] == 2
+    assert record["errors"][0]["reason"] == "crashed"
+    assert "SIGKILL" in record["errors"][0]["error"]
+    workers = governor.wait_workers("work", 2)
+    assert busy["pid"] not in {w["pid"] for w in workers}
+    assert len({w["pid"] for w in workers} - before) == 1
+    assert len(governor.children()) == 2
+
+
+def test_sighup_scales_up_and_down_without_interrupting_a_job(governor):
+    governor.start({"work": {"concurrency": 2}})
+    governor.write({"work": {"concurrency": 5}})
+    governor.signal(signal.SIGHUP)
+    t0 = time.monotonic()
+    governor.wait_workers("work", 5, timeout=2)
+    wait_for(lambda: len(governor.children()) == 5, 2, "five worker processes")
+    assert time.monotonic() - t0 < 2
+
+    job = governor.client.enqueue("work", "tasks:sleep_then_record", "inflight", 2.5)
+    wait_for(lambda: governor.lines("start"), 5, "the job to start")
+    governor.write({"work": {"concurrency": 1}})
+    governor.signal(signal.SIGHUP)
+    governor.wait_workers("work", 1, timeout=2)
+    # the busy worker is draining, not killed; its job completes
+    wait_for(lambda: governor.lines("done") == ["inflight"], 10, "the in-flight job to complete")
+    assert governor.client.job(job)["attempts"] == 1
+    wait_for(lambda: len(governor.children()) == 1, 5, "one worker process left")
+    assert governor.workers("work")[0]["state"] == "idle"
+
+
+def test_sighup_with_settings_change_replaces_workers(governor):
+    governor.start({"work": {"concurrency": 2}})
+    before = {w["pid"] for w in governor.workers("work")}
+    governor.write({"work": {"concurrency": 2, "timeout": {"soft": "5s", "hard": "9s"}}})
+    governor.signal(signal.SIGHUP)
+    wait_for(lambda: len(governor.workers("work")) == 2 and not before & {w["pid"] for w in governor.workers("work")},
+             5, "both workers replaced")
+    assert "settings changed" in governor.log()
+
+
+def test_sighup_with_a_broken_file_keeps_the_old_config(governor):
+    governor.start({"work": {"concurrency": 3}})
+    governor.config_path.write_text(governor.config_path.read_text().replace("concurrency: 3", "concurrency: lots"))
+    governor.signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in governor.log(), 5, "the reload error in the log")
+    log = governor.log()
+    assert "keeping the running config" in log and "queues.work.concurrency" in log and "'lots'" in log
+    governor.config_path.write_text("queues: [unclosed\n")
+    governor.signal(signal.SIGHUP)
+    wait_for(lambda: "invalid YAML" in governor.log(), 5, "the YAML error in the log")
+    time.sleep(0.3)
+    governor.assert_running()
+    assert len(governor.workers("work")) == 3
+    governor.client.enqueue("work", "tasks:record", "after")
+    wait_for(lambda: governor.lines("done") == ["after"], 5, "a job to run on the old config")
+
+
+def test_handler_outside_the_allowlist_is_dead_lettered_unimported(governor):
+    marker = governor.dir / "imported"
+    (governor.dir / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef run():\n    pass\n")
+    governor.start({"work": {"concurrency": 1}})
+    job = governor.client.enqueue("work", "evil:run")
+    wait_for(lambda: governor.client.job(job)["state"] == "dead", 5, "the job to be dead-lettered")
+    record = governor.client.job(job)
+    assert record["reason"] == "not_allowed"
+    assert "not allowed by app.handlers" in record["errors"][0]["error"]
+    assert not marker.exists()
+    governor.client.enqueue("work", "tasks:record", "still-works")
+    wait_for(lambda: governor.lines("done") == ["still-works"], 5, "the worker to keep working")
+
+
+def test_delayed_job_runs_within_a_second_of_due(governor):
+    governor.start({"work": {"concurrency": 1}})
+    t0 = time.time()
+    job = governor.client.enqueue("work", "tasks:record", "later", delay=1.5)
+    wait_for(lambda: governor.lines("done") == ["later"], 5, "the delayed job")
+    record = governor.client.job(job)
+    assert 1.5 <= record["started_at"] - t0 < 2.5
