@@ -17,7 +17,7 @@ import redis
 import yaml
 
 from governor.config import Config, ConfigError, load_config, mask_url
-from governor.connection import resolve_url
+from governor.connection import RedisUnavailable, resolve_url
 from governor.queue import DEFAULT_PRIORITY, Client
 from governor.units import format_size
 
@@ -35,9 +35,8 @@ def _load(path: str) -> Config:
 def _client(cfg: Config) -> Client:
     url = resolve_url(cfg.redis.url, cfg.state_dir)
     if cfg.redis.embedded and not os.path.exists(url[len("unix://"):]):
-        print(f"governor: the embedded Redis is not running (no socket in {cfg.state_dir}); "
-              f"start the master first: governor run -c {cfg.source}", file=sys.stderr)
-        raise SystemExit(1)
+        raise RedisUnavailable(f"the embedded Redis is not running (no socket in {cfg.state_dir}); "
+                               f"start the master first: governor run -c {cfg.source}")
     return Client.from_url(url, prefix=cfg.redis.prefix)
 
 
@@ -84,8 +83,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.queue not in cfg.queues:
         print(f"governor: warning: queue {args.queue!r} is not in {cfg.source}; no worker will take it",
               file=sys.stderr)
-    client = _client(cfg)
     try:
+        client = _client(cfg)
         job_id = client.enqueue(
             args.queue, args.handler, *_json_arg(args.args, "--args", list),
             priority=args.priority, delay=args.delay, timeout=args.timeout,
@@ -94,6 +93,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"governor: {exc}", file=sys.stderr)
         return 2
+    except RedisUnavailable as exc:
+        print(f"governor: {exc}", file=sys.stderr)
+        return 1
     except redis.ConnectionError as exc:
         print(f"governor: cannot reach Redis at {mask_url(cfg.redis.url)}: {exc}", file=sys.stderr)
         return 1
@@ -121,10 +123,8 @@ def gather_status(cfg: Config) -> dict[str, Any]:
                  "attempts": j.get("attempts"),
                  "error": (j["errors"][-1].get("error") if j["errors"] else None)}
                 for j in client.dead(name, limit=5)]
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, RedisUnavailable) as exc:
         out["redis_error"] = str(exc)
-    except SystemExit:
-        out["redis_error"] = "embedded Redis not running"
     return out
 
 
