@@ -72,9 +72,12 @@ def _json_arg(text: str | None, name: str, kind: type) -> Any:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise SystemExit(f"governor: {name} is not valid JSON: {exc}") from None
+        print(f"governor: {name} is not valid JSON: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if not isinstance(value, kind):
-        raise SystemExit(f"governor: {name} must be a JSON {'array' if kind is list else 'object'}")
+        print(f"governor: {name} must be a JSON {'array' if kind is list else 'object'}, got {text}",
+              file=sys.stderr)
+        raise SystemExit(2)
     return value
 
 

@@ -438,7 +438,7 @@ class Master:
     def _renew(self) -> None:
         calls = []
         for pool in self.pools.values():
-            holders = [w.wid for w in pool if w.state is not State.STOPPING]
+            holders = [w.wid for w in pool if w.job is not None and w.state is not State.STOPPING]
             if holders:
                 keys = QueueKeys(self.config.redis.prefix, pool.name)
                 calls.append(keys.renew(int(self.config.lease * 1000), holders))

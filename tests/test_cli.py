@@ -1,0 +1,94 @@
+"""The operator's commands against a real master: enqueue, status, the embedded Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import yaml
+from conftest import wait_for
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "governor", *args], capture_output=True, text=True,
+                          timeout=30, cwd=cwd)
+
+
+def test_enqueue_prints_the_id_and_the_job_runs(governor):
+    governor.start({"work": {"concurrency": 1}})
+    out = cli("enqueue", "-c", str(governor.config_path), "work", "tasks:record",
+              "--args", '["from-cli"]', "--priority", "5", "--job-id", "cli-1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "cli-1"
+    wait_for(lambda: governor.lines("done") == ["from-cli"], 5, "the job")
+    assert governor.client.job("cli-1")["priority"] == 5
+
+
+def test_enqueue_refuses_bad_arguments(governor):
+    governor.write({"work": {"concurrency": 1}})
+    cfg = str(governor.config_path)
+    bad = cli("enqueue", "-c", cfg, "work", "tasks:record", "--args", "[oops")
+    assert bad.returncode == 2 and "--args is not valid JSON" in bad.stderr
+    bad = cli("enqueue", "-c", cfg, "work", "tasks:record", "--delay", "soon")
+    assert bad.returncode == 2 and "delay" in bad.stderr and "'soon'" in bad.stderr
+    bad = cli("enqueue", "-c", cfg, "work", "tasks:record", "--priority", "500")
+    assert bad.returncode == 2 and "priority" in bad.stderr
+    assert governor.client.counts("work")["waiting"] == 0
+
+
+def test_status_json_lists_every_worker_and_falls_back_to_redis(governor):
+    governor.start({"work": {"concurrency": 2}, "other": {"concurrency": 1}})
+    governor.client.enqueue("work", "tasks:sleep_then_record", "s", 2)
+    governor.client.enqueue("other", "tasks:record", "x", delay=60)
+    wait_for(lambda: governor.lines("start"), 5, "the job to start")
+    out = cli("status", "-c", str(governor.config_path), "--json")
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)
+    assert st["master"]["pid"] == governor.proc.pid
+    workers = {p["queue"]: p["workers"] for p in st["pools"]}
+    assert len(workers["work"]) == 2 and len(workers["other"]) == 1
+    real = {c.pid for c in governor.children()}
+    assert {w["pid"] for ws in workers.values() for w in ws} == real
+    busy = [w for w in workers["work"] if w["state"] == "busy"]
+    assert len(busy) == 1 and busy[0]["job"]["handler"] == "tasks:sleep_then_record"
+    for w in workers["work"]:
+        assert {"pid", "state", "uptime", "jobs_done", "rss", "job"} <= set(w)
+        assert w["rss"] > 1_000_000
+    assert st["queues"]["work"]["active"] == 1 and st["queues"]["other"]["delayed"] == 1
+
+    text = cli("status", "-c", str(governor.config_path))
+    assert "busy" in text.stdout and "tasks:sleep_then_record" in text.stdout
+
+    governor.signal(signal.SIGINT)
+    governor.wait_exit()
+    st = json.loads(cli("status", "-c", str(governor.config_path), "--json").stdout)
+    assert st["master"] is None
+    assert st["queues"]["work"]["waiting"] == 1  # the killed job, requeued
+    assert st["queues"]["other"]["delayed"] == 1
+    assert "no master running" in cli("status", "-c", str(governor.config_path)).stdout
+
+
+def test_embedded_redis_serves_the_master_and_the_cli(tmp_path):
+    (tmp_path / "tasks.py").write_text(
+        f"def touch(name):\n    open({str(tmp_path)!r} + '/' + name, 'w').close()\n")
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "redis": {"url": "embedded"}, "app": {"path": ["."], "handlers": ["tasks:*"]},
+        "state_dir": str(tmp_path / "state"), "queues": {"q": {"concurrency": 1}}}))
+    master = subprocess.Popen([sys.executable, "-m", "governor", "run", "-c", str(cfg)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.path.exists(tmp_path / "state" / "control.sock"), 15, "the master")
+        out = cli("enqueue", "-c", str(cfg), "q", "tasks:touch", "--args", '["ran"]')
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: (tmp_path / "ran").exists(), 10, "the job on the embedded Redis")
+        assert oct(os.stat(tmp_path / "state" / "control.sock").st_mode & 0o777) == "0o600"
+    finally:
+        master.send_signal(signal.SIGTERM)
+        assert master.wait(20) == 0
+    # the master took its Redis down with it
+    out = cli("enqueue", "-c", str(cfg), "q", "tasks:touch", "--args", '["again"]')
+    assert out.returncode == 1 and "embedded Redis is not running" in out.stderr
