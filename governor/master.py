@@ -34,6 +34,7 @@ from governor.embedded import EmbeddedRedis
 from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
 from governor.queue import FailOutcome, QueueKeys, lease_of, run
+from governor.systemd import Notifier
 
 log = logging.getLogger("governor.master")
 
@@ -83,6 +84,8 @@ class Master:
         self.redis: redis.Redis | None = None
         self.control: ControlServer | None = None
         self._sig_r = self._sig_w = -1
+        self.notifier = Notifier()
+        self._ready_sent = False
 
     # -- start and stop ---------------------------------------------------------
 
@@ -137,6 +140,10 @@ class Master:
             now = time.monotonic()
             self._timers(now)
             self._reconcile(now)
+            if not self._ready_sent and not self.stopping and self._pools_ready():
+                self._ready_sent = True
+                self.notifier.ready(self._summary())
+                log.info("all pools up: %s", self._summary())
             if self.stopping and not any(p.workers for p in self.pools.values()):
                 self._settle_lost()
                 return
@@ -151,6 +158,15 @@ class Master:
                     self._on_signals()
                 elif kind == "control":
                     self.control.serve_one()
+
+    def _pools_ready(self) -> bool:
+        return all(sum(1 for w in p.current() if w.state is not State.STARTING) >= p.desired()
+                   or p.backoff for p in self.pools.values())
+
+    def _summary(self) -> str:
+        workers = sum(len(p.taking_work()) for p in self.pools.values())
+        busy = sum(1 for p in self.pools.values() for w in p if w.job)
+        return f"{workers} workers ({busy} busy) in {len(self.pools)} pools"
 
     def _next_wakeup(self, now: float) -> float:
         times = [now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
@@ -181,6 +197,7 @@ class Master:
         if self.stopping:
             return
         self.stopping = "graceful"
+        self.notifier.stopping()
         self.stop_deadline = time.monotonic() + self.config.shutdown_timeout
         busy = sum(1 for p in self.pools.values() for w in p if w.job)
         log.info("SIGTERM: draining; %d job(s) in flight get up to %.0fs", busy, self.config.shutdown_timeout)
@@ -190,6 +207,7 @@ class Master:
         if self.stopping == "fast":
             return
         self.stopping = "fast"
+        self.notifier.stopping()
         log.info("fast stop: killing workers, requeueing their jobs")
         for pool in self.pools.values():
             for w in pool:
@@ -201,12 +219,14 @@ class Master:
         """Reload the YAML; a bad file changes nothing."""
         if self.stopping:
             return
+        self.notifier.reloading()
         try:
             new = load_config(self.config.source)
         except ConfigError as exc:
             log.error("reload failed, keeping the running config: %s", exc)
-            return
-        self._apply(new)
+        else:
+            self._apply(new)
+        self.notifier.ready(self._summary())
 
     def _apply(self, new: Config) -> None:
         old = self.config
@@ -288,7 +308,7 @@ class Master:
     def _owned_fds(self) -> list[int]:
         """Descriptors a forked worker must close: they belong to this loop."""
         fds = [key.fd for key in self.selector.get_map().values()]
-        fds += [self._sig_r, self._sig_w]
+        fds += [self._sig_r, self._sig_w, self.notifier.fileno()]
         if hasattr(self.selector, "fileno"):
             fds.append(self.selector.fileno())
         return [fd for fd in fds if fd >= 0]

@@ -154,10 +154,11 @@ class Governor:
     def write(self, queues: dict[str, Any], **top: Any) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config(queues, **top)))
 
-    def start(self, queues: dict[str, Any] | None = None, **top: Any) -> Governor:
+    def start(self, queues: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+              **top: Any) -> Governor:
         if queues is not None:
             self.write(queues, **top)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "governor", "run", "-c", str(self.config_path)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)

@@ -166,3 +166,34 @@ def test_delayed_job_runs_within_a_second_of_due(governor):
     wait_for(lambda: governor.lines("done") == ["later"], 5, "the delayed job")
     record = governor.client.job(job)
     assert 1.5 <= record["started_at"] - t0 < 2.5
+
+
+def test_workers_die_with_the_master_and_carry_a_telling_title(governor):
+    governor.start({"work": {"concurrency": 2}})
+    governor.client.enqueue("work", "tasks:sleep_then_record", "titled", 5)
+    busy = wait_for(lambda: governor.workers("work", ("busy",)), 5, "a busy worker")[0]
+    title = open(f"/proc/{busy['pid']}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    assert "governor: worker work[" in title and busy["job"]["id"] in title and "tasks:sleep_then_record" in title
+    pids = [c.pid for c in governor.children()]
+    governor.proc.kill()  # SIGKILL: no chance to clean up
+    governor.wait_exit()
+    import psutil
+    gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=3)
+    assert alive == [], f"orphaned workers: {alive}"
+
+
+def test_a_dead_hosts_job_comes_back_when_its_lease_expires(governor):
+    from governor.queue import run
+
+    c = governor.client
+    job = c.enqueue("work", "tasks:record", "orphan")
+    # a worker on another host takes the job, then that host vanishes: nobody renews the lease
+    run(c.redis, c.keys("work").reserve("otherhost:4242", "tok", 1500))
+    assert c.job(job)["state"] == "active"
+    governor.start({"work": {"concurrency": 1}})
+    time.sleep(0.5)
+    assert governor.lines("done") == []  # not before the lease runs out
+    wait_for(lambda: governor.lines("done") == ["orphan"], 5, "the orphaned job to be reclaimed and run")
+    record = c.job(job)
+    assert record["attempts"] == 2 and record["errors"][0]["reason"] == "lease_expired"
+    assert "otherhost:4242" in record["errors"][0]["error"]
