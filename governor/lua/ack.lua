@@ -17,10 +17,5 @@ redis.call('ZADD', KEYS[4], fmt(now), id)
 redis.call('HINCRBY', KEYS[6], 'done', 1)
 -- Expire done records a couple at a time, so the work keeps pace with acks
 -- without ever making one ack slow.
-local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(now - tonumber(ARGV[4])), 'LIMIT', 0, 2)
-for _, gone in ipairs(old) do
-  redis.call('ZREM', KEYS[4], gone)
-  redis.call('HDEL', KEYS[2], gone)
-  redis.call('HDEL', KEYS[3], gone)
-end
+expire_done(KEYS[4], KEYS[2], KEYS[3], now - tonumber(ARGV[4]), 2)
 return 1

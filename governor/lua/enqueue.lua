@@ -17,14 +17,7 @@ for i = 0, n - 1 do
     meta.seq = seq
     meta.enqueued_at = now
     meta.attempts = 0
-    if delay > 0 then
-      meta.state = 'delayed'
-      meta.due_at = now + delay
-      redis.call('ZADD', KEYS[4], fmt(meta.due_at), id)
-    else
-      meta.state = 'waiting'
-      redis.call('ZADD', KEYS[3], fmt(score(meta)), id)
-    end
+    schedule(meta, id, now, delay, KEYS[3], KEYS[4])
     -- a delayed job wakes one idle worker too, so it re-arms its timer
     tokens = tokens + 1
     redis.call('HSET', KEYS[2], id, ARGV[b + 1])

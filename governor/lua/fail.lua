@@ -22,20 +22,11 @@ local max_retries = tonumber(meta.max_retries) or tonumber(ARGV[8])
 local result
 if mode == 'requeue' then
   meta.attempts = math.max(0, (tonumber(meta.attempts) or 1) - 1)
-  meta.state = 'waiting'
-  redis.call('ZADD', KEYS[3], fmt(score(meta)), id)
+  schedule(meta, id, now, 0, KEYS[3], KEYS[4])
   wake(KEYS[7], 1)
   result = 1
 elseif mode == 'retry' and (tonumber(meta.attempts) or 1) <= max_retries then
-  local backoff = tonumber(ARGV[6])
-  if backoff > 0 then
-    meta.state = 'delayed'
-    meta.due_at = now + backoff
-    redis.call('ZADD', KEYS[4], fmt(meta.due_at), id)
-  else
-    meta.state = 'waiting'
-    redis.call('ZADD', KEYS[3], fmt(score(meta)), id)
-  end
+  schedule(meta, id, now, tonumber(ARGV[6]), KEYS[3], KEYS[4])
   wake(KEYS[7], 1)
   redis.call('HINCRBY', KEYS[8], 'retried', 1)
   result = 2

@@ -73,3 +73,26 @@ end
 local function leased(meta, token)
   return meta.state == 'active' and meta.token == token
 end
+
+-- Puts a job in delayed (due in delay_ms) or, with no delay, in waiting.
+local function schedule(meta, id, now, delay_ms, waiting_key, delayed_key)
+  if delay_ms > 0 then
+    meta.state = 'delayed'
+    meta.due_at = now + delay_ms
+    redis.call('ZADD', delayed_key, fmt(meta.due_at), id)
+  else
+    meta.state = 'waiting'
+    meta.due_at = nil
+    redis.call('ZADD', waiting_key, fmt(score(meta)), id)
+  end
+end
+
+-- Forgets done records older than the cutoff, at most `limit` of them.
+local function expire_done(done_key, meta_key, data_key, cutoff, limit)
+  local old = redis.call('ZRANGEBYSCORE', done_key, '-inf', fmt(cutoff), 'LIMIT', 0, limit)
+  for _, gone in ipairs(old) do
+    redis.call('ZREM', done_key, gone)
+    redis.call('HDEL', meta_key, gone)
+    redis.call('HDEL', data_key, gone)
+  end
+end

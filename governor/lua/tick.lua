@@ -5,12 +5,7 @@
 -- Returns {promoted, ms until next due (-1: none), active count, id1, meta1, id2, meta2, ...}
 local now = now_ms()
 local promoted = promote(KEYS[2], KEYS[1], KEYS[4], KEYS[7], now, 1000)
-local old = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', fmt(now - tonumber(ARGV[1])), 'LIMIT', 0, 1000)
-for _, gone in ipairs(old) do
-  redis.call('ZREM', KEYS[6], gone)
-  redis.call('HDEL', KEYS[4], gone)
-  redis.call('HDEL', KEYS[5], gone)
-end
+expire_done(KEYS[6], KEYS[4], KEYS[5], now - tonumber(ARGV[1]), 1000)
 local out = {promoted, next_due(KEYS[2], now), redis.call('ZCARD', KEYS[3])}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now), 'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
