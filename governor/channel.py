@@ -5,7 +5,9 @@ message a worker sent just before it died is still readable after its death,
 so the master learns the last job a worker started even when it reaps it.
 
 Worker -> master: ``["ready"]``, ``["start", job_id, token, handler, attempt,
-soft_s, hard_s]``, ``["end", job_id, outcome, seconds]``, ``["exit", reason]``.
+soft_s, hard_s]``, ``["end", job_id, outcome, seconds]``, ``["exit", reason]``,
+``["fatal", error]`` and ``["recycle", reason]``, the one question: the master
+answers ``go`` or ``later`` (at most ``recycle.max_concurrent`` per pool at once).
 """
 
 from __future__ import annotations
@@ -59,3 +61,15 @@ class WorkerEnd:
             self.sock.send(encode(*message))
         except OSError:
             pass
+
+    def ask(self, *message: Any, timeout: float = 5.0) -> str | None:
+        """Sends a question and waits for the master's one-word answer (None: no answer)."""
+        self.send(*message)
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(MAX_MESSAGE)
+            return data.decode() if data else None
+        except OSError:
+            return None
+        finally:
+            self.sock.settimeout(None)

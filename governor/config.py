@@ -38,6 +38,8 @@ class MemoryLimits:
     soft: int | None = 512 * 1024**2
     hard: int | None = 1024**3
     measure: str = "rss"  # rss | uss | pss: what confirms a limit crossed on RSS
+    interval: float = 0.5  # seconds between the master's samples of each worker
+    rlimit: bool = False  # also set RLIMIT_AS = hard in the worker (a second line of defence)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class RedisConfig:
 @dataclass(frozen=True)
 class AppConfig:
     path: tuple[str, ...] = ()
-    preload: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()  # imported once in the master, before fork
+    imports: tuple[str, ...] = ()  # imported by each worker as it starts (fresh code per worker)
     handlers: tuple[str, ...] = ()
 
 
@@ -125,7 +128,8 @@ class Config:
         def settings(s: QueueSettings) -> dict[str, Any]:
             return {
                 "memory": {"soft": format_size(s.memory.soft), "hard": format_size(s.memory.hard),
-                           "measure": s.memory.measure},
+                           "measure": s.memory.measure, "interval": format_duration(s.memory.interval),
+                           "rlimit": s.memory.rlimit},
                 "timeout": {"soft": format_duration(s.timeout.soft),
                             "hard": format_duration(s.timeout.hard)},
                 "recycle": {"max_jobs": s.recycle.max_jobs,
@@ -140,7 +144,7 @@ class Config:
         return {
             "redis": {"url": mask_url(self.redis.url), "prefix": self.redis.prefix},
             "app": {"path": list(self.app.path), "preload": list(self.app.preload),
-                    "handlers": list(self.app.handlers)},
+                    "imports": list(self.app.imports), "handlers": list(self.app.handlers)},
             "shutdown_timeout": format_duration(self.shutdown_timeout),
             "lease": format_duration(self.lease),
             "state_dir": self.state_dir,
@@ -287,6 +291,12 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return parse
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
 def _string(v: Any) -> str:
     if not isinstance(v, (str, int, float)) or isinstance(v, bool):
         raise ValueError(f"expected a string, got {v!r}")
@@ -323,12 +333,16 @@ _SETTING_KEYS = ("memory", "timeout", "recycle", "retry", "done_ttl")
 
 def _settings(sec: _Section, base: QueueSettings) -> QueueSettings:
     """Reads the inheritable keys of ``defaults`` or of one queue, over ``base``."""
-    mem = sec.section("memory").expect("soft", "hard", "measure")
+    mem = sec.section("memory").expect("soft", "hard", "measure", "interval", "rlimit")
     memory = MemoryLimits(
         soft=mem.get("soft", _optional(parse_size), base.memory.soft),
         hard=mem.get("hard", _optional(parse_size), base.memory.hard),
         measure=mem.get("measure", _choice("rss", "uss", "pss"), base.memory.measure),
+        interval=mem.get("interval", parse_duration, base.memory.interval),
+        rlimit=mem.get("rlimit", _bool, base.memory.rlimit),
     )
+    if memory.interval < 0.01:
+        raise ConfigError(mem.sub("interval"), f"expected at least 10ms, got {format_duration(memory.interval)}")
     mem.done()
     if memory.soft and memory.hard and memory.soft > memory.hard:
         raise ConfigError(mem.path, f"soft ({format_size(memory.soft)}) is above hard ({format_size(memory.hard)})")
@@ -403,10 +417,11 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", redis.prefix):
         raise ConfigError("redis.prefix", f"expected letters, digits and _.:- only, got {redis.prefix!r}")
 
-    ap = top.section("app").expect("path", "preload", "handlers")
+    ap = top.section("app").expect("path", "preload", "imports", "handlers")
     app = AppConfig(
         path=tuple(str((base_dir / p).resolve()) for p in ap.get("path", _string_list, ())),
         preload=ap.get("preload", _string_list, ()),
+        imports=ap.get("imports", _string_list, ()),
         handlers=ap.get("handlers", _handler_patterns, ()),
     )
     ap.done()

@@ -31,6 +31,7 @@ from governor.config import Config, ConfigError, QueueConfig, load_config, mask_
 from governor.connection import connect, resolve_url
 from governor.control import ControlServer
 from governor.embedded import EmbeddedRedis
+from governor.governance import jittered_limits, judge_memory, max_concurrent_recycles, tree_rss
 from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
 from governor.queue import FailOutcome, QueueKeys, lease_of, run
@@ -55,6 +56,7 @@ class LostJob:
     seconds: float | None
     known: tuple[str, str] | None  # (id, token) from the worker's last 'start' message
     max_retries: int
+    detail: dict[str, Any]  # measured figures: peak memory, limit, signal or exit code
 
 
 def _settings_key(q: QueueConfig, cfg: Config) -> Any:
@@ -78,6 +80,7 @@ class Master:
         self.lost: list[LostJob] = []
         self.next_tick: dict[str, float] = {}
         self.next_renew = 0.0
+        self.next_sample: dict[str, float] = {}
         self.redis_down_since: float | None = None
         self.embedded = EmbeddedRedis(config.state_dir) if config.redis.embedded else None
         self.redis_url = resolve_url(config.redis.url, config.state_dir)
@@ -177,6 +180,12 @@ class Master:
         for pool in self.pools.values():
             if pool.delta() > 0 and pool.respawn_at > now:
                 times.append(pool.respawn_at)
+            if pool.workers:
+                times.append(self.next_sample.get(pool.name, now))
+            for w in pool.workers.values():
+                deadline = w.hard_deadline()
+                if deadline is not None:
+                    times.append(deadline)
         return min(times)
 
     # -- signals -----------------------------------------------------------------
@@ -275,12 +284,15 @@ class Master:
             if pool.removed and not pool.workers:
                 del self.pools[name]
                 self.next_tick.pop(name, None)
+                self.next_sample.pop(name, None)
 
     def _spawn(self, pool: Pool, now: float) -> None:
         master_end, worker_end = channel.pair()
+        max_jobs, max_age = jittered_limits(pool.config.settings.recycle)
         spec = worker.WorkerSpec(queue=pool.config, app=self.config.app, redis_url=self.redis_url,
                                  prefix=self.config.redis.prefix, lease=self.config.lease,
-                                 index=pool.free_index(), master_pid=self.pid)
+                                 index=pool.free_index(), master_pid=self.pid,
+                                 max_jobs=max_jobs, max_age=max_age)
         inherited = self._owned_fds() + [master_end.fileno()]
         try:
             pid = os.fork()
@@ -318,15 +330,31 @@ class Master:
     def _on_channel(self, wp: WorkerProcess) -> None:
         messages, closed = channel.receive_all(wp.sock)
         now = time.monotonic()
+        pool = self.pools.get(wp.queue)
         for msg in messages:
             wp.on_message(msg, now)
-            if msg[0] == "end" and msg[2] == "ok":
-                pool = self.pools.get(wp.queue)
-                if pool and pool.backoff:
-                    log.info("queue %s: a worker finished a job; crash backoff reset", wp.queue)
-                    pool.backoff, pool.respawn_at, pool.last_error = 0.0, 0.0, None
+            if msg[0] == "end" and pool and pool.backoff:
+                log.info("queue %s: a worker finished a job; crash backoff reset", wp.queue)
+                pool.backoff, pool.respawn_at, pool.last_error = 0.0, 0.0, None
+            elif msg[0] == "recycle" and pool:
+                self._answer_recycle(pool, wp, str(msg[1]))
         if closed:
             self.selector.unregister(wp.sock)
+
+    def _answer_recycle(self, pool: Pool, wp: WorkerProcess, reason: str) -> None:
+        """Grants a retirement unless too many of the pool's workers are already recycling."""
+        recycling = sum(1 for w in pool if w.state is State.DRAINING
+                        and w.stop_reason in ("max_jobs", "max_age"))
+        limit = max_concurrent_recycles(pool.config.settings.recycle, pool.config.concurrency)
+        granted = recycling < limit or self.stopping is not None
+        try:
+            wp.sock.send(b"go" if granted else b"later")
+        except OSError:
+            return
+        if granted:
+            wp.recycle(reason)
+            log.info("worker %r recycling (%s, after %d jobs, %.0fs)", wp, reason, wp.jobs_done,
+                     time.monotonic() - wp.started)
 
     def _on_exit(self, wp: WorkerProcess) -> None:
         try:
@@ -344,19 +372,24 @@ class Master:
         if pool:
             pool.workers.pop(wp.pid, None)
         now = time.monotonic()
-        description = describe_exit(status)
+        description, exit_detail = describe_exit(status)
         killed = wp.state is State.STOPPING
         crashed = not killed and (wp.job is not None or wp.stop_reason is None or status != 0)
         reason = "crashed" if crashed else (wp.stop_reason or "exited")
-        log_fn = log.warning if crashed else log.info
-        log_fn("worker %r exited (%s), reason %s", wp, description, reason)
+        detail = {**exit_detail, "peak_rss": wp.peak_rss or None, **(wp.stop_detail if killed else {})}
+        if pool:
+            pool.exits[reason] += 1
+        log_fn = log.warning if crashed or reason in ("memory_hard", "timeout_hard") else log.info
+        log_fn("worker %r exited (%s), reason %s%s", wp, description, reason,
+               "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if killed else "")
         max_retries = pool.config.settings.retry.max if pool else 0
         known = (wp.job.id, wp.job.token) if wp.job else None
         seconds = round(now - wp.job.since, 3) if wp.job else None
         self.lost.append(LostJob(queue=wp.queue, wid=wp.wid, pid=wp.pid, reason=reason,
                                  description=description,
                                  mode="requeue" if reason == "shutdown" else "retry",
-                                 seconds=seconds, known=known, max_retries=max_retries))
+                                 seconds=seconds, known=known, max_retries=max_retries,
+                                 detail={k: v for k, v in detail.items() if v is not None}))
         self._settle_lost()
         if crashed and wp.jobs_done == 0 and pool and not self.stopping:
             error = wp.fatal or description
@@ -373,7 +406,8 @@ class Master:
                 held = lease_of(self.redis, keys, lost.wid) or lost.known
                 if held:
                     error = {"reason": lost.reason, "worker": lost.wid, "seconds": lost.seconds,
-                             "error": f"worker pid {lost.pid} {lost.description} while running the job"}
+                             "error": f"worker pid {lost.pid} {lost.description} ({lost.reason}) "
+                                      "while running the job", **lost.detail}
                     outcome = run(self.redis, keys.fail(held[0], held[1], lost.wid, error, lost.mode,
                                                          0, lost.reason, lost.max_retries))[0]
                     self._log_requeue(held[0], lost.reason, outcome)
@@ -400,6 +434,8 @@ class Master:
                     if w.state is not State.STOPPING:
                         log.warning("worker %r still busy at shutdown_timeout; killing it", w)
                         w.kill("shutdown")
+        self._enforce_deadlines(now)
+        self._sample_memory(now)
         if self.embedded and not self.embedded.alive() and not self.stopping:
             log.error("embedded redis-server died; restarting it")
             try:
@@ -422,6 +458,36 @@ class Master:
             self._redis_failed(exc)
             for name in due:
                 self.next_tick[name] = now + TICK_BUSY
+
+    def _enforce_deadlines(self, now: float) -> None:
+        """Hard time limits, from the master's own clock: a worker stuck in C code or with
+        signals blocked is killed all the same."""
+        for pool in self.pools.values():
+            for w in pool:
+                deadline = w.hard_deadline()
+                if deadline is not None and now >= deadline:
+                    w.kill("timeout_hard", limit=w.job.hard, overshoot=round(now - deadline, 4))
+
+    def _sample_memory(self, now: float) -> None:
+        for pool in self.pools.values():
+            if self.next_sample.get(pool.name, 0.0) > now:
+                continue
+            limits = pool.config.settings.memory
+            self.next_sample[pool.name] = now + limits.interval
+            for w in pool:
+                if w.state is State.STOPPING:
+                    continue
+                w.rss = tree_rss(w.pid)
+                w.peak_rss = max(w.peak_rss, w.rss)
+                verdict = judge_memory(w.pid, w.rss, limits)
+                if verdict is None:
+                    continue
+                if verdict.action == "kill":
+                    w.kill(verdict.reason, memory=verdict.measured, limit=verdict.limit)
+                elif w.state is not State.DRAINING:
+                    log.info("worker %r over memory.soft (%d > %d bytes): finishing its job, then "
+                             "replacing it", w, verdict.measured, verdict.limit)
+                    w.drain(verdict.reason)
 
     def _redis_failed(self, exc: Exception) -> None:
         if self.redis_down_since is None:

@@ -8,6 +8,7 @@ capacity holds while old workers finish their jobs.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ class Pool:
         self.respawn_at = 0.0
         self.last_crash = 0.0
         self.last_error: str | None = None
+        self.exits: Counter[str] = Counter()  # worker exits by reason, for status and metrics
 
     @property
     def name(self) -> str:
@@ -107,4 +109,5 @@ class Pool:
             "backoff": {"seconds": self.backoff, "respawn_in": round(max(0.0, self.respawn_at - now), 3),
                         "last_error": self.last_error} if self.backoff else None,
             "generation": self.generation,
+            "exits": dict(self.exits),
         }

@@ -63,7 +63,10 @@ class WorkerProcess:
         self.job: CurrentJob | None = None
         self.jobs_done = 0
         self.stop_reason: str | None = None
+        self.stop_detail: dict[str, Any] = {}  # the measured figure behind a kill
         self.fatal: str | None = None
+        self.rss = 0
+        self.peak_rss = 0
 
     def __repr__(self) -> str:
         return f"{self.queue}[{self.index}] pid {self.pid}"
@@ -85,8 +88,7 @@ class WorkerProcess:
             if self.state in (State.IDLE, State.STARTING):
                 self._to(State.BUSY)
         elif kind == "end":
-            if msg[2] == "ok":
-                self.jobs_done += 1
+            self.jobs_done += 1
             self.job = None
             if self.state is State.BUSY:
                 self._to(State.IDLE)
@@ -107,11 +109,23 @@ class WorkerProcess:
         self._to(State.DRAINING)
         _signal(self.pid, signal.SIGTERM)
 
-    def kill(self, reason: str) -> None:
+    def recycle(self, reason: str) -> None:
+        """The worker asked to retire (max_jobs, max_age) and was allowed: it exits by itself."""
+        if self.state in TAKING_WORK:
+            self.stop_reason = reason
+            self._to(State.DRAINING)
+
+    def hard_deadline(self) -> float | None:
+        if self.job and self.job.hard and self.state is not State.STOPPING:
+            return self.job.since + self.job.hard
+        return None
+
+    def kill(self, reason: str, **detail: Any) -> None:
         """SIGKILL the worker's whole process group, so no grandchild outlives it."""
         if self.state is State.STOPPING:
             return
         self.stop_reason = reason
+        self.stop_detail = detail
         self._to(State.STOPPING)
         try:
             os.killpg(self.pid, signal.SIGKILL)
@@ -129,7 +143,7 @@ class WorkerProcess:
                    "seconds": round(now - self.job.since, 3)}
         return {"pid": self.pid, "index": self.index, "state": self.state.value,
                 "uptime": round(now - self.started, 3), "jobs_done": self.jobs_done,
-                "rss": rss_bytes(self.pid),
+                "rss": self.rss or rss_bytes(self.pid), "peak_rss": self.peak_rss,
                 "job": job, "stop_reason": self.stop_reason, "generation": self.generation}
 
 
@@ -152,8 +166,10 @@ def rss_bytes(pid: int) -> int | None:
         return None
 
 
-def describe_exit(status: int) -> str:
+def describe_exit(status: int) -> tuple[str, dict[str, Any]]:
+    """("killed by SIGSEGV", {"signal": "SIGSEGV"}) or ("exit code 3", {"exit_code": 3})."""
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
+        name = signal.Signals(-code).name
+        return f"killed by {name}", {"signal": name}
+    return f"exit code {code}", {"exit_code": code}

@@ -10,6 +10,7 @@ taking jobs when it receives SIGTERM (drain).
 from __future__ import annotations
 
 import ctypes
+import importlib
 import json
 import logging
 import os
@@ -52,6 +53,8 @@ class WorkerSpec:
     lease: float
     index: int
     master_pid: int
+    max_jobs: int | None = None  # this worker's own, jittered, recycle limits
+    max_age: float | None = None
 
 
 def worker_id(pid: int) -> str:
@@ -109,6 +112,11 @@ def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
         pass
     if os.getppid() != spec.master_pid:  # the master died before prctl took effect
         os._exit(1)
+    hard = spec.queue.settings.memory.hard
+    if spec.queue.settings.memory.rlimit and hard:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
 class Worker:
@@ -128,7 +136,10 @@ class Worker:
         self.draining = False
         self._idle = False
         self._in_job = False
-        self.jobs_done = 0
+        self.jobs_run = 0
+        self.started = time.monotonic()
+        self._last_recycle_ask = -1.0
+        self._asked_at_jobs = 0
         self.redis: redis.Redis | None = None
 
     # -- signals --------------------------------------------------------------
@@ -148,12 +159,24 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGALRM, self._on_alarm)
         self._title("starting")
+        for module in self.spec.app.imports:
+            # a failure here kills the worker before its first job: the master backs off
+            importlib.import_module(module)
         self.redis = connect(self.spec.redis_url, socket_timeout=None,
                              name=f"governor-worker-{self.spec.queue.name}-{self.spec.index}")
         self.channel.send("ready")
         pending: Call | None = None
+        reason = "drain"
         try:
             while not self.draining:
+                due = self._recycle_due()
+                if due:
+                    if pending is not None:
+                        self._settle_and_reserve(pending, reserve=False)
+                        pending = None
+                    if self._may_recycle(due):
+                        reason = due
+                        break
                 self._title("idle")
                 reply = self._settle_and_reserve(pending)
                 pending = None
@@ -165,8 +188,30 @@ class Worker:
             self.redis.connection_pool.disconnect()  # a BLPOP reply may be half read
         if pending is not None:
             self._settle_and_reserve(pending, reserve=False)
-        self.channel.send("exit", "drain")
+        self.channel.send("exit", reason)
         return 0
+
+    # -- recycling ------------------------------------------------------------
+
+    def _recycle_due(self) -> str | None:
+        if self.spec.max_jobs and self.jobs_run >= self.spec.max_jobs:
+            reason = "max_jobs"
+        elif self.spec.max_age and time.monotonic() - self.started >= self.spec.max_age:
+            reason = "max_age"
+        else:
+            return None
+        # asked and told to wait: ask again after a job or a second, not in a tight loop
+        if self._last_recycle_ask >= 0 and time.monotonic() - self._last_recycle_ask < 1.0 \
+                and self.jobs_run == self._asked_at_jobs:
+            return None
+        return reason
+
+    def _may_recycle(self, reason: str) -> bool:
+        """Asks the master: it grants at most recycle.max_concurrent recycles per pool at once."""
+        self._last_recycle_ask = time.monotonic()
+        self._asked_at_jobs = self.jobs_run
+        answer = self.channel.ask("recycle", reason)
+        return answer != "later"
 
     def _next_token(self) -> str:
         self._tokens += 1
@@ -214,8 +259,12 @@ class Worker:
             log.warning("job %s dead-lettered (%s): %s", job_id, call.args[6], error.splitlines()[-1:] and error.splitlines()[-1])
 
     def _wait_for_work(self, next_due_ms: int) -> None:
-        """Blocks in Redis until a job is enqueued (or a delayed one falls due); no polling."""
-        timeout = _IDLE_WAIT_MAX if next_due_ms < 0 else min(_IDLE_WAIT_MAX, max(next_due_ms / 1000.0, 0.01))
+        """Blocks in Redis until a job is enqueued (or a delayed one falls due, or it is time
+        to recycle); no polling."""
+        timeout = _IDLE_WAIT_MAX if next_due_ms < 0 else next_due_ms / 1000.0
+        if self.spec.max_age:
+            timeout = min(timeout, self.spec.max_age - (time.monotonic() - self.started))
+        timeout = min(_IDLE_WAIT_MAX, max(timeout, 0.01))
         self._idle = True
         try:
             if self.draining:
@@ -234,6 +283,7 @@ class Worker:
         handler_name = job.meta.get("handler") if isinstance(job.meta.get("handler"), str) else "?"
         self.channel.send("start", job.id, token, handler_name, job.attempts, soft, hard)
         self._title(f"job {job.id} {handler_name}")
+        self.jobs_run += 1
         started = time.monotonic()
         try:
             payload = Payload.parse(job.payload)
@@ -262,7 +312,6 @@ class Worker:
             return self.keys.fail(job.id, token, self.id, error, "retry", self._backoff_ms(job.attempts),
                                   reason, self.settings.retry.max)
         seconds = time.monotonic() - started
-        self.jobs_done += 1
         self.channel.send("end", job.id, "ok", seconds)
         log.debug("job %s done in %.3fs", job.id, seconds)
         return self.keys.ack(job.id, token, self.id, self.done_ttl_ms, _result_json(result),

@@ -32,9 +32,10 @@ def test_ten_thousand_jobs_run_exactly_once_and_failures_reach_dead_letter(gover
     assert record["attempts"] == 3  # retry.max 2: the first run and two retries
     assert len(record["errors"]) == 3
     assert all("ValueError: boom x" in e["traceback"] and 'in fail' in e["traceback"] for e in record["errors"])
-    # both workers of each pool did work
+    # default recycle.max_jobs (1000, jittered) replaced workers along the way: still exactly once
     pids = collections.Counter(line.split()[1] for line in (governor.records / "done").read_text().splitlines())
-    assert len(pids) == 4
+    assert len(pids) >= 10000 // 1000
+    assert max(pids.values()) <= 1000
 
 
 def test_sigterm_lets_in_flight_jobs_finish_and_exits_zero(governor):
