@@ -121,6 +121,60 @@ def sleep_then_record(key, seconds):
 
 def fail(key):
     raise ValueError(f"boom {{key}}")
+
+
+def _rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def hog(key, mb, limit_mb=None, hold=0.0):
+    """Allocates and touches mb MiB in 10 MiB steps; notes when its RSS crosses limit_mb."""
+    chunks, crossed = [], False
+    _record("start", key)
+    for _ in range(mb // 10):
+        chunks.append(b"x" * (10 * 1024 * 1024))
+        if limit_mb and not crossed and _rss() > limit_mb * 1024 * 1024:
+            crossed = True
+            _record("crossed", repr(time.time()))
+        time.sleep(0.005)
+    time.sleep(hold)
+    _record("done", key)
+    return len(chunks)
+
+
+def hog_in_child(key, mb):
+    import subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c",
+                              f"import time; x = [b'x' * (10 << 20) for _ in range({{mb // 10}})]; time.sleep(60)"])
+    _record("grandchild", str(child.pid))
+    child.wait()
+    _record("done", key)
+
+
+def catch_soft_timeout(key, sleep):
+    from governor import SoftTimeLimitExceeded
+    _record("start", key)
+    try:
+        time.sleep(sleep)
+    except SoftTimeLimitExceeded:
+        _record("soft", key)
+        time.sleep(sleep)  # cleanup that overruns: the hard limit must still apply
+    _record("done", key)
+
+
+def blocked_in_c(key, sleep):
+    import signal, threading
+    signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGALRM, signal.SIGTERM, signal.SIGINT}})
+    _record("start", key)
+    t = threading.Thread(target=time.sleep, args=(sleep,))
+    t.start()
+    t.join()  # in C, with every catchable signal blocked
+    _record("done", key)
+
+
+def pid(key):
+    _record("done", key)
 '''
 
 
@@ -155,13 +209,15 @@ class Governor:
         self.config_path.write_text(yaml.safe_dump(self.config(queues, **top)))
 
     def start(self, queues: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-              **top: Any) -> Governor:
+              wait: bool = True, **top: Any) -> Governor:
         if queues is not None:
             self.write(queues, **top)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "governor", "run", "-c", str(self.config_path)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+        if not wait:
+            return self
         cfg = yaml.safe_load(self.config_path.read_text())
         for name, q in cfg["queues"].items():
             n = q["concurrency"] if isinstance(q, dict) else q
@@ -209,6 +265,13 @@ class Governor:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def pairs(self, kind: str) -> list[tuple[str, int]]:
+        """(key, pid) for every record of this kind, in order."""
+        path = self.records / kind
+        if not path.exists():
+            return []
+        return [(k, int(p)) for k, p in (line.split() for line in path.read_text().splitlines())]
 
     def lines(self, kind: str) -> list[str]:
         path = self.records / kind
