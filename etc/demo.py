@@ -46,6 +46,8 @@ def main() -> int:
                     return 1
                 time.sleep(0.1)
         client = Client.from_url(resolve_url(cfg.redis.url, cfg.state_dir), prefix=cfg.redis.prefix)
+        client.enqueue("strict", "demo_tasks:hog", 300)   # -> dead-lettered: memory_hard
+        client.enqueue("strict", "demo_tasks:stuck", 30)  # -> dead-lettered: timeout_hard
         started, last_status = time.monotonic(), 0.0
         n = 0
         while not args.seconds or time.monotonic() - started < args.seconds:

@@ -36,6 +36,7 @@ from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
 from governor.queue import FailOutcome, QueueKeys, lease_of, run
 from governor.systemd import Notifier
+from governor.units import format_size
 
 log = logging.getLogger("governor.master")
 
@@ -62,6 +63,16 @@ class LostJob:
 def _settings_key(q: QueueConfig, cfg: Config) -> Any:
     """What a worker was forked with; when this changes, its workers are replaced."""
     return (q.settings, cfg.app, cfg.lease, cfg.redis)
+
+
+def _why(lost: LostJob) -> str:
+    """The reason with its measured figure, as an operator reads it in `governor status`."""
+    d = lost.detail
+    if lost.reason == "memory_hard" and "memory" in d:
+        return f"memory_hard: {format_size(d['memory'])} > {format_size(d['limit'])}"
+    if lost.reason == "timeout_hard" and lost.seconds is not None:
+        return f"timeout_hard: ran {lost.seconds:.2f}s, limit {d.get('limit')}s"
+    return lost.reason
 
 
 def _noop(signum: int, frame: Any) -> None:
@@ -406,7 +417,7 @@ class Master:
                 held = lease_of(self.redis, keys, lost.wid) or lost.known
                 if held:
                     error = {"reason": lost.reason, "worker": lost.wid, "seconds": lost.seconds,
-                             "error": f"worker pid {lost.pid} {lost.description} ({lost.reason}) "
+                             "error": f"worker pid {lost.pid} {lost.description} ({_why(lost)}) "
                                       "while running the job", **lost.detail}
                     outcome = run(self.redis, keys.fail(held[0], held[1], lost.wid, error, lost.mode,
                                                          0, lost.reason, lost.max_retries))[0]
