@@ -5,7 +5,9 @@
 No-op jobs (the body does one Redis INCR), 2 worker processes. Prints:
 enqueue rate one call at a time and in bulk, drain throughput, CPU per job
 (master + workers + redis-server), pickup latency on idle workers, Redis
-commands per second at idle, and the master's CPU with 16 idle workers.
+commands per second at idle, the master's CPU with 16 and 64 idle workers,
+hard-timeout overshoot over --kills kills, and how soon after crossing
+memory.hard a worker is killed.
 The budget these are held to is in shared/design.md ("Performance budget").
 """
 
@@ -42,6 +44,24 @@ def _redis():
     if _conn is None:
         _conn = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
     return _conn
+
+
+def sleep(seconds):
+    time.sleep(seconds)
+
+
+def hog(mb, limit_mb):
+    """Allocates past limit_mb, recording the moment its RSS crossed it."""
+    chunks, crossed = [], False
+    for _ in range(mb // 10):
+        chunks.append(b"x" * (10 << 20))
+        if not crossed:
+            with open("/proc/self/statm") as fh:
+                if int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") > limit_mb << 20:
+                    crossed = True
+                    _redis().rpush("bench:crossed", time.time())
+        time.sleep(0.005)
+    time.sleep(30)
 
 
 def incr():
@@ -90,11 +110,11 @@ class Setup:
         except redis.ConnectionError:
             return False
 
-    def start_master(self, prefix: str, concurrency: int) -> None:
+    def start_master(self, prefix: str, concurrency: int, **queue: object) -> None:
         cfg = {"redis": {"url": self.url, "prefix": prefix},
                "app": {"path": ["."], "preload": ["bench_tasks"], "handlers": ["bench_tasks:*"]},
                "state_dir": str(self.workdir / "state"), "log": {"level": "warning"},
-               "queues": {"bench": {"concurrency": concurrency}}}
+               "queues": {"bench": {"concurrency": concurrency, **queue}}}
         path = self.workdir / "governor.yaml"
         path.write_text(yaml.safe_dump(cfg))
         env = dict(os.environ, BENCH_REDIS_URL=self.url)
@@ -108,7 +128,7 @@ class Setup:
                 return False
             return sum(1 for w in st["pools"][0]["workers"] if w["state"] == "idle") == concurrency
 
-        wait_for(ready, 20, "workers to be idle")
+        wait_for(ready, 60, "workers to be idle")
 
     def stop_master(self) -> None:
         if self.master and self.master.poll() is None:
@@ -153,7 +173,8 @@ def bench_enqueue(s: Setup, n_single: int, n_bulk: int) -> tuple[float, float]:
 
 
 def bench_drain(s: Setup, n: int, prefix: str) -> tuple[float, float]:
-    s.start_master(prefix, 2)
+    # no recycling here: a recycled worker's CPU would leave the accounting with it
+    s.start_master(prefix, 2, recycle={"max_jobs": "off"})
     c = Client.from_url(s.url, prefix=prefix)
     procs = s.processes()
     cpu0 = cpu_seconds(procs)
@@ -189,15 +210,45 @@ def bench_pickup(s: Setup, samples: int, prefix: str) -> tuple[list[float], floa
     return lat, (after - before - 1) / 5
 
 
-def bench_master_idle(s: Setup, prefix: str) -> float:
-    s.start_master(prefix, 16)
+def bench_master_idle(s: Setup, prefix: str, workers: int, seconds: float = 30) -> float:
+    """The master's CPU with idle workers: the loop plus memory sampling every 0.5 s.
+    CPU time is counted in 10 ms ticks, so the window is long enough to resolve 0.05 %."""
+    s.start_master(prefix, workers)
     m = psutil.Process(s.master.pid)
+    time.sleep(1)
     t = m.cpu_times()
     c0 = t.user + t.system
-    time.sleep(10)
+    time.sleep(seconds)
     t = m.cpu_times()
     s.stop_master()
-    return (t.user + t.system - c0) / 10 * 100
+    return (t.user + t.system - c0) / seconds * 100
+
+
+def bench_timeout_overshoot(s: Setup, kills: int) -> list[float]:
+    """Hard-timeout overshoot: how long past its deadline a stuck job's worker was reaped."""
+    s.start_master("to", 4, timeout={"soft": "off", "hard": "200ms"}, retry={"max": 0})
+    c = Client.from_url(s.url, prefix="to")
+    ids = c.enqueue_many("bench", [{"handler": "bench_tasks:sleep", "args": [30]} for _ in range(kills)])
+    wait_for(lambda: c.counts("bench")["dead"] >= kills, 120, "the timeout kills", interval=0.1)
+    s.stop_master()
+    over = sorted((c.job(i, "bench")["errors"][0]["seconds"] - 0.2) * 1000 for i in ids)
+    s.redis.flushall()
+    return over
+
+
+def bench_memory_reaction(s: Setup, samples: int, interval: str) -> list[float]:
+    """Time from a worker's RSS crossing memory.hard to its job being settled as killed."""
+    s.start_master("mem", 1, memory={"soft": "off", "hard": "150MiB", "interval": interval}, retry={"max": 0})
+    c = Client.from_url(s.url, prefix="mem")
+    out = []
+    for _ in range(samples):
+        job = c.enqueue("bench", "bench_tasks:hog", 400, 150)
+        wait_for(lambda j=job: c.job(j, "bench")["state"] == "dead", 30, "the memory kill", interval=0.02)
+        crossed = float(s.redis.lpop("bench:crossed"))
+        out.append((c.job(job, "bench")["errors"][0]["at"] / 1000 - crossed) * 1000)
+    s.stop_master()
+    s.redis.flushall()
+    return sorted(out)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -209,6 +260,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pickups", type=int, default=300)
+    ap.add_argument("--kills", type=int, default=100)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="governor-bench-") as tmp:
         s = Setup(Path(tmp))
@@ -222,7 +274,11 @@ def main() -> int:
                 drains.append(rate)
                 cpus.append(cpu)
             lat, idle_cmds = bench_pickup(s, args.pickups, "p")
-            master_idle = bench_master_idle(s, "m")
+            master_idle = bench_master_idle(s, "m", 16)
+            master_idle_64 = bench_master_idle(s, "m64", 64, seconds=10)
+            overshoot = bench_timeout_overshoot(s, args.kills)
+            reaction = bench_memory_reaction(s, 10, "500ms")
+            reaction_fast = bench_memory_reaction(s, 10, "100ms")
         finally:
             s.close()
     med = statistics.median
@@ -236,6 +292,13 @@ def main() -> int:
         ("pickup latency p99", f"{pct(lat, 99):.2f} ms", "< 5 ms"),
         ("Redis commands/s at idle (2 workers)", f"{idle_cmds:.2f}", "< 2"),
         ("master CPU, 16 idle workers", f"{master_idle:.3f} % of a core", "< 0.1 %"),
+        ("master CPU, 64 idle workers sampled at 0.5s", f"{master_idle_64:.3f} % of a core", "< 1 %"),
+        (f"hard-timeout overshoot p50 ({len(overshoot)} kills)", f"{pct(overshoot, 50):.1f} ms", ""),
+        ("hard-timeout overshoot p99", f"{pct(overshoot, 99):.1f} ms", "< 100 ms"),
+        ("hard-timeout overshoot max", f"{overshoot[-1]:.1f} ms", "< 100 ms"),
+        ("memory.hard kill after crossing, 0.5s samples, p50", f"{pct(reaction, 50):.0f} ms", "<= 2 samples"),
+        ("memory.hard kill after crossing, 0.5s samples, max", f"{reaction[-1]:.0f} ms", "<= 1,000 ms"),
+        ("memory.hard kill after crossing, 0.1s samples, max", f"{reaction_fast[-1]:.0f} ms", "<= 200 ms"),
     ]
     print(f"\ngovernor bench: median of {args.repeat} runs, {os.cpu_count()} cores, "
           f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}")
