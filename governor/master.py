@@ -42,6 +42,7 @@ log = logging.getLogger("governor.master")
 
 TICK_BUSY = 1.0   # seconds between maintenance passes over a queue with delayed/active jobs
 TICK_IDLE = 5.0   # ... and over an empty one (keeps an idle host under 1 Redis command/s)
+IDLE_SAMPLE = 5.0  # seconds between memory samples of an idle worker (busy ones: memory.interval)
 
 
 @dataclass
@@ -488,6 +489,9 @@ class Master:
             for w in pool:
                 if w.state is State.STOPPING:
                     continue
+                if w.state is State.IDLE and now - w.sampled < IDLE_SAMPLE:
+                    continue  # nothing runs in an idle worker: its memory does not grow
+                w.sampled = now
                 w.rss = tree_rss(w.pid)
                 w.peak_rss = max(w.peak_rss, w.rss)
                 verdict = judge_memory(w.pid, w.rss, limits)

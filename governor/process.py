@@ -67,6 +67,7 @@ class WorkerProcess:
         self.fatal: str | None = None
         self.rss = 0
         self.peak_rss = 0
+        self.sampled = -1e9  # monotonic time of the last memory sample
 
     def __repr__(self) -> str:
         return f"{self.queue}[{self.index}] pid {self.pid}"
