@@ -174,6 +174,8 @@ def render_status(st: dict[str, Any]) -> str:
         for p in st["pools"]:
             live = sum(1 for w in p["workers"] if w["state"] in ("starting", "idle", "busy"))
             note = f"pool {p['queue']}: {live}/{p['desired']} workers"
+            if p.get("exits"):
+                note += ", exits: " + " ".join(f"{k}={v}" for k, v in sorted(p["exits"].items()))
             if p["backoff"]:
                 b = p["backoff"]
                 note += (f", BACKING OFF {b['seconds']:.0f}s (respawn in {b['respawn_in']:.0f}s): "
