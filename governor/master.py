@@ -32,6 +32,7 @@ from governor.connection import connect, resolve_url
 from governor.control import ControlServer
 from governor.embedded import EmbeddedRedis
 from governor.governance import jittered_limits, judge_memory, max_concurrent_recycles, tree_rss
+from governor.identity import is_local_and_dead, worker_id
 from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
 from governor.queue import FailOutcome, QueueKeys, lease_of, run
@@ -114,6 +115,7 @@ class Master:
         self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
         for q in self.config.queues.values():
             self.pools[q.name] = Pool(q, _settings_key(q, self.config))
+        self._recover_predecessor()
         log.info("governor master %d starting: redis %s, queues %s", self.pid,
                  mask_url(self.config.redis.url),
                  ", ".join(f"{q.name}={q.concurrency}" for q in self.config.queues.values()))
@@ -123,6 +125,27 @@ class Master:
             self._cleanup()
         log.info("governor master %d stopped", self.pid)
         return 0
+
+    def _recover_predecessor(self) -> None:
+        """Requeues at once the jobs of this host's workers that died with a previous master
+        (SIGKILL, OOM, power loss): their leases name processes that no longer exist."""
+        try:
+            for name, pool in self.pools.items():
+                keys = QueueKeys(self.config.redis.prefix, name)
+                for wid, held in self.redis.hgetall(keys.leases).items():
+                    wid = wid.decode()
+                    if is_local_and_dead(wid):
+                        job_id, _, token = held.decode().partition(" ")
+                        self.lost.append(LostJob(
+                            queue=name, wid=wid, pid=int(wid.split(":")[-2]), reason="orphaned",
+                            description="died with its master", mode="requeue", seconds=None,
+                            known=(job_id, token), max_retries=pool.config.settings.retry.max,
+                            detail={}))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._redis_failed(exc)  # the leases will expire instead
+        if self.lost:
+            log.info("recovering %d job(s) left by workers of a previous master", len(self.lost))
+            self._settle_lost()
 
     def _prepare_app(self, cfg: Config) -> None:
         for path in reversed(cfg.app.path):
@@ -322,7 +345,7 @@ class Master:
         except OSError:
             pass
         pidfd = os.pidfd_open(pid)
-        wp = WorkerProcess(pid=pid, wid=worker.worker_id(pid), queue=pool.name, index=spec.index,
+        wp = WorkerProcess(pid=pid, wid=worker_id(pid), queue=pool.name, index=spec.index,
                            generation=pool.generation, sock=master_end, pidfd=pidfd, now=now)
         pool.workers[pid] = wp
         self.selector.register(master_end, selectors.EVENT_READ, ("channel", wp))
@@ -460,16 +483,16 @@ class Master:
         try:
             if due:
                 self._tick(due, now)
+                self._redis_ok()
             if now >= self.next_renew:
                 self._renew()
                 self.next_renew = now + self.config.lease / 3
-            if self.redis_down_since is not None:
-                log.warning("Redis is reachable again")
-                self.redis_down_since = None
+                self._redis_ok()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._redis_failed(exc)
             for name in due:
                 self.next_tick[name] = now + TICK_BUSY
+            self.next_renew = max(self.next_renew, now + TICK_BUSY)
 
     def _enforce_deadlines(self, now: float) -> None:
         """Hard time limits, from the master's own clock: a worker stuck in C code or with
@@ -503,6 +526,11 @@ class Master:
                     log.info("worker %r over memory.soft (%d > %d bytes): finishing its job, then "
                              "replacing it", w, verdict.measured, verdict.limit)
                     w.drain(verdict.reason)
+
+    def _redis_ok(self) -> None:
+        if self.redis_down_since is not None:
+            log.warning("Redis is reachable again after %.1fs", time.monotonic() - self.redis_down_since)
+            self.redis_down_since = None
 
     def _redis_failed(self, exc: Exception) -> None:
         if self.redis_down_since is None:

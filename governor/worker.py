@@ -32,6 +32,7 @@ from governor.config import AppConfig, QueueConfig
 from governor.connection import connect
 from governor.errors import SoftTimeLimitExceeded
 from governor.handlers import HandlerError, HandlerRegistry, Payload
+from governor.identity import worker_id
 from governor.queue import Call, FailOutcome, QueueKeys, Reserved, run
 
 log = logging.getLogger("governor.worker")
@@ -55,11 +56,6 @@ class WorkerSpec:
     master_pid: int
     max_jobs: int | None = None  # this worker's own, jittered, recycle limits
     max_age: float | None = None
-
-
-def worker_id(pid: int) -> str:
-    """How Redis names a worker's lease: unique per host and live process."""
-    return f"{socket.gethostname()}:{pid}"
 
 
 class _Interrupted(BaseException):

@@ -1,0 +1,97 @@
+"""Never lose a job: a master that dies, a Redis that goes away, and coming back from both."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psutil
+import pytest
+
+from conftest import Governor, RedisServer, wait_for
+
+
+def test_master_sigkill_then_restart_recovers_jobs_at_once_not_after_the_lease(governor):
+    governor.start({"w": {"concurrency": 2}})  # lease: 60s, the default
+    ids = [governor.client.enqueue("w", "tasks:sleep_then_record", k, 3) for k in ("a", "b")]
+    wait_for(lambda: len(governor.lines("start")) == 2, 5, "both jobs to start")
+    workers = [c.pid for c in governor.children()]
+    governor.proc.kill()
+    governor.wait_exit()
+    gone, alive = psutil.wait_procs([psutil.Process(p) for p in workers if psutil.pid_exists(p)], timeout=3)
+    assert not alive, "workers outlived their master"
+    assert {governor.client.job(i)["state"] for i in ids} == {"active"}  # leased to dead workers
+
+    restarted = time.time()
+    governor.start()
+    wait_for(lambda: sorted(governor.lines("done")) == ["a", "b"], 10, "both jobs to run again")
+    for i in ids:
+        record = governor.client.job(i)
+        assert record["started_at"] - restarted < 2.0, "recovered by lease expiry, not at once"
+        assert record["errors"][0]["reason"] == "orphaned"
+    assert "recovering 2 job(s)" in governor.log()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_stopped_for_ten_seconds_during_work_loses_nothing(tmp_path, private_redis):
+    (tmp_path / "g").mkdir()
+    g = Governor(tmp_path / "g", private_redis.url)
+    try:
+        g.start({"w": {"concurrency": 2}})
+        g.client.enqueue_many("w", [{"handler": "tasks:sleep_then_record", "args": [f"j{i}", 0.2]}
+                                    for i in range(40)])
+        long = g.client.enqueue("w", "tasks:sleep_then_record", "long", 4)
+        wait_for(lambda: len(g.lines("done")) >= 5, 10, "work to be under way")
+        private_redis.stop()
+        time.sleep(10)
+        g.assert_running()
+        assert len(g.workers("w")) == 2  # nobody died over it
+        private_redis.start()
+        wait_for(lambda: len(set(g.lines("done"))) == 41, 30, "every job to finish after the outage",
+                 interval=0.2)
+        counts = g.client.counts("w")
+        assert counts["done"] == 41 and counts["active"] == counts["waiting"] == 0
+        assert g.client.job(long)["state"] == "done"
+        log = g.log()
+        assert "Redis unavailable" in log and "Redis is reachable again" in log
+        # logged once per state change, not once per retry
+        assert log.count("Redis unavailable") <= 1 + 2  # the master, and each worker at most once
+    finally:
+        g.stop()
+
+
+def test_redis_restart_with_aof_loses_no_queued_job(tmp_path, private_redis):
+    (tmp_path / "g").mkdir()
+    g = Governor(tmp_path / "g", private_redis.url)
+    try:
+        ids = g.client.enqueue_many("w", [{"handler": "tasks:record", "args": [f"q{i}"]} for i in range(500)])
+        private_redis.stop()
+        private_redis.start()
+        assert g.client.counts("w")["waiting"] == 500
+        g.start({"w": {"concurrency": 2}})
+        wait_for(lambda: len(g.lines("done")) == 500, 30, "all 500 jobs")
+        assert sorted(g.lines("done")) == sorted(f"q{i}" for i in range(500))
+        assert all(g.client.job(i)["state"] == "done" for i in ids[:10])
+    finally:
+        g.stop()
+
+
+def test_sigterm_during_a_redis_outage_still_exits(tmp_path, private_redis):
+    (tmp_path / "g").mkdir()
+    g = Governor(tmp_path / "g", private_redis.url)
+    try:
+        g.start({"w": {"concurrency": 1}}, shutdown_timeout="2s")
+        private_redis.stop()
+        time.sleep(0.5)
+        g.signal(signal.SIGTERM)
+        assert g.wait_exit(15) == 0
+    finally:
+        private_redis.start()
+        g.stop()
