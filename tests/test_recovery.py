@@ -50,8 +50,11 @@ def test_redis_stopped_for_ten_seconds_during_work_loses_nothing(tmp_path, priva
         long = g.client.enqueue("w", "tasks:sleep_then_record", "long", 4)
         wait_for(lambda: len(g.lines("done")) >= 5, 10, "work to be under way")
         private_redis.stop()
+        master = psutil.Process(g.proc.pid)
+        cpu0 = sum(master.cpu_times()[:2])
         time.sleep(10)
         g.assert_running()
+        assert sum(master.cpu_times()[:2]) - cpu0 < 1.0, "the master spun while Redis was away"
         assert len(g.workers("w")) == 2  # nobody died over it
         private_redis.start()
         wait_for(lambda: len(set(g.lines("done"))) == 41, 30, "every job to finish after the outage",
