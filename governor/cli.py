@@ -37,7 +37,7 @@ def _client(cfg: Config) -> Client:
     if cfg.redis.embedded and not os.path.exists(url[len("unix://"):]):
         raise RedisUnavailable(f"the embedded Redis is not running (no socket in {cfg.state_dir}); "
                                f"start the master first: governor run -c {cfg.source}")
-    return Client.from_url(url, prefix=cfg.redis.prefix)
+    return Client.from_url(url, prefix=cfg.redis.prefix, max_payload=cfg.max_payload, tls=cfg.redis.tls)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -86,21 +86,21 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.queue not in cfg.queues:
         print(f"governor: warning: queue {args.queue!r} is not in {cfg.source}; no worker will take it",
               file=sys.stderr)
+    spec = {"handler": args.handler, "args": _json_arg(args.args, "--args", list),
+            "kwargs": _json_arg(args.kwargs, "--kwargs", dict), "priority": args.priority,
+            "delay": args.delay, "timeout": args.timeout, "max_retries": args.max_retries,
+            "job_id": args.job_id}
     try:
         client = _client(cfg)
-        job_id = client.enqueue(
-            args.queue, args.handler, *_json_arg(args.args, "--args", list),
-            priority=args.priority, delay=args.delay, timeout=args.timeout,
-            max_retries=args.max_retries, job_id=args.job_id,
-            **_json_arg(args.kwargs, "--kwargs", dict))
+        job_id = client.enqueue_many(args.queue, [spec])[0]
     except ValueError as exc:
         print(f"governor: {exc}", file=sys.stderr)
         return 2
     except RedisUnavailable as exc:
         print(f"governor: {exc}", file=sys.stderr)
         return 1
-    except redis.ConnectionError as exc:
-        print(f"governor: cannot reach Redis at {mask_url(cfg.redis.url)}: {exc}", file=sys.stderr)
+    except redis.RedisError as exc:
+        print(f"governor: Redis at {mask_url(cfg.redis.url)}: {exc}", file=sys.stderr)
         return 1
     print(job_id)
     return 0
@@ -126,7 +126,7 @@ def gather_status(cfg: Config) -> dict[str, Any]:
                  "attempts": j.get("attempts"),
                  "error": (j["errors"][-1].get("error") if j["errors"] else None)}
                 for j in client.dead(name, limit=5)]
-    except (redis.ConnectionError, RedisUnavailable) as exc:
+    except (redis.RedisError, RedisUnavailable) as exc:
         out["redis_error"] = str(exc)
     return out
 

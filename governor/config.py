@@ -9,6 +9,7 @@ apply" and a bad file can never leave a half-applied config behind.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -79,12 +80,22 @@ class QueueConfig:
     name: str
     concurrency: int
     settings: QueueSettings
+    user: str | None = None  # run this queue's workers as this user (master started as root)
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True)
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "governor"
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     @property
     def embedded(self) -> bool:
@@ -121,6 +132,9 @@ class Config:
     state_dir: str = ""
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    max_payload: int = 1024 * 1024
+    user: str | None = None
+    group: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config, as YAML-ready data with units spelled out."""
@@ -142,7 +156,10 @@ class Config:
             }
 
         return {
-            "redis": {"url": mask_url(self.redis.url), "prefix": self.redis.prefix},
+            "redis": {"url": mask_url(self.redis.url), "prefix": self.redis.prefix,
+                      "tls": dataclasses.asdict(self.redis.tls)},
+            "limits": {"max_payload": format_size(self.max_payload)},
+            "user": self.user, "group": self.group,
             "app": {"path": list(self.app.path), "preload": list(self.app.preload),
                     "imports": list(self.app.imports), "handlers": list(self.app.handlers)},
             "shutdown_timeout": format_duration(self.shutdown_timeout),
@@ -150,7 +167,8 @@ class Config:
             "state_dir": self.state_dir,
             "log": {"level": self.log.level, "format": self.log.format},
             "metrics": {"listen": self.metrics.listen},
-            "queues": {q.name: {"concurrency": q.concurrency, **settings(q.settings)}
+            "queues": {q.name: {"concurrency": q.concurrency, "user": q.user, "group": q.group,
+                                **settings(q.settings)}
                        for q in self.queues.values()},
         }
 
@@ -266,12 +284,16 @@ def _int(minimum: int) -> Callable[[Any], int]:
 
 
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``off``/``false``/``none`` disable a limit; anything else goes to ``parse``."""
+    """``off``/``false``/``none`` disable a limit; anything else goes to ``parse`` and must be
+    above zero (a zero limit would read as "kill at once" but act as "no limit")."""
 
     def wrapped(v: Any) -> Any:
         if v is False or (isinstance(v, str) and v.strip().lower() in ("off", "none", "false", "no")):
             return None
-        return parse(v)
+        value = parse(v)
+        if not value:
+            raise ValueError(f"expected a limit above zero, or 'off' to disable it, got {v!r}")
+        return value
 
     return wrapped
 
@@ -317,6 +339,38 @@ def _handler_patterns(v: Any) -> tuple[str, ...]:
         if ":" not in p:
             raise ValueError(f"expected 'module:function' patterns such as 'myapp.tasks:*', got {p!r}")
     return patterns
+
+
+def _user(v: Any) -> str:
+    import pwd
+
+    name = _string(v)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"no such user {name!r} on this host") from None
+    return name
+
+
+def _group(v: Any) -> str:
+    import grp
+
+    name = _string(v)
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        raise ValueError(f"no such group {name!r} on this host") from None
+    return name
+
+
+def _existing_file(base_dir: Path) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        path = (base_dir / _string(v)).resolve()
+        if not path.is_file():
+            raise ValueError(f"no such file: {str(path)!r}")
+        return str(path)
+
+    return parse
 
 
 def _listen(v: Any) -> str:
@@ -403,17 +457,23 @@ def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] 
 
 def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     top = _Section(data, "", env).expect(
-        "redis", "app", "defaults", "queues", "shutdown_timeout", "lease", "state_dir", "log", "metrics")
+        "redis", "app", "defaults", "queues", "shutdown_timeout", "lease", "state_dir", "log", "metrics",
+        "limits", "user", "group")
     base_dir = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
 
-    red = top.section("redis").expect("url", "prefix")
+    red = top.section("redis").expect("url", "prefix", "tls")
+    tls_sec = red.section("tls").expect("ca", "cert", "key")
+    tls = TlsConfig(**{k: tls_sec.get(k, _existing_file(base_dir), None) for k in ("ca", "cert", "key")})
+    tls_sec.done()
     redis = RedisConfig(
         url=red.get("url", _string, RedisConfig.url),
         prefix=red.get("prefix", _string, RedisConfig.prefix),
+        tls=tls,
     )
     red.done()
-    if not (redis.embedded or re.match(r"^(redis|rediss|unix)://", redis.url)):
-        raise ConfigError("redis.url", f"expected redis://, rediss://, unix:// or 'embedded', got {mask_url(redis.url)!r}")
+    if not (redis.embedded or re.match(r"^(redis|rediss|unix|redis\+sentinel)://", redis.url)):
+        raise ConfigError("redis.url", "expected redis://, rediss://, unix://, redis+sentinel:// or "
+                                       f"'embedded', got {mask_url(redis.url)!r}")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", redis.prefix):
         raise ConfigError("redis.prefix", f"expected letters, digits and _.:- only, got {redis.prefix!r}")
 
@@ -430,6 +490,12 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     defaults = _settings(defaults_sec, QueueSettings())
     defaults_sec.done()
 
+    user = top.get("user", _user, None)
+    group = top.get("group", _group, None)
+    lim = top.section("limits").expect("max_payload")
+    max_payload = lim.get("max_payload", parse_size, 1024 * 1024)
+    lim.done()
+
     queues_raw = top.raw("queues")
     if not isinstance(queues_raw, dict) or not queues_raw:
         raise ConfigError("queues", f"expected a mapping of queue name to settings, got {_show(queues_raw)}")
@@ -440,11 +506,18 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
             raise ConfigError(path, "queue names are 1-64 letters, digits or _.-")
         if isinstance(body, int) and not isinstance(body, bool):
             body = {"concurrency": body}
-        q = _Section(body, path, env).expect("concurrency", *_SETTING_KEYS)
+        q = _Section(body, path, env).expect("concurrency", "user", "group", *_SETTING_KEYS)
         concurrency = q.get("concurrency", _int(0), 1)
+        q_user = q.get("user", _user, user)
+        q_group = q.get("group", _group, group)
         settings = _settings(q, defaults)
         q.done()
-        queues[name] = QueueConfig(name=name, concurrency=concurrency, settings=settings)
+        if (q_user or q_group) and redis.embedded:
+            raise ConfigError(f"{path}.user" if q_user else f"{path}.group",
+                              "dropping privileges needs your own Redis: the embedded one listens on a "
+                              "socket private to the master's user")
+        queues[name] = QueueConfig(name=name, concurrency=concurrency, settings=settings,
+                                   user=q_user, group=q_group)
 
     shutdown_timeout = top.get("shutdown_timeout", parse_duration, 30.0)
     lease = top.get("lease", parse_duration, 60.0)
@@ -467,7 +540,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
 
     return Config(source=source, redis=redis, app=app, queues=queues,
                   shutdown_timeout=shutdown_timeout, lease=lease, state_dir=state_dir,
-                  log=log, metrics=metrics)
+                  log=log, metrics=metrics, max_payload=max_payload, user=user, group=group)
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:

@@ -16,7 +16,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+# No part may start with "_": private and dunder names (``tasks:__setattr__``) are never handlers.
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*:[A-Za-z][A-Za-z0-9_]*$")
 
 
 class HandlerError(Exception):
@@ -74,7 +75,8 @@ class HandlerRegistry:
         if func is not None:
             return func
         if not _NAME.match(name):
-            raise HandlerError("malformed", f"malformed job: handler {name!r} is not 'module:function'")
+            raise HandlerError("malformed", f"malformed job: handler {name!r} is not 'module:function' "
+                                            "(names starting with '_' are never handlers)")
         if not self.allowed(name):
             raise HandlerError("not_allowed", f"handler {name!r} is not allowed by app.handlers {list(self.patterns)}")
         module_name, _, attr = name.partition(":")
@@ -88,5 +90,10 @@ class HandlerRegistry:
         func = getattr(module, attr, None)
         if not callable(func):
             raise HandlerError("unknown_handler", f"handler {name!r}: {module_name} has no function {attr!r}")
+        if getattr(func, "__module__", None) != module_name:
+            # `tasks:check_output` must not reach subprocess.check_output imported into tasks
+            raise HandlerError("not_allowed", f"handler {name!r}: {attr!r} is defined in "
+                                              f"{getattr(func, '__module__', '?')}, not in {module_name}; "
+                                              "only functions defined in the named module are handlers")
         self._cache[name] = func
         return func

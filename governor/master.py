@@ -32,7 +32,7 @@ from governor.connection import connect, resolve_url
 from governor.control import ControlServer
 from governor.embedded import EmbeddedRedis
 from governor.governance import jittered_limits, judge_memory, max_concurrent_recycles, tree_rss
-from governor.identity import is_local_and_dead, worker_id
+from governor.identity import is_local_and_dead, pid_of, worker_id
 from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
 from governor.queue import FailOutcome, QueueKeys, lease_of, run
@@ -109,7 +109,8 @@ class Master:
         self._prepare_app(self.config)
         if self.embedded:
             self.embedded.start()
-        self.redis = connect(self.redis_url, socket_timeout=5.0, name="governor-master")
+        self.redis = connect(self.redis_url, socket_timeout=5.0, name="governor-master",
+                             tls=self.config.redis.tls)
         self._install_signals()
         self.control = ControlServer(self.config.state_dir, {"status": self.status})
         self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
@@ -137,11 +138,11 @@ class Master:
                     if is_local_and_dead(wid):
                         job_id, _, token = held.decode().partition(" ")
                         self.lost.append(LostJob(
-                            queue=name, wid=wid, pid=int(wid.split(":")[-2]), reason="orphaned",
+                            queue=name, wid=wid, pid=pid_of(wid), reason="orphaned",
                             description="died with its master", mode="requeue", seconds=None,
                             known=(job_id, token), max_retries=pool.config.settings.retry.max,
                             detail={}))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
             self._redis_failed(exc)  # the leases will expire instead
         if self.lost:
             log.info("recovering %d job(s) left by workers of a previous master", len(self.lost))
@@ -311,8 +312,12 @@ class Master:
                     w.drain("reload")
                 delta = pool.delta()
                 if delta > 0 and pool.may_spawn(now):
-                    for _ in range(1 if pool.backoff else delta):
-                        self._spawn(pool, now)
+                    if pool.backoff:
+                        self._spawn(pool, now)  # one probe per backoff step, not a burst
+                        pool.respawn_at = now + pool.backoff
+                    else:
+                        for _ in range(delta):
+                            self._spawn(pool, now)
                 elif delta < 0:
                     for w in pool.excess(-delta):
                         w.drain("drain")
@@ -325,20 +330,29 @@ class Master:
         master_end, worker_end = channel.pair()
         max_jobs, max_age = jittered_limits(pool.config.settings.recycle)
         spec = worker.WorkerSpec(queue=pool.config, app=self.config.app, redis_url=self.redis_url,
+                                 tls=self.config.redis.tls,
+                                 user=pool.config.user or self.config.user,
+                                 group=pool.config.group or self.config.group,
                                  prefix=self.config.redis.prefix, lease=self.config.lease,
                                  index=pool.free_index(), master_pid=self.pid,
                                  max_jobs=max_jobs, max_age=max_age)
         inherited = self._owned_fds() + [master_end.fileno()]
+        # Until the child has its own handlers, a signal sent to it would run the master's
+        # (and land in the master's wakeup fd): keep them blocked across fork; the worker
+        # unblocks them once its handlers are installed.
+        saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, worker.FORWARDED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
             log.error("cannot fork a worker for %s: %s", pool.name, exc)
-            pool.note_crash(now, f"fork failed: {exc}")
+            pool.note_crash(now, f"fork failed: {exc}", now)
             worker_end.close()
             master_end.close()
             return
         if pid == 0:
             worker.main(spec, worker_end, inherited)
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
         worker_end.close()
         try:
             os.setpgid(pid, pid)  # the child does the same; whichever runs first wins
@@ -428,9 +442,10 @@ class Master:
         self._settle_lost()
         if crashed and wp.jobs_done == 0 and pool and not self.stopping:
             error = wp.fatal or description
-            backoff = pool.note_crash(now, error)
-            log.error("queue %s: worker died before finishing a job (%s); respawning in %.0fs",
-                      wp.queue, error, backoff)
+            backoff = pool.note_crash(now, error, wp.started)
+            if backoff is not None:
+                log.error("queue %s: worker died before finishing a job (%s); respawning in %.0fs",
+                          wp.queue, error, backoff)
 
     def _settle_lost(self) -> None:
         """Requeues the jobs of dead workers; what Redis refuses now is tried again later."""
@@ -446,7 +461,7 @@ class Master:
                     outcome = run(self.redis, keys.fail(held[0], held[1], lost.wid, error, lost.mode,
                                                          0, lost.reason, lost.max_retries))[0]
                     self._log_requeue(held[0], lost.reason, outcome)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
                 self._redis_failed(exc)
                 return
             self.lost.pop(0)
@@ -481,14 +496,16 @@ class Master:
             self._settle_lost()
         due = [name for name in self.pools if self.next_tick.get(name, 0.0) <= now]
         try:
-            if due:
-                self._tick(due, now)
-                self._redis_ok()
+            # renew first: after a stall longer than the lease, our own workers' leases must be
+            # extended before the tick looks for expired ones
             if now >= self.next_renew:
                 self._renew()
                 self.next_renew = now + self.config.lease / 3
                 self._redis_ok()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if due:
+                self._tick(due, now)
+                self._redis_ok()
+        except redis.RedisError as exc:
             self._redis_failed(exc)
             for name in due:
                 self.next_tick[name] = now + TICK_BUSY
@@ -523,8 +540,17 @@ class Master:
                 if verdict.action == "kill":
                     w.kill(verdict.reason, memory=verdict.measured, limit=verdict.limit)
                 elif w.state is not State.DRAINING:
-                    log.info("worker %r over memory.soft (%d > %d bytes): finishing its job, then "
-                             "replacing it", w, verdict.measured, verdict.limit)
+                    if w.jobs_done == 0 and w.job is None:
+                        # a fresh worker already over the limit would be replaced forever
+                        if not pool.warned_soft:
+                            pool.warned_soft = True
+                            log.warning("queue %s: a fresh worker is already over memory.soft (%s > %s); "
+                                        "not recycling it. Raise the limit, or use memory.measure: pss "
+                                        "to discount pages shared with the master", pool.name,
+                                        format_size(verdict.measured), format_size(verdict.limit))
+                        continue
+                    log.info("worker %r over memory.soft (%s > %s): finishing its job, then "
+                             "replacing it", w, format_size(verdict.measured), format_size(verdict.limit))
                     w.drain(verdict.reason)
 
     def _redis_ok(self) -> None:
@@ -557,6 +583,9 @@ class Master:
         except ValueError:
             meta = {}
         token, holder = meta.get("token") or "", meta.get("worker") or "?"
+        if any(w.wid == holder and w.state is not State.STOPPING for p in self.pools.values() for w in p):
+            self.next_renew = 0.0  # ours and alive: renew it, never take it away
+            return
         keys = QueueKeys(self.config.redis.prefix, queue)
         error = {"reason": "lease_expired", "worker": holder,
                  "error": f"lease of worker {holder} expired (its host or master stopped renewing it)"}

@@ -32,8 +32,10 @@ class Pool:
         # crash-loop protection
         self.backoff = 0.0
         self.respawn_at = 0.0
+        self.step_started = 0.0
         self.last_crash = 0.0
         self.last_error: str | None = None
+        self.warned_soft = False
         self.exits: Counter[str] = Counter()  # worker exits by reason, for status and metrics
 
     @property
@@ -87,9 +89,15 @@ class Pool:
 
     # -- crash loops ---------------------------------------------------------
 
-    def note_crash(self, now: float, error: str) -> float:
-        """A worker died before finishing a job: back off (1 s doubling to 60 s)."""
+    def note_crash(self, now: float, error: str, spawned_at: float) -> float | None:
+        """A worker died before finishing a job: back off (1 s doubling to 60 s).
+        Returns the new delay, or None when the worker was spawned before the current step
+        began (workers that crash together make one step, not several)."""
+        self.last_error = error
+        if self.backoff and spawned_at < self.step_started:
+            return None
         self.backoff = BACKOFF_START if self.backoff == 0 else min(self.backoff * 2, BACKOFF_MAX)
+        self.step_started = now
         self.respawn_at = now + self.backoff
         self.last_crash = now
         self.last_error = error

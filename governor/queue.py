@@ -225,8 +225,10 @@ class Client:
         self._registered: set[str] = set()
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "governor", **kwargs: Any) -> Client:
-        return cls(connect(url), prefix=prefix, **kwargs)
+    def from_url(cls, url: str, prefix: str = "governor", max_payload: int = DEFAULT_MAX_PAYLOAD,
+                 **redis_kwargs: Any) -> Client:
+        """``redis_kwargs`` go to the connection, e.g. ``tls=TlsConfig(ca=...)`` or ``password=``."""
+        return cls(connect(url, **redis_kwargs), prefix=prefix, max_payload=max_payload)
 
     def keys(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
@@ -313,6 +315,8 @@ class Client:
             if meta is None:
                 continue
             record = json.loads(meta)
+            if "result_json" in record:
+                record["result"] = json.loads(record.pop("result_json"))
             for name in _TIME_FIELDS:
                 if record.get(name) is not None:
                     record[name] = record[name] / 1000.0

@@ -28,8 +28,8 @@ import redis
 from setproctitle import setproctitle
 
 from governor.channel import WorkerEnd
-from governor.config import AppConfig, QueueConfig
-from governor.connection import connect
+from governor.config import AppConfig, QueueConfig, TlsConfig
+from governor.connection import connect, is_transient
 from governor.errors import SoftTimeLimitExceeded
 from governor.handlers import HandlerError, HandlerRegistry, Payload
 from governor.identity import worker_id
@@ -38,6 +38,7 @@ from governor.queue import Call, FailOutcome, QueueKeys, Reserved, run
 log = logging.getLogger("governor.worker")
 
 _PR_SET_PDEATHSIG = 1
+FORWARDED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 _IDLE_WAIT_MAX = 30.0  # seconds a blocked idle worker waits before re-checking (not a poll: ~0.03 cmd/s)
 _MAX_RESULT = 64 * 1024
 _MAX_TRACEBACK = 16 * 1024
@@ -56,6 +57,9 @@ class WorkerSpec:
     master_pid: int
     max_jobs: int | None = None  # this worker's own, jittered, recycle limits
     max_age: float | None = None
+    tls: TlsConfig | None = None
+    user: str | None = None  # drop to this user/group after fork, before anything else runs
+    group: str | None = None
 
 
 class _Interrupted(BaseException):
@@ -101,6 +105,7 @@ def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
         signal.signal(sig, signal.SIG_IGN)  # the master decides what those mean
     for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
+    _drop_privileges(spec.user, spec.group)  # first: a credential change clears PDEATHSIG
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -113,6 +118,26 @@ def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
+def _drop_privileges(user: str | None, group: str | None) -> None:
+    """Become ``user``/``group`` for good (setgroups, setgid, then setuid), before any job code."""
+    if not user and not group:
+        return
+    import grp
+    import pwd
+
+    pw = pwd.getpwnam(user) if user else None
+    gid = grp.getgrnam(group).gr_gid if group else (pw.pw_gid if pw else os.getgid())
+    if os.geteuid() != 0:
+        if (pw is None or pw.pw_uid == os.geteuid()) and gid == os.getegid():
+            return  # already who we should be
+        raise PermissionError(f"cannot switch to user {user!r} group {group!r}: the master is not root")
+    os.setgroups([gid])
+    os.setgid(gid)
+    if pw:
+        os.setuid(pw.pw_uid)
+        os.environ.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
 
 
 class Worker:
@@ -154,11 +179,12 @@ class Worker:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)  # blocked by the master at fork
         self._title("starting")
         for module in self.spec.app.imports:
             # a failure here kills the worker before its first job: the master backs off
             importlib.import_module(module)
-        self.redis = connect(self.spec.redis_url, socket_timeout=None,
+        self.redis = connect(self.spec.redis_url, socket_timeout=None, tls=self.spec.tls,
                              name=f"governor-worker-{self.spec.queue.name}-{self.spec.index}")
         self.channel.send("ready")
         pending: Call | None = None
@@ -238,7 +264,9 @@ class Worker:
                 if warned:
                     log.warning("worker %s[%d]: Redis is back", self.spec.queue.name, self.spec.index)
                 return result
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
+                if not is_transient(exc):
+                    raise
                 if not warned:
                     log.warning("worker %s[%d]: Redis unavailable (%s); retrying",
                                 self.spec.queue.name, self.spec.index, exc)
@@ -329,10 +357,16 @@ class Worker:
         return int((delay / 2 + random.uniform(0, delay / 2)) * 1000)
 
     def _error(self, job: Reserved, reason: str, message: str, **extra: Any) -> dict[str, Any]:
-        return {"attempt": job.attempts, "reason": reason, "error": message, "worker": self.id, **extra}
+        entry = {"attempt": job.attempts, "reason": reason, "error": message, "worker": self.id, **extra}
+        return {k: _clean(v) if isinstance(v, str) else v for k, v in entry.items()}
 
     def _title(self, what: str) -> None:
         setproctitle(f"governor: worker {self.spec.queue.name}[{self.spec.index}] {what}")
+
+
+def _clean(text: str) -> str:
+    """Valid UTF-8 whatever the text holds (lone surrogates from os.listdir, say)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _result_json(result: Any) -> str:

@@ -4,14 +4,17 @@
 local now = now_ms()
 local id = ARGV[1]
 local meta = load_meta(KEYS[2], id)
+if meta.state == 'done' and meta.settled_by == ARGV[2] then return 1 end  -- a retried ack
 if not leased(meta, ARGV[2]) then return 0 end
 redis.call('ZREM', KEYS[1], id)
 release(KEYS[5], ARGV[3], id)
 meta.state = 'done'
 meta.token = nil
+meta.settled_by = ARGV[2]
 meta.finished_at = now
 meta.run_ms = tonumber(ARGV[6])
-if ARGV[5] ~= '' then meta.result = cjson.decode(ARGV[5]) end
+-- kept as the JSON text the worker sent: cjson would turn [] into {} and round numbers
+if ARGV[5] ~= '' then meta.result_json = ARGV[5] end
 redis.call('HSET', KEYS[2], id, cjson.encode(meta))
 redis.call('ZADD', KEYS[4], fmt(now), id)
 redis.call('HINCRBY', KEYS[6], 'done', 1)
