@@ -314,7 +314,12 @@ class Client:
             meta, payload = replies[2 * i], replies[2 * i + 1]
             if meta is None:
                 continue
-            record = json.loads(meta)
+            try:
+                record = json.loads(meta)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):  # not written by governor; reserve will repair it
+                record = {"id": job_id, "queue": queues[i], "state": "unknown", "malformed": True}
             if "result_json" in record:
                 record["result"] = json.loads(record.pop("result_json"))
             for name in _TIME_FIELDS:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import yaml
+
 from conftest import wait_for
 
 

@@ -101,3 +101,10 @@ def test_app_path_resolves_against_the_config_file(tmp_path):
     (tmp_path / "g.yaml").write_text(BASE.replace("app: {", "app: {path: [lib], "))
     cfg = load_config(str(tmp_path / "g.yaml"))
     assert cfg.app.path == (str(tmp_path / "lib"),)
+
+
+def test_a_zero_limit_is_refused_rather_than_meaning_no_limit():
+    with pytest.raises(ConfigError, match=r"queues.a.memory.hard: expected a limit above zero, or 'off'"):
+        parse_config({"queues": {"a": {"memory": {"hard": 0}}}})
+    with pytest.raises(ConfigError, match=r"defaults.timeout.hard: expected a limit above zero"):
+        parse_config({"defaults": {"timeout": {"hard": "0s"}}, "queues": {"a": 1}})

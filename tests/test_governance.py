@@ -8,6 +8,7 @@ import signal
 import time
 
 import psutil
+
 from conftest import wait_for
 
 FAST_RETRY = {"max": 2, "backoff": "10ms", "max_backoff": "20ms"}

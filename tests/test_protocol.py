@@ -165,3 +165,37 @@ def test_keys_of_a_queue_share_one_hash_tag():
     tags = {k.split("}")[0] + "}" for k in (keys.waiting, keys.delayed, keys.active, keys.meta,
                                              keys.data, keys.leases, keys.wake, keys.dead, keys.done)}
     assert tags == {"{governor:email}"}
+
+
+def test_results_keep_their_json_exactly(client):
+    keys = client.keys("q")
+    job_id = client.enqueue("q", "m:f")
+    reserve(client, "q", token="t")
+    result = json.dumps({"items": [], "big": 12345678901234567, "nested": {"empty": {}}})
+    run(client.redis, keys.ack(job_id, "t", "w1", 3_600_000, result, 1))
+    assert client.job(job_id)["result"] == {"items": [], "big": 12345678901234567, "nested": {"empty": {}}}
+
+
+def test_an_error_cjson_cannot_parse_still_settles_the_job(client):
+    keys = client.keys("q")
+    job_id = client.enqueue("q", "m:f", max_retries=0)
+    reserve(client, "q", token="t")
+    raw = '{"error": "bad \\udcff surrogate"}'  # a lone surrogate escape: cjson refuses it
+    outcome = run(client.redis, keys.fail(job_id, "t", "w1", None, "dead", 0, "exception", 0)
+                  ._replace(args=(job_id, "t", "w1", raw, "dead", 0, "exception", 0)))[0]
+    assert outcome == FailOutcome.DEAD
+    record = client.job(job_id)
+    assert record["state"] == "dead" and client.counts("q")["active"] == 0
+    assert "surrogate" in record["errors"][0]["error"]
+
+
+def test_a_resent_reserve_returns_the_same_job_and_a_resent_ack_succeeds(client):
+    keys = client.keys("q")
+    first, second = client.enqueue("q", "m:f"), client.enqueue("q", "m:f")
+    a = reserve(client, "q", worker="w1", token="t1")
+    again = reserve(client, "q", worker="w1", token="t1")  # its reply was lost; the worker retries
+    assert a.id == again.id == first
+    assert client.counts("q")["waiting"] == 1  # the second job was not stranded
+    assert run(client.redis, keys.ack(first, "t1", "w1", 3_600_000, "", 1))[0] == 1
+    assert run(client.redis, keys.ack(first, "t1", "w1", 3_600_000, "", 1))[0] == 1  # retried ack
+    assert reserve(client, "q", worker="w1", token="t2").id == second
