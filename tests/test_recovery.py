@@ -98,3 +98,49 @@ def test_sigterm_during_a_redis_outage_still_exits(tmp_path, private_redis):
     finally:
         private_redis.start()
         g.stop()
+
+
+def test_a_master_stalled_past_the_lease_keeps_its_own_workers_jobs(governor):
+    governor.start({"w": {"concurrency": 1}}, lease="2s")
+    job = governor.client.enqueue("w", "tasks:sleep_then_record", "stall", 5)
+    wait_for(lambda: governor.lines("start"), 5, "the job to start")
+    governor.signal(signal.SIGSTOP)  # a stuck master: nobody renews the lease for 3 s
+    time.sleep(3)
+    governor.signal(signal.SIGCONT)
+    wait_for(lambda: governor.lines("done") == ["stall"], 10, "the job to finish")
+    assert governor.lines("start") == ["stall"], "the job ran twice"
+    record = governor.client.job(job)
+    assert record["attempts"] == 1 and record["errors"] == []
+    assert "lease_expired" not in governor.log()
+
+
+def test_redis_refusing_writes_does_not_kill_the_master(tmp_path, private_redis):
+    (tmp_path / "g").mkdir()
+    g = Governor(tmp_path / "g", private_redis.url)
+    try:
+        g.start({"w": {"concurrency": 1}}, lease="3s")
+        job = g.client.enqueue("w", "tasks:sleep_then_record", "norep", 1.5)
+        wait_for(lambda: g.lines("start"), 5, "the job to start")
+        import redis
+        admin = redis.Redis.from_url(private_redis.url)
+        admin.config_set("min-replicas-to-write", 1)  # every write now fails with NOREPLICAS
+        time.sleep(2.5)  # the job finishes; its ack and the master's renewals are refused
+        g.assert_running()
+        admin.config_set("min-replicas-to-write", 0)
+        wait_for(lambda: g.client.job(job)["state"] == "done", 10, "the ack to go through")
+        assert g.lines("done") == ["norep"] and g.lines("start") == ["norep"]
+        assert "NOREPLICAS" in g.log()
+    finally:
+        g.stop()
+
+
+def test_reloads_in_quick_succession_leave_the_pool_at_its_size(governor):
+    governor.start({"w": {"concurrency": 1}})
+    for n in (8, 1, 6, 2):
+        governor.write({"w": {"concurrency": n}})
+        governor.signal(signal.SIGHUP)
+        time.sleep(0.005)
+    governor.wait_workers("w", 2, timeout=5)
+    wait_for(lambda: len(governor.children()) == 2, 5, "two worker processes")
+    governor.assert_running()
+    assert "SIGTERM" not in governor.log()
