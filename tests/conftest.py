@@ -69,8 +69,12 @@ class RedisServer:
 def _pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
+    except redis.AuthenticationError:
+        return True  # up, and asking for a password
     except redis.ConnectionError:
         return False
+    except redis.ResponseError as exc:
+        return "NOAUTH" in str(exc)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
