@@ -38,6 +38,8 @@ def _starttime(pid: int) -> str | None:
     except OSError:
         return None
     fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None  # a zombie is dead: only its exit status waits for a parent that may never reap
     return fields[19].decode()  # field 22 of proc(5), counted after "pid (comm)"
 
 
