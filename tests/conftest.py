@@ -179,6 +179,22 @@ def blocked_in_c(key, sleep):
 
 def pid(key):
     _record("done", key)
+
+
+def segfault(key):
+    import ctypes
+    _record("start", key)
+    ctypes.string_at(0)
+
+
+def allocate(key, mb):
+    try:
+        block = b"x" * (mb << 20)
+    except MemoryError:
+        _record("memoryerror", key)
+        raise
+    _record("done", key)
+    return len(block)
 '''
 
 

@@ -148,3 +148,37 @@ def test_import_error_backs_off_and_sighup_after_the_fix_recovers(governor):
     governor.client.enqueue("app", "tasks:record", "recovered")
     wait_for(lambda: governor.lines("done") == ["recovered"], 5, "a job on the recovered pool")
     assert os.path.exists(broken)
+
+
+def test_a_job_that_segfaults_its_worker_is_a_poison_job(governor):
+    governor.start({"p": {"concurrency": 1, "retry": {"max": 1, "backoff": "10ms"}}})
+    job = governor.client.enqueue("p", "tasks:segfault", "boom")
+    record = dead(governor, job, timeout=15)
+    assert record["reason"] == "crashed" and record["attempts"] == 2
+    assert [e["signal"] for e in record["errors"]] == ["SIGSEGV", "SIGSEGV"]
+    assert all("killed by SIGSEGV" in e["error"] for e in record["errors"])
+    governor.wait_workers("p", 1, timeout=10)
+
+
+def test_rlimit_is_a_second_line_of_defence(governor):
+    governor.start({"r": {"concurrency": 1, "retry": {"max": 0},
+                          "memory": {"soft": "off", "hard": "300MiB", "rlimit": True, "interval": "10s"}}})
+    job = governor.client.enqueue("r", "tasks:allocate", "big", 1024)
+    record = dead(governor, job)
+    # the allocation failed inside the worker (MemoryError), before any sample could see it
+    assert governor.lines("memoryerror") == ["big"]
+    assert record["reason"] == "exception" and "MemoryError" in record["errors"][0]["error"]
+    ok = governor.client.enqueue("r", "tasks:allocate", "small", 10)
+    wait_for(lambda: governor.client.job(ok)["state"] == "done", 5, "a small job in the same worker")
+
+
+def test_uss_confirmation_discounts_shared_pages():
+    from governor.config import MemoryLimits
+    from governor.governance import judge_memory, tree_private, tree_rss
+
+    pid = os.getpid()
+    rss, uss = tree_rss(pid), tree_private(pid, "uss")
+    assert 0 < uss < rss  # shared libraries are in RSS, not in USS
+    between = (uss + rss) // 2
+    assert judge_memory(pid, rss, MemoryLimits(soft=None, hard=between, measure="rss")).reason == "memory_hard"
+    assert judge_memory(pid, rss, MemoryLimits(soft=None, hard=between, measure="uss")) is None
