@@ -122,6 +122,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    redis_grace: float = 30.0  # /healthz fails once Redis has been unreachable this long
+    max_loop_lag: float = 5.0  # ... or when the master's loop woke up this late
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     redis: RedisConfig
@@ -132,6 +138,7 @@ class Config:
     state_dir: str = ""
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     max_payload: int = 1024 * 1024
     user: str | None = None
     group: str | None = None
@@ -167,6 +174,8 @@ class Config:
             "state_dir": self.state_dir,
             "log": {"level": self.log.level, "format": self.log.format},
             "metrics": {"listen": self.metrics.listen},
+            "health": {"redis_grace": format_duration(self.health.redis_grace),
+                       "max_loop_lag": format_duration(self.health.max_loop_lag)},
             "queues": {q.name: {"concurrency": q.concurrency, "user": q.user, "group": q.group,
                                 **settings(q.settings)}
                        for q in self.queues.values()},
@@ -458,7 +467,7 @@ def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] 
 def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     top = _Section(data, "", env).expect(
         "redis", "app", "defaults", "queues", "shutdown_timeout", "lease", "state_dir", "log", "metrics",
-        "limits", "user", "group")
+        "limits", "user", "group", "health")
     base_dir = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
 
     red = top.section("redis").expect("url", "prefix", "tls")
@@ -536,11 +545,16 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     me = top.section("metrics").expect("listen")
     metrics = MetricsConfig(listen=me.get("listen", _optional(_listen), None))
     me.done()
+    he = top.section("health").expect("redis_grace", "max_loop_lag")
+    health = HealthConfig(redis_grace=he.get("redis_grace", parse_duration, 30.0),
+                          max_loop_lag=he.get("max_loop_lag", parse_duration, 5.0))
+    he.done()
     top.done()
 
     return Config(source=source, redis=redis, app=app, queues=queues,
                   shutdown_timeout=shutdown_timeout, lease=lease, state_dir=state_dir,
-                  log=log, metrics=metrics, max_payload=max_payload, user=user, group=group)
+                  log=log, metrics=metrics, health=health, max_payload=max_payload, user=user,
+                  group=group)
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:

@@ -32,7 +32,9 @@ from governor.connection import connect, resolve_url
 from governor.control import ControlServer
 from governor.embedded import EmbeddedRedis
 from governor.governance import jittered_limits, judge_memory, max_concurrent_recycles, tree_rss
+from governor.httpd import HttpServer
 from governor.identity import is_local_and_dead, pid_of, worker_id
+from governor.metrics import CONTENT_TYPE, Metrics
 from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
 from governor.queue import FailOutcome, QueueKeys, lease_of, run
@@ -60,6 +62,14 @@ class LostJob:
     known: tuple[str, str] | None  # (id, token) from the worker's last 'start' message
     max_retries: int
     detail: dict[str, Any]  # measured figures: peak memory, limit, signal or exit code
+
+
+def _watchdog_interval() -> float:
+    """Half of systemd's WatchdogSec (WATCHDOG_USEC), if the watchdog is meant for us."""
+    usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return 0.0
+    return int(usec) / 2e6
 
 
 def _settings_key(q: QueueConfig, cfg: Config) -> Any:
@@ -102,6 +112,16 @@ class Master:
         self._sig_r = self._sig_w = -1
         self.notifier = Notifier()
         self._ready_sent = False
+        self.watchdog_interval = _watchdog_interval()
+        self.next_watchdog = 0.0
+        self.finished = 0  # job runs that ended, for the jobs/s in systemd's STATUS
+        self._rate_mark = (time.monotonic(), 0)
+        self.last_progress = 0.0  # monotonic time a job or worker last finished (drain progress)
+        self.next_extend = 0.0
+        self.queue_stats: dict[str, dict[str, float]] = {}
+        self.loop_lag = 0.0
+        self.metrics = Metrics(self._metrics_state)
+        self.http: HttpServer | None = None
 
     # -- start and stop ---------------------------------------------------------
 
@@ -114,6 +134,11 @@ class Master:
         self._install_signals()
         self.control = ControlServer(self.config.state_dir, {"status": self.status})
         self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
+        if self.config.metrics.listen:
+            self.http = HttpServer(self.config.metrics.listen,
+                                   {"/metrics": self._serve_metrics, "/healthz": self._serve_health})
+            self.selector.register(self.http.sock, selectors.EVENT_READ, ("http", None))
+            log.info("metrics on http://%s/metrics", self.config.metrics.listen)
         for q in self.config.queues.values():
             self.pools[q.name] = Pool(q, _settings_key(q, self.config))
         self._recover_predecessor()
@@ -166,6 +191,8 @@ class Master:
         signal.set_wakeup_fd(-1)
         if self.control:
             self.control.close()
+        if self.http:
+            self.http.close()
         for pool in self.pools.values():
             for w in pool:
                 w.kill("shutdown")
@@ -186,8 +213,12 @@ class Master:
             if self.stopping and not any(p.workers for p in self.pools.values()):
                 self._settle_lost()
                 return
-            timeout = max(0.0, self._next_wakeup(now) - time.monotonic())
-            for key, _ in self.selector.select(timeout):
+            self._notify_systemd(now)
+            planned = self._next_wakeup(now)
+            events = self.selector.select(max(0.0, planned - time.monotonic()))
+            self.loop_lag = max(0.0, time.monotonic() - planned) if not events else 0.0
+            self.metrics.loop_lag.set(self.loop_lag)
+            for key, _ in events:
                 kind, wp = key.data
                 if kind == "channel":
                     self._on_channel(wp)
@@ -197,15 +228,26 @@ class Master:
                     self._on_signals()
                 elif kind == "control":
                     self.control.serve_one()
+                elif kind == "http":
+                    self.http.serve_one()
 
     def _pools_ready(self) -> bool:
         return all(sum(1 for w in p.current() if w.state is not State.STARTING) >= p.desired()
                    or p.backoff for p in self.pools.values())
 
     def _summary(self) -> str:
+        """One line for systemd's STATUS=: workers, throughput, backlog."""
+        now = time.monotonic()
         workers = sum(len(p.taking_work()) for p in self.pools.values())
         busy = sum(1 for p in self.pools.values() for w in p if w.job)
-        return f"{workers} workers ({busy} busy) in {len(self.pools)} pools"
+        mark_t, mark_n = self._rate_mark
+        rate = (self.finished - mark_n) / (now - mark_t) if now - mark_t > 0.5 else 0.0
+        if now - mark_t >= 10.0:
+            self._rate_mark = (now, self.finished)
+        waiting = sum(int(q.get("waiting", 0)) for q in self.queue_stats.values())
+        backing_off = [p.name for p in self.pools.values() if p.backoff]
+        line = f"{workers} workers ({busy} busy), {rate:.1f} jobs/s, {waiting} waiting"
+        return line + (f", backing off: {', '.join(backing_off)}" if backing_off else "")
 
     def _next_wakeup(self, now: float) -> float:
         times = [now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
@@ -213,6 +255,10 @@ class Master:
             times.append(self.stop_deadline)
         if self.lost:
             times.append(now + 1.0)
+        if self.watchdog_interval:
+            times.append(self.next_watchdog)
+        if self.stopping == "graceful" and self.notifier.enabled:
+            times.append(self.next_extend)
         for pool in self.pools.values():
             if pool.delta() > 0 and pool.respawn_at > now:
                 times.append(pool.respawn_at)
@@ -370,6 +416,8 @@ class Master:
         """Descriptors a forked worker must close: they belong to this loop."""
         fds = [key.fd for key in self.selector.get_map().values()]
         fds += [self._sig_r, self._sig_w, self.notifier.fileno()]
+        if self.http:
+            fds.append(self.http.fileno())
         if hasattr(self.selector, "fileno"):
             fds.append(self.selector.fileno())
         return [fd for fd in fds if fd >= 0]
@@ -382,6 +430,13 @@ class Master:
         pool = self.pools.get(wp.queue)
         for msg in messages:
             wp.on_message(msg, now)
+            if msg[0] == "start" and len(msg) > 7 and isinstance(msg[7], (int, float)):
+                self.metrics.wait.labels(wp.queue).observe(max(0.0, msg[7]))
+            elif msg[0] == "end":
+                self.finished += 1
+                self.last_progress = now
+                self.metrics.jobs.labels(wp.queue, str(msg[2])).inc()
+                self.metrics.duration.labels(wp.queue).observe(float(msg[3]))
             if msg[0] == "end" and pool and pool.backoff:
                 log.info("queue %s: a worker finished a job; crash backoff reset", wp.queue)
                 pool.backoff, pool.respawn_at, pool.last_error = 0.0, 0.0, None
@@ -428,6 +483,12 @@ class Master:
         detail = {**exit_detail, "peak_rss": wp.peak_rss or None, **(wp.stop_detail if killed else {})}
         if pool:
             pool.exits[reason] += 1
+        self.metrics.exits.labels(wp.queue, reason).inc()
+        self.last_progress = now
+        if wp.job is not None:  # the run ended with its worker: count it under the kill's reason
+            self.finished += 1
+            self.metrics.jobs.labels(wp.queue, reason).inc()
+            self.metrics.duration.labels(wp.queue).observe(now - wp.job.since)
         log_fn = log.warning if crashed or reason in ("memory_hard", "timeout_hard") else log.info
         log_fn("worker %r exited (%s), reason %s%s", wp, description, reason,
                "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if killed else "")
@@ -559,6 +620,7 @@ class Master:
             self.redis_down_since = None
 
     def _redis_failed(self, exc: Exception) -> None:
+        self.metrics.redis_errors.inc()
         if self.redis_down_since is None:
             self.redis_down_since = time.monotonic()
             log.error("Redis unavailable (%s); retrying", exc)
@@ -568,12 +630,15 @@ class Master:
         calls = [QueueKeys(self.config.redis.prefix, q).tick(
             int(self.pools[q].config.settings.done_ttl * 1000)) for q in queues]
         for name, reply in zip(queues, run(self.redis, *calls), strict=True):
-            next_due, active = reply[1], reply[2]
-            interval = TICK_BUSY if (active or next_due >= 0) else TICK_IDLE
+            next_due, (waiting, delayed, active, dead, done), oldest = reply[1], reply[2:7], reply[7]
+            self.queue_stats[name] = {"waiting": waiting, "delayed": delayed, "active": active,
+                                      "dead": dead, "done": done,
+                                      "oldest_age": oldest / 1000.0 if oldest >= 0 else 0.0}
+            interval = TICK_BUSY if (active or waiting or next_due >= 0) else TICK_IDLE
             if next_due >= 0:
                 interval = min(interval, next_due / 1000.0 + 0.005)
             self.next_tick[name] = now + interval
-            expired = reply[3:]
+            expired = reply[8:]
             for i in range(0, len(expired), 2):
                 self._reclaim(name, expired[i].decode(), expired[i + 1])
 
@@ -602,6 +667,44 @@ class Master:
                 calls.append(keys.renew(int(self.config.lease * 1000), holders))
         if calls:
             run(self.redis, *calls)
+
+    # -- systemd, metrics, health --------------------------------------------------------
+
+    def _notify_systemd(self, now: float) -> None:
+        if self.watchdog_interval and now >= self.next_watchdog:
+            # sent from the loop itself, so it stops when the loop does: systemd then restarts us
+            self.notifier.notify("WATCHDOG=1", f"STATUS={self._summary()}")
+            self.next_watchdog = now + self.watchdog_interval
+        if self.stopping == "graceful" and self.notifier.enabled and now >= self.next_extend:
+            # keep systemd's stop timeout from cutting a drain that is still making progress
+            if now - self.last_progress < 10.0 or self.next_extend == 0.0:
+                remaining = max(self.stop_deadline - now, 0.0) + 10.0
+                self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(remaining * 1e6)}", f"STATUS={self._summary()}")
+            self.next_extend = now + 5.0
+
+    def _metrics_state(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {"queues": {name: self.queue_stats.get(name, {}) for name in self.pools},
+                "pools": [p.snapshot(now) for p in self.pools.values()],
+                "redis_ok": self.redis_down_since is None}
+
+    def _serve_metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE, self.metrics.render()
+
+    def _serve_health(self) -> tuple[int, str, bytes]:
+        """503 when Redis has been unreachable for longer than health.redis_grace, or when
+        the loop woke up more than health.max_loop_lag late. (A stuck loop does not answer.)"""
+        problems = []
+        if self.redis_down_since is not None:
+            down = time.monotonic() - self.redis_down_since
+            if down > self.config.health.redis_grace:
+                problems.append(f"redis unreachable for {down:.0f}s")
+        if self.loop_lag > self.config.health.max_loop_lag:
+            problems.append(f"master loop {self.loop_lag:.1f}s late")
+        if self.stopping:
+            problems.append(f"stopping ({self.stopping})")
+        body = ("; ".join(problems) or "ok") + "\n"
+        return (503 if problems else 200), "text/plain; charset=utf-8", body.encode()
 
     # -- status ----------------------------------------------------------------------
 

@@ -305,7 +305,9 @@ class Worker:
         job = Reserved.from_reply(reply[:4], token)
         soft, hard = self._limits(job)
         handler_name = job.meta.get("handler") if isinstance(job.meta.get("handler"), str) else "?"
-        self.channel.send("start", job.id, token, handler_name, job.attempts, soft, hard)
+        ready, started_at = job.meta.get("ready_at") or job.meta.get("enqueued_at"), job.meta.get("started_at")
+        wait = (started_at - ready) / 1000.0 if isinstance(ready, (int, float)) and isinstance(started_at, (int, float)) else None
+        self.channel.send("start", job.id, token, handler_name, job.attempts, soft, hard, wait)
         self._title(f"job {job.id} {handler_name}")
         self.jobs_run += 1
         started = time.monotonic()

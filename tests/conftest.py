@@ -270,8 +270,14 @@ class Governor:
 
     def children(self) -> list[psutil.Process]:
         """The master's real child processes, from the process table."""
-        return [c for c in psutil.Process(self.proc.pid).children() if c.status() != psutil.STATUS_ZOMBIE
-                and "redis-server" not in " ".join(c.cmdline())]
+        alive = []
+        for c in psutil.Process(self.proc.pid).children():
+            try:
+                if c.status() != psutil.STATUS_ZOMBIE and "redis-server" not in " ".join(c.cmdline()):
+                    alive.append(c)
+            except psutil.NoSuchProcess:
+                pass  # exited while we looked
+        return alive
 
     def assert_running(self) -> None:
         if self.proc.poll() is not None:

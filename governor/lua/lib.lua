@@ -44,6 +44,7 @@ local function promote(delayed_key, waiting_key, meta_key, wake_key, now, limit)
   for _, id in ipairs(due) do
     local meta = load_meta(meta_key, id)
     meta.state = 'waiting'
+    meta.ready_at = tonumber(meta.due_at) or now
     meta.due_at = nil
     redis.call('ZREM', delayed_key, id)
     redis.call('ZADD', waiting_key, fmt(score(meta)), id)
@@ -83,6 +84,7 @@ local function schedule(meta, id, now, delay_ms, waiting_key, delayed_key)
   else
     meta.state = 'waiting'
     meta.due_at = nil
+    meta.ready_at = now
     redis.call('ZADD', waiting_key, fmt(score(meta)), id)
   end
 end

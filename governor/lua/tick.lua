@@ -1,12 +1,26 @@
--- KEYS: waiting, delayed, active, meta, data, done, wake
+-- KEYS: waiting, delayed, active, meta, data, done, wake, dead
 -- ARGV: done_ttl_ms
 -- The master's periodic pass over one queue: promote due delayed jobs,
 -- expire old done records, and list leases that have run out.
--- Returns {promoted, ms until next due (-1: none), active count, id1, meta1, id2, meta2, ...}
+-- Returns {promoted, ms until next due (-1: none), waiting, delayed, active, dead, done,
+--          age in ms of the longest-waiting job (-1: none), id1, meta1, id2, meta2, ...}
 local now = now_ms()
 local promoted = promote(KEYS[2], KEYS[1], KEYS[4], KEYS[7], now, 1000)
 expire_done(KEYS[6], KEYS[4], KEYS[5], now - tonumber(ARGV[1]), 1000)
-local out = {promoted, next_due(KEYS[2], now), redis.call('ZCARD', KEYS[3])}
+-- The longest-waiting job is the first of some priority band (FIFO within a band), so
+-- looking at the head of each band present is exact and touches a handful of entries.
+local oldest, floor = -1, '-inf'
+for _ = 1, 101 do
+  local head = redis.call('ZRANGEBYSCORE', KEYS[1], floor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if not head[1] then break end
+  local meta = load_meta(KEYS[4], head[1])
+  local since = tonumber(meta.ready_at) or tonumber(meta.enqueued_at)
+  if since and (oldest < 0 or since < oldest) then oldest = since end
+  floor = fmt((math.floor(tonumber(head[2]) / 1e13) + 1) * 1e13)
+end
+local out = {promoted, next_due(KEYS[2], now), redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]),
+             redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[8]), redis.call('ZCARD', KEYS[6]),
+             oldest < 0 and -1 or math.max(0, now - oldest)}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now), 'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
   table.insert(out, id)

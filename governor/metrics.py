@@ -1,0 +1,85 @@
+"""Prometheus metrics, kept in the master: workers report over their channels, the master counts.
+
+No per-process metric files (prometheus-client's multiprocess mode): the master
+already hears about every job start and end, every exit and every sample, so
+one registry in one process is the whole truth. Counters and histograms are
+updated as events arrive; gauges (queue depth, workers by state, memory) are
+read from the master's state at scrape time by ``_StateCollector``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class _StateCollector(Collector):
+    """Gauges computed from a snapshot function at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        st = self.snapshot()
+        depth = GaugeMetricFamily("governor_queue_jobs", "Jobs in each state, per queue (as of the "
+                                  "master's last pass over the queue)", labels=["queue", "state"])
+        oldest = GaugeMetricFamily("governor_queue_oldest_waiting_age_seconds",
+                                   "Age of the oldest waiting job, per queue (0 when none waits)",
+                                   labels=["queue"])
+        for queue, counts in st["queues"].items():
+            for state in ("waiting", "delayed", "active", "dead", "done"):
+                depth.add_metric([queue, state], counts.get(state, 0))
+            oldest.add_metric([queue], counts.get("oldest_age", 0.0))
+        workers = GaugeMetricFamily("governor_workers", "Worker processes, per queue and state",
+                                    labels=["queue", "state"])
+        desired = GaugeMetricFamily("governor_pool_desired_workers", "Configured concurrency, per queue",
+                                    labels=["queue"])
+        backoff = GaugeMetricFamily("governor_pool_backoff_seconds",
+                                    "Crash-loop backoff in force, per queue (0: none)", labels=["queue"])
+        rss = GaugeMetricFamily("governor_worker_memory_bytes",
+                                "Resident memory of each worker and its descendants", labels=["queue", "index"])
+        for pool in st["pools"]:
+            q = pool["queue"]
+            desired.add_metric([q], pool["desired"])
+            backoff.add_metric([q], (pool["backoff"] or {}).get("seconds", 0.0))
+            by_state = dict.fromkeys(("starting", "idle", "busy", "draining", "stopping"), 0)
+            for w in pool["workers"]:
+                by_state[w["state"]] += 1
+                if w.get("rss"):
+                    rss.add_metric([q, str(w["index"])], w["rss"])
+            for state, n in by_state.items():
+                workers.add_metric([q, state], n)
+        up = GaugeMetricFamily("governor_redis_up", "1 when the master's last Redis call succeeded")
+        up.add_metric([], 1.0 if st["redis_ok"] else 0.0)
+        yield from (depth, oldest, workers, desired, backoff, rss, up)
+
+
+class Metrics:
+    """The master's registry. Event methods are cheap: they run once per job start and end."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.jobs = Counter("governor_jobs", "Jobs that finished a run, by queue and outcome "
+                            "(ok, exception, timeout_soft, memory_hard, timeout_hard, crashed, ...)",
+                            ["queue", "outcome"], registry=r)
+        self.duration = Histogram("governor_job_duration_seconds", "How long a job's run took",
+                                  ["queue"], buckets=_DURATION_BUCKETS, registry=r)
+        self.wait = Histogram("governor_queue_wait_seconds", "From enqueue (or due time) to start of a run",
+                              ["queue"], buckets=_DURATION_BUCKETS, registry=r)
+        self.exits = Counter("governor_worker_exits", "Worker exits by queue and reason (kills, recycles, "
+                             "drains, crashes)", ["queue", "reason"], registry=r)
+        self.redis_errors = Counter("governor_redis_errors", "Redis calls by the master that failed",
+                                    registry=r)
+        self.loop_lag = Gauge("governor_master_loop_lag_seconds",
+                              "How late the master's loop woke up, last pass", registry=r)
+        r.register(_StateCollector(snapshot))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
