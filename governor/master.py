@@ -34,6 +34,7 @@ from governor.embedded import EmbeddedRedis
 from governor.governance import jittered_limits, judge_memory, max_concurrent_recycles, tree_rss
 from governor.httpd import HttpServer
 from governor.identity import is_local_and_dead, pid_of, worker_id
+from governor.log import fields
 from governor.metrics import CONTENT_TYPE, Metrics
 from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
@@ -208,6 +209,7 @@ class Master:
             self._reconcile(now)
             if not self._ready_sent and not self.stopping and self._pools_ready():
                 self._ready_sent = True
+                self.next_watchdog = now  # the watchdog runs from READY=1 on
                 self.notifier.ready(self._summary())
                 log.info("all pools up: %s", self._summary())
             if self.stopping and not any(p.workers for p in self.pools.values()):
@@ -255,7 +257,7 @@ class Master:
             times.append(self.stop_deadline)
         if self.lost:
             times.append(now + 1.0)
-        if self.watchdog_interval:
+        if self.watchdog_interval and self._ready_sent:
             times.append(self.next_watchdog)
         if self.stopping == "graceful" and self.notifier.enabled:
             times.append(self.next_extend)
@@ -458,7 +460,9 @@ class Master:
         if granted:
             wp.recycle(reason)
             log.info("worker %r recycling (%s, after %d jobs, %.0fs)", wp, reason, wp.jobs_done,
-                     time.monotonic() - wp.started)
+                     time.monotonic() - wp.started,
+                     extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid, queue=wp.queue,
+                                  reason=reason))
 
     def _on_exit(self, wp: WorkerProcess) -> None:
         try:
@@ -491,7 +495,9 @@ class Master:
             self.metrics.duration.labels(wp.queue).observe(now - wp.job.since)
         log_fn = log.warning if crashed or reason in ("memory_hard", "timeout_hard") else log.info
         log_fn("worker %r exited (%s), reason %s%s", wp, description, reason,
-               "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if killed else "")
+               "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if killed else "",
+               extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid, queue=wp.queue,
+                            reason=reason, job=wp.job.id if wp.job else None))
         max_retries = pool.config.settings.retry.max if pool else 0
         known = (wp.job.id, wp.job.token) if wp.job else None
         seconds = round(now - wp.job.since, 3) if wp.job else None
@@ -506,7 +512,7 @@ class Master:
             backoff = pool.note_crash(now, error, wp.started)
             if backoff is not None:
                 log.error("queue %s: worker died before finishing a job (%s); respawning in %.0fs",
-                          wp.queue, error, backoff)
+                          wp.queue, error, backoff, extra=fields(queue=wp.queue, reason="crashed"))
 
     def _settle_lost(self) -> None:
         """Requeues the jobs of dead workers; what Redis refuses now is tried again later."""
@@ -521,20 +527,21 @@ class Master:
                                       "while running the job", **lost.detail}
                     outcome = run(self.redis, keys.fail(held[0], held[1], lost.wid, error, lost.mode,
                                                          0, lost.reason, lost.max_retries))[0]
-                    self._log_requeue(held[0], lost.reason, outcome)
+                    self._log_requeue(lost.queue, held[0], lost.reason, outcome)
             except redis.RedisError as exc:
                 self._redis_failed(exc)
                 return
             self.lost.pop(0)
 
     @staticmethod
-    def _log_requeue(job_id: str, reason: str, outcome: int) -> None:
+    def _log_requeue(queue: str, job_id: str, reason: str, outcome: int) -> None:
+        extra = fields(queue=queue, job=job_id, reason=reason)
         if outcome == FailOutcome.REQUEUED:
-            log.info("job %s requeued (%s)", job_id, reason)
+            log.info("job %s requeued (%s)", job_id, reason, extra=extra)
         elif outcome == FailOutcome.RETRYING:
-            log.warning("job %s will be retried (%s)", job_id, reason)
+            log.warning("job %s will be retried (%s)", job_id, reason, extra=extra)
         elif outcome == FailOutcome.DEAD:
-            log.error("job %s dead-lettered (%s)", job_id, reason)
+            log.error("job %s dead-lettered (%s)", job_id, reason, extra=extra)
 
     # -- timers --------------------------------------------------------------------
 
@@ -632,8 +639,8 @@ class Master:
         for name, reply in zip(queues, run(self.redis, *calls), strict=True):
             next_due, (waiting, delayed, active, dead, done), oldest = reply[1], reply[2:7], reply[7]
             self.queue_stats[name] = {"waiting": waiting, "delayed": delayed, "active": active,
-                                      "dead": dead, "done": done,
-                                      "oldest_age": oldest / 1000.0 if oldest >= 0 else 0.0}
+                                      "dead": dead, "done": done, "at": now,
+                                      "oldest_age": oldest / 1000.0 if oldest >= 0 else None}
             interval = TICK_BUSY if (active or waiting or next_due >= 0) else TICK_IDLE
             if next_due >= 0:
                 interval = min(interval, next_due / 1000.0 + 0.005)
@@ -656,7 +663,7 @@ class Master:
                  "error": f"lease of worker {holder} expired (its host or master stopped renewing it)"}
         outcome = run(self.redis, keys.fail(job_id, token, holder, error, "retry", 0, "lease_expired",
                                             self.pools[queue].config.settings.retry.max))[0]
-        self._log_requeue(job_id, "lease_expired", outcome)
+        self._log_requeue(queue, job_id, "lease_expired", outcome)
 
     def _renew(self) -> None:
         calls = []
@@ -671,7 +678,7 @@ class Master:
     # -- systemd, metrics, health --------------------------------------------------------
 
     def _notify_systemd(self, now: float) -> None:
-        if self.watchdog_interval and now >= self.next_watchdog:
+        if self.watchdog_interval and self._ready_sent and now >= self.next_watchdog:
             # sent from the loop itself, so it stops when the loop does: systemd then restarts us
             self.notifier.notify("WATCHDOG=1", f"STATUS={self._summary()}")
             self.next_watchdog = now + self.watchdog_interval
@@ -684,7 +691,13 @@ class Master:
 
     def _metrics_state(self) -> dict[str, Any]:
         now = time.monotonic()
-        return {"queues": {name: self.queue_stats.get(name, {}) for name in self.pools},
+        queues = {}
+        for name in self.pools:
+            stats = dict(self.queue_stats.get(name, {}))
+            if stats.get("oldest_age") is not None:  # still waiting, so older by now
+                stats["oldest_age"] += now - stats["at"]
+            queues[name] = stats
+        return {"queues": queues,
                 "pools": [p.snapshot(now) for p in self.pools.values()],
                 "redis_ok": self.redis_down_since is None}
 

@@ -36,7 +36,7 @@ class _StateCollector(Collector):
         for queue, counts in st["queues"].items():
             for state in ("waiting", "delayed", "active", "dead", "done"):
                 depth.add_metric([queue, state], counts.get(state, 0))
-            oldest.add_metric([queue], counts.get("oldest_age", 0.0))
+            oldest.add_metric([queue], counts.get("oldest_age") or 0.0)
         workers = GaugeMetricFamily("governor_workers", "Worker processes, per queue and state",
                                     labels=["queue", "state"])
         desired = GaugeMetricFamily("governor_pool_desired_workers", "Configured concurrency, per queue",

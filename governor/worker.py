@@ -33,6 +33,7 @@ from governor.connection import connect, is_transient
 from governor.errors import SoftTimeLimitExceeded
 from governor.handlers import HandlerError, HandlerRegistry, Payload
 from governor.identity import worker_id
+from governor.log import fields
 from governor.queue import Call, FailOutcome, QueueKeys, Reserved, run
 
 log = logging.getLogger("governor.worker")
@@ -276,11 +277,16 @@ class Worker:
 
     def _log_settle(self, call: Call, result: Any) -> None:
         job_id = call.args[0]
+        extra = fields(worker=f"{self.spec.queue.name}[{self.spec.index}]", worker_pid=os.getpid(),
+                       queue=self.spec.queue.name, job=job_id)
         if call.script == "ack" and result == 0 or call.script == "fail" and result == FailOutcome.LOST:
-            log.warning("job %s: lease lost before settling (another worker owns it now); result dropped", job_id)
+            log.warning("job %s: lease lost before settling (another worker owns it now); result dropped",
+                        job_id, extra=extra)
         elif call.script == "fail" and result == FailOutcome.DEAD:
             error = json.loads(call.args[3]).get("error", "") if call.args[3] else ""
-            log.warning("job %s dead-lettered (%s): %s", job_id, call.args[6], error.splitlines()[-1:] and error.splitlines()[-1])
+            last = error.splitlines()[-1] if error else ""
+            log.warning("job %s dead-lettered (%s): %s", job_id, call.args[6], last,
+                        extra={**extra, "reason": call.args[6]})
 
     def _wait_for_work(self, next_due_ms: int) -> None:
         """Blocks in Redis until a job is enqueued (or a delayed one falls due, or it is time

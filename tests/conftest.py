@@ -280,7 +280,7 @@ class Governor:
         return alive
 
     def assert_running(self) -> None:
-        if self.proc.poll() is not None:
+        if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"master exited with {self.proc.returncode}:\n{self.log()}")
 
     def signal(self, sig: int) -> None:
