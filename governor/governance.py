@@ -13,11 +13,19 @@ suspicion, confirmed from ``smaps_rollup`` (milliseconds, so only then).
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from governor.config import MemoryLimits, RecyclePolicy
+from governor.log import fields
+from governor.pool import Pool
+from governor.process import State
+from governor.units import format_size
+
+log = logging.getLogger("governor.master")
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -105,3 +113,54 @@ def jittered_limits(policy: RecyclePolicy, rng: random.Random | None = None) -> 
 
 def max_concurrent_recycles(policy: RecyclePolicy, concurrency: int) -> int:
     return policy.max_concurrent or max(1, concurrency // 4)
+
+
+# -- enforcement, run by the master on every pass ------------------------------------------
+
+IDLE_SAMPLE = 5.0  # seconds between memory samples of an idle worker (busy ones: memory.interval)
+
+
+def enforce_hard_deadlines(pools: Iterable[Pool], now: float) -> None:
+    """Hard time limits, from the master's own clock: a worker stuck in C code or with
+    signals blocked is killed all the same."""
+    for pool in pools:
+        for w in pool:
+            deadline = w.hard_deadline()
+            if deadline is not None and now >= deadline:
+                w.kill("timeout_hard", limit=w.job.hard, overshoot=round(now - deadline, 4))
+
+
+def sample_memory(pool: Pool, now: float) -> None:
+    """One sampling pass over a pool, when its interval has come: kill over hard, recycle over soft."""
+    if pool.next_sample > now:
+        return
+    limits = pool.config.settings.memory
+    pool.next_sample = now + limits.interval
+    for w in pool:
+        if w.state is State.STOPPING:
+            continue
+        if w.state is State.IDLE and now - w.sampled < IDLE_SAMPLE:
+            continue  # nothing runs in an idle worker: its memory does not grow
+        w.sampled = now
+        w.rss = tree_rss(w.pid)
+        w.peak_rss = max(w.peak_rss, w.rss)
+        verdict = judge_memory(w.pid, w.rss, limits)
+        if verdict is None:
+            continue
+        if verdict.action == "kill":
+            w.kill(verdict.reason, memory=verdict.measured, limit=verdict.limit)
+        elif w.state is not State.DRAINING:
+            if w.jobs_done == 0 and w.job is None:
+                # a fresh worker already over the limit would be replaced forever
+                if not pool.warned_soft:
+                    pool.warned_soft = True
+                    log.warning("queue %s: a fresh worker is already over memory.soft (%s > %s); not "
+                                "recycling it. Raise the limit, or use memory.measure: pss to discount "
+                                "pages shared with the master", pool.name, format_size(verdict.measured),
+                                format_size(verdict.limit))
+                continue
+            log.info("worker %r over memory.soft (%s > %s): finishing its job, then replacing it", w,
+                     format_size(verdict.measured), format_size(verdict.limit),
+                     extra=fields(worker=f"{w.queue}[{w.index}]", worker_pid=w.pid, queue=w.queue,
+                                  reason=verdict.reason))
+            w.drain(verdict.reason)

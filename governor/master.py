@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import logging
 import os
 import selectors
@@ -21,7 +20,6 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -31,38 +29,23 @@ from governor.config import Config, ConfigError, QueueConfig, load_config, mask_
 from governor.connection import connect, resolve_url
 from governor.control import ControlServer
 from governor.embedded import EmbeddedRedis
-from governor.governance import jittered_limits, judge_memory, max_concurrent_recycles, tree_rss
+from governor.governance import (
+    enforce_hard_deadlines,
+    jittered_limits,
+    max_concurrent_recycles,
+    sample_memory,
+)
+from governor.housekeeping import Housekeeper, LostJob
 from governor.httpd import HttpServer
-from governor.identity import is_local_and_dead, pid_of, worker_id
+from governor.identity import worker_id
 from governor.log import fields
 from governor.metrics import CONTENT_TYPE, Metrics
 from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
-from governor.queue import FailOutcome, QueueKeys, lease_of, run
 from governor.systemd import Notifier
-from governor.units import format_size
 
 log = logging.getLogger("governor.master")
 
-TICK_BUSY = 1.0   # seconds between maintenance passes over a queue with delayed/active jobs
-TICK_IDLE = 5.0   # ... and over an empty one (keeps an idle host under 1 Redis command/s)
-IDLE_SAMPLE = 5.0  # seconds between memory samples of an idle worker (busy ones: memory.interval)
-
-
-@dataclass
-class LostJob:
-    """A job whose worker died holding it, waiting to be requeued (retried while Redis is down)."""
-
-    queue: str
-    wid: str
-    pid: int
-    reason: str
-    description: str
-    mode: str  # 'retry' counts the attempt; 'requeue' does not
-    seconds: float | None
-    known: tuple[str, str] | None  # (id, token) from the worker's last 'start' message
-    max_retries: int
-    detail: dict[str, Any]  # measured figures: peak memory, limit, signal or exit code
 
 
 def _watchdog_interval() -> float:
@@ -78,16 +61,6 @@ def _settings_key(q: QueueConfig, cfg: Config) -> Any:
     return (q.settings, cfg.app, cfg.lease, cfg.redis)
 
 
-def _why(lost: LostJob) -> str:
-    """The reason with its measured figure, as an operator reads it in `governor status`."""
-    d = lost.detail
-    if lost.reason == "memory_hard" and "memory" in d:
-        return f"memory_hard: {format_size(d['memory'])} > {format_size(d['limit'])}"
-    if lost.reason == "timeout_hard" and lost.seconds is not None:
-        return f"timeout_hard: ran {lost.seconds:.2f}s, limit {d.get('limit')}s"
-    return lost.reason
-
-
 def _noop(signum: int, frame: Any) -> None:
     """Installed so the default action (death) does not happen; the wakeup fd carries the signal."""
 
@@ -101,11 +74,6 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.stopping: str | None = None  # None, 'graceful' or 'fast'
         self.stop_deadline = 0.0
-        self.lost: list[LostJob] = []
-        self.next_tick: dict[str, float] = {}
-        self.next_renew = 0.0
-        self.next_sample: dict[str, float] = {}
-        self.redis_down_since: float | None = None
         self.embedded = EmbeddedRedis(config.state_dir) if config.redis.embedded else None
         self.redis_url = resolve_url(config.redis.url, config.state_dir)
         self.redis: redis.Redis | None = None
@@ -119,10 +87,10 @@ class Master:
         self._rate_mark = (time.monotonic(), 0)
         self.last_progress = 0.0  # monotonic time a job or worker last finished (drain progress)
         self.next_extend = 0.0
-        self.queue_stats: dict[str, dict[str, float]] = {}
         self.loop_lag = 0.0
         self.metrics = Metrics(self._metrics_state)
         self.http: HttpServer | None = None
+        self.house: Housekeeper | None = None
 
     # -- start and stop ---------------------------------------------------------
 
@@ -132,6 +100,8 @@ class Master:
             self.embedded.start()
         self.redis = connect(self.redis_url, socket_timeout=5.0, name="governor-master",
                              tls=self.config.redis.tls)
+        self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease,
+                                 on_error=self.metrics.redis_errors.inc)
         self._install_signals()
         self.control = ControlServer(self.config.state_dir, {"status": self.status})
         self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
@@ -142,7 +112,7 @@ class Master:
             log.info("metrics on http://%s/metrics", self.config.metrics.listen)
         for q in self.config.queues.values():
             self.pools[q.name] = Pool(q, _settings_key(q, self.config))
-        self._recover_predecessor()
+        self.house.recover_predecessor(self.pools)
         log.info("governor master %d starting: redis %s, queues %s", self.pid,
                  mask_url(self.config.redis.url),
                  ", ".join(f"{q.name}={q.concurrency}" for q in self.config.queues.values()))
@@ -152,27 +122,6 @@ class Master:
             self._cleanup()
         log.info("governor master %d stopped", self.pid)
         return 0
-
-    def _recover_predecessor(self) -> None:
-        """Requeues at once the jobs of this host's workers that died with a previous master
-        (SIGKILL, OOM, power loss): their leases name processes that no longer exist."""
-        try:
-            for name, pool in self.pools.items():
-                keys = QueueKeys(self.config.redis.prefix, name)
-                for wid, held in self.redis.hgetall(keys.leases).items():
-                    wid = wid.decode()
-                    if is_local_and_dead(wid):
-                        job_id, _, token = held.decode().partition(" ")
-                        self.lost.append(LostJob(
-                            queue=name, wid=wid, pid=pid_of(wid), reason="orphaned",
-                            description="died with its master", mode="requeue", seconds=None,
-                            known=(job_id, token), max_retries=pool.config.settings.retry.max,
-                            detail={}))
-        except redis.RedisError as exc:
-            self._redis_failed(exc)  # the leases will expire instead
-        if self.lost:
-            log.info("recovering %d job(s) left by workers of a previous master", len(self.lost))
-            self._settle_lost()
 
     def _prepare_app(self, cfg: Config) -> None:
         for path in reversed(cfg.app.path):
@@ -213,7 +162,7 @@ class Master:
                 self.notifier.ready(self._summary())
                 log.info("all pools up: %s", self._summary())
             if self.stopping and not any(p.workers for p in self.pools.values()):
-                self._settle_lost()
+                self.house.settle_lost()
                 return
             self._notify_systemd(now)
             planned = self._next_wakeup(now)
@@ -246,17 +195,15 @@ class Master:
         rate = (self.finished - mark_n) / (now - mark_t) if now - mark_t > 0.5 else 0.0
         if now - mark_t >= 10.0:
             self._rate_mark = (now, self.finished)
-        waiting = sum(int(q.get("waiting", 0)) for q in self.queue_stats.values())
+        waiting = sum(int(q.get("waiting", 0)) for q in self.house.queue_stats.values())
         backing_off = [p.name for p in self.pools.values() if p.backoff]
         line = f"{workers} workers ({busy} busy), {rate:.1f} jobs/s, {waiting} waiting"
         return line + (f", backing off: {', '.join(backing_off)}" if backing_off else "")
 
     def _next_wakeup(self, now: float) -> float:
-        times = [now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
+        times = [self.house.next_wakeup(now)]
         if self.stopping == "graceful":
             times.append(self.stop_deadline)
-        if self.lost:
-            times.append(now + 1.0)
         if self.watchdog_interval and self._ready_sent:
             times.append(self.next_watchdog)
         if self.stopping == "graceful" and self.notifier.enabled:
@@ -265,7 +212,7 @@ class Master:
             if pool.delta() > 0 and pool.respawn_at > now:
                 times.append(pool.respawn_at)
             if pool.workers:
-                times.append(self.next_sample.get(pool.name, now))
+                times.append(pool.next_sample)
             for w in pool.workers.values():
                 deadline = w.hard_deadline()
                 if deadline is not None:
@@ -371,8 +318,7 @@ class Master:
                         w.drain("drain")
             if pool.removed and not pool.workers:
                 del self.pools[name]
-                self.next_tick.pop(name, None)
-                self.next_sample.pop(name, None)
+                self.house.forget(name)
 
     def _spawn(self, pool: Pool, now: float) -> None:
         master_end, worker_end = channel.pair()
@@ -501,47 +447,17 @@ class Master:
         max_retries = pool.config.settings.retry.max if pool else 0
         known = (wp.job.id, wp.job.token) if wp.job else None
         seconds = round(now - wp.job.since, 3) if wp.job else None
-        self.lost.append(LostJob(queue=wp.queue, wid=wp.wid, pid=wp.pid, reason=reason,
+        self.house.lose(LostJob(queue=wp.queue, wid=wp.wid, pid=wp.pid, reason=reason,
                                  description=description,
                                  mode="requeue" if reason == "shutdown" else "retry",
                                  seconds=seconds, known=known, max_retries=max_retries,
                                  detail={k: v for k, v in detail.items() if v is not None}))
-        self._settle_lost()
         if crashed and wp.jobs_done == 0 and pool and not self.stopping:
             error = wp.fatal or description
             backoff = pool.note_crash(now, error, wp.started)
             if backoff is not None:
                 log.error("queue %s: worker died before finishing a job (%s); respawning in %.0fs",
                           wp.queue, error, backoff, extra=fields(queue=wp.queue, reason="crashed"))
-
-    def _settle_lost(self) -> None:
-        """Requeues the jobs of dead workers; what Redis refuses now is tried again later."""
-        while self.lost:
-            lost = self.lost[0]
-            keys = QueueKeys(self.config.redis.prefix, lost.queue)
-            try:
-                held = lease_of(self.redis, keys, lost.wid) or lost.known
-                if held:
-                    error = {"reason": lost.reason, "worker": lost.wid, "seconds": lost.seconds,
-                             "error": f"worker pid {lost.pid} {lost.description} ({_why(lost)}) "
-                                      "while running the job", **lost.detail}
-                    outcome = run(self.redis, keys.fail(held[0], held[1], lost.wid, error, lost.mode,
-                                                         0, lost.reason, lost.max_retries))[0]
-                    self._log_requeue(lost.queue, held[0], lost.reason, outcome)
-            except redis.RedisError as exc:
-                self._redis_failed(exc)
-                return
-            self.lost.pop(0)
-
-    @staticmethod
-    def _log_requeue(queue: str, job_id: str, reason: str, outcome: int) -> None:
-        extra = fields(queue=queue, job=job_id, reason=reason)
-        if outcome == FailOutcome.REQUEUED:
-            log.info("job %s requeued (%s)", job_id, reason, extra=extra)
-        elif outcome == FailOutcome.RETRYING:
-            log.warning("job %s will be retried (%s)", job_id, reason, extra=extra)
-        elif outcome == FailOutcome.DEAD:
-            log.error("job %s dead-lettered (%s)", job_id, reason, extra=extra)
 
     # -- timers --------------------------------------------------------------------
 
@@ -552,128 +468,16 @@ class Master:
                     if w.state is not State.STOPPING:
                         log.warning("worker %r still busy at shutdown_timeout; killing it", w)
                         w.kill("shutdown")
-        self._enforce_deadlines(now)
-        self._sample_memory(now)
+        enforce_hard_deadlines(self.pools.values(), now)
+        for pool in self.pools.values():
+            sample_memory(pool, now)
         if self.embedded and not self.embedded.alive() and not self.stopping:
             log.error("embedded redis-server died; restarting it")
             try:
                 self.embedded.start()
             except RuntimeError as exc:
                 log.error("%s", exc)
-        if self.lost:
-            self._settle_lost()
-        due = [name for name in self.pools if self.next_tick.get(name, 0.0) <= now]
-        try:
-            # renew first: after a stall longer than the lease, our own workers' leases must be
-            # extended before the tick looks for expired ones
-            if now >= self.next_renew:
-                self._renew()
-                self.next_renew = now + self.config.lease / 3
-                self._redis_ok()
-            if due:
-                self._tick(due, now)
-                self._redis_ok()
-        except redis.RedisError as exc:
-            self._redis_failed(exc)
-            for name in due:
-                self.next_tick[name] = now + TICK_BUSY
-            self.next_renew = max(self.next_renew, now + TICK_BUSY)
-
-    def _enforce_deadlines(self, now: float) -> None:
-        """Hard time limits, from the master's own clock: a worker stuck in C code or with
-        signals blocked is killed all the same."""
-        for pool in self.pools.values():
-            for w in pool:
-                deadline = w.hard_deadline()
-                if deadline is not None and now >= deadline:
-                    w.kill("timeout_hard", limit=w.job.hard, overshoot=round(now - deadline, 4))
-
-    def _sample_memory(self, now: float) -> None:
-        for pool in self.pools.values():
-            if self.next_sample.get(pool.name, 0.0) > now:
-                continue
-            limits = pool.config.settings.memory
-            self.next_sample[pool.name] = now + limits.interval
-            for w in pool:
-                if w.state is State.STOPPING:
-                    continue
-                if w.state is State.IDLE and now - w.sampled < IDLE_SAMPLE:
-                    continue  # nothing runs in an idle worker: its memory does not grow
-                w.sampled = now
-                w.rss = tree_rss(w.pid)
-                w.peak_rss = max(w.peak_rss, w.rss)
-                verdict = judge_memory(w.pid, w.rss, limits)
-                if verdict is None:
-                    continue
-                if verdict.action == "kill":
-                    w.kill(verdict.reason, memory=verdict.measured, limit=verdict.limit)
-                elif w.state is not State.DRAINING:
-                    if w.jobs_done == 0 and w.job is None:
-                        # a fresh worker already over the limit would be replaced forever
-                        if not pool.warned_soft:
-                            pool.warned_soft = True
-                            log.warning("queue %s: a fresh worker is already over memory.soft (%s > %s); "
-                                        "not recycling it. Raise the limit, or use memory.measure: pss "
-                                        "to discount pages shared with the master", pool.name,
-                                        format_size(verdict.measured), format_size(verdict.limit))
-                        continue
-                    log.info("worker %r over memory.soft (%s > %s): finishing its job, then "
-                             "replacing it", w, format_size(verdict.measured), format_size(verdict.limit))
-                    w.drain(verdict.reason)
-
-    def _redis_ok(self) -> None:
-        if self.redis_down_since is not None:
-            log.warning("Redis is reachable again after %.1fs", time.monotonic() - self.redis_down_since)
-            self.redis_down_since = None
-
-    def _redis_failed(self, exc: Exception) -> None:
-        self.metrics.redis_errors.inc()
-        if self.redis_down_since is None:
-            self.redis_down_since = time.monotonic()
-            log.error("Redis unavailable (%s); retrying", exc)
-
-    def _tick(self, queues: list[str], now: float) -> None:
-        """Promote due delayed jobs, expire done records, reclaim expired leases."""
-        calls = [QueueKeys(self.config.redis.prefix, q).tick(
-            int(self.pools[q].config.settings.done_ttl * 1000)) for q in queues]
-        for name, reply in zip(queues, run(self.redis, *calls), strict=True):
-            next_due, (waiting, delayed, active, dead, done), oldest = reply[1], reply[2:7], reply[7]
-            self.queue_stats[name] = {"waiting": waiting, "delayed": delayed, "active": active,
-                                      "dead": dead, "done": done, "at": now,
-                                      "oldest_age": oldest / 1000.0 if oldest >= 0 else None}
-            interval = TICK_BUSY if (active or waiting or next_due >= 0) else TICK_IDLE
-            if next_due >= 0:
-                interval = min(interval, next_due / 1000.0 + 0.005)
-            self.next_tick[name] = now + interval
-            expired = reply[8:]
-            for i in range(0, len(expired), 2):
-                self._reclaim(name, expired[i].decode(), expired[i + 1])
-
-    def _reclaim(self, queue: str, job_id: str, raw_meta: bytes) -> None:
-        try:
-            meta = json.loads(raw_meta)
-        except ValueError:
-            meta = {}
-        token, holder = meta.get("token") or "", meta.get("worker") or "?"
-        if any(w.wid == holder and w.state is not State.STOPPING for p in self.pools.values() for w in p):
-            self.next_renew = 0.0  # ours and alive: renew it, never take it away
-            return
-        keys = QueueKeys(self.config.redis.prefix, queue)
-        error = {"reason": "lease_expired", "worker": holder,
-                 "error": f"lease of worker {holder} expired (its host or master stopped renewing it)"}
-        outcome = run(self.redis, keys.fail(job_id, token, holder, error, "retry", 0, "lease_expired",
-                                            self.pools[queue].config.settings.retry.max))[0]
-        self._log_requeue(queue, job_id, "lease_expired", outcome)
-
-    def _renew(self) -> None:
-        calls = []
-        for pool in self.pools.values():
-            holders = [w.wid for w in pool if w.job is not None and w.state is not State.STOPPING]
-            if holders:
-                keys = QueueKeys(self.config.redis.prefix, pool.name)
-                calls.append(keys.renew(int(self.config.lease * 1000), holders))
-        if calls:
-            run(self.redis, *calls)
+        self.house.run(now, self.pools)
 
     # -- systemd, metrics, health --------------------------------------------------------
 
@@ -691,15 +495,9 @@ class Master:
 
     def _metrics_state(self) -> dict[str, Any]:
         now = time.monotonic()
-        queues = {}
-        for name in self.pools:
-            stats = dict(self.queue_stats.get(name, {}))
-            if stats.get("oldest_age") is not None:  # still waiting, so older by now
-                stats["oldest_age"] += now - stats["at"]
-            queues[name] = stats
-        return {"queues": queues,
+        return {"queues": {name: self.house.stats(name, now) for name in self.pools},
                 "pools": [p.snapshot(now) for p in self.pools.values()],
-                "redis_ok": self.redis_down_since is None}
+                "redis_ok": self.house.redis_ok}
 
     def _serve_metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE, self.metrics.render()
@@ -708,8 +506,8 @@ class Master:
         """503 when Redis has been unreachable for longer than health.redis_grace, or when
         the loop woke up more than health.max_loop_lag late. (A stuck loop does not answer.)"""
         problems = []
-        if self.redis_down_since is not None:
-            down = time.monotonic() - self.redis_down_since
+        if self.house.down_since is not None:
+            down = time.monotonic() - self.house.down_since
             if down > self.config.health.redis_grace:
                 problems.append(f"redis unreachable for {down:.0f}s")
         if self.loop_lag > self.config.health.max_loop_lag:
@@ -727,6 +525,6 @@ class Master:
             "master": {"pid": self.pid, "host": socket.gethostname(), "uptime": round(now - self.started, 3),
                        "config": self.config.source, "stopping": self.stopping,
                        "redis": mask_url(self.config.redis.url),
-                       "redis_ok": self.redis_down_since is None},
+                       "redis_ok": self.house.redis_ok},
             "pools": [p.snapshot(now) for p in self.pools.values()],
         }

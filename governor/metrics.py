@@ -26,6 +26,9 @@ class _StateCollector(Collector):
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.snapshot = snapshot
 
+    def describe(self) -> list:
+        return []  # so registering does not call the snapshot before the master is ready
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         st = self.snapshot()
         depth = GaugeMetricFamily("governor_queue_jobs", "Jobs in each state, per queue (as of the "

@@ -36,6 +36,7 @@ class Pool:
         self.last_crash = 0.0
         self.last_error: str | None = None
         self.warned_soft = False
+        self.next_sample = 0.0  # monotonic time of the next memory sampling pass
         self.exits: Counter[str] = Counter()  # worker exits by reason, for status and metrics
 
     @property

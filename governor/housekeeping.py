@@ -1,0 +1,224 @@
+"""The master's duties in Redis: requeue the jobs of dead workers, renew live leases,
+reclaim expired ones, promote delayed jobs, expire done records, keep queue figures.
+
+Kept apart from the arbiter so that the process lifecycle (master.py) and the
+Redis bookkeeping each have one owner. Every call here tolerates Redis being
+away: what fails is retried on a later pass, and the outage is logged once
+when it starts and once when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from governor.identity import is_local_and_dead, pid_of
+from governor.log import fields
+from governor.pool import Pool
+from governor.process import State
+from governor.queue import FailOutcome, QueueKeys, lease_of, run
+from governor.units import format_size
+
+log = logging.getLogger("governor.master")
+
+TICK_BUSY = 1.0   # seconds between passes over a queue with waiting, delayed or active jobs
+TICK_IDLE = 5.0   # ... and over an empty one (keeps an idle host under 1 Redis command/s)
+
+
+@dataclass
+class LostJob:
+    """A job whose worker died holding it, waiting to be requeued (retried while Redis is down)."""
+
+    queue: str
+    wid: str
+    pid: int
+    reason: str
+    description: str
+    mode: str  # 'retry' counts the attempt; 'requeue' does not
+    seconds: float | None
+    known: tuple[str, str] | None  # (id, token) from the worker's last 'start' message
+    max_retries: int
+    detail: dict[str, Any]  # measured figures: peak memory, limit, signal or exit code
+
+    def why(self) -> str:
+        """The reason with its measured figure, as an operator reads it in `governor status`."""
+        d = self.detail
+        if self.reason == "memory_hard" and "memory" in d:
+            return f"memory_hard: {format_size(d['memory'])} > {format_size(d['limit'])}"
+        if self.reason == "timeout_hard" and self.seconds is not None:
+            return f"timeout_hard: ran {self.seconds:.2f}s, limit {d.get('limit')}s"
+        return self.reason
+
+
+class Housekeeper:
+    def __init__(self, client: redis.Redis, prefix: str, lease: float,
+                 on_error: Callable[[], None] = lambda: None) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.lease = lease
+        self.on_error = on_error
+        self.lost: list[LostJob] = []
+        self.next_tick: dict[str, float] = {}
+        self.next_renew = 0.0
+        self.queue_stats: dict[str, dict[str, Any]] = {}
+        self.down_since: float | None = None
+
+    def keys(self, queue: str) -> QueueKeys:
+        return QueueKeys(self.prefix, queue)
+
+    # -- health of the connection ----------------------------------------------------
+
+    @property
+    def redis_ok(self) -> bool:
+        return self.down_since is None
+
+    def _ok(self) -> None:
+        if self.down_since is not None:
+            log.warning("Redis is reachable again after %.1fs", time.monotonic() - self.down_since)
+            self.down_since = None
+
+    def _failed(self, exc: Exception) -> None:
+        self.on_error()
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.error("Redis unavailable (%s); retrying", exc)
+
+    # -- jobs of dead workers ----------------------------------------------------------
+
+    def recover_predecessor(self, pools: Mapping[str, Pool]) -> None:
+        """Requeues at once the jobs of this host's workers that died with a previous master
+        (SIGKILL, OOM, power loss): their leases name processes that no longer exist."""
+        try:
+            for name, pool in pools.items():
+                for wid, held in self.redis.hgetall(self.keys(name).leases).items():
+                    wid = wid.decode()
+                    if is_local_and_dead(wid):
+                        job_id, _, token = held.decode().partition(" ")
+                        self.lost.append(LostJob(
+                            queue=name, wid=wid, pid=pid_of(wid), reason="orphaned",
+                            description="died with its master", mode="requeue", seconds=None,
+                            known=(job_id, token), max_retries=pool.config.settings.retry.max,
+                            detail={}))
+        except redis.RedisError as exc:
+            self._failed(exc)  # the leases will expire instead
+        if self.lost:
+            log.info("recovering %d job(s) left by workers of a previous master", len(self.lost))
+            self.settle_lost()
+
+    def lose(self, lost: LostJob) -> None:
+        self.lost.append(lost)
+        self.settle_lost()
+
+    def settle_lost(self) -> None:
+        """Requeues the jobs of dead workers; what Redis refuses now is tried again later."""
+        while self.lost:
+            lost = self.lost[0]
+            keys = self.keys(lost.queue)
+            try:
+                # Redis knows the lease even when the worker died before telling us its job
+                held = lease_of(self.redis, keys, lost.wid) or lost.known
+                if held:
+                    error = {"reason": lost.reason, "worker": lost.wid, "seconds": lost.seconds,
+                             "error": f"worker pid {lost.pid} {lost.description} ({lost.why()}) "
+                                      "while running the job", **lost.detail}
+                    outcome = run(self.redis, keys.fail(held[0], held[1], lost.wid, error, lost.mode,
+                                                         0, lost.reason, lost.max_retries))[0]
+                    log_requeue(lost.queue, held[0], lost.reason, outcome)
+            except redis.RedisError as exc:
+                self._failed(exc)
+                return
+            self.lost.pop(0)
+
+    # -- the periodic pass -------------------------------------------------------------
+
+    def run(self, now: float, pools: Mapping[str, Pool]) -> None:
+        if self.lost:
+            self.settle_lost()
+        due = [name for name in pools if self.next_tick.get(name, 0.0) <= now]
+        try:
+            # renew first: after a stall longer than the lease, our own workers' leases must be
+            # extended before the tick looks for expired ones
+            if now >= self.next_renew:
+                self._renew(pools)
+                self.next_renew = now + self.lease / 3
+                self._ok()
+            if due:
+                self._tick(due, now, pools)
+                self._ok()
+        except redis.RedisError as exc:
+            self._failed(exc)
+            for name in due:
+                self.next_tick[name] = now + TICK_BUSY
+            self.next_renew = max(self.next_renew, now + TICK_BUSY)
+
+    def next_wakeup(self, now: float) -> float:
+        return min([now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
+                   + ([now + 1.0] if self.lost else []))
+
+    def forget(self, queue: str) -> None:
+        self.next_tick.pop(queue, None)
+        self.queue_stats.pop(queue, None)
+
+    def _renew(self, pools: Mapping[str, Pool]) -> None:
+        calls = []
+        for pool in pools.values():
+            holders = [w.wid for w in pool if w.job is not None and w.state is not State.STOPPING]
+            if holders:
+                calls.append(self.keys(pool.name).renew(int(self.lease * 1000), holders))
+        if calls:
+            run(self.redis, *calls)
+
+    def _tick(self, queues: list[str], now: float, pools: Mapping[str, Pool]) -> None:
+        """Promote due delayed jobs, expire done records, reclaim expired leases."""
+        calls = [self.keys(q).tick(int(pools[q].config.settings.done_ttl * 1000)) for q in queues]
+        for name, reply in zip(queues, run(self.redis, *calls), strict=True):
+            next_due, (waiting, delayed, active, dead, done), oldest = reply[1], reply[2:7], reply[7]
+            self.queue_stats[name] = {"waiting": waiting, "delayed": delayed, "active": active,
+                                      "dead": dead, "done": done, "at": now,
+                                      "oldest_age": oldest / 1000.0 if oldest >= 0 else None}
+            interval = TICK_BUSY if (active or waiting or next_due >= 0) else TICK_IDLE
+            if next_due >= 0:
+                interval = min(interval, next_due / 1000.0 + 0.005)
+            self.next_tick[name] = now + interval
+            expired = reply[8:]
+            for i in range(0, len(expired), 2):
+                self._reclaim(name, expired[i].decode(), expired[i + 1], pools)
+
+    def _reclaim(self, queue: str, job_id: str, raw_meta: bytes, pools: Mapping[str, Pool]) -> None:
+        try:
+            meta = json.loads(raw_meta)
+        except ValueError:
+            meta = {}
+        token, holder = meta.get("token") or "", meta.get("worker") or "?"
+        if any(w.wid == holder and w.state is not State.STOPPING for p in pools.values() for w in p):
+            self.next_renew = 0.0  # ours and alive: renew it, never take it away
+            return
+        error = {"reason": "lease_expired", "worker": holder,
+                 "error": f"lease of worker {holder} expired (its host or master stopped renewing it)"}
+        outcome = run(self.redis, self.keys(queue).fail(job_id, token, holder, error, "retry", 0,
+                                                        "lease_expired",
+                                                        pools[queue].config.settings.retry.max))[0]
+        log_requeue(queue, job_id, "lease_expired", outcome)
+
+    def stats(self, queue: str, now: float) -> dict[str, Any]:
+        """The queue's figures from the last pass, the oldest job's age brought up to now."""
+        stats = dict(self.queue_stats.get(queue, {}))
+        if stats.get("oldest_age") is not None:  # still waiting, so older by now
+            stats["oldest_age"] += now - stats["at"]
+        return stats
+
+
+def log_requeue(queue: str, job_id: str, reason: str, outcome: int) -> None:
+    extra = fields(queue=queue, job=job_id, reason=reason)
+    if outcome == FailOutcome.REQUEUED:
+        log.info("job %s requeued (%s)", job_id, reason, extra=extra)
+    elif outcome == FailOutcome.RETRYING:
+        log.warning("job %s will be retried (%s)", job_id, reason, extra=extra)
+    elif outcome == FailOutcome.DEAD:
+        log.error("job %s dead-lettered (%s)", job_id, reason, extra=extra)
