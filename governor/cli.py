@@ -57,6 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except redis.ConnectionError as exc:
         print(f"governor: cannot reach Redis at {mask_url(cfg.redis.url)}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a port or socket we must bind is taken
+        print(f"governor: {exc} (metrics.listen {cfg.metrics.listen}, state_dir {cfg.state_dir})",
+              file=sys.stderr)
+        return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -95,6 +95,15 @@ class Master:
     # -- start and stop ---------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            self._start()
+            self._loop()
+        finally:
+            self._cleanup()  # also when start-up failed half way: no orphaned embedded Redis
+        log.info("governor master %d stopped", self.pid)
+        return 0
+
+    def _start(self) -> None:
         self._prepare_app(self.config)
         if self.embedded:
             self.embedded.start()
@@ -116,12 +125,6 @@ class Master:
         log.info("governor master %d starting: redis %s, queues %s", self.pid,
                  mask_url(self.config.redis.url),
                  ", ".join(f"{q.name}={q.concurrency}" for q in self.config.queues.values()))
-        try:
-            self._loop()
-        finally:
-            self._cleanup()
-        log.info("governor master %d stopped", self.pid)
-        return 0
 
     def _prepare_app(self, cfg: Config) -> None:
         for path in reversed(cfg.app.path):
@@ -138,7 +141,8 @@ class Master:
         self.selector.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
 
     def _cleanup(self) -> None:
-        signal.set_wakeup_fd(-1)
+        if self._sig_w >= 0:
+            signal.set_wakeup_fd(-1)
         if self.control:
             self.control.close()
         if self.http:

@@ -93,3 +93,29 @@ def test_embedded_redis_serves_the_master_and_the_cli(tmp_path):
     # the master took its Redis down with it
     out = cli("enqueue", "-c", str(cfg), "q", "tasks:touch", "--args", '["again"]')
     assert out.returncode == 1 and "embedded Redis is not running" in out.stderr
+
+
+def test_a_taken_metrics_port_is_a_clear_error_and_leaves_nothing_behind(tmp_path):
+    import socket as _socket
+
+    from conftest import free_port
+
+    port = free_port()
+    blocker = _socket.socket()
+    blocker.bind(("127.0.0.1", port))
+    blocker.listen(1)
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "redis": {"url": "embedded"}, "state_dir": str(tmp_path / "state"),
+        "metrics": {"listen": f"127.0.0.1:{port}"}, "queues": {"q": 1}}))
+    try:
+        out = subprocess.run([sys.executable, "-m", "governor", "run", "-c", str(cfg)],
+                             capture_output=True, text=True, timeout=30)
+    finally:
+        blocker.close()
+    assert out.returncode == 1
+    assert "Address already in use" in out.stderr and f"127.0.0.1:{port}" in out.stderr
+    # the embedded redis-server it had started is gone again
+    import psutil
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if str(tmp_path / "state") in " ".join(p.info["cmdline"] or [])]
