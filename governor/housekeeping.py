@@ -28,7 +28,7 @@ from governor.units import format_size
 log = logging.getLogger("governor.master")
 
 TICK_BUSY = 1.0   # seconds between passes over a queue with waiting, delayed or active jobs
-TICK_IDLE = 5.0   # ... and over an empty one (keeps an idle host under 1 Redis command/s)
+TICK_IDLE = 10.0  # ... and over an empty one (keeps an idle host under 1 Redis command/s)
 
 
 @dataclass
@@ -68,6 +68,7 @@ class Housekeeper:
         self.next_renew = 0.0
         self.queue_stats: dict[str, dict[str, Any]] = {}
         self.down_since: float | None = None
+        self.last_ok = 0.0  # monotonic time of the last Redis call that succeeded
 
     def keys(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
@@ -79,6 +80,7 @@ class Housekeeper:
         return self.down_since is None
 
     def _ok(self) -> None:
+        self.last_ok = time.monotonic()
         if self.down_since is not None:
             log.warning("Redis is reachable again after %.1fs", time.monotonic() - self.down_since)
             self.down_since = None
@@ -160,6 +162,18 @@ class Housekeeper:
     def next_wakeup(self, now: float) -> float:
         return min([now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
                    + ([now + 1.0] if self.lost else []))
+
+    def touch(self, queue: str, now: float) -> None:
+        """Something happened in this queue: look at it within TICK_BUSY, not TICK_IDLE."""
+        self.next_tick[queue] = min(self.next_tick.get(queue, now), now + TICK_BUSY)
+
+    def check(self) -> None:
+        """A direct PING, for /healthz when the last pass is too old to vouch for Redis."""
+        try:
+            self.redis.ping()
+            self._ok()
+        except redis.RedisError as exc:
+            self._failed(exc)
 
     def forget(self, queue: str) -> None:
         self.next_tick.pop(queue, None)

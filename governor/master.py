@@ -385,6 +385,7 @@ class Master:
             if msg[0] == "start" and len(msg) > 7 and isinstance(msg[7], (int, float)):
                 self.metrics.wait.labels(wp.queue).observe(max(0.0, msg[7]))
             elif msg[0] == "end":
+                self.house.touch(wp.queue, now)
                 self.finished += 1
                 self.last_progress = now
                 self.metrics.jobs.labels(wp.queue, str(msg[2])).inc()
@@ -438,6 +439,7 @@ class Master:
         if pool:
             pool.exits[reason] += 1
         self.metrics.exits.labels(wp.queue, reason).inc()
+        self.house.touch(wp.queue, now)
         self.last_progress = now
         if wp.job is not None:  # the run ended with its worker: count it under the kill's reason
             self.finished += 1
@@ -510,6 +512,8 @@ class Master:
         """503 when Redis has been unreachable for longer than health.redis_grace, or when
         the loop woke up more than health.max_loop_lag late. (A stuck loop does not answer.)"""
         problems = []
+        if time.monotonic() - self.house.last_ok > 2.0:
+            self.house.check()  # an idle master talks to Redis only every few seconds
         if self.house.down_since is not None:
             down = time.monotonic() - self.house.down_since
             if down > self.config.health.redis_grace:

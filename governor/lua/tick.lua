@@ -9,8 +9,9 @@ local promoted = promote(KEYS[2], KEYS[1], KEYS[4], KEYS[7], now, 1000)
 expire_done(KEYS[6], KEYS[4], KEYS[5], now - tonumber(ARGV[1]), 1000)
 -- The longest-waiting job is the first of some priority band (FIFO within a band), so
 -- looking at the head of each band present is exact and touches a handful of entries.
+local waiting = redis.call('ZCARD', KEYS[1])
 local oldest, floor = -1, '-inf'
-for _ = 1, 101 do
+for _ = 1, (waiting > 0 and 101 or 0) do
   local head = redis.call('ZRANGEBYSCORE', KEYS[1], floor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if not head[1] then break end
   local meta = load_meta(KEYS[4], head[1])
@@ -18,7 +19,7 @@ for _ = 1, 101 do
   if since and (oldest < 0 or since < oldest) then oldest = since end
   floor = fmt((math.floor(tonumber(head[2]) / 1e13) + 1) * 1e13)
 end
-local out = {promoted, next_due(KEYS[2], now), redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]),
+local out = {promoted, next_due(KEYS[2], now), waiting, redis.call('ZCARD', KEYS[2]),
              redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[8]), redis.call('ZCARD', KEYS[6]),
              oldest < 0 and -1 or math.max(0, now - oldest)}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now), 'LIMIT', 0, 100)
