@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 runtime failure (Redis unreachable, preload failed),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -24,12 +25,22 @@ from governor.units import format_size
 DEFAULT_CONFIG = os.environ.get("GOVERNOR_CONFIG", "/etc/governor/governor.yaml")
 
 
-def _load(path: str) -> Config:
+def _load(path: str, find_master: bool = False) -> Config:
     try:
-        return load_config(path)
+        cfg = load_config(path)
     except ConfigError as exc:
         print(f"governor: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if find_master and not cfg.explicit_state_dir:
+        # an operator's shell lacks the service's RUNTIME_DIRECTORY: look where a master would be
+        from governor.config import state_dir_candidates
+        from governor.connection import EMBEDDED_SOCKET
+        from governor.control import SOCKET_NAME
+
+        for candidate in state_dir_candidates(cfg.source):
+            if any(os.path.exists(os.path.join(candidate, n)) for n in (SOCKET_NAME, EMBEDDED_SOCKET)):
+                return dataclasses.replace(cfg, state_dir=candidate)
+    return cfg
 
 
 def _client(cfg: Config) -> Client:
@@ -86,7 +97,7 @@ def _json_arg(text: str | None, name: str, kind: type) -> Any:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args.config, find_master=True)
     if args.queue not in cfg.queues:
         print(f"governor: warning: queue {args.queue!r} is not in {cfg.source}; no worker will take it",
               file=sys.stderr)
@@ -196,7 +207,7 @@ def render_status(st: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = _load(args.config, find_master=True)
     while True:
         st = gather_status(cfg)
         text = json.dumps(st, indent=2) if args.json else render_status(st)

@@ -136,6 +136,8 @@ class Config:
     shutdown_timeout: float = 30.0
     lease: float = 60.0
     state_dir: str = ""
+    explicit_state_dir: bool = False  # named in the file (else the CLI searches the candidates)
+    data_dir: str = ""  # an embedded Redis's append-only file
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -172,6 +174,7 @@ class Config:
             "shutdown_timeout": format_duration(self.shutdown_timeout),
             "lease": format_duration(self.lease),
             "state_dir": self.state_dir,
+            "data_dir": self.data_dir,
             "log": {"level": self.log.level, "format": self.log.format},
             "metrics": {"listen": self.metrics.listen},
             "health": {"redis_grace": format_duration(self.health.redis_grace),
@@ -439,18 +442,39 @@ def _settings(sec: _Section, base: QueueSettings) -> QueueSettings:
     return QueueSettings(memory=memory, timeout=timeout, recycle=recycle, retry=retry, done_ttl=done_ttl)
 
 
-def default_state_dir(source: str) -> str:
-    """Where the control socket (and an embedded Redis) live when the file does not say.
-
-    systemd's ``RuntimeDirectory=`` wins; otherwise a per-user directory keyed by
-    the config file, so two configs on one host never share a socket.
-    """
-    if os.environ.get("RUNTIME_DIRECTORY"):
-        return os.environ["RUNTIME_DIRECTORY"].split(":")[0]
+def state_dir_candidates(source: str) -> list[str]:
+    """Where the control socket (and an embedded Redis's socket) may be when the file does
+    not say, most specific first: ``$GOVERNOR_STATE_DIR``; systemd's ``$RUNTIME_DIRECTORY``
+    (set for the service, not for an operator's shell, hence the next two);
+    ``/run/governor/<config name>`` (the template unit) and ``/run/governor`` (the plain
+    unit); last, a per-user directory under /tmp keyed by the config file's path."""
     import hashlib
 
+    out = []
+    for env in ("GOVERNOR_STATE_DIR", "RUNTIME_DIRECTORY"):
+        if os.environ.get(env):
+            out.append(os.environ[env].split(":")[0])
+    stem = Path(source).stem
+    out += [f"/run/governor/{stem}", "/run/governor"] if stem != "governor" else ["/run/governor"]
     key = hashlib.sha1(os.path.abspath(source).encode()).hexdigest()[:8]
-    return os.path.join(tempfile.gettempdir(), f"governor-{os.getuid()}", key)
+    out.append(os.path.join(tempfile.gettempdir(), f"governor-{os.getuid()}", key))
+    return out
+
+
+def default_state_dir(source: str) -> str:
+    """The master's state directory when the file names none: the environment's choice, else
+    the per-user fallback. (``/run/governor`` is only ever used because systemd set
+    RUNTIME_DIRECTORY to it; the CLI finds it among the candidates.)"""
+    for env in ("GOVERNOR_STATE_DIR", "RUNTIME_DIRECTORY"):
+        if os.environ.get(env):
+            return os.environ[env].split(":")[0]
+    return state_dir_candidates(source)[-1]
+
+
+def default_data_dir(state_dir: str) -> str:
+    """Where an embedded Redis keeps its append-only file: systemd's ``$STATE_DIRECTORY``
+    (persistent, unlike RuntimeDirectory, which is emptied on every stop), else state_dir."""
+    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or state_dir
 
 
 def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
@@ -466,7 +490,8 @@ def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] 
 
 def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     top = _Section(data, "", env).expect(
-        "redis", "app", "defaults", "queues", "shutdown_timeout", "lease", "state_dir", "log", "metrics",
+        "redis", "app", "defaults", "queues", "shutdown_timeout", "lease", "state_dir", "data_dir",
+        "log", "metrics",
         "limits", "user", "group", "health")
     base_dir = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
 
@@ -533,7 +558,10 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     if lease < 1:
         raise ConfigError("lease", f"expected at least 1s, got {format_duration(lease)}")
     state_dir = top.get("state_dir", _string, None)
+    explicit_state_dir = bool(state_dir)
     state_dir = str((base_dir / state_dir).resolve()) if state_dir else default_state_dir(source)
+    data_dir = top.get("data_dir", _string, None)
+    data_dir = str((base_dir / data_dir).resolve()) if data_dir else default_data_dir(state_dir)
 
     lg = top.section("log").expect("level", "format")
     log = LogConfig(
@@ -553,6 +581,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
 
     return Config(source=source, redis=redis, app=app, queues=queues,
                   shutdown_timeout=shutdown_timeout, lease=lease, state_dir=state_dir,
+                  explicit_state_dir=explicit_state_dir, data_dir=data_dir,
                   log=log, metrics=metrics, health=health, max_payload=max_payload, user=user,
                   group=group)
 

@@ -147,17 +147,18 @@ class Housekeeper:
             # renew first: after a stall longer than the lease, our own workers' leases must be
             # extended before the tick looks for expired ones
             if now >= self.next_renew:
-                self._renew(pools)
+                if self._renew(pools):
+                    self._ok()
                 self.next_renew = now + self.lease / 3
-                self._ok()
             if due:
                 self._tick(due, now, pools)
                 self._ok()
         except redis.RedisError as exc:
             self._failed(exc)
+            later = time.monotonic() + TICK_BUSY  # not `now`: the failed call may have taken a while
             for name in due:
-                self.next_tick[name] = now + TICK_BUSY
-            self.next_renew = max(self.next_renew, now + TICK_BUSY)
+                self.next_tick[name] = later
+            self.next_renew = max(self.next_renew, later)
 
     def next_wakeup(self, now: float) -> float:
         return min([now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
@@ -168,7 +169,10 @@ class Housekeeper:
         self.next_tick[queue] = min(self.next_tick.get(queue, now), now + TICK_BUSY)
 
     def check(self) -> None:
-        """A direct PING, for /healthz when the last pass is too old to vouch for Redis."""
+        """A direct PING, for /healthz when the last pass is too old to vouch for Redis
+        (not while Redis is known to be down: the passes are already retrying)."""
+        if self.down_since is not None:
+            return
         try:
             self.redis.ping()
             self._ok()
@@ -179,7 +183,8 @@ class Housekeeper:
         self.next_tick.pop(queue, None)
         self.queue_stats.pop(queue, None)
 
-    def _renew(self, pools: Mapping[str, Pool]) -> None:
+    def _renew(self, pools: Mapping[str, Pool]) -> bool:
+        """Extends our busy workers' leases; False when there was nothing to renew (no call made)."""
         calls = []
         for pool in pools.values():
             holders = [w.wid for w in pool if w.job is not None and w.state is not State.STOPPING]
@@ -187,6 +192,7 @@ class Housekeeper:
                 calls.append(self.keys(pool.name).renew(int(self.lease * 1000), holders))
         if calls:
             run(self.redis, *calls)
+        return bool(calls)
 
     def _tick(self, queues: list[str], now: float, pools: Mapping[str, Pool]) -> None:
         """Promote due delayed jobs, expire done records, reclaim expired leases."""

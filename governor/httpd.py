@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 
 Handler = Callable[[], tuple[int, str, bytes]]
+_BUDGET = 0.25  # seconds one request may take, reading and writing together
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
@@ -41,10 +43,16 @@ class HttpServer:
         except (BlockingIOError, InterruptedError):
             return
         with conn:
-            conn.settimeout(0.5)
+            # one deadline for the whole exchange: a client dribbling a byte at a time must not
+            # hold the master's loop (hard time limits are enforced from it)
+            deadline = time.monotonic() + _BUDGET
             try:
                 request = b""
                 while b"\r\n\r\n" not in request and b"\n\n" not in request and len(request) < 8192:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    conn.settimeout(remaining)
                     chunk = conn.recv(4096)
                     if not chunk:
                         break
@@ -60,6 +68,7 @@ class HttpServer:
                     status, ctype, body = 404, "text/plain", b"try /metrics or /healthz\n"
                 head = (f"HTTP/1.0 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+                conn.settimeout(max(deadline - time.monotonic(), 0.05))
                 conn.sendall(head + (b"" if method == "HEAD" else body))
             except OSError:
                 pass

@@ -48,6 +48,10 @@ log = logging.getLogger("governor.master")
 
 
 
+LATE_MEMORY = 10.0  # seconds /healthz keeps reporting a late loop, so a probe can see it
+MASTER_REDIS_TIMEOUT = 1.0  # seconds; a healthy Redis answers the master's calls in milliseconds
+
+
 def _watchdog_interval() -> float:
     """Half of systemd's WatchdogSec (WATCHDOG_USEC), if the watchdog is meant for us."""
     usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
@@ -74,7 +78,7 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.stopping: str | None = None  # None, 'graceful' or 'fast'
         self.stop_deadline = 0.0
-        self.embedded = EmbeddedRedis(config.state_dir) if config.redis.embedded else None
+        self.embedded = EmbeddedRedis(config.state_dir, config.data_dir) if config.redis.embedded else None
         self.redis_url = resolve_url(config.redis.url, config.state_dir)
         self.redis: redis.Redis | None = None
         self.control: ControlServer | None = None
@@ -87,7 +91,7 @@ class Master:
         self._rate_mark = (time.monotonic(), 0)
         self.last_progress = 0.0  # monotonic time a job or worker last finished (drain progress)
         self.next_extend = 0.0
-        self.loop_lag = 0.0
+        self.late = (-1e9, 0.0)  # (when, how late) the loop last woke more than max_loop_lag late
         self.metrics = Metrics(self._metrics_state)
         self.http: HttpServer | None = None
         self.house: Housekeeper | None = None
@@ -107,8 +111,9 @@ class Master:
         self._prepare_app(self.config)
         if self.embedded:
             self.embedded.start()
-        self.redis = connect(self.redis_url, socket_timeout=5.0, name="governor-master",
-                             tls=self.config.redis.tls)
+        # short: every Redis call blocks the loop that enforces hard time limits
+        self.redis = connect(self.redis_url, socket_timeout=MASTER_REDIS_TIMEOUT, name="governor-master",
+                             tls=self.config.redis.tls, socket_connect_timeout=MASTER_REDIS_TIMEOUT)
         self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease,
                                  on_error=self.metrics.redis_errors.inc)
         self._install_signals()
@@ -121,6 +126,7 @@ class Master:
             log.info("metrics on http://%s/metrics", self.config.metrics.listen)
         for q in self.config.queues.values():
             self.pools[q.name] = Pool(q, _settings_key(q, self.config))
+            self.metrics.prime(q.name)
         self.house.recover_predecessor(self.pools)
         log.info("governor master %d starting: redis %s, queues %s", self.pid,
                  mask_url(self.config.redis.url),
@@ -156,6 +162,7 @@ class Master:
     # -- the loop ----------------------------------------------------------------
 
     def _loop(self) -> None:
+        woke = time.monotonic()
         while True:
             now = time.monotonic()
             self._timers(now)
@@ -169,10 +176,15 @@ class Master:
                 self.house.settle_lost()
                 return
             self._notify_systemd(now)
+            # A pass that took long (a slow Redis call or client) delays every deadline after it
+            self._note_lateness(time.monotonic() - woke)
             planned = self._next_wakeup(now)
             events = self.selector.select(max(0.0, planned - time.monotonic()))
-            self.loop_lag = max(0.0, time.monotonic() - planned) if not events else 0.0
-            self.metrics.loop_lag.set(self.loop_lag)
+            woke = time.monotonic()
+            # ...and so does waking after the planned time (a stopped process, a starved CPU)
+            lag = max(0.0, woke - planned)
+            self.metrics.loop_lag.set(lag)
+            self._note_lateness(lag)
             for key, _ in events:
                 kind, wp = key.data
                 if kind == "channel":
@@ -185,6 +197,10 @@ class Master:
                     self.control.serve_one()
                 elif kind == "http":
                     self.http.serve_one()
+
+    def _note_lateness(self, seconds: float) -> None:
+        if seconds > self.config.health.max_loop_lag:
+            self.late = (time.monotonic(), seconds)
 
     def _pools_ready(self) -> bool:
         return all(sum(1 for w in p.current() if w.state is not State.STARTING) >= p.desired()
@@ -206,7 +222,7 @@ class Master:
 
     def _next_wakeup(self, now: float) -> float:
         times = [self.house.next_wakeup(now)]
-        if self.stopping == "graceful":
+        if self.stopping == "graceful" and self.stop_deadline > now:
             times.append(self.stop_deadline)
         if self.watchdog_interval and self._ready_sent:
             times.append(self.next_watchdog)
@@ -274,10 +290,10 @@ class Master:
 
     def _apply(self, new: Config) -> None:
         old = self.config
-        if new.redis != old.redis or new.state_dir != old.state_dir:
+        if new.redis != old.redis or new.state_dir != old.state_dir or new.data_dir != old.data_dir:
             log.warning("reload: redis and state_dir changes take effect on restart; keeping %s",
                         mask_url(old.redis.url))
-            new = dataclasses.replace(new, redis=old.redis, state_dir=old.state_dir)
+            new = dataclasses.replace(new, redis=old.redis, state_dir=old.state_dir, data_dir=old.data_dir)
         if new.app.preload != old.app.preload:
             log.warning("reload: app.preload changes take effect on restart")
         self._prepare_app(dataclasses.replace(new, app=dataclasses.replace(new.app, preload=())))
@@ -285,6 +301,7 @@ class Master:
             pool = self.pools.get(q.name)
             if pool is None:
                 self.pools[q.name] = Pool(q, _settings_key(q, new))
+                self.metrics.prime(q.name)
                 log.info("reload: queue %s added with %d worker(s)", q.name, q.concurrency)
                 continue
             before = pool.desired()
@@ -297,6 +314,7 @@ class Master:
                 pool.removed = True
                 log.info("reload: queue %s removed; draining its workers", name)
         self.config = new
+        self.house.lease = new.lease
         log.info("reloaded %s", new.source)
 
     # -- reconcile: desired minus actual, per pool -----------------------------------
@@ -518,8 +536,9 @@ class Master:
             down = time.monotonic() - self.house.down_since
             if down > self.config.health.redis_grace:
                 problems.append(f"redis unreachable for {down:.0f}s")
-        if self.loop_lag > self.config.health.max_loop_lag:
-            problems.append(f"master loop {self.loop_lag:.1f}s late")
+        late_at, lag = self.late
+        if time.monotonic() - late_at < LATE_MEMORY:
+            problems.append(f"master loop was {lag:.1f}s late {time.monotonic() - late_at:.0f}s ago")
         if self.stopping:
             problems.append(f"stopping ({self.stopping})")
         body = ("; ".join(problems) or "ok") + "\n"

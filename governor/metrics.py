@@ -84,5 +84,11 @@ class Metrics:
                               "How late the master's loop woke up, last pass", registry=r)
         r.register(_StateCollector(snapshot))
 
+    def prime(self, queue: str) -> None:
+        """Creates a queue's series at zero, so alert rules see them before the first event."""
+        self.jobs.labels(queue, "ok")
+        self.duration.labels(queue)
+        self.wait.labels(queue)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -234,7 +234,7 @@ class Worker:
         self._last_recycle_ask = time.monotonic()
         self._asked_at_jobs = self.jobs_run
         answer = self.channel.ask("recycle", reason)
-        return answer != "later"
+        return answer == "go"  # no answer: keep working, ask again later
 
     def _next_token(self) -> str:
         self._tokens += 1

@@ -119,3 +119,31 @@ def test_a_taken_metrics_port_is_a_clear_error_and_leaves_nothing_behind(tmp_pat
     import psutil
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if str(tmp_path / "state") in " ".join(p.info["cmdline"] or [])]
+
+
+def test_embedded_redis_dies_with_a_killed_master_and_the_next_one_starts_clean(tmp_path):
+    import psutil
+
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(yaml.safe_dump({"redis": {"url": "embedded"}, "state_dir": str(tmp_path / "state"),
+                                   "queues": {"q": 1}}))
+
+    def servers():
+        return [p for p in psutil.process_iter(["cmdline", "status"])
+                if "redis-server" in " ".join(p.info["cmdline"] or [])
+                and str(tmp_path / "state") in " ".join(p.info["cmdline"] or [])
+                and p.info["status"] != psutil.STATUS_ZOMBIE]
+
+    first = subprocess.Popen([sys.executable, "-m", "governor", "run", "-c", str(cfg)], stderr=subprocess.DEVNULL)
+    wait_for(lambda: os.path.exists(tmp_path / "state" / "control.sock"), 15, "the first master")
+    first.kill()
+    first.wait()
+    wait_for(lambda: servers() == [], 5, "the embedded redis-server to follow its master")
+    second = subprocess.Popen([sys.executable, "-m", "governor", "run", "-c", str(cfg)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(servers()) == 1, 15, "one redis-server for the second master")
+        out = cli("enqueue", "-c", str(cfg), "q", "x:y")
+        assert out.returncode == 0, out.stderr
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(20)

@@ -108,3 +108,17 @@ def test_a_zero_limit_is_refused_rather_than_meaning_no_limit():
         parse_config({"queues": {"a": {"memory": {"hard": 0}}}})
     with pytest.raises(ConfigError, match=r"defaults.timeout.hard: expected a limit above zero"):
         parse_config({"defaults": {"timeout": {"hard": "0s"}}, "queues": {"a": 1}})
+
+
+def test_state_dir_search_order(monkeypatch):
+    from governor.config import default_state_dir, state_dir_candidates
+
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("GOVERNOR_STATE_DIR", raising=False)
+    plain = state_dir_candidates("/etc/governor/governor.yaml")
+    assert plain[0] == "/run/governor" and "/tmp" in plain[-1]
+    assert state_dir_candidates("/etc/governor/media.yaml")[:2] == ["/run/governor/media", "/run/governor"]
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/governor/media")
+    assert default_state_dir("/etc/governor/media.yaml") == "/run/governor/media"
+    monkeypatch.setenv("GOVERNOR_STATE_DIR", "/srv/gov")
+    assert default_state_dir("/etc/governor/media.yaml") == "/srv/gov"

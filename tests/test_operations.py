@@ -270,3 +270,69 @@ def test_status_watch_refreshes_in_place(governor):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=10)
     assert out.count("\x1b[H\x1b[2J") >= 2 and out.count("POOL") >= 2
+
+
+def test_a_dribbling_http_client_cannot_hold_the_loop(governor):
+    port = free_port()
+    governor.start({"t": {"concurrency": 1, "timeout": {"soft": "off", "hard": "1s"}, "retry": {"max": 0}}},
+                   metrics={"listen": f"127.0.0.1:{port}"})
+    job = governor.client.enqueue("t", "tasks:sleep_then_record", "slow", 30)
+    wait_for(lambda: governor.lines("start"), 5, "the job to start")
+    stop = threading.Event()
+
+    def dribble():
+        while not stop.is_set():
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                for _ in range(20):
+                    if stop.is_set():
+                        return
+                    try:
+                        s.send(b"G")
+                    except OSError:
+                        break
+                    time.sleep(0.2)
+
+    t = threading.Thread(target=dribble)
+    t.start()
+    try:
+        record = wait_for(lambda: (r := governor.client.job(job)) and r["state"] == "dead" and r, 10, "the kill")
+    finally:
+        stop.set()
+        t.join()
+    assert record["errors"][0]["overshoot"] < 0.5, record["errors"][0]
+
+
+def test_healthz_reports_a_stalled_loop_and_a_lasting_outage(tmp_path):
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    (tmp_path / "g").mkdir()
+    g = Governor(tmp_path / "g", server.url)
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/healthz"
+
+    def code() -> int:
+        try:
+            return urllib.request.urlopen(health, timeout=10).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        g.start({"w": {"concurrency": 1}}, metrics={"listen": f"127.0.0.1:{port}"},
+                health={"redis_grace": "1s", "max_loop_lag": "1s"})
+        g.client.enqueue("w", "tasks:sleep_then_record", "busy", 30)  # busy: the loop has 0.5 s deadlines
+        wait_for(lambda: g.lines("start"), 5, "the job to start")
+        assert code() == 200
+        g.signal(signal.SIGSTOP)
+        time.sleep(2.5)
+        g.signal(signal.SIGCONT)
+        assert code() == 503  # the loop was late for its own deadlines...
+        wait_for(lambda: code() == 200, 15, "/healthz to forget the stall", interval=0.5)  # ...and is not now
+        server.stop()
+        wait_for(lambda: code() == 503, 10, "/healthz to fail")
+        for _ in range(4):  # and it stays failed for as long as Redis is away: no flapping
+            time.sleep(0.5)
+            assert code() == 503
+    finally:
+        g.signal(signal.SIGCONT)
+        g.stop()
+        server.stop()
