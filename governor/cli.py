@@ -25,6 +25,11 @@ from governor.units import format_size
 DEFAULT_CONFIG = os.environ.get("GOVERNOR_CONFIG", "/etc/governor/governor.yaml")
 
 
+def _fail(message: str, code: int = 1) -> int:
+    print(f"governor: {message}", file=sys.stderr)
+    return code
+
+
 def _load(path: str, find_master: bool = False) -> Config:
     try:
         cfg = load_config(path)
@@ -60,18 +65,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return Master(cfg).run()
     except RuntimeError as exc:  # embedded redis-server missing or failing
-        print(f"governor: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc))
     except ImportError as exc:
-        print(f"governor: app.preload failed: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"app.preload failed: {exc}")
     except redis.ConnectionError as exc:
-        print(f"governor: cannot reach Redis at {mask_url(cfg.redis.url)}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"cannot reach Redis at {mask_url(cfg.redis.url)}: {exc}")
     except OSError as exc:  # a port or socket we must bind is taken
-        print(f"governor: {exc} (metrics.listen {cfg.metrics.listen}, state_dir {cfg.state_dir})",
-              file=sys.stderr)
-        return 1
+        return _fail(f"{exc} (metrics.listen {cfg.metrics.listen}, state_dir {cfg.state_dir})")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -109,14 +109,11 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         client = _client(cfg)
         job_id = client.enqueue_many(args.queue, [spec])[0]
     except ValueError as exc:
-        print(f"governor: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
     except RedisUnavailable as exc:
-        print(f"governor: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc))
     except redis.RedisError as exc:
-        print(f"governor: Redis at {mask_url(cfg.redis.url)}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"Redis at {mask_url(cfg.redis.url)}: {exc}")
     print(job_id)
     return 0
 

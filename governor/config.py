@@ -353,26 +353,25 @@ def _handler_patterns(v: Any) -> tuple[str, ...]:
     return patterns
 
 
-def _user(v: Any) -> str:
+def _account(kind: str) -> Callable[[Any], str]:
+    """A user or group name that exists on this host (checked at `governor check` time)."""
+    import grp
     import pwd
 
-    name = _string(v)
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        raise ValueError(f"no such user {name!r} on this host") from None
-    return name
+    lookup = pwd.getpwnam if kind == "user" else grp.getgrnam
+
+    def parse(v: Any) -> str:
+        name = _string(v)
+        try:
+            lookup(name)
+        except KeyError:
+            raise ValueError(f"no such {kind} {name!r} on this host") from None
+        return name
+
+    return parse
 
 
-def _group(v: Any) -> str:
-    import grp
-
-    name = _string(v)
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        raise ValueError(f"no such group {name!r} on this host") from None
-    return name
+_user, _group = _account("user"), _account("group")
 
 
 def _existing_file(base_dir: Path) -> Callable[[Any], str]:
