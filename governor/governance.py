@@ -22,13 +22,10 @@ from dataclasses import dataclass
 from governor.config import MemoryLimits, RecyclePolicy
 from governor.log import fields
 from governor.pool import Pool
-from governor.process import State
+from governor.process import State, rss_bytes
 from governor.units import format_size
 
 log = logging.getLogger("governor.master")
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
 
 def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it, from the kernel's children lists."""
@@ -49,16 +46,8 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def tree_rss(pid: int) -> int:
-    return sum(rss(p) for p in descendants(pid))
+    return sum(rss_bytes(p) or 0 for p in descendants(pid))
 
 
 def tree_private(pid: int, measure: str) -> int:
@@ -86,12 +75,12 @@ class Verdict:
     limit: int
 
 
-def judge_memory(pid: int, rss_bytes: int, limits: MemoryLimits) -> Verdict | None:
+def judge_memory(pid: int, rss: int, limits: MemoryLimits) -> Verdict | None:
     """What a sample means: nothing, a soft recycle or a hard kill (confirmed if configured)."""
     hard, soft = limits.hard, limits.soft
-    if not (hard and rss_bytes > hard) and not (soft and rss_bytes > soft):
+    if not (hard and rss > hard) and not (soft and rss > soft):
         return None
-    measured = rss_bytes if limits.measure == "rss" else tree_private(pid, limits.measure)
+    measured = rss if limits.measure == "rss" else tree_private(pid, limits.measure)
     if hard and measured > hard:
         return Verdict("kill", "memory_hard", measured, hard)
     if soft and measured > soft:

@@ -385,9 +385,7 @@ class Master:
     def _owned_fds(self) -> list[int]:
         """Descriptors a forked worker must close: they belong to this loop."""
         fds = [key.fd for key in self.selector.get_map().values()]
-        fds += [self._sig_r, self._sig_w, self.notifier.fileno()]
-        if self.http:
-            fds.append(self.http.fileno())
+        fds += [self._sig_r, self._sig_w, self.notifier.fileno()]  # (http and control: in the map)
         if hasattr(self.selector, "fileno"):
             fds.append(self.selector.fileno())
         return [fd for fd in fds if fd >= 0]
