@@ -39,8 +39,6 @@ class ControlServer:
         self.sock.listen(16)
         self.sock.setblocking(False)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def serve_one(self) -> None:
         try:

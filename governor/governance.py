@@ -88,15 +88,14 @@ def judge_memory(pid: int, rss: int, limits: MemoryLimits) -> Verdict | None:
     return None
 
 
-def jittered_limits(policy: RecyclePolicy, rng: random.Random | None = None) -> tuple[int | None, float | None]:
+def jittered_limits(policy: RecyclePolicy) -> tuple[int | None, float | None]:
     """One worker's own max_jobs and max_age: up to ``jitter`` below the configured value, drawn
     once per worker so that a pool started together does not recycle together."""
-    rng = rng or random
     jobs = age = None
     if policy.max_jobs:
-        jobs = max(1, round(policy.max_jobs * (1 - rng.uniform(0, policy.jitter))))
+        jobs = max(1, round(policy.max_jobs * (1 - random.uniform(0, policy.jitter))))
     if policy.max_age:
-        age = policy.max_age * (1 - rng.uniform(0, policy.jitter))
+        age = policy.max_age * (1 - random.uniform(0, policy.jitter))
     return jobs, age
 
 

@@ -34,8 +34,6 @@ class HttpServer:
         self.sock.setblocking(False)
         self.routes = routes
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def serve_one(self) -> None:
         try:

@@ -440,6 +440,7 @@ class Master:
             return
         if wp.sock.fileno() in self.selector.get_map():
             self._on_channel(wp)  # what it said before dying still sits in the socket
+        if wp.sock.fileno() in self.selector.get_map():  # _on_channel unregisters it on EOF
             self.selector.unregister(wp.sock)
         self.selector.unregister(wp.pidfd)
         wp.close()

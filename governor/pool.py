@@ -101,7 +101,6 @@ class Pool:
         self.step_started = now
         self.respawn_at = now + self.backoff
         self.last_crash = now
-        self.last_error = error
         return self.backoff
 
     def may_spawn(self, now: float) -> bool:

@@ -200,7 +200,6 @@ class Worker:
                     if self._may_recycle(due):
                         reason = due
                         break
-                self._title("idle")
                 reply = self._settle_and_reserve(pending)
                 pending = None
                 if reply[0] == 0:
@@ -277,12 +276,16 @@ class Worker:
 
     def _log_settle(self, call: Call, result: Any) -> None:
         job_id = call.args[0]
+        lost = call.script == "ack" and result == 0 or call.script == "fail" and result == FailOutcome.LOST
+        dead = call.script == "fail" and result == FailOutcome.DEAD
+        if not (lost or dead):
+            return  # the common case: nothing to say, nothing to build
         extra = fields(worker=f"{self.spec.queue.name}[{self.spec.index}]", worker_pid=os.getpid(),
                        queue=self.spec.queue.name, job=job_id)
-        if call.script == "ack" and result == 0 or call.script == "fail" and result == FailOutcome.LOST:
+        if lost:
             log.warning("job %s: lease lost before settling (another worker owns it now); result dropped",
                         job_id, extra=extra)
-        elif call.script == "fail" and result == FailOutcome.DEAD:
+        else:
             error = json.loads(call.args[3]).get("error", "") if call.args[3] else ""
             last = error.splitlines()[-1] if error else ""
             log.warning("job %s dead-lettered (%s): %s", job_id, call.args[6], last,
@@ -295,6 +298,7 @@ class Worker:
         if self.spec.max_age:
             timeout = min(timeout, self.spec.max_age - (time.monotonic() - self.started))
         timeout = min(_IDLE_WAIT_MAX, max(timeout, 0.01))
+        self._title("idle")
         self._idle = True
         try:
             if self.draining:

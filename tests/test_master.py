@@ -107,16 +107,33 @@ def test_sighup_scales_up_and_down_without_interrupting_a_job(governor):
     wait_for(lambda: len(governor.children()) == 5, 2, "five worker processes")
     assert time.monotonic() - t0 < 2
 
-    job = governor.client.enqueue("work", "tasks:sleep_then_record", "inflight", 2.5)
-    wait_for(lambda: governor.lines("start"), 5, "the job to start")
+    # every worker busy: scaling down must drain busy workers, not kill them
+    jobs = [governor.client.enqueue("work", "tasks:sleep_then_record", f"inflight{i}", 2.5) for i in range(5)]
+    wait_for(lambda: len(governor.lines("start")) == 5, 5, "five jobs to start")
     governor.write({"work": {"concurrency": 1}})
     governor.signal(signal.SIGHUP)
-    governor.wait_workers("work", 1, timeout=2)
-    # the busy worker is draining, not killed; its job completes
-    wait_for(lambda: governor.lines("done") == ["inflight"], 10, "the in-flight job to complete")
-    assert governor.client.job(job)["attempts"] == 1
+    governor.wait_workers("work", 1, timeout=2)  # four are draining: they take no more work
+    wait_for(lambda: len(governor.lines("done")) == 5, 10, "every in-flight job to complete")
+    assert all(governor.client.job(j)["attempts"] == 1 for j in jobs)  # none was killed and retried
+    assert sorted(governor.lines("start")) == sorted(f"inflight{i}" for i in range(5))
     wait_for(lambda: len(governor.children()) == 1, 5, "one worker process left")
     assert governor.workers("work")[0]["state"] == "idle"
+
+
+def test_an_idle_worker_blocks_in_redis_instead_of_polling(governor):
+    import redis as redis_lib
+
+    governor.start({"work": {"concurrency": 2}})
+    conn = redis_lib.Redis.from_url(governor.redis_url)
+    mine = lambda: [c for c in conn.client_list()  # noqa: E731
+                    if c["name"].startswith("governor-worker-work-")]
+    wait_for(lambda: len(mine()) == 2 and all(c["cmd"] == "blpop" for c in mine()), 5, "both workers in BLPOP")
+    before = {c["id"]: int(c["tot-cmds"]) if "tot-cmds" in c else None for c in mine()}
+    time.sleep(2)
+    for c in mine():
+        assert c["cmd"] == "blpop" and int(c["idle"]) >= 1  # still the same blocked call
+        if before.get(c["id"]) is not None:
+            assert int(c["tot-cmds"]) == before[c["id"]]
 
 
 def test_sighup_with_settings_change_replaces_workers(governor):

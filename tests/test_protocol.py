@@ -100,7 +100,8 @@ def test_requeue_does_not_count_the_attempt_and_keeps_place(client):
     run(client.redis, client.keys("q").fail(first, "t", "w1", None, "requeue", 0, "shutdown", 3))
     job = reserve(client, "q", token="u")
     assert job.id == first and job.attempts == 1
-    assert client.counts("q")["waiting"] == 1 and second
+    assert client.counts("q")["waiting"] == 1
+    assert reserve(client, "q", token="v").id == second
 
 
 def test_done_records_expire_after_ttl(client):

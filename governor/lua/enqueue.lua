@@ -4,7 +4,7 @@
 local now = now_ms()
 local n = tonumber(ARGV[1])
 local seq = redis.call('INCRBY', KEYS[5], n) - n
-local created, n_created, tokens = {}, 0, 0
+local created, n_created = {}, 0
 for i = 0, n - 1 do
   local b = 2 + i * 4
   local id = ARGV[b]
@@ -18,14 +18,13 @@ for i = 0, n - 1 do
     meta.enqueued_at = now
     meta.attempts = 0
     schedule(meta, id, now, delay, KEYS[3], KEYS[4])
-    -- a delayed job wakes one idle worker too, so it re-arms its timer
-    tokens = tokens + 1
     redis.call('HSET', KEYS[2], id, ARGV[b + 1])
     redis.call('HSET', KEYS[1], id, cjson.encode(meta))
     created[i + 1] = 1
     n_created = n_created + 1
   end
 end
-wake(KEYS[6], tokens)
+-- one token per job; a delayed job wakes an idle worker too, so it re-arms its timer
+wake(KEYS[6], n_created)
 if n_created > 0 then redis.call('HINCRBY', KEYS[7], 'enqueued', n_created) end
 return created
