@@ -153,9 +153,7 @@ class Master:
             self.control.close()
         if self.http:
             self.http.close()
-        for pool in self.pools.values():
-            for w in pool:
-                w.kill("shutdown")
+        self._kill_all()
         if self.embedded:
             self.embedded.stop()
 
@@ -197,6 +195,15 @@ class Master:
                     self.control.serve_one()
                 elif kind == "http":
                     self.http.serve_one()
+
+    def _kill_all(self, warn: str | None = None) -> None:
+        """SIGKILL every worker not already dying; their jobs are requeued as they are reaped."""
+        for pool in self.pools.values():
+            for w in pool:
+                if w.state is not State.STOPPING:
+                    if warn:
+                        log.warning("worker %r %s", w, warn)
+                    w.kill("shutdown")
 
     def _note_lateness(self, seconds: float) -> None:
         if seconds > self.config.health.max_loop_lag:
@@ -269,9 +276,7 @@ class Master:
         self.stopping = "fast"
         self.notifier.stopping()
         log.info("fast stop: killing workers, requeueing their jobs")
-        for pool in self.pools.values():
-            for w in pool:
-                w.kill("shutdown")
+        self._kill_all()
 
     handle_sigquit = handle_sigint
 
@@ -486,11 +491,7 @@ class Master:
 
     def _timers(self, now: float) -> None:
         if self.stopping == "graceful" and now >= self.stop_deadline:
-            for pool in self.pools.values():
-                for w in pool:
-                    if w.state is not State.STOPPING:
-                        log.warning("worker %r still busy at shutdown_timeout; killing it", w)
-                        w.kill("shutdown")
+            self._kill_all(warn="still busy at shutdown_timeout; killing it")
         enforce_hard_deadlines(self.pools.values(), now)
         for pool in self.pools.values():
             sample_memory(pool, now)
