@@ -320,3 +320,21 @@ def governor(tmp_path: Path, redis_server: RedisServer) -> Iterator[Governor]:
     g = Governor(tmp_path, redis_server.url)
     yield g
     g.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (AOF on), for tests that stop, restart or reconfigure it."""
+    server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_governor(tmp_path: Path, private_redis: RedisServer) -> Iterator[Governor]:
+    """A Governor (not yet started) on the test's own redis-server."""
+    (tmp_path / "g").mkdir()
+    g = Governor(tmp_path / "g", private_redis.url)
+    yield g
+    g.stop()

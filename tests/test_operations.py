@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Governor, RedisServer, free_port, wait_for
+from conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,6 +144,15 @@ def test_supervisord_runs_the_shipped_program_drains_on_stop_and_reloads_on_hup(
             supervisord.kill()
 
 
+def _get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
 def _scrape(url: str) -> dict[tuple[str, tuple], float]:
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     samples = {}
@@ -218,34 +227,18 @@ def test_oldest_waiting_age_reports_the_longest_wait(governor):
     assert _scrape(url)[key] >= age + 0.4  # and it keeps growing between passes
 
 
-def test_healthz_fails_when_redis_stays_away(tmp_path):
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    (tmp_path / "g").mkdir()
-    g = Governor(tmp_path / "g", server.url)
+def test_healthz_fails_when_redis_stays_away(private_redis, private_governor):
+    g, server = private_governor, private_redis
     port = free_port()
-    try:
-        g.start({"w": {"concurrency": 1}}, metrics={"listen": f"127.0.0.1:{port}"}, health={"redis_grace": "1s"})
-        health = f"http://127.0.0.1:{port}/healthz"
-        assert urllib.request.urlopen(health, timeout=5).read() == b"ok\n"
-        server.stop()
-
-        def unhealthy():
-            try:
-                urllib.request.urlopen(health, timeout=5)
-                return False
-            except urllib.error.HTTPError as exc:
-                return exc.code == 503 and b"redis unreachable" in exc.read()
-
-        wait_for(unhealthy, 10, "/healthz to fail")
-        server.start()
-        wait_for(lambda: urllib.request.urlopen(health, timeout=5).status == 200 if not unhealthy() else False,
-                 15, "/healthz to recover")
-        samples = _scrape(f"http://127.0.0.1:{port}/metrics")
-        assert samples[("governor_redis_errors_total", ())] >= 1
-    finally:
-        g.stop()
-        server.stop()
+    g.start({"w": {"concurrency": 1}}, metrics={"listen": f"127.0.0.1:{port}"}, health={"redis_grace": "1s"})
+    health = f"http://127.0.0.1:{port}/healthz"
+    assert _get(health) == (200, b"ok\n")
+    server.stop()
+    wait_for(lambda: (r := _get(health))[0] == 503 and b"redis unreachable" in r[1], 10, "/healthz to fail")
+    server.start()
+    wait_for(lambda: _get(health)[0] == 200, 15, "/healthz to recover")
+    samples = _scrape(f"http://127.0.0.1:{port}/metrics")
+    assert samples[("governor_redis_errors_total", ())] >= 1
 
 
 def test_json_logs_carry_worker_queue_job_and_reason(governor):
@@ -302,37 +295,26 @@ def test_a_dribbling_http_client_cannot_hold_the_loop(governor):
     assert record["errors"][0]["overshoot"] < 0.5, record["errors"][0]
 
 
-def test_healthz_reports_a_stalled_loop_and_a_lasting_outage(tmp_path):
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    (tmp_path / "g").mkdir()
-    g = Governor(tmp_path / "g", server.url)
+def test_healthz_reports_a_stalled_loop_and_a_lasting_outage(private_redis, private_governor):
+    g, server = private_governor, private_redis
     port = free_port()
     health = f"http://127.0.0.1:{port}/healthz"
 
     def code() -> int:
-        try:
-            return urllib.request.urlopen(health, timeout=10).status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return _get(health)[0]
 
-    try:
-        g.start({"w": {"concurrency": 1}}, metrics={"listen": f"127.0.0.1:{port}"},
-                health={"redis_grace": "1s", "max_loop_lag": "1s"})
-        g.client.enqueue("w", "tasks:sleep_then_record", "busy", 30)  # busy: the loop has 0.5 s deadlines
-        wait_for(lambda: g.lines("start"), 5, "the job to start")
-        assert code() == 200
-        g.signal(signal.SIGSTOP)
-        time.sleep(2.5)
-        g.signal(signal.SIGCONT)
-        assert code() == 503  # the loop was late for its own deadlines...
-        wait_for(lambda: code() == 200, 15, "/healthz to forget the stall", interval=0.5)  # ...and is not now
-        server.stop()
-        wait_for(lambda: code() == 503, 10, "/healthz to fail")
-        for _ in range(4):  # and it stays failed for as long as Redis is away: no flapping
-            time.sleep(0.5)
-            assert code() == 503
-    finally:
-        g.signal(signal.SIGCONT)
-        g.stop()
-        server.stop()
+    g.start({"w": {"concurrency": 1}}, metrics={"listen": f"127.0.0.1:{port}"},
+            health={"redis_grace": "1s", "max_loop_lag": "1s"})
+    g.client.enqueue("w", "tasks:sleep_then_record", "busy", 30)  # busy: the loop has 0.5 s deadlines
+    wait_for(lambda: g.lines("start"), 5, "the job to start")
+    assert code() == 200
+    g.signal(signal.SIGSTOP)
+    time.sleep(2.5)
+    g.signal(signal.SIGCONT)
+    assert code() == 503  # the loop was late for its own deadlines...
+    wait_for(lambda: code() == 200, 15, "/healthz to forget the stall", interval=0.5)  # ...and is not now
+    server.stop()
+    wait_for(lambda: code() == 503, 10, "/healthz to fail")
+    for _ in range(4):  # and it stays failed for as long as Redis is away: no flapping
+        time.sleep(0.5)
+        assert code() == 503

@@ -6,9 +6,8 @@ import signal
 import time
 
 import psutil
-import pytest
 
-from conftest import Governor, RedisServer, wait_for
+from conftest import wait_for
 
 
 def test_master_sigkill_then_restart_recovers_jobs_at_once_not_after_the_lease(governor):
@@ -32,72 +31,51 @@ def test_master_sigkill_then_restart_recovers_jobs_at_once_not_after_the_lease(g
     assert "recovering 2 job(s)" in governor.log()
 
 
-@pytest.fixture
-def private_redis(tmp_path):
-    server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
-    server.start()
-    yield server
-    server.stop()
+def test_redis_stopped_for_ten_seconds_during_work_loses_nothing(private_redis, private_governor):
+    g = private_governor
+    g.start({"w": {"concurrency": 2}})
+    g.client.enqueue_many("w", [{"handler": "tasks:sleep_then_record", "args": [f"j{i}", 0.2]}
+                                for i in range(40)])
+    long = g.client.enqueue("w", "tasks:sleep_then_record", "long", 4)
+    wait_for(lambda: len(g.lines("done")) >= 5, 10, "work to be under way")
+    private_redis.stop()
+    master = psutil.Process(g.proc.pid)
+    cpu0 = sum(master.cpu_times()[:2])
+    time.sleep(10)
+    g.assert_running()
+    assert sum(master.cpu_times()[:2]) - cpu0 < 1.0, "the master spun while Redis was away"
+    assert len(g.workers("w")) == 2  # nobody died over it
+    private_redis.start()
+    wait_for(lambda: len(set(g.lines("done"))) == 41, 30, "every job to finish after the outage",
+             interval=0.2)
+    counts = g.client.counts("w")
+    assert counts["done"] == 41 and counts["active"] == counts["waiting"] == 0
+    assert g.client.job(long)["state"] == "done"
+    log = g.log()
+    assert "Redis unavailable" in log and "Redis is reachable again" in log
+    # logged once per state change, not once per retry
+    assert log.count("Redis unavailable") <= 1 + 2  # the master, and each worker at most once
 
 
-def test_redis_stopped_for_ten_seconds_during_work_loses_nothing(tmp_path, private_redis):
-    (tmp_path / "g").mkdir()
-    g = Governor(tmp_path / "g", private_redis.url)
-    try:
-        g.start({"w": {"concurrency": 2}})
-        g.client.enqueue_many("w", [{"handler": "tasks:sleep_then_record", "args": [f"j{i}", 0.2]}
-                                    for i in range(40)])
-        long = g.client.enqueue("w", "tasks:sleep_then_record", "long", 4)
-        wait_for(lambda: len(g.lines("done")) >= 5, 10, "work to be under way")
-        private_redis.stop()
-        master = psutil.Process(g.proc.pid)
-        cpu0 = sum(master.cpu_times()[:2])
-        time.sleep(10)
-        g.assert_running()
-        assert sum(master.cpu_times()[:2]) - cpu0 < 1.0, "the master spun while Redis was away"
-        assert len(g.workers("w")) == 2  # nobody died over it
-        private_redis.start()
-        wait_for(lambda: len(set(g.lines("done"))) == 41, 30, "every job to finish after the outage",
-                 interval=0.2)
-        counts = g.client.counts("w")
-        assert counts["done"] == 41 and counts["active"] == counts["waiting"] == 0
-        assert g.client.job(long)["state"] == "done"
-        log = g.log()
-        assert "Redis unavailable" in log and "Redis is reachable again" in log
-        # logged once per state change, not once per retry
-        assert log.count("Redis unavailable") <= 1 + 2  # the master, and each worker at most once
-    finally:
-        g.stop()
+def test_redis_restart_with_aof_loses_no_queued_job(private_redis, private_governor):
+    g = private_governor
+    ids = g.client.enqueue_many("w", [{"handler": "tasks:record", "args": [f"q{i}"]} for i in range(500)])
+    private_redis.stop()
+    private_redis.start()
+    assert g.client.counts("w")["waiting"] == 500
+    g.start({"w": {"concurrency": 2}})
+    wait_for(lambda: len(g.lines("done")) == 500, 30, "all 500 jobs")
+    assert sorted(g.lines("done")) == sorted(f"q{i}" for i in range(500))
+    assert all(g.client.job(i)["state"] == "done" for i in ids[:10])
 
 
-def test_redis_restart_with_aof_loses_no_queued_job(tmp_path, private_redis):
-    (tmp_path / "g").mkdir()
-    g = Governor(tmp_path / "g", private_redis.url)
-    try:
-        ids = g.client.enqueue_many("w", [{"handler": "tasks:record", "args": [f"q{i}"]} for i in range(500)])
-        private_redis.stop()
-        private_redis.start()
-        assert g.client.counts("w")["waiting"] == 500
-        g.start({"w": {"concurrency": 2}})
-        wait_for(lambda: len(g.lines("done")) == 500, 30, "all 500 jobs")
-        assert sorted(g.lines("done")) == sorted(f"q{i}" for i in range(500))
-        assert all(g.client.job(i)["state"] == "done" for i in ids[:10])
-    finally:
-        g.stop()
-
-
-def test_sigterm_during_a_redis_outage_still_exits(tmp_path, private_redis):
-    (tmp_path / "g").mkdir()
-    g = Governor(tmp_path / "g", private_redis.url)
-    try:
-        g.start({"w": {"concurrency": 1}}, shutdown_timeout="2s")
-        private_redis.stop()
-        time.sleep(0.5)
-        g.signal(signal.SIGTERM)
-        assert g.wait_exit(15) == 0
-    finally:
-        private_redis.start()
-        g.stop()
+def test_sigterm_during_a_redis_outage_still_exits(private_redis, private_governor):
+    g = private_governor
+    g.start({"w": {"concurrency": 1}}, shutdown_timeout="2s")
+    private_redis.stop()
+    time.sleep(0.5)
+    g.signal(signal.SIGTERM)
+    assert g.wait_exit(15) == 0
 
 
 def test_a_master_stalled_past_the_lease_keeps_its_own_workers_jobs(governor):
@@ -114,24 +92,20 @@ def test_a_master_stalled_past_the_lease_keeps_its_own_workers_jobs(governor):
     assert "lease_expired" not in governor.log()
 
 
-def test_redis_refusing_writes_does_not_kill_the_master(tmp_path, private_redis):
-    (tmp_path / "g").mkdir()
-    g = Governor(tmp_path / "g", private_redis.url)
-    try:
-        g.start({"w": {"concurrency": 1}}, lease="3s")
-        job = g.client.enqueue("w", "tasks:sleep_then_record", "norep", 1.5)
-        wait_for(lambda: g.lines("start"), 5, "the job to start")
-        import redis
-        admin = redis.Redis.from_url(private_redis.url)
-        admin.config_set("min-replicas-to-write", 1)  # every write now fails with NOREPLICAS
-        time.sleep(2.5)  # the job finishes; its ack and the master's renewals are refused
-        g.assert_running()
-        admin.config_set("min-replicas-to-write", 0)
-        wait_for(lambda: g.client.job(job)["state"] == "done", 10, "the ack to go through")
-        assert g.lines("done") == ["norep"] and g.lines("start") == ["norep"]
-        assert "NOREPLICAS" in g.log()
-    finally:
-        g.stop()
+def test_redis_refusing_writes_does_not_kill_the_master(private_redis, private_governor):
+    g = private_governor
+    g.start({"w": {"concurrency": 1}}, lease="3s")
+    job = g.client.enqueue("w", "tasks:sleep_then_record", "norep", 1.5)
+    wait_for(lambda: g.lines("start"), 5, "the job to start")
+    import redis
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.config_set("min-replicas-to-write", 1)  # every write now fails with NOREPLICAS
+    time.sleep(2.5)  # the job finishes; its ack and the master's renewals are refused
+    g.assert_running()
+    admin.config_set("min-replicas-to-write", 0)
+    wait_for(lambda: g.client.job(job)["state"] == "done", 10, "the ack to go through")
+    assert g.lines("done") == ["norep"] and g.lines("start") == ["norep"]
+    assert "NOREPLICAS" in g.log()
 
 
 def test_reloads_in_quick_succession_leave_the_pool_at_its_size(governor):
