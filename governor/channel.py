@@ -8,6 +8,7 @@ Worker -> master: ``["ready"]``, ``["start", job_id, token, handler, attempt,
 soft_s, hard_s]``, ``["end", job_id, outcome, seconds]``, ``["exit", reason]``,
 ``["fatal", error]`` and ``["recycle", reason]``, the one question: the master
 answers ``go`` or ``later`` (at most ``recycle.max_concurrent`` per pool at once).
+Master -> worker, besides that answer: ``drain``.
 """
 
 from __future__ import annotations
@@ -51,24 +52,56 @@ def receive_all(sock: socket.socket) -> tuple[list[list[Any]], bool]:
 
 
 class WorkerEnd:
-    """The worker's side: fire-and-forget sends; a dead master means we are about to die too."""
+    """The worker's side: fire-and-forget sends; a dead master means we are about to die too.
+
+    The master writes two things here: the answer to ``recycle`` and ``drain`` (sent
+    along with SIGTERM, so a drain survives a job that ignored or blocked the signal).
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.lost = False  # the descriptor was closed under us: never write to it again
+        self._drain = False
 
     def send(self, *message: Any) -> None:
+        if self.lost:
+            return
         try:
             self.sock.send(encode(*message))
         except OSError:
             pass
+
+    def _note(self, data: bytes) -> bytes | None:
+        """Keeps a drain request aside; returns any other message."""
+        if data == b"drain":
+            self._drain = True
+            return None
+        return data
+
+    def drain_requested(self) -> bool:
+        """True once the master has asked for a drain (reads what is waiting, never blocks)."""
+        while not self._drain:
+            try:
+                data = self.sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except OSError:  # nothing waiting (EAGAIN), or the master is gone
+                break
+            if not data:
+                break
+            self._note(data)
+        return self._drain
 
     def ask(self, *message: Any, timeout: float = 5.0) -> str | None:
         """Sends a question and waits for the master's one-word answer (None: no answer)."""
         self.send(*message)
         self.sock.settimeout(timeout)
         try:
-            data = self.sock.recv(MAX_MESSAGE)
-            return data.decode() if data else None
+            while True:
+                data = self.sock.recv(MAX_MESSAGE)
+                if not data:
+                    return None
+                answer = self._note(data)
+                if answer is not None:
+                    return answer.decode()
         except OSError:
             return None
         finally:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -99,8 +100,13 @@ def _json_arg(text: str | None, name: str, kind: type) -> Any:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     cfg = _load(args.config, find_master=True)
     if args.queue not in cfg.queues:
-        print(f"governor: warning: queue {args.queue!r} is not in {cfg.source}; no worker will take it",
-              file=sys.stderr)
+        # a typo'd queue name would otherwise wait forever, silently: refuse unless told
+        defined = ", ".join(sorted(cfg.queues)) or "none"
+        problem = (f"queue {args.queue!r} is not defined in {cfg.source} (queues: {defined}); "
+                   "no worker would take the job")
+        if not args.force:
+            return _fail(f"{problem}. Use --force to enqueue anyway.", 2)
+        print(f"governor: warning: {problem}; enqueuing anyway (--force)", file=sys.stderr)
     spec = {"handler": args.handler, "args": _json_arg(args.args, "--args", list),
             "kwargs": _json_arg(args.kwargs, "--kwargs", dict), "priority": args.priority,
             "delay": args.delay, "timeout": args.timeout, "max_retries": args.max_retries,
@@ -154,22 +160,49 @@ def _age(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+# C0, DEL and C1 controls (ESC starts terminal sequences, CR overwrites a line), the line
+# and paragraph separators, and the bidi marks, embeddings, overrides and isolates, which
+# reorder what follows them on screen
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _safe(value: object) -> str:
+    """``str(value)`` with control characters shown as ``\\x1b`` or ``\\u202e``.
+
+    Job ids, handlers, error text and queue names come from Redis and from job code, which
+    anyone who can write to Redis controls; printed raw, an ESC sequence could clear the
+    operator's screen, retitle the terminal or rewrite what the status says."""
+
+    def escape(m: re.Match[str]) -> str:
+        char = m.group()
+        if char in _NAMED:
+            return _NAMED[char]
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+    return _UNSAFE.sub(escape, str(value))
+
+
 def _table(rows: list[list[str]]) -> str:
+    rows = [[_safe(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def render_status(st: dict[str, Any]) -> str:
+    """The human view of ``gather_status``; every string in it is passed through ``_safe``."""
     lines = []
     m = st["master"]
     if m:
-        lines.append(f"master {m['pid']} on {m['host']}, up {_age(m['uptime'])}, redis {m['redis']}"
+        lines.append(f"master {m['pid']} on {_safe(m['host'])}, up {_age(m['uptime'])}, "
+                     f"redis {_safe(m['redis'])}"
                      + ("" if m["redis_ok"] else " (UNREACHABLE)")
-                     + (f", stopping ({m['stopping']})" if m["stopping"] else ""))
+                     + (f", stopping ({_safe(m['stopping'])})" if m["stopping"] else ""))
     else:
         lines.append("no master running for this config (showing what Redis holds)")
     if st.get("redis_error"):
-        lines.append(f"redis: {st['redis_error']}")
+        lines.append(f"redis: {_safe(st['redis_error'])}")
     rows = [["QUEUE", "WAITING", "DELAYED", "ACTIVE", "DEAD", "DONE", "DONE_TOTAL"]]
     for name, c in st["queues"].items():
         rows.append([name, *(str(c[k]) for k in ("waiting", "delayed", "active", "dead", "done", "done_total"))])
@@ -185,20 +218,21 @@ def render_status(st: dict[str, Any]) -> str:
         lines += ["", _table(rows)]
         for p in st["pools"]:
             live = sum(1 for w in p["workers"] if w["state"] in ("starting", "idle", "busy"))
-            note = f"pool {p['queue']}: {live}/{p['desired']} workers"
+            note = f"pool {_safe(p['queue'])}: {live}/{p['desired']} workers"
             if p.get("exits"):
-                note += ", exits: " + " ".join(f"{k}={v}" for k, v in sorted(p["exits"].items()))
+                note += ", exits: " + " ".join(f"{_safe(k)}={v}" for k, v in sorted(p["exits"].items()))
             if p["backoff"]:
                 b = p["backoff"]
                 note += (f", BACKING OFF {b['seconds']:.0f}s (respawn in {b['respawn_in']:.0f}s): "
-                         f"{b['last_error']}")
+                         f"{_safe(b['last_error'])}")
             lines.append(note)
     dead = [(q, d) for q, c in st["queues"].items() for d in c.get("recent_dead", [])]
     if dead:
         rows = [["DEAD IN", "JOB", "HANDLER", "REASON", "ATTEMPTS", "LAST ERROR"]]
         for q, d in dead:
-            err = (d["error"] or "").splitlines()[0][:80] if d["error"] else "-"
-            rows.append([q, d["id"], str(d["handler"]), str(d["reason"]), str(d["attempts"]), err])
+            # the first line by "\n" only: a CR or other separator inside it is shown, escaped
+            err = str(d["error"]).split("\n", 1)[0][:80] if d["error"] else "-"
+            rows.append([q, str(d["id"]), str(d["handler"]), str(d["reason"]), str(d["attempts"]), err])
         lines += ["", _table(rows)]
     return "\n".join(lines)
 
@@ -241,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--timeout", help="hard time limit for this job, e.g. 5m")
     e.add_argument("--max-retries", type=int)
     e.add_argument("--job-id")
+    e.add_argument("--force", action="store_true",
+                   help="enqueue even to a queue this config does not define")
     e.set_defaults(func=cmd_enqueue)
 
     s = with_config(sub.add_parser("status", help="queues, pools and workers"))

@@ -142,6 +142,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     max_payload: int = 1024 * 1024
+    max_result: int = 64 * 1024  # a larger result is not kept; the job's record says so
     user: str | None = None
     group: str | None = None
 
@@ -167,7 +168,8 @@ class Config:
         return {
             "redis": {"url": mask_url(self.redis.url), "prefix": self.redis.prefix,
                       "tls": dataclasses.asdict(self.redis.tls)},
-            "limits": {"max_payload": format_size(self.max_payload)},
+            "limits": {"max_payload": format_size(self.max_payload),
+                       "max_result": format_size(self.max_result)},
             "user": self.user, "group": self.group,
             "app": {"path": list(self.app.path), "preload": list(self.app.preload),
                     "imports": list(self.app.imports), "handlers": list(self.app.handlers)},
@@ -186,8 +188,14 @@ class Config:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password in ``redis://user:secret@host`` so it never reaches a log or status."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """Hide every password in a ``redis.url`` (``user:secret@``, Sentinel's ``secret@``,
+    ``?password=``) so it never reaches a log, ``check`` or ``status``.
+
+    Rendered from the same parse that connects (governor.redisurl), so the two cannot
+    disagree about where a password ends."""
+    from governor import redisurl
+
+    return redisurl.mask(url)
 
 
 # --------------------------------------------------------------------------
@@ -504,9 +512,13 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
         tls=tls,
     )
     red.done()
-    if not (redis.embedded or re.match(r"^(redis|rediss|unix|redis\+sentinel)://", redis.url)):
-        raise ConfigError("redis.url", "expected redis://, rediss://, unix://, redis+sentinel:// or "
-                                       f"'embedded', got {mask_url(redis.url)!r}")
+    if not redis.embedded:
+        from governor import redisurl
+
+        try:
+            redisurl.parse(redis.url)  # what check accepts, redis-py reads the same way
+        except redisurl.RedisURLError as exc:
+            raise ConfigError("redis.url", f"{exc}; got {mask_url(redis.url)!r}") from None
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", redis.prefix):
         raise ConfigError("redis.prefix", f"expected letters, digits and _.:- only, got {redis.prefix!r}")
 
@@ -525,8 +537,9 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
 
     user = top.get("user", _user, None)
     group = top.get("group", _group, None)
-    lim = top.section("limits").expect("max_payload")
+    lim = top.section("limits").expect("max_payload", "max_result")
     max_payload = lim.get("max_payload", parse_size, 1024 * 1024)
+    max_result = lim.get("max_result", parse_size, 64 * 1024)
     lim.done()
 
     queues_raw = top.raw("queues")
@@ -558,9 +571,11 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
         raise ConfigError("lease", f"expected at least 1s, got {format_duration(lease)}")
     state_dir = top.get("state_dir", _string, None)
     explicit_state_dir = bool(state_dir)
-    state_dir = str((base_dir / state_dir).resolve()) if state_dir else default_state_dir(source)
+    # abspath, not resolve(): a symlink in place of the directory must reach the state-dir
+    # checks (which refuse it) rather than be silently followed here
+    state_dir = os.path.abspath(base_dir / state_dir) if state_dir else default_state_dir(source)
     data_dir = top.get("data_dir", _string, None)
-    data_dir = str((base_dir / data_dir).resolve()) if data_dir else default_data_dir(state_dir)
+    data_dir = os.path.abspath(base_dir / data_dir) if data_dir else default_data_dir(state_dir)
 
     lg = top.section("log").expect("level", "format")
     log = LogConfig(
@@ -581,20 +596,82 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     return Config(source=source, redis=redis, app=app, queues=queues,
                   shutdown_timeout=shutdown_timeout, lease=lease, state_dir=state_dir,
                   explicit_state_dir=explicit_state_dir, data_dir=data_dir,
-                  log=log, metrics=metrics, health=health, max_payload=max_payload, user=user,
+                  log=log, metrics=metrics, health=health, max_payload=max_payload,
+                  max_result=max_result, user=user,
                   group=group)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_VALUES = 100_000
+
+
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
-    """Reads and validates a YAML file; every failure is a ConfigError naming the file."""
+    """Reads and validates a YAML file; every failure is a ConfigError naming the file.
+
+    The file is bounded twice, because a reload runs inside the master's loop: a SIGHUP that
+    parsed for minutes would stop the loop that enforces hard limits. The size cap bounds
+    the parse; the value count (aliases expanded) stops an alias bomb, a few hundred bytes
+    that expand to a billion values, before anything walks the expanded document.
+    """
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError("", f"cannot read config: {exc.strerror}", path) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"the file is larger than {format_size(MAX_CONFIG_BYTES)}; "
+                              "is this really the config file?", path)
+    loader = yaml.SafeLoader(raw)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+            raise ConfigError("", f"YAML expands to more than {MAX_CONFIG_VALUES:,} values "
+                                  "(an alias bomb?)", path)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError("", f"invalid YAML: {where}{problem}", path) from None
+    except RecursionError:
+        raise ConfigError("", "invalid YAML: nested too deeply", path) from None
+    finally:
+        loader.dispose()
     return parse_config(data, path, env)
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many values the document holds with every alias expanded, capped just above
+    ``limit``. An alias is the same node object reached twice, so memoising per node keeps
+    this linear in the file however large the expansion; a node that contains itself
+    (``&a [*a]``) expands forever and counts as too many."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            sizes[key] = min(limit + 1, 1 + sum(sizes[id(c)] for c in _children(node)))
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return limit + 1
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                return limit + 1
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from governor import redisurl
 from governor.config import TlsConfig
 
 EMBEDDED_SOCKET = "redis.sock"
@@ -20,12 +21,20 @@ _TRANSIENT_REPLIES = ("OOM", "MISCONF", "NOREPLICAS", "READONLY", "LOADING", "BU
                       "TRYAGAIN", "CLUSTERDOWN", "UNBLOCKED")
 
 
+# redis-py turns some error replies into classes and strips the code from the message
+# ("READONLY You can't write..." arrives as ReadOnlyError("You can't write...")), so the
+# code is looked for both ways.
+_TRANSIENT_CLASSES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
+                      redis.exceptions.OutOfMemoryError, redis.exceptions.BusyLoadingError,
+                      redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors to ride out with backoff (an outage, a failover, a full or read-only Redis),
     as opposed to bugs, which should fail loudly."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    if isinstance(exc, _TRANSIENT_CLASSES):
         return True
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+    return isinstance(exc, redis.ResponseError) and str(exc).lstrip("-").startswith(_TRANSIENT_REPLIES)
 
 
 class RedisUnavailable(RuntimeError):
@@ -47,7 +56,11 @@ def connect(url: str, *, socket_timeout: float | None = 10.0, name: str | None =
     ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`` asks the
     Sentinels for the current master and follows it across failovers.
     """
-    kwargs: dict = {"socket_connect_timeout": 5.0, "socket_timeout": socket_timeout, **extra}
+    # surrogateescape: a job id read from Redis that is not UTF-8 (written there by something
+    # other than governor) decodes to a str that encodes back to the same bytes, so it can
+    # still be settled or dead-lettered.
+    kwargs: dict = {"socket_connect_timeout": 5.0, "socket_timeout": socket_timeout,
+                    "encoding_errors": "surrogateescape", **extra}
     if not url.startswith("unix://"):
         kwargs["socket_keepalive"] = True
     if name:
@@ -60,22 +73,31 @@ def connect(url: str, *, socket_timeout: float | None = 10.0, name: str | None =
 
 
 def _sentinel_master(url: str, kwargs: dict) -> redis.Redis:
-    from urllib.parse import unquote
-
+    """Read with the same parse that masks the URL, so what is hidden is what is sent."""
     from redis.sentinel import Sentinel
 
-    rest = url[len("redis+sentinel://"):]
-    auth, _, rest = rest.rpartition("@")
-    hosts, _, path = rest.partition("/")
-    service, _, db = path.strip("/").partition("/")
-    if not service:
-        raise ValueError("a redis+sentinel:// URL names the service: redis+sentinel://host:26379/mymaster/0")
-    nodes = []
-    for node in hosts.split(","):
-        host, _, port = node.rpartition(":") if ":" in node else (node, "", "26379")
-        nodes.append((host.strip("[]"), int(port)))
-    username, _, password = auth.partition(":") if ":" in auth else ("", "", auth)
+    parsed = redisurl.parse(url)
+    nodes = [(host, port or redisurl.DEFAULT_PORTS["redis+sentinel"]) for host, port in parsed.hosts]
     timeouts = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout")}
     sentinel = Sentinel(nodes, **timeouts)
-    return sentinel.master_for(service, db=int(db or 0), username=unquote(username) or None,
-                               password=unquote(password) or None, **kwargs)
+    return sentinel.master_for(parsed.service, db=parsed.db or 0, username=parsed.auth_username,
+                               password=parsed.auth_password, **kwargs)
+
+
+def socket_fds(client: redis.Redis | None) -> list[int]:
+    """The descriptors of a client's open connections (and, for Sentinel, of its connections
+    to the Sentinels), so a forked child can close them before it runs any job code."""
+    if client is None:
+        return []
+    pools = [client.connection_pool]
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    if manager is not None:
+        pools += [s.connection_pool for s in manager.sentinels]
+    fds = []
+    for pool in pools:
+        conns = [*getattr(pool, "_available_connections", []), *getattr(pool, "_in_use_connections", [])]
+        for conn in conns:
+            sock = getattr(conn, "_sock", None)
+            if sock is not None and sock.fileno() >= 0:
+                fds.append(sock.fileno())
+    return fds

@@ -2,8 +2,9 @@
 
 It is how ``governor status`` sees live workers. Mode 0600: only the user the
 master runs as may ask. Requests are one line; the answer is one JSON document,
-then the master closes the connection. The master serves it from its own loop,
-so each request is bounded by a short socket timeout.
+then the master closes the connection. The master serves it from its own loop
+with non-blocking connections (governor.serving), so a client that connects
+and says nothing costs the loop nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from governor.serving import Server
+
 SOCKET_NAME = "control.sock"
 
 
@@ -22,41 +25,37 @@ def socket_path(state_dir: str) -> str:
     return os.path.join(state_dir, SOCKET_NAME)
 
 
-class ControlServer:
+class ControlServer(Server):
+    cap = 16  # `governor status --watch` in a few terminals, and scripts
+    timeout = 2.0  # the client's own default timeout (request() below)
+    max_request = 256  # a command is a word
+
     def __init__(self, state_dir: str, handlers: dict[str, Callable[[], Any]]) -> None:
         self.path = socket_path(state_dir)
         self.handlers = handlers
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self.sock.bind(self.path)
+            sock.bind(self.path)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        self.sock.listen(16)
-        self.sock.setblocking(False)
+        sock.listen(16)
+        super().__init__(sock)
 
+    def request_complete(self, request: bytes) -> bool:
+        return b"\n" in request
 
-    def serve_one(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except BlockingIOError:
-            return
-        with conn:
-            conn.settimeout(0.25)  # one recv of one line: a silent client costs the loop 0.25 s at most
-            try:
-                command = conn.recv(256).decode(errors="replace").strip()
-                handler = self.handlers.get(command)
-                reply = handler() if handler else {"error": f"unknown command {command!r}"}
-                conn.sendall(json.dumps(reply).encode())
-            except OSError:
-                pass
+    def respond(self, request: bytes) -> bytes:
+        command = request.split(b"\n", 1)[0].decode(errors="replace").strip()
+        handler = self.handlers.get(command)
+        reply = handler() if handler else {"error": f"unknown command {command!r}"}
+        return json.dumps(reply).encode()
 
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 

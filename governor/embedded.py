@@ -16,6 +16,7 @@ import time
 
 import redis
 
+from governor import statedir
 from governor.connection import EMBEDDED_SOCKET
 
 log = logging.getLogger("governor.embedded")
@@ -48,8 +49,10 @@ class EmbeddedRedis:
         binary = shutil.which("redis-server")
         if not binary:
             raise RuntimeError(INSTALL_HINT)
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        # redis-server creates its socket, log and append-only file by name, following
+        # symlinks: safe only in directories nobody else can write in (see governor.statedir)
+        statedir.prepare(self.state_dir, "state_dir")
+        statedir.prepare(self.data_dir, "data_dir")
         if os.path.exists(self.socket):
             self._shutdown_leftover()
         self.proc = subprocess.Popen(

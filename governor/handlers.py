@@ -16,6 +16,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from governor.untrusted import loads
+
 # No part may start with "_": private and dunder names (``tasks:__setattr__``) are never handlers.
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*:[A-Za-z][A-Za-z0-9_]*$")
 
@@ -37,16 +39,18 @@ class Payload:
         self.handler, self.args, self.kwargs = handler, args, kwargs
 
     @classmethod
-    def parse(cls, raw: bytes) -> Payload:
-        """Raises HandlerError('malformed') saying exactly what is wrong with ``raw``."""
-        import json
-
+    def parse(cls, raw: bytes, max_size: int | None = None) -> Payload:
+        """Raises HandlerError('malformed') saying exactly what is wrong with ``raw``, which
+        came from Redis and is untrusted (bounded in size and nesting, finite numbers)."""
         if not raw:
             raise HandlerError("malformed", "malformed job: no payload")
+        if max_size is not None and len(raw) > max_size:
+            raise HandlerError("malformed", f"malformed job: payload is {len(raw)} bytes, over "
+                                            f"limits.max_payload ({max_size})")
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HandlerError("malformed", f"malformed job: payload is not JSON ({exc})") from None
+            body = loads(raw, "payload")
+        except ValueError as exc:
+            raise HandlerError("malformed", f"malformed job: {exc}") from None
         if not isinstance(body, dict):
             raise HandlerError("malformed", f"malformed job: payload is a JSON {type(body).__name__}, expected an object")
         handler = body.get("handler")

@@ -9,7 +9,6 @@ when it starts and once when it ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -22,13 +21,17 @@ from governor.identity import is_local_and_dead, pid_of
 from governor.log import fields
 from governor.pool import Pool
 from governor.process import State
-from governor.queue import FailOutcome, QueueKeys, lease_of, run
+from governor.queue import FailOutcome, QueueKeys, lease_of, parse_lease, run
 from governor.units import format_size
+from governor.untrusted import loads
 
 log = logging.getLogger("governor.master")
 
 TICK_BUSY = 1.0   # seconds between passes over a queue with waiting, delayed or active jobs
 TICK_IDLE = 10.0  # ... and over an empty one (keeps an idle host under 1 Redis command/s)
+# What a call to Redis can raise besides RedisError when the connection carries garbage
+# (a reply that is not the one asked for: wrong type, wrong length).
+_GARBLED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
 
 
 @dataclass
@@ -86,6 +89,10 @@ class Housekeeper:
             self.down_since = None
 
     def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, _GARBLED) or not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            # An unexpected reply means the connection may be out of step (a reply left over
+            # from something else): never read another reply from it, start a new one.
+            self.redis.connection_pool.disconnect()
         self.on_error()
         if self.down_since is None:
             self.down_since = time.monotonic()
@@ -101,13 +108,13 @@ class Housekeeper:
                 for wid, held in self.redis.hgetall(self.keys(name).leases).items():
                     wid = wid.decode()
                     if is_local_and_dead(wid):
-                        job_id, _, token = held.decode().partition(" ")
+                        job_id, token = parse_lease(held)
                         self.lost.append(LostJob(
                             queue=name, wid=wid, pid=pid_of(wid), reason="orphaned",
                             description="died with its master", mode="requeue", seconds=None,
                             known=(job_id, token), max_retries=pool.config.settings.retry.max,
                             detail={}))
-        except redis.RedisError as exc:
+        except (redis.RedisError, *_GARBLED) as exc:
             self._failed(exc)  # the leases will expire instead
         if self.lost:
             log.info("recovering %d job(s) left by workers of a previous master", len(self.lost))
@@ -129,10 +136,11 @@ class Housekeeper:
                     error = {"reason": lost.reason, "worker": lost.wid, "seconds": lost.seconds,
                              "error": f"worker pid {lost.pid} {lost.description} ({lost.why()}) "
                                       "while running the job", **lost.detail}
-                    outcome = run(self.redis, keys.fail(held[0], held[1], lost.wid, error, lost.mode,
-                                                         0, lost.reason, lost.max_retries))[0]
+                    outcome = _expect_outcome(run(self.redis, keys.fail(
+                        held[0], held[1], lost.wid, error, lost.mode, 0, lost.reason,
+                        lost.max_retries))[0])
                     log_requeue(lost.queue, held[0], lost.reason, outcome)
-            except redis.RedisError as exc:
+            except (redis.RedisError, *_GARBLED) as exc:
                 self._failed(exc)
                 return
             self.lost.pop(0)
@@ -153,7 +161,7 @@ class Housekeeper:
             if due:
                 self._tick(due, now, pools)
                 self._ok()
-        except redis.RedisError as exc:
+        except (redis.RedisError, *_GARBLED) as exc:
             self._failed(exc)
             later = time.monotonic() + TICK_BUSY  # not `now`: the failed call may have taken a while
             for name in due:
@@ -176,7 +184,7 @@ class Housekeeper:
         try:
             self.redis.ping()
             self._ok()
-        except redis.RedisError as exc:
+        except (redis.RedisError, *_GARBLED) as exc:
             self._failed(exc)
 
     def forget(self, queue: str) -> None:
@@ -191,39 +199,50 @@ class Housekeeper:
             if holders:
                 calls.append(self.keys(pool.name).renew(int(self.lease * 1000), holders))
         if calls:
-            run(self.redis, *calls)
+            for renewed in run(self.redis, *calls):
+                if not isinstance(renewed, int):
+                    raise ValueError(f"unexpected reply to renew: {renewed!r:.80}")
         return bool(calls)
 
     def _tick(self, queues: list[str], now: float, pools: Mapping[str, Pool]) -> None:
         """Promote due delayed jobs, expire done records, reclaim expired leases."""
         calls = [self.keys(q).tick(int(pools[q].config.settings.done_ttl * 1000)) for q in queues]
         for name, reply in zip(queues, run(self.redis, *calls), strict=True):
+            if not (isinstance(reply, list) and len(reply) >= 9 and len(reply) % 2 == 1
+                    and all(isinstance(x, int) for x in reply[:9])):
+                raise ValueError(f"unexpected reply to tick: {reply!r:.80}")
             next_due, (waiting, delayed, active, dead, done), oldest = reply[1], reply[2:7], reply[7]
+            next_expiry = reply[8]
             self.queue_stats[name] = {"waiting": waiting, "delayed": delayed, "active": active,
                                       "dead": dead, "done": done, "at": now,
                                       "oldest_age": oldest / 1000.0 if oldest >= 0 else None}
-            interval = TICK_BUSY if (active or waiting or next_due >= 0) else TICK_IDLE
-            if next_due >= 0:
-                interval = min(interval, next_due / 1000.0 + 0.005)
+            # An idle-looking queue is still looked at twice per lease: another host may have
+            # taken a job since and died with it. A lease seen running out is reclaimed at once.
+            interval = TICK_BUSY if (active or waiting or next_due >= 0) else min(TICK_IDLE, self.lease / 2)
+            for ms in (next_due, next_expiry):
+                if ms >= 0:
+                    interval = min(interval, ms / 1000.0 + 0.005)
             self.next_tick[name] = now + interval
-            expired = reply[8:]
+            expired = reply[9:]
             for i in range(0, len(expired), 2):
-                self._reclaim(name, expired[i].decode(), expired[i + 1], pools)
+                self._reclaim(name, expired[i].decode(errors="surrogateescape"), expired[i + 1], pools)
 
     def _reclaim(self, queue: str, job_id: str, raw_meta: bytes, pools: Mapping[str, Pool]) -> None:
         try:
-            meta = json.loads(raw_meta)
+            meta = loads(raw_meta, "the job's record")
         except ValueError:
             meta = {}
-        token, holder = meta.get("token") or "", meta.get("worker") or "?"
+        if not isinstance(meta, dict):
+            meta = {}
+        token, holder = str(meta.get("token") or ""), str(meta.get("worker") or "?")
         if any(w.wid == holder and w.state is not State.STOPPING for p in pools.values() for w in p):
             self.next_renew = 0.0  # ours and alive: renew it, never take it away
             return
         error = {"reason": "lease_expired", "worker": holder,
                  "error": f"lease of worker {holder} expired (its host or master stopped renewing it)"}
-        outcome = run(self.redis, self.keys(queue).fail(job_id, token, holder, error, "retry", 0,
-                                                        "lease_expired",
-                                                        pools[queue].config.settings.retry.max))[0]
+        call = self.keys(queue).fail(job_id, token, holder, error, "retry", 0, "lease_expired",
+                                     pools[queue].config.settings.retry.max)
+        outcome = _expect_outcome(run(self.redis, call)[0])
         log_requeue(queue, job_id, "lease_expired", outcome)
 
     def stats(self, queue: str, now: float) -> dict[str, Any]:
@@ -232,6 +251,13 @@ class Housekeeper:
         if stats.get("oldest_age") is not None:  # still waiting, so older by now
             stats["oldest_age"] += now - stats["at"]
         return stats
+
+
+def _expect_outcome(reply: Any) -> int:
+    """fail.lua answers 0-3; anything else means the connection is out of step."""
+    if not isinstance(reply, int) or not 0 <= reply <= 3:
+        raise ValueError(f"unexpected reply to fail: {reply!r:.80}")
+    return reply
 
 
 def log_requeue(queue: str, job_id: str, reason: str, outcome: int) -> None:

@@ -24,9 +24,9 @@ from typing import Any
 
 import redis
 
-from governor import channel, worker
+from governor import channel, fdbudget, statedir, worker
 from governor.config import Config, ConfigError, QueueConfig, load_config, mask_url
-from governor.connection import connect, resolve_url
+from governor.connection import connect, resolve_url, socket_fds
 from governor.control import ControlServer
 from governor.embedded import EmbeddedRedis
 from governor.governance import (
@@ -65,6 +65,14 @@ def _settings_key(q: QueueConfig, cfg: Config) -> Any:
     return (q.settings, cfg.app, cfg.lease, cfg.redis)
 
 
+def _running(pid: int) -> bool:
+    """Not yet exited (a zombie counts as exited); never reaps."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
+
+
 def _noop(signum: int, frame: Any) -> None:
     """Installed so the default action (death) does not happen; the wakeup fd carries the signal."""
 
@@ -95,10 +103,13 @@ class Master:
         self.metrics = Metrics(self._metrics_state)
         self.http: HttpServer | None = None
         self.house: Housekeeper | None = None
+        self.state_lock = statedir.MasterLock(config.state_dir)
 
     # -- start and stop ---------------------------------------------------------
 
     def run(self) -> int:
+        soft, hard = fdbudget.raise_soft_limit()
+        log.debug("open-file limit %d (hard %d)", soft, hard)
         try:
             self._start()
             self._loop()
@@ -108,6 +119,12 @@ class Master:
         return 0
 
     def _start(self) -> None:
+        # Before anything is written in state_dir: refused unless only we can write in it,
+        # then held, so a second master stops here rather than take over this one's Redis.
+        statedir.prepare(self.config.state_dir, "state_dir")
+        if self.embedded:
+            statedir.prepare(self.config.data_dir, "data_dir")
+        self.state_lock.acquire()
         self._prepare_app(self.config)
         if self.embedded:
             self.embedded.start()
@@ -118,11 +135,11 @@ class Master:
                                  on_error=self.metrics.redis_errors.inc)
         self._install_signals()
         self.control = ControlServer(self.config.state_dir, {"status": self.status})
-        self.selector.register(self.control.sock, selectors.EVENT_READ, ("control", None))
+        self.control.attach(self.selector)
         if self.config.metrics.listen:
             self.http = HttpServer(self.config.metrics.listen,
                                    {"/metrics": self._serve_metrics, "/healthz": self._serve_health})
-            self.selector.register(self.http.sock, selectors.EVENT_READ, ("http", None))
+            self.http.attach(self.selector)
             log.info("metrics on http://%s/metrics", self.config.metrics.listen)
         for q in self.config.queues.values():
             self.pools[q.name] = Pool(q, _settings_key(q, self.config))
@@ -156,6 +173,7 @@ class Master:
         self._kill_all()
         if self.embedded:
             self.embedded.stop()
+        self.state_lock.release()  # last: the next master may start its Redis on this directory
 
     # -- the loop ----------------------------------------------------------------
 
@@ -183,7 +201,7 @@ class Master:
             lag = max(0.0, woke - planned)
             self.metrics.loop_lag.set(lag)
             self._note_lateness(lag)
-            for key, _ in events:
+            for key, mask in events:
                 kind, wp = key.data
                 if kind == "channel":
                     self._on_channel(wp)
@@ -191,10 +209,8 @@ class Master:
                     self._on_exit(wp)
                 elif kind == "signal":
                     self._on_signals()
-                elif kind == "control":
-                    self.control.serve_one()
-                elif kind == "http":
-                    self.http.serve_one()
+                elif kind == "serve":  # the control socket, the metrics port, their connections
+                    wp.on_event(key.fileobj, mask)
 
     def _kill_all(self, warn: str | None = None) -> None:
         """SIGKILL every worker not already dying; their jobs are requeued as they are reaped."""
@@ -244,6 +260,10 @@ class Master:
                 deadline = w.hard_deadline()
                 if deadline is not None:
                     times.append(deadline)
+        for server in (self.control, self.http):
+            deadline = server.next_deadline() if server else None
+            if deadline is not None:
+                times.append(deadline)
         return min(times)
 
     # -- signals -----------------------------------------------------------------
@@ -339,16 +359,34 @@ class Master:
                         pool.respawn_at = now + pool.backoff
                     else:
                         for _ in range(delta):
-                            self._spawn(pool, now)
+                            if not self._spawn(pool, now):
+                                break  # out of descriptors or memory: retried in a second
                 elif delta < 0:
                     for w in pool.excess(-delta):
                         w.drain("drain")
+                if pool.delta() <= 0:
+                    pool.spawn_error = None
             if pool.removed and not pool.workers:
                 del self.pools[name]
                 self.house.forget(name)
 
-    def _spawn(self, pool: Pool, now: float) -> None:
-        master_end, worker_end = channel.pair()
+    def _spawn_failed(self, pool: Pool, now: float, error: str) -> bool:
+        if pool.note_spawn_failure(now, error):
+            log.error("queue %s: cannot start a worker (%d of %d running): %s", pool.name,
+                      len(pool.current()), pool.desired(), error,
+                      extra=fields(queue=pool.name, reason="spawn_failed"))
+        return False
+
+    def _spawn(self, pool: Pool, now: float) -> bool:
+        """Forks one worker; False (logged once, shown in status, retried) when the host
+        refuses: a master that cannot start a worker keeps governing the ones it has."""
+        room, why = fdbudget.workers_that_fit()
+        if room < 1:
+            return self._spawn_failed(pool, now, why)
+        try:
+            master_end, worker_end = channel.pair()
+        except OSError as exc:
+            return self._spawn_failed(pool, now, f"socketpair: {exc}")
         max_jobs, max_age = jittered_limits(pool.config.settings.recycle)
         spec = worker.WorkerSpec(queue=pool.config, app=self.config.app, redis_url=self.redis_url,
                                  tls=self.config.redis.tls,
@@ -356,7 +394,8 @@ class Master:
                                  group=pool.config.group or self.config.group,
                                  prefix=self.config.redis.prefix, lease=self.config.lease,
                                  index=pool.free_index(), master_pid=self.pid,
-                                 max_jobs=max_jobs, max_age=max_age)
+                                 max_jobs=max_jobs, max_age=max_age,
+                                 max_payload=self.config.max_payload, max_result=self.config.max_result)
         inherited = self._owned_fds() + [master_end.fileno()]
         # Until the child has its own handlers, a signal sent to it would run the master's
         # (and land in the master's wakeup fd): keep them blocked across fork; the worker
@@ -366,11 +405,9 @@ class Master:
             pid = os.fork()
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
-            log.error("cannot fork a worker for %s: %s", pool.name, exc)
-            pool.note_crash(now, f"fork failed: {exc}", now)
             worker_end.close()
             master_end.close()
-            return
+            return self._spawn_failed(pool, now, f"fork: {exc}")
         if pid == 0:
             worker.main(spec, worker_end, inherited)
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
@@ -379,25 +416,38 @@ class Master:
             os.setpgid(pid, pid)  # the child does the same; whichever runs first wins
         except OSError:
             pass
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # without a pidfd we could not see it die: take it back now
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            master_end.close()
+            return self._spawn_failed(pool, now, f"pidfd_open: {exc}")
         wp = WorkerProcess(pid=pid, wid=worker_id(pid), queue=pool.name, index=spec.index,
                            generation=pool.generation, sock=master_end, pidfd=pidfd, now=now)
         pool.workers[pid] = wp
         self.selector.register(master_end, selectors.EVENT_READ, ("channel", wp))
         self.selector.register(pidfd, selectors.EVENT_READ, ("exit", wp))
         log.debug("spawned worker %r", wp)
+        return True
 
     def _owned_fds(self) -> list[int]:
         """Descriptors a forked worker must close: they belong to this loop."""
         fds = [key.fd for key in self.selector.get_map().values()]
-        fds += [self._sig_r, self._sig_w, self.notifier.fileno()]  # (http and control: in the map)
+        fds += [self._sig_r, self._sig_w, self.notifier.fileno()]
+        # The master's Redis connections: a job must not be able to write into them (it would
+        # desynchronise the master's replies), so the child closes them before any job code.
+        fds += socket_fds(self.redis)
+        fds.append(self.state_lock.fileno())  # master.lock: workers have no business with it
+        # listening sockets, even while a server has paused accepting (then not in the map)
+        fds += [s.sock.fileno() for s in (self.control, self.http) if s]
         if hasattr(self.selector, "fileno"):
             fds.append(self.selector.fileno())
-        return [fd for fd in fds if fd >= 0]
+        return sorted({fd for fd in fds if fd >= 0})
 
     # -- children -------------------------------------------------------------------
 
-    def _on_channel(self, wp: WorkerProcess) -> None:
+    def _on_channel(self, wp: WorkerProcess, exited: bool = False) -> None:
         messages, closed = channel.receive_all(wp.sock)
         now = time.monotonic()
         pool = self.pools.get(wp.queue)
@@ -418,6 +468,12 @@ class Master:
                 self._answer_recycle(pool, wp, str(msg[1]))
         if closed:
             self.selector.unregister(wp.sock)
+            if not exited and _running(wp.pid) and wp.lose_channel():
+                log.warning("worker %r closed its channel to the master (its job closed the "
+                            "descriptor); it settles that job and exits; replacing it", wp,
+                            extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid,
+                                         queue=wp.queue, reason="channel_lost",
+                                         job=wp.job.id if wp.job else None))
 
     def _answer_recycle(self, pool: Pool, wp: WorkerProcess, reason: str) -> None:
         """Grants a retirement unless too many of the pool's workers are already recycling."""
@@ -444,7 +500,7 @@ class Master:
         if pid == 0:
             return
         if wp.sock.fileno() in self.selector.get_map():
-            self._on_channel(wp)  # what it said before dying still sits in the socket
+            self._on_channel(wp, exited=True)  # what it said before dying still sits in the socket
         if wp.sock.fileno() in self.selector.get_map():  # _on_channel unregisters it on EOF
             self.selector.unregister(wp.sock)
         self.selector.unregister(wp.pidfd)
@@ -455,7 +511,11 @@ class Master:
         now = time.monotonic()
         description, exit_detail = describe_exit(status)
         killed = wp.state is State.STOPPING
-        crashed = not killed and (wp.job is not None or wp.stop_reason is None or status != 0)
+        # a worker whose channel a job closed exits cleanly after settling that job, which it
+        # could not report: not a crash
+        lost_channel = wp.stop_reason == "channel_lost" and status == 0
+        crashed = not killed and not lost_channel and (wp.job is not None or wp.stop_reason is None
+                                                        or status != 0)
         reason = "crashed" if crashed else (wp.stop_reason or "exited")
         detail = {**exit_detail, "peak_rss": wp.peak_rss or None, **(wp.stop_detail if killed else {})}
         if pool:
@@ -480,7 +540,10 @@ class Master:
                                  mode="requeue" if reason == "shutdown" else "retry",
                                  seconds=seconds, known=known, max_retries=max_retries,
                                  detail={k: v for k, v in detail.items() if v is not None}))
-        if crashed and wp.jobs_done == 0 and pool and not self.stopping:
+        # Crash-loop backoff is for workers that die before taking a job (a broken import, a
+        # bad deploy). One that died running a job is that job's fault: the job is charged
+        # (retried, then dead-lettered as a poison job) and the worker replaced at once.
+        if crashed and wp.job is None and wp.jobs_done == 0 and pool and not self.stopping:
             error = wp.fatal or description
             backoff = pool.note_crash(now, error, wp.started)
             if backoff is not None:
@@ -493,6 +556,9 @@ class Master:
         if self.stopping == "graceful" and now >= self.stop_deadline:
             self._kill_all(warn="still busy at shutdown_timeout; killing it")
         enforce_hard_deadlines(self.pools.values(), now)
+        for server in (self.control, self.http):
+            if server:
+                server.expire(now)  # clients that did not finish in time: closed, never waited for
         for pool in self.pools.values():
             sample_memory(pool, now)
         if self.embedded and not self.embedded.alive() and not self.stopping:

@@ -36,6 +36,7 @@ class Pool:
         self.last_crash = 0.0
         self.last_error: str | None = None
         self.warned_soft = False
+        self.spawn_error: str | None = None  # why the pool is short (fork or fd limit failed)
         self.next_sample = 0.0  # monotonic time of the next memory sampling pass
         self.exits: Counter[str] = Counter()  # worker exits by reason, for status and metrics
 
@@ -103,6 +104,14 @@ class Pool:
         self.last_crash = now
         return self.backoff
 
+    def note_spawn_failure(self, now: float, error: str, retry_in: float = 1.0) -> bool:
+        """A worker could not be started (no descriptor, no memory to fork): try again in
+        ``retry_in``; True the first time, so the master logs an episode once."""
+        first = self.spawn_error is None
+        self.spawn_error = error
+        self.respawn_at = now + retry_in
+        return first
+
     def may_spawn(self, now: float) -> bool:
         if self.backoff and now - self.last_crash >= HEALTHY_AFTER + self.backoff:
             self.backoff = 0.0
@@ -117,5 +126,6 @@ class Pool:
             "backoff": {"seconds": self.backoff, "respawn_in": round(max(0.0, self.respawn_at - now), 3),
                         "last_error": self.last_error} if self.backoff else None,
             "generation": self.generation,
+            "spawn_error": self.spawn_error,
             "exits": dict(self.exits),
         }

@@ -103,12 +103,27 @@ class WorkerProcess:
     # -- what we do to it ------------------------------------------------------
 
     def drain(self, reason: str) -> None:
-        """Finish the current job, take no more, exit (SIGTERM: it interrupts an idle wait)."""
+        """Finish the current job, take no more, exit. SIGTERM interrupts an idle wait; the
+        channel message reaches a worker whose job ignored or blocked SIGTERM."""
         if self.state not in TAKING_WORK:
             return
         self.stop_reason = reason
         self._to(State.DRAINING)
+        try:
+            self.sock.send(b"drain")
+        except OSError:
+            pass  # gone already, or its channel is: the signal still applies
         _signal(self.pid, signal.SIGTERM)
+
+    def lose_channel(self) -> bool:
+        """Its job closed the worker's end of the channel: the worker settles that job and
+        exits by itself; until then we still know the job, so its hard limit holds. True
+        if this changed anything (the worker was still taking work)."""
+        if self.state not in TAKING_WORK:
+            return False
+        self.stop_reason = "channel_lost"
+        self._to(State.DRAINING)
+        return True
 
     def recycle(self, reason: str) -> None:
         """The worker asked to retire (max_jobs, max_age) and was allowed: it exits by itself."""

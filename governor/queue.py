@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,11 +21,18 @@ import redis
 
 from governor.connection import connect
 from governor.units import parse_duration
+from governor.untrusted import loads
 
 DEFAULT_PRIORITY = 50
 MAX_PRIORITY = 100
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 _BULK_CHUNK = 1000
+# The same bounds enqueue.lua enforces (it is the line for producers that bypass this client).
+JOB_ID = re.compile(r"[\x21-\x7e]{1,200}")
+JOB_ID_RULE = "1-200 printable ASCII characters without spaces (letters, digits, punctuation)"
+MAX_DELAY = 3650 * 86400.0
+MAX_TIMEOUT = 365 * 86400.0
+MAX_RETRIES = 1_000_000
 
 
 def _load_scripts() -> dict[str, tuple[str, str]]:
@@ -48,12 +56,17 @@ class Call(NamedTuple):
     args: Sequence[Any]
 
 
-def run(client: redis.Redis, *calls: Call) -> list[Any]:
+def run(client: redis.Redis, *calls: Call, atomic: bool = False) -> list[Any]:
     """Runs the calls in one round trip; reloads the scripts once if Redis forgot them.
 
     A NOSCRIPT error means that command did not run, so re-running just the
     failed ones is safe (a restarted Redis starts with an empty script cache).
+    ``atomic`` runs several calls as one MULTI/EXEC that loads its scripts first,
+    so no NOSCRIPT can split it: Redis runs all of them or, if it refuses the
+    transaction (OOM, READONLY), none.
     """
+    if atomic and len(calls) > 1:
+        return _execute_atomic(client, calls)
     results = _execute(client, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
     if missing:
@@ -66,6 +79,16 @@ def run(client: redis.Redis, *calls: Call) -> list[Any]:
         if isinstance(r, Exception):
             raise r
     return results
+
+
+def _execute_atomic(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    pipe = client.pipeline(transaction=True)
+    for name in dict.fromkeys(c.script for c in calls):
+        pipe.script_load(_SCRIPTS[name][0])
+    for c in calls:
+        pipe.evalsha(_SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)
+    results = pipe.execute(raise_on_error=True)
+    return results[len(results) - len(calls):]
 
 
 def _execute(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
@@ -145,9 +168,10 @@ class QueueKeys:
                                 self.leases, self.wake), (worker, token, lease_ms))
 
     def ack(self, job_id: str, token: str, worker: str, done_ttl_ms: int, result: str,
-            run_ms: int) -> Call:
+            run_ms: int, result_note: str = "") -> Call:
+        """``result_note`` says why a result is not kept (too large, not JSON)."""
         return Call("ack", (self.active, self.meta, self.data, self.done, self.leases, self.stats),
-                    (job_id, token, worker, done_ttl_ms, result, run_ms))
+                    (job_id, token, worker, done_ttl_ms, result, run_ms, result_note))
 
     def fail(self, job_id: str, token: str, worker: str, error: dict | None, mode: str,
              backoff_ms: int, reason: str, default_max_retries: int) -> Call:
@@ -159,7 +183,7 @@ class QueueKeys:
 
     def tick(self, done_ttl_ms: int) -> Call:
         return Call("tick", (self.waiting, self.delayed, self.active, self.meta, self.data,
-                             self.done, self.wake, self.dead), (done_ttl_ms,))
+                             self.done, self.wake, self.dead, self.stats), (done_ttl_ms,))
 
     def renew(self, lease_ms: int, workers: Sequence[str]) -> Call:
         return Call("renew", (self.active, self.leases), (lease_ms, *workers))
@@ -185,30 +209,46 @@ class Reserved:
 
     @classmethod
     def from_reply(cls, reply: list[Any], token: str) -> Reserved:
-        _, job_id, payload, meta = reply
-        return cls(id=job_id.decode(), token=token, payload=payload, meta=json.loads(meta))
+        """A record that cannot be decoded becomes ``{"malformed": why}``: the worker
+        dead-letters the job with that reason instead of dying over it."""
+        _, job_id, payload, raw_meta = reply
+        try:
+            meta = loads(raw_meta, "the job's record")
+        except ValueError as exc:
+            meta = {"malformed": str(exc)}
+        if not isinstance(meta, dict):
+            meta = {"malformed": "the job's record is not a JSON object"}
+        return cls(id=job_id.decode(errors="surrogateescape"), token=token, payload=payload, meta=meta)
 
     @property
     def attempts(self) -> int:
-        return int(self.meta.get("attempts") or 1)
+        attempts = self.meta.get("attempts")
+        return attempts if isinstance(attempts, int) and attempts > 0 else 1
+
+
+def parse_lease(held: bytes) -> tuple[str, str]:
+    """A lease entry is ``"<job id> <token>"``. Tokens never hold a space, so the entry is
+    split at its last space whatever the id holds (as ``parse_lease`` in lib.lua does)."""
+    job_id, _, token = held.decode(errors="surrogateescape").rpartition(" ")
+    return job_id, token
 
 
 def lease_of(client: redis.Redis, keys: QueueKeys, worker: str) -> tuple[str, str] | None:
     """The (job id, token) a worker holds in this queue, as Redis knows it."""
     held = client.hget(keys.leases, worker)
-    if not held:
-        return None
-    job_id, _, token = held.decode().partition(" ")
-    return job_id, token
+    return parse_lease(held) if held else None
 
 
-def _seconds(value: float | str | None, what: str) -> float | None:
+def _seconds(value: float | str | None, what: str, low: float, high: float) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise ValueError(f"{what}: {exc}") from None
+    if not low <= seconds <= high:
+        raise ValueError(f"{what} must be from {low:g}s to {high / 86400:g} days, got {value!r}")
+    return seconds
 
 
 _TIME_FIELDS = ("enqueued_at", "started_at", "finished_at", "due_at")
@@ -244,10 +284,21 @@ class Client:
         }])[0]
 
     def enqueue_many(self, queue: str, jobs: Iterable[dict[str, Any]]) -> list[str]:
-        """Queues many jobs in one round trip. Each dict has ``handler`` and optionally
-        ``args``, ``kwargs``, ``priority``, ``delay``, ``timeout``, ``max_retries``, ``job_id``."""
+        """Queues many jobs in one round trip, all or none. Each dict has ``handler`` and
+        optionally ``args``, ``kwargs``, ``priority``, ``delay``, ``timeout``, ``max_retries``,
+        ``job_id``.
+
+        Every job is validated before anything is sent, so a bad one raises ValueError naming
+        it and writes nothing. Over 1,000 jobs go as several script calls in one MULTI/EXEC.
+        If the connection drops during the call, whether it ran is unknown: re-sending the
+        same jobs with their own ``job_id`` is safe (an existing id is not queued twice)."""
         keys = self.keys(queue)
-        prepared = [self._prepare(queue, spec) for spec in jobs]
+        prepared = []
+        for i, spec in enumerate(jobs):
+            try:
+                prepared.append(self._prepare(queue, spec))
+            except ValueError as exc:
+                raise ValueError(f"job {i}: {exc}" if i else str(exc)) from None
         ids = [p[0] for p in prepared]
         calls = [keys.enqueue(prepared[i:i + _BULK_CHUNK])
                  for i in range(0, len(prepared), _BULK_CHUNK)]
@@ -257,7 +308,7 @@ class Client:
             # once per client and queue: lets `job(id)` and `status` find the queue
             self.redis.sadd(f"{self.prefix}:queues", queue)
             self._registered.add(queue)
-        run(self.redis, *calls)
+        run(self.redis, *calls, atomic=True)
         return ids
 
     def _prepare(self, queue: str, spec: dict[str, Any]) -> tuple[str, str, str, int]:
@@ -277,13 +328,14 @@ class Client:
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
             raise ValueError(f"priority must be an integer 0-{MAX_PRIORITY} (lower runs first), got {priority!r}")
         max_retries = spec.get("max_retries")
-        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
-            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        delay = _seconds(spec.get("delay"), "delay") or 0.0
-        timeout = _seconds(spec.get("timeout"), "timeout")
+        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
+                                        or not 0 <= max_retries <= MAX_RETRIES):
+            raise ValueError(f"max_retries must be an integer from 0 to {MAX_RETRIES}, got {max_retries!r}")
+        delay = _seconds(spec.get("delay"), "delay", 0.0, MAX_DELAY) or 0.0
+        timeout = _seconds(spec.get("timeout"), "timeout", 0.001, MAX_TIMEOUT)
         job_id = spec.get("job_id") or uuid.uuid4().hex
-        if not isinstance(job_id, str) or not job_id or len(job_id) > 200 or " " in job_id:
-            raise ValueError(f"job_id must be a non-empty string without spaces, got {job_id!r}")
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+            raise ValueError(f"job_id must be {JOB_ID_RULE}, got {job_id!r}")
         try:
             payload = json.dumps({"handler": handler, "args": list(args), "kwargs": kwargs},
                                  separators=(",", ":"), allow_nan=False)
@@ -315,20 +367,26 @@ class Client:
             if meta is None:
                 continue
             try:
-                record = json.loads(meta)
-            except ValueError:
-                record = None
-            if not isinstance(record, dict):  # not written by governor; reserve will repair it
-                record = {"id": job_id, "queue": queues[i], "state": "unknown", "malformed": True}
+                record = loads(meta, "the job's record")
+                if not isinstance(record, dict):
+                    raise ValueError("the job's record is not a JSON object")
+            except ValueError as exc:  # not written by governor; a worker will dead-letter it
+                record = {"id": job_id, "queue": queues[i], "state": "unknown", "malformed": str(exc)}
             if "result_json" in record:
-                record["result"] = json.loads(record.pop("result_json"))
+                try:
+                    record["result"] = loads(record.pop("result_json"), "the result")
+                except (ValueError, TypeError) as exc:
+                    record["result_error"] = str(exc)
             for name in _TIME_FIELDS:
-                if record.get(name) is not None:
+                if not isinstance(record.get(name), (int, float)) or isinstance(record.get(name), bool):
+                    record.pop(name, None)
+                else:
                     record[name] = record[name] / 1000.0
             if not isinstance(record.get("errors"), list):
                 record["errors"] = []
+            record["errors"] = [e if isinstance(e, dict) else {"error": str(e)} for e in record["errors"]]
             try:
-                body = json.loads(payload) if payload else {}
+                body = loads(payload, "the payload") if payload else {}
             except ValueError:
                 body = {}
             record["args"] = body.get("args", []) if isinstance(body, dict) else []

@@ -6,6 +6,7 @@ spellings the YAML file accepts.
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_UNITS = {
@@ -34,15 +35,16 @@ def parse_duration(value: object) -> float:
     """Seconds from ``30s``/``10m``/``250ms``; a bare number means seconds."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 30s, got {value!r}")
-    if isinstance(value, (int, float)) and value >= 0:
+    if isinstance(value, (int, float)) and value >= 0 and math.isfinite(value):
         return float(value)
     m = _NUMBER_UNIT.match(str(value))
     unit = m.group(2).lower() if m else None
-    if m and unit == "":
-        return float(m.group(1))
-    if not m or unit not in _DURATION_UNITS:
+    if not m or (unit and unit not in _DURATION_UNITS):
         raise ValueError(f"expected a duration such as 30s (units ms/s/m/h/d), got {value!r}")
-    return float(m.group(1)) * _DURATION_UNITS[unit]
+    seconds = float(m.group(1)) * (_DURATION_UNITS[unit] if unit else 1.0)
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration, got {value!r}")
+    return seconds
 
 
 def format_size(n: int | None) -> str:

@@ -34,14 +34,21 @@ from governor.errors import SoftTimeLimitExceeded
 from governor.handlers import HandlerError, HandlerRegistry, Payload
 from governor.identity import worker_id
 from governor.log import fields
-from governor.queue import Call, FailOutcome, QueueKeys, Reserved, run
+from governor.queue import (
+    DEFAULT_MAX_PAYLOAD,
+    JOB_ID,
+    Call,
+    FailOutcome,
+    QueueKeys,
+    Reserved,
+    run,
+)
 
 log = logging.getLogger("governor.worker")
 
 _PR_SET_PDEATHSIG = 1
 FORWARDED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 _IDLE_WAIT_MAX = 30.0  # seconds a blocked idle worker waits before re-checking (not a poll: ~0.03 cmd/s)
-_MAX_RESULT = 64 * 1024
 _MAX_TRACEBACK = 16 * 1024
 
 
@@ -61,6 +68,8 @@ class WorkerSpec:
     tls: TlsConfig | None = None
     user: str | None = None  # drop to this user/group after fork, before anything else runs
     group: str | None = None
+    max_payload: int = DEFAULT_MAX_PAYLOAD  # a larger payload found in Redis is dead-lettered
+    max_result: int = 64 * 1024  # a larger result is not kept (the record says so)
 
 
 class _Interrupted(BaseException):
@@ -163,6 +172,10 @@ class Worker:
         self._last_recycle_ask = -1.0
         self._asked_at_jobs = 0
         self.redis: redis.Redis | None = None
+        # Bound once, so "is the handler still ours?" is an identity check after each job.
+        self._term_handler = self._on_term
+        self._alarm_handler = self._on_alarm
+        self._channel_inode = os.fstat(channel.sock.fileno()).st_ino
 
     # -- signals --------------------------------------------------------------
 
@@ -178,15 +191,14 @@ class Worker:
     # -- main loop ------------------------------------------------------------
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.signal(signal.SIGTERM, self._term_handler)
+        signal.signal(signal.SIGALRM, self._alarm_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)  # blocked by the master at fork
         self._title("starting")
         for module in self.spec.app.imports:
             # a failure here kills the worker before its first job: the master backs off
             importlib.import_module(module)
-        self.redis = connect(self.spec.redis_url, socket_timeout=None, tls=self.spec.tls,
-                             name=f"governor-worker-{self.spec.queue.name}-{self.spec.index}")
+        self.redis = self._connect()
         self.channel.send("ready")
         pending: Call | None = None
         reason = "drain"
@@ -206,12 +218,51 @@ class Worker:
                     self._wait_for_work(reply[1])
                     continue
                 pending = self._run(reply)
+                if not self._after_job():
+                    reason = "channel_lost"
+                    break
         except _Interrupted:
             self.redis.connection_pool.disconnect()  # a BLPOP reply may be half read
         if pending is not None:
             self._settle_and_reserve(pending, reserve=False)
         self.channel.send("exit", reason)
         return 0
+
+    def _after_job(self) -> bool:
+        """Undo what job code may have done to the worker itself; False when the channel to
+        the master is gone (the worker then settles its job and exits).
+
+        Drain must not depend on the job's signal disposition: a handler that set SIGTERM to
+        SIG_IGN, or blocked it, gets ours back here, and a drain that arrived meanwhile is
+        also on the channel. A job that closed the channel's descriptor (closing "all fds")
+        leaves the master blind to what this worker runs next, so the worker stops taking
+        work rather than run jobs the master cannot govern. A descriptor reused by something
+        else is caught by its inode."""
+        if signal.getsignal(signal.SIGTERM) is not self._term_handler:
+            signal.signal(signal.SIGTERM, self._term_handler)
+        if signal.getsignal(signal.SIGALRM) is not self._alarm_handler:
+            signal.signal(signal.SIGALRM, self._alarm_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+        try:
+            intact = os.fstat(self.channel.sock.fileno()).st_ino == self._channel_inode
+        except OSError:
+            intact = False
+        if not intact:
+            log.error("worker %s[%d]: a job closed the worker's channel to the master; settling "
+                      "its job and exiting", self.spec.queue.name, self.spec.index,
+                      extra=fields(queue=self.spec.queue.name, worker_pid=os.getpid(),
+                                   reason="channel_lost"))
+            self.channel.lost = True
+            # the job may have closed the Redis socket too: start from a fresh connection
+            self.redis = self._connect()
+            return False
+        if self.channel.drain_requested():
+            self.draining = True
+        return True
+
+    def _connect(self) -> redis.Redis:
+        return connect(self.spec.redis_url, socket_timeout=None, tls=self.spec.tls,
+                       name=f"governor-worker-{self.spec.queue.name}-{self.spec.index}")
 
     # -- recycling ------------------------------------------------------------
 
@@ -318,11 +369,14 @@ class Worker:
         ready, started_at = job.meta.get("ready_at") or job.meta.get("enqueued_at"), job.meta.get("started_at")
         wait = (started_at - ready) / 1000.0 if isinstance(ready, (int, float)) and isinstance(started_at, (int, float)) else None
         self.channel.send("start", job.id, token, handler_name, job.attempts, soft, hard, wait)
-        self._title(f"job {job.id} {handler_name}")
+        self._title(f"job {job.id if JOB_ID.fullmatch(job.id) else _printable(job.id)} {handler_name}")
         self.jobs_run += 1
         started = time.monotonic()
         try:
-            payload = Payload.parse(job.payload)
+            payload = Payload.parse(job.payload, self.spec.max_payload)
+            if job.meta.get("malformed"):
+                raise HandlerError("malformed", f"malformed job: its record in Redis is unusable "
+                                                f"({job.meta['malformed']}), so its settings are unknown")
             func = self.registry.resolve(payload.handler)
         except HandlerError as exc:
             self.channel.send("end", job.id, exc.reason, time.monotonic() - started)
@@ -350,8 +404,11 @@ class Worker:
         seconds = time.monotonic() - started
         self.channel.send("end", job.id, "ok", seconds)
         log.debug("job %s done in %.3fs", job.id, seconds)
-        return self.keys.ack(job.id, token, self.id, self.done_ttl_ms, _result_json(result),
-                             int(seconds * 1000))
+        text, note = _result_json(result, self.spec.max_result)
+        if note:
+            log.warning("job %s: result not kept: %s", job.id, note,
+                        extra=fields(queue=self.spec.queue.name, job=job.id, reason="result_dropped"))
+        return self.keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note)
 
     def _limits(self, job: Reserved) -> tuple[float | None, float | None]:
         """(soft, hard) seconds. A per-job timeout replaces the hard limit and scales the soft one."""
@@ -376,16 +433,24 @@ class Worker:
         setproctitle(f"governor: worker {self.spec.queue.name}[{self.spec.index}] {what}")
 
 
+def _printable(text: str) -> str:
+    """An id or name shown in a log line or a process title: escapes, never raw bytes."""
+    return ascii(text)[1:-1][:200]
+
+
 def _clean(text: str) -> str:
     """Valid UTF-8 whatever the text holds (lone surrogates from os.listdir, say)."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _result_json(result: Any) -> str:
+def _result_json(result: Any, limit: int) -> tuple[str, str]:
+    """(the result as JSON, '') or ('', why it is not kept): never dropped without a word."""
     if result is None:
-        return ""
+        return "", ""
     try:
         text = json.dumps(result, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError):
-        return ""
-    return text if len(text) <= _MAX_RESULT else ""
+    except (TypeError, ValueError, RecursionError) as exc:
+        return "", _clean(f"not JSON-serialisable: {type(exc).__name__}: {exc}"[:500])
+    if len(text) > limit:
+        return "", f"{len(text)} bytes of JSON, over limits.max_result ({limit} bytes)"
+    return text, ""

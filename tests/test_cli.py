@@ -147,3 +147,50 @@ def test_embedded_redis_dies_with_a_killed_master_and_the_next_one_starts_clean(
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(20)
+
+
+def _dead_letter_raw(client, queue: str, job_id: str, record: dict) -> None:
+    """A dead-lettered job as anyone with write access to Redis (or a hostile job) can leave it."""
+    k = client.keys(queue)
+    client.redis.sadd(f"{client.prefix}:queues", queue)
+    client.redis.hset(k.meta, job_id, json.dumps(record))
+    client.redis.zadd(k.dead, {job_id: 1})
+
+
+def test_status_escapes_control_characters_from_redis_and_jobs(governor):
+    governor.write({"w": {"concurrency": 1}})
+    nasty = "\x1b[2J\x1b]0;pwned\x07\r"
+    _dead_letter_raw(governor.client, "w", f"job{nasty}1", {
+        "id": f"job{nasty}1", "state": "dead", "handler": "tasks:h\u202eevil", "reason": f"r{nasty}",
+        "attempts": 1, "errors": [{"error": f"ValueError: boom{nasty}overwritten\nsecond line"}]})
+    _dead_letter_raw(governor.client, f"q{nasty}", "plain", {
+        "id": "plain", "state": "dead", "handler": "tasks:x", "reason": "failed", "attempts": 1,
+        "errors": [{"error": "fine"}]})
+    out = subprocess.run([sys.executable, "-m", "governor", "status", "-c", str(governor.config_path)],
+                         capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    for raw in ("\x1b", "\r", "\x07", "\u202e"):
+        assert raw not in text
+    assert r"job\x1b[2J\x1b]0;pwned\x07\r1" in text  # the job id, visibly escaped
+    assert r"tasks:h\u202eevil" in text
+    assert r"ValueError: boom\x1b[2J\x1b]0;pwned\x07\roverwritten" in text
+    assert r"q\x1b[2J" in text  # a queue name read from Redis
+    st = json.loads(cli("status", "-c", str(governor.config_path), "--json").stdout)
+    assert st["queues"]["w"]["recent_dead"][0]["id"] == f"job{nasty}1"  # JSON keeps the real value
+
+
+def test_enqueue_to_an_undefined_queue_is_refused_unless_forced(governor):
+    governor.write({"b": {"concurrency": 1}, "a": {"concurrency": 1}})
+    cfg = str(governor.config_path)
+    out = cli("enqueue", "-c", cfg, "typo", "tasks:record", "--args", '["x"]')
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == (f"governor: queue 'typo' is not defined in {cfg} (queues: a, b); no worker "
+                                  "would take the job. Use --force to enqueue anyway.")
+    assert governor.client.counts("typo")["waiting"] == 0
+    assert "typo" not in governor.client.queues()
+
+    out = cli("enqueue", "-c", cfg, "typo", "tasks:record", "--args", '["x"]', "--force", "--job-id", "f-1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "f-1" and "warning" in out.stderr and "'typo'" in out.stderr
+    assert governor.client.counts("typo")["waiting"] == 1

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from governor.config import ConfigError, load_config, parse_config
+
+from conftest import wait_for
 
 BASE = """
 redis: {url: "redis://127.0.0.1:6379/0"}
@@ -122,3 +127,61 @@ def test_state_dir_search_order(monkeypatch):
     assert default_state_dir("/etc/governor/media.yaml") == "/run/governor/media"
     monkeypatch.setenv("GOVERNOR_STATE_DIR", "/srv/gov")
     assert default_state_dir("/etc/governor/media.yaml") == "/srv/gov"
+
+
+# --------------------------------------------------------------------------
+# A file that expands without bound is refused before anything walks it
+
+
+def _billion_laughs(header: str) -> str:
+    """Nine levels of ten aliases each: 10**9 handler strings from a few hundred bytes, inside
+    app.handlers, which the parser walks value by value."""
+    levels = ["    - &l0 [" + ", ".join(['"tasks:lol"'] * 10) + "]"]
+    for i in range(1, 10):
+        levels.append(f"    - &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
+    return header + "app:\n  handlers:\n" + "\n".join(levels) + "\n"
+
+
+BOMB_HEADER = 'redis: {url: "redis://127.0.0.1:6379/0"}\nqueues: {w: 1}\n'
+
+
+def test_an_alias_bomb_is_refused_at_check_time_quickly(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(_billion_laughs(BOMB_HEADER))
+    assert path.stat().st_size < 2000
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "governor", "check", "-c", str(path)],
+                         capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - started < 2.0
+    assert out.returncode == 2
+    assert str(path) in out.stderr and "YAML expands to more than 100,000 values (an alias bomb?)" in out.stderr
+
+
+def test_aliases_that_stay_small_are_fine_and_self_reference_is_refused(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text('app: {handlers: &h ["a.b:*"], imports: *h}\nqueues: {a: 1}\n')
+    assert load_config(str(path)).app.imports == ("a.b:*",)
+    path.write_text('app: {handlers: &h ["a.b:*", *h]}\nqueues: {a: 1}\n')  # contains itself
+    with pytest.raises(ConfigError, match="alias bomb"):
+        load_config(str(path))
+
+
+def test_an_oversized_file_is_refused(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(BASE + "#" + "x" * (1024 * 1024) + "\n")
+    with pytest.raises(ConfigError, match=r"g.yaml: the file is larger than 1MiB"):
+        load_config(str(path))
+
+
+def test_a_sighup_to_an_alias_bomb_keeps_the_old_config_and_the_master_answers(governor):
+    governor.start({"w": {"concurrency": 1}})
+    pid = governor.workers("w")[0]["pid"]
+    cfg = governor.config({"w": {"concurrency": 1}})
+    del cfg["app"]
+    governor.config_path.write_text(_billion_laughs(yaml.safe_dump(cfg)))
+    governor.signal(signal.SIGHUP)
+    wait_for(lambda: "alias bomb" in governor.log(), 5, "the reload to be refused")
+    assert "reload failed, keeping the running config" in governor.log()
+    assert [w["pid"] for w in governor.workers("w")] == [pid]  # the master answers, unchanged
+    governor.client.enqueue("w", "tasks:record", "after-bomb")
+    wait_for(lambda: governor.lines("done") == ["after-bomb"], 5, "a job under the old config")

@@ -1,5 +1,6 @@
 -- KEYS: active, meta, data, done, leases, stats
--- ARGV: id, token, worker, done_ttl_ms, result_json ('' for none), run_ms
+-- ARGV: id, token, worker, done_ttl_ms, result_json ('' for none), run_ms,
+--       result_note (why a result was not kept: too large, not JSON; '' for none)
 -- Returns 1 when settled, 0 when the lease was lost (the job is someone else's now).
 local now = now_ms()
 local id = ARGV[1]
@@ -15,6 +16,7 @@ meta.finished_at = now
 meta.run_ms = tonumber(ARGV[6])
 -- kept as the JSON text the worker sent: cjson would turn [] into {} and round numbers
 if ARGV[5] ~= '' then meta.result_json = ARGV[5] end
+if ARGV[7] and ARGV[7] ~= '' then meta.result_dropped = ARGV[7] end
 redis.call('HSET', KEYS[2], id, cjson.encode(meta))
 redis.call('ZADD', KEYS[4], fmt(now), id)
 redis.call('HINCRBY', KEYS[6], 'done', 1)

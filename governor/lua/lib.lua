@@ -18,15 +18,45 @@ local function score(meta)
   return p * 1e13 + (tonumber(meta.seq) or 0)
 end
 
+-- True when every number in the (decoded) value is finite. cjson decodes 1e999
+-- to inf and then refuses to encode it, which would fail a script after its
+-- first write; a record holding one is treated as malformed instead.
+local function finite(v, depth)
+  local t = type(v)
+  if t == 'number' then return v == v and v ~= math.huge and v ~= -math.huge end
+  if t ~= 'table' then return true end
+  if depth > 32 then return false end
+  for k, x in pairs(v) do
+    if not finite(x, depth + 1) or not finite(k, depth + 1) then return false end
+  end
+  return true
+end
+
+-- A job id is 1-200 printable ASCII characters other than space (0x21-0x7E):
+-- no whitespace or control characters to confuse a parser, a log line or a terminal.
+local function valid_id(id)
+  return #id >= 1 and #id <= 200 and not string.find(id, '[^\33-\126]')
+end
+
 local function load_meta(meta_key, id)
   local raw = redis.call('HGET', meta_key, id)
+  local why = 'no record'
   if raw then
     local ok, meta = pcall(cjson.decode, raw)
-    if ok and type(meta) == 'table' then return meta end
+    if ok and type(meta) == 'table' and finite(meta, 0) then return meta end
+    why = ok and (type(meta) == 'table' and 'a number in it is not finite' or 'not a JSON object')
+      or 'not valid JSON'
   end
   -- A record written by something other than governor: keep the id so the
   -- worker can dead-letter it with a reason instead of losing it.
-  return {id = id, malformed = true}
+  return {id = id, malformed = why}
+end
+
+-- A lease entry is "<job id> <token>"; the token never holds a space, so the
+-- entry is split at its last space, whatever characters the id holds.
+local function parse_lease(held)
+  if not held then return nil, nil end
+  return string.match(held, '^(.*) ([^ ]+)$')
 end
 
 local function wake(wake_key, n)
@@ -63,8 +93,8 @@ end
 
 -- Forgets a worker's lease entry, but only if it still names this job.
 local function release(leases_key, worker, id)
-  local held = redis.call('HGET', leases_key, worker)
-  if held and string.sub(held, 1, #id + 1) == id .. ' ' then
+  local held_id = parse_lease(redis.call('HGET', leases_key, worker))
+  if held_id == id then
     redis.call('HDEL', leases_key, worker)
   end
 end

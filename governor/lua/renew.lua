@@ -5,10 +5,7 @@
 local deadline = fmt(now_ms() + tonumber(ARGV[1]))
 local renewed = 0
 for i = 2, #ARGV do
-  local held = redis.call('HGET', KEYS[2], ARGV[i])
-  if held then
-    local id = string.match(held, '^(%S+) ')
-    if id then renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', deadline, id) end
-  end
+  local id = parse_lease(redis.call('HGET', KEYS[2], ARGV[i]))
+  if id then renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', deadline, id) end
 end
 return renewed

@@ -5,14 +5,11 @@
 local now = now_ms()
 -- A reserve re-sent after its reply was lost (a dropped connection) returns the job
 -- the first one leased, instead of stranding it and leasing a second.
-local held = redis.call('HGET', KEYS[6], ARGV[1])
-if held then
-  local hid, htoken = string.match(held, '^(%S+) (%S+)$')
-  if htoken == ARGV[2] then
-    local meta = load_meta(KEYS[4], hid)
-    if leased(meta, ARGV[2]) then
-      return {1, hid, redis.call('HGET', KEYS[5], hid) or '', redis.call('HGET', KEYS[4], hid)}
-    end
+local hid, htoken = parse_lease(redis.call('HGET', KEYS[6], ARGV[1]))
+if hid and htoken == ARGV[2] then
+  local meta = load_meta(KEYS[4], hid)
+  if leased(meta, ARGV[2]) then
+    return {1, hid, redis.call('HGET', KEYS[5], hid) or '', redis.call('HGET', KEYS[4], hid)}
   end
 end
 promote(KEYS[2], KEYS[1], KEYS[4], KEYS[7], now, 100)

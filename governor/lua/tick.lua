@@ -1,9 +1,13 @@
--- KEYS: waiting, delayed, active, meta, data, done, wake, dead
+-- KEYS: waiting, delayed, active, meta, data, done, wake, dead, stats
 -- ARGV: done_ttl_ms
 -- The master's periodic pass over one queue: promote due delayed jobs,
 -- expire old done records, and list leases that have run out.
 -- Returns {promoted, ms until next due (-1: none), waiting, delayed, active, dead, done,
---          age in ms of the longest-waiting job (-1: none), id1, meta1, id2, meta2, ...}
+--          age in ms of the longest-waiting job (-1: none),
+--          ms until the earliest lease runs out (-1: none active), id1, meta1, id2, meta2, ...}
+-- An expired job whose record cannot be read (written by something other than
+-- governor) has no token to fence a requeue with: it is dead-lettered here, with
+-- the reason, rather than left in `active` forever.
 local now = now_ms()
 local promoted = promote(KEYS[2], KEYS[1], KEYS[4], KEYS[7], now, 1000)
 expire_done(KEYS[6], KEYS[4], KEYS[5], now - tonumber(ARGV[1]), 1000)
@@ -19,12 +23,26 @@ for _ = 1, (waiting > 0 and 101 or 0) do
   if since and (oldest < 0 or since < oldest) then oldest = since end
   floor = fmt((math.floor(tonumber(head[2]) / 1e13) + 1) * 1e13)
 end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now), 'LIMIT', 0, 100)
+local reclaim = {}
+for _, id in ipairs(expired) do
+  local meta = load_meta(KEYS[4], id)
+  if meta.malformed then
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZADD', KEYS[8], fmt(now), id)
+    redis.call('HSET', KEYS[4], id, cjson.encode({id = id, state = 'dead', reason = 'malformed',
+      finished_at = now, errors = {{reason = 'malformed', at = now,
+        error = 'malformed job: its record in Redis is unusable (' .. meta.malformed .. ') and its lease ran out'}}}))
+    redis.call('HINCRBY', KEYS[9], 'dead', 1)
+  else
+    table.insert(reclaim, id)
+    table.insert(reclaim, redis.call('HGET', KEYS[4], id))
+  end
+end
+local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 local out = {promoted, next_due(KEYS[2], now), waiting, redis.call('ZCARD', KEYS[2]),
              redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[8]), redis.call('ZCARD', KEYS[6]),
-             oldest < 0 and -1 or math.max(0, now - oldest)}
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now), 'LIMIT', 0, 100)
-for _, id in ipairs(expired) do
-  table.insert(out, id)
-  table.insert(out, redis.call('HGET', KEYS[4], id) or '')
-end
+             oldest < 0 and -1 or math.max(0, now - oldest),
+             first[2] and math.max(0, tonumber(first[2]) - now) or -1}
+for _, v in ipairs(reclaim) do table.insert(out, v) end
 return out

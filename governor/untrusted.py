@@ -1,0 +1,36 @@
+"""Decoding what was read from Redis: anyone with write access may have put it there.
+
+A record written straight into Redis can be nested 100,000 deep (the C
+decoder then raises RecursionError, which is not a ValueError and would
+crash whatever did not expect it), or hold ``1e999`` or ``NaN``, which
+Python turns into floats that poison arithmetic and that Lua's cjson refuses
+to encode. Every reader of a job record or payload goes through ``loads``,
+so all of them fail the same way: a ValueError that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads(raw: bytes | str, what: str = "record") -> Any:
+    """json.loads that raises only ValueError, naming ``what`` and the reason."""
+    try:
+        return json.loads(raw, parse_float=_finite, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} is not JSON ({exc})") from None
