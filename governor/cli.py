@@ -42,10 +42,22 @@ def _load(path: str, find_master: bool = False) -> Config:
         from governor.config import state_dir_candidates
         from governor.connection import EMBEDDED_SOCKET
         from governor.control import SOCKET_NAME
+        from governor.statedir import trusted
 
-        for candidate in state_dir_candidates(cfg.source):
+        candidates = state_dir_candidates(cfg.source)
+        for candidate in candidates:
             if any(os.path.exists(os.path.join(candidate, n)) for n in (SOCKET_NAME, EMBEDDED_SOCKET)):
-                return dataclasses.replace(cfg, state_dir=candidate)
+                # a socket in a directory someone else could have planted it in is not a master
+                # of ours: never send it a command or a job
+                if trusted(candidate, mine=candidate == candidates[-1]):
+                    return dataclasses.replace(cfg, state_dir=candidate)
+                if candidate == cfg.state_dir:  # the default itself: nowhere else to look
+                    print(f"governor: {candidate} holds sockets but is not a state directory only "
+                          "you can write in (another user may have planted them); not using it. "
+                          "Remove it, or set state_dir", file=sys.stderr)
+                    raise SystemExit(1)
+                print(f"governor: warning: ignoring {candidate}: not a state directory only its "
+                      "owner can write in", file=sys.stderr)
     return cfg
 
 
@@ -225,6 +237,8 @@ def render_status(st: dict[str, Any]) -> str:
                 b = p["backoff"]
                 note += (f", BACKING OFF {b['seconds']:.0f}s (respawn in {b['respawn_in']:.0f}s): "
                          f"{_safe(b['last_error'])}")
+            if p.get("spawn_error"):
+                note += f", SHORT: {_safe(p['spawn_error'])}"
             lines.append(note)
     dead = [(q, d) for q, c in st["queues"].items() for d in c.get("recent_dead", [])]
     if dead:

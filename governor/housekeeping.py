@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from governor.connection import is_transient
 from governor.identity import is_local_and_dead, pid_of
 from governor.log import fields
 from governor.pool import Pool
@@ -89,7 +90,7 @@ class Housekeeper:
             self.down_since = None
 
     def _failed(self, exc: Exception) -> None:
-        if isinstance(exc, _GARBLED) or not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        if isinstance(exc, _GARBLED) or not is_transient(exc):
             # An unexpected reply means the connection may be out of step (a reply left over
             # from something else): never read another reply from it, start a new one.
             self.redis.connection_pool.disconnect()

@@ -55,6 +55,24 @@ def prepare(path: str, what: str = "state_dir") -> None:
                             f"fix it or set {what}") from None
 
 
+def trusted(path: str, mine: bool) -> bool:
+    """Whether the CLI may talk to sockets in ``path`` (never creates anything): it and every
+    directory above it pass the checks ``prepare`` makes, except that with ``mine`` False the
+    directory may belong to another user (a systemd service's, read by root) as long as only
+    its owner can write in it. The per-user default under /tmp must be ``mine``: there, a
+    directory of someone else's is exactly the squat these checks are for."""
+    path = os.path.abspath(path)
+    try:
+        for above in _ancestors(path):
+            _check_above(above, path, "state_dir")
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o022:
+            return False
+        return not mine or st.st_uid == os.geteuid()
+    except (OSError, StateDirError):
+        return False
+
+
 def _ancestors(path: str) -> list[str]:
     """``/a/b/c`` -> ``['/', '/a', '/a/b']``, top first (each is checked before what is in it)."""
     out = []

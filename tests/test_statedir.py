@@ -230,3 +230,34 @@ def test_the_lock_goes_with_its_master_even_a_sigkilled_one(tmp_path):
     finally:
         for proc in masters:
             _stop(proc)
+
+
+@as_root
+def test_the_cli_sends_nothing_to_a_socket_planted_in_a_squatted_default_dir(tmp_path):
+    """Another user's /tmp/governor-0/<hash> holding a fake redis.sock: `governor enqueue` run
+    by root must not hand it the job (payloads can hold secrets), nor trust its control.sock."""
+    import socket
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    env = _env(tmp)
+    cfg = _config(tmp_path)
+    state = _default_state_dir(cfg, env)
+    for d in (state.parent, state):
+        d.mkdir()
+        os.chown(d, NOBODY, NOBODY)  # 0700 and not writable by others: but not root's
+    fake = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fake.bind(str(state / "redis.sock"))
+    fake.listen(4)
+    fake.setblocking(False)
+    try:
+        out = subprocess.run([sys.executable, "-m", "governor", "enqueue", "-c", str(cfg), "q",
+                              "tasks:touch", "--args", '["secret-payload"]'],
+                             capture_output=True, text=True, timeout=20, env=env, cwd=tmp_path)
+        assert out.returncode == 1, out.stderr
+        assert f"{state} holds sockets but is not a state directory only you can write in" in out.stderr
+        with pytest.raises(BlockingIOError):
+            fake.accept()  # nobody connected
+    finally:
+        fake.close()
