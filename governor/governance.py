@@ -14,7 +14,6 @@ suspicion, confirmed from ``smaps_rollup`` (milliseconds, so only then).
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,28 +22,10 @@ from governor.config import MemoryLimits, RecyclePolicy
 from governor.log import fields
 from governor.pool import Pool
 from governor.process import State, rss_bytes
+from governor.proctree import descendants
 from governor.units import format_size
 
 log = logging.getLogger("governor.master")
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it, from the kernel's children lists."""
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{p}/task/{tid}/children", "rb") as fh:
-                    todo.extend(int(c) for c in fh.read().split())
-            except OSError:
-                pass
-    return found
-
 
 def tree_rss(pid: int) -> int:
     return sum(rss_bytes(p) or 0 for p in descendants(pid))

@@ -15,6 +15,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from governor.proctree import kill_tree
+
 
 class State(str, enum.Enum):
     STARTING = "starting"  # forked, not yet connected to Redis
@@ -137,16 +139,14 @@ class WorkerProcess:
         return None
 
     def kill(self, reason: str, **detail: Any) -> None:
-        """SIGKILL the worker's whole process group, so no grandchild outlives it."""
+        """SIGKILL the worker and its whole tree, the very tree its memory was measured on, so
+        no grandchild outlives it: not one in a session of its own, nor an orphan it adopted."""
         if self.state is State.STOPPING:
             return
         self.stop_reason = reason
         self.stop_detail = detail
         self._to(State.STOPPING)
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except OSError:
-            _signal(self.pid, signal.SIGKILL)
+        kill_tree(self.pid, pidfd=self.pidfd)
 
     def close(self) -> None:
         self.sock.close()

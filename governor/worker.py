@@ -9,7 +9,6 @@ taking jobs when it receives SIGTERM (drain).
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import logging
@@ -21,7 +20,7 @@ import socket
 import time
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import redis
@@ -46,7 +45,6 @@ from governor.queue import (
 
 log = logging.getLogger("governor.worker")
 
-_PR_SET_PDEATHSIG = 1
 FORWARDED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 _IDLE_WAIT_MAX = 30.0  # seconds a blocked idle worker waits before re-checking (not a poll: ~0.03 cmd/s)
 _MAX_TRACEBACK = 16 * 1024
@@ -58,7 +56,7 @@ class WorkerSpec:
 
     queue: QueueConfig
     app: AppConfig
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold a password
     prefix: str
     lease: float
     index: int
@@ -116,11 +114,13 @@ def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
     for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     _drop_privileges(spec.user, spec.group)  # first: a credential change clears PDEATHSIG
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
+    from governor import proctree
+
+    # die with the master, our whole tree with us; adopt (and reap) the orphans of our jobs
+    title = f"governor: worker {spec.queue.name}[{spec.index}] sentry"
+    if not proctree.bind_to_parent(spec.master_pid, title) and spec.master_pid != 1:
+        log.debug("worker %s[%d]: no sentry; if the master is SIGKILLed, this worker dies but its "
+                  "job's children may live on", spec.queue.name, spec.index)
     if os.getppid() != spec.master_pid:  # the master died before prctl took effect
         os._exit(1)
     hard = spec.queue.settings.memory.hard

@@ -1,0 +1,239 @@
+"""A worker's whole process tree dies with it: grandchildren in sessions of their own, double-forked
+daemons, and all of it when the master itself is SIGKILLed. Real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import yaml
+
+from governor import proctree
+
+from conftest import wait_for
+
+TREETASKS = '''
+import os, subprocess, sys, time
+
+RECORDS = __RECORDS__
+
+
+def _record(kind, value):
+    with open(os.path.join(RECORDS, kind), "a") as fh:
+        fh.write(f"{value}\\n")
+
+
+def _setsid_child(code):
+    child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    _record("grandchild", child.pid)
+    return child
+
+
+def setsid_hog(mb):
+    """A grandchild in a session of its own allocates mb MiB and holds it."""
+    _setsid_child(f"import time; x = [b'x' * (10 << 20) for _ in range({mb // 10})]; time.sleep(60)").wait()
+
+
+def setsid_sleeper():
+    _setsid_child("import time; time.sleep(60)").wait()
+
+
+# the classic daemon: fork, setsid, fork again, the middle process exits; the daemon notes its pid
+DAEMON = """
+import os, sys, time
+os.setsid()
+if os.fork():
+    os._exit(0)
+with open(sys.argv[1], "a") as fh:
+    fh.write(f"{os.getpid()}\\\\n")
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def daemon_then_sleep(daemon_seconds, seconds):
+    subprocess.run([sys.executable, "-c", DAEMON, os.path.join(RECORDS, "grandchild"), str(daemon_seconds)],
+                   check=True)
+    time.sleep(seconds)
+
+
+def daemon_and_children_exit(key):
+    """An orphaned daemon exits while the job's own children exit too: their exit codes must survive."""
+    plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.6); raise SystemExit(3)"])
+    own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.6); raise SystemExit(4)"],
+                           start_new_session=True)
+    daemon_then_sleep(0.1, 0)
+    deadline = time.monotonic() + 3
+    while not os.path.exists(os.path.join(RECORDS, "grandchild")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    daemon = int(open(os.path.join(RECORDS, "grandchild")).read().split()[0])
+    while os.path.exists(f"/proc/{daemon}") and time.monotonic() < deadline:
+        time.sleep(0.01)  # the daemon exits after 0.1 s: the worker, its adoptive parent, reaps it
+    _record("reaped", os.path.exists(f"/proc/{daemon}") is False)
+    time.sleep(0.3)  # let the job's own children exit (each exit is a SIGCHLD) before waiting for them
+    _record("codes", f"{plain.wait()},{own.wait()}")
+'''
+
+
+def start(governor, queues):
+    (governor.dir / "treetasks.py").write_text(
+        textwrap.dedent(TREETASKS).replace("__RECORDS__", repr(str(governor.records))))
+    cfg = governor.config(queues)
+    cfg["app"]["handlers"] = ["tasks:*", "treetasks:*"]
+    governor.config_path.write_text(yaml.safe_dump(cfg))
+    return governor.start()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def dead_letter(governor, job, timeout=15):
+    return wait_for(lambda: (r := governor.client.job(job)) and r["state"] == "dead" and r, timeout,
+                    f"job {job} to be dead-lettered", interval=0.02)
+
+
+def sentries(worker: int) -> list[psutil.Process]:
+    """The live sentry watching ``worker`` (a process of its own, outside the worker's tree)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        if len(cmd) > 7 and cmd[3].endswith("proctree.py") and cmd[7] == str(worker) \
+                and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
+
+
+def grandchild(governor) -> int:
+    return int(wait_for(lambda: governor.lines("grandchild"), 10, "the grandchild's pid")[0])
+
+
+def test_memory_hard_kills_a_grandchild_in_a_session_of_its_own(governor):
+    start(governor, {"q": {"concurrency": 1, "memory": {"soft": "off", "hard": "150MiB", "interval": "100ms"},
+                           "retry": {"max": 0}}})
+    job = governor.client.enqueue("q", "treetasks:setsid_hog", 300)
+    pid = grandchild(governor)
+    record = dead_letter(governor, job)
+    assert record["reason"] == "memory_hard" and record["errors"][0]["memory"] > 150 * 2**20
+    wait_for(lambda: gone(pid), 1, "the grandchild that held the memory to be gone")
+
+
+def test_timeout_hard_kills_a_sleeping_grandchild_in_a_session_of_its_own(governor):
+    start(governor, {"q": {"concurrency": 1, "timeout": {"soft": "off", "hard": "1s"}, "retry": {"max": 0}}})
+    job = governor.client.enqueue("q", "treetasks:setsid_sleeper")
+    pid = grandchild(governor)
+    worker = governor.workers("q")[0]["pid"]
+    [sentry] = sentries(worker)
+    assert sentry.pid not in proctree.descendants(worker)  # outside the tree: not measured, not killed
+    assert dead_letter(governor, job)["reason"] == "timeout_hard"
+    wait_for(lambda: gone(pid), 1, "the grandchild to be gone")
+    wait_for(lambda: not sentries(worker), 1, "the killed worker's sentry to exit")
+    governor.wait_workers("q", 1)
+
+
+def test_timeout_hard_kills_a_double_forked_daemon_the_worker_adopted(governor):
+    start(governor, {"q": {"concurrency": 1, "timeout": {"soft": "off", "hard": "1500ms"}, "retry": {"max": 0}}})
+    job = governor.client.enqueue("q", "treetasks:daemon_then_sleep", 60, 30)
+    pid = grandchild(governor)
+    worker = governor.workers("q")[0]["pid"]
+    # its parent exited: it was re-parented to the worker (a subreaper), not to init, so it stays measured
+    assert psutil.Process(pid).ppid() == worker
+    assert dead_letter(governor, job)["reason"] == "timeout_hard"
+    wait_for(lambda: gone(pid), 1, "the daemon to be gone")
+
+
+def test_adopted_orphans_are_reaped_and_the_jobs_own_children_keep_their_exit_codes(governor):
+    start(governor, {"q": {"concurrency": 1}})
+    job = governor.client.enqueue("q", "treetasks:daemon_and_children_exit", "k")
+    wait_for(lambda: governor.client.job(job)["state"] == "done", 10, "the job to finish")
+    assert governor.lines("reaped") == ["True"]  # no zombie left in the worker
+    assert governor.lines("codes") == ["3,4"]  # subprocess still got its children's real exit codes
+
+
+def test_a_sigkilled_master_takes_the_worker_and_its_setsid_grandchild_with_it(governor):
+    start(governor, {"q": {"concurrency": 1}})
+    governor.client.enqueue("q", "treetasks:setsid_sleeper")
+    pid = grandchild(governor)
+    worker = wait_for(lambda: governor.workers("q", ("busy",)), 5, "a busy worker")[0]["pid"]
+    governor.proc.kill()
+    governor.wait_exit()
+    wait_for(lambda: gone(worker) and gone(pid), 2, "the worker and its grandchild to be gone")
+    wait_for(lambda: not sentries(worker), 1, "the sentry to exit")
+
+
+def test_a_worker_blocked_in_c_with_signals_masked_still_dies_with_a_sigkilled_master(governor):
+    start(governor, {"q": {"concurrency": 1}})
+    governor.client.enqueue("q", "tasks:blocked_in_c", "c", 30)
+    wait_for(lambda: governor.lines("start"), 5, "the job to start")
+    worker = wait_for(lambda: governor.workers("q", ("busy",)), 5, "a busy worker")[0]["pid"]
+    governor.proc.kill()
+    governor.wait_exit()
+    wait_for(lambda: gone(worker), 2, "the worker to be gone")
+
+
+# -- kill_tree on its own, against a tree that keeps forking ---------------------------------------
+
+FORKER = '''
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # a subreaper, like a worker
+log, depth = sys.argv[1], 0
+while True:
+    for _ in range(3):
+        time.sleep(0.003)
+        if depth < 3 and os.fork() == 0:
+            depth += 1
+            if depth % 2:
+                os.setsid()  # out of the process group: killpg alone would miss it
+            if depth == 2 and os.fork():
+                os._exit(0)  # double fork: the grandchild is adopted
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            os.write(fd, f"{os.getpid()}\\n".encode())
+            os.close(fd)
+            break
+    else:
+        time.sleep(60)
+'''
+
+
+def test_kill_tree_gets_every_process_of_a_tree_that_keeps_forking(tmp_path):
+    log = tmp_path / "pids"
+    root = subprocess.Popen([sys.executable, "-c", FORKER, str(log)])
+    try:
+        wait_for(lambda: log.exists() and len(log.read_text().split()) >= 10, 10, "the tree to grow")
+        found = proctree.kill_tree(root.pid)  # while it is still forking
+        assert found[0] == root.pid and len(found) >= 10
+        root.wait(5)
+        time.sleep(0.3)  # anything that escaped would have logged its pid by now
+        pids = [int(p) for p in log.read_text().split()]
+        assert set(pids) <= set(found) and all(gone(p) for p in pids), \
+            [p for p in pids if not gone(p)]
+    finally:
+        for p in (int(p) for p in log.read_text().split()) if log.exists() else ():
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        root.kill()
+        root.wait()
+
+
+def test_kill_tree_of_a_lone_process_is_cheap():
+    lone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        assert proctree.kill_tree(lone.pid) == [lone.pid]
+        elapsed = time.perf_counter() - t0
+        assert lone.wait(5) == -signal.SIGKILL
+        assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
+    finally:
+        lone.kill()
+        lone.wait()
+
