@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from governor import channel, fdbudget, statedir, worker
+from governor import channel, fdbudget, proctree, statedir, worker
 from governor.config import Config, ConfigError, QueueConfig, load_config, mask_url
 from governor.connection import connect, resolve_url, socket_fds
 from governor.control import ControlServer
@@ -104,6 +104,7 @@ class Master:
         self.http: HttpServer | None = None
         self.house: Housekeeper | None = None
         self.state_lock = statedir.MasterLock(config.state_dir)
+        self.sentry = proctree.Sentry()  # kills every worker's tree if this master dies
 
     # -- start and stop ---------------------------------------------------------
 
@@ -125,6 +126,8 @@ class Master:
         if self.embedded:
             statedir.prepare(self.config.data_dir, "data_dir")
         self.state_lock.acquire()
+        if self.pid != 1:  # pid 1 of a namespace takes every process in it when it dies
+            self._start_sentry()
         self._prepare_app(self.config)
         if self.embedded:
             self.embedded.start()
@@ -171,6 +174,9 @@ class Master:
         if self.http:
             self.http.close()
         self._kill_all()
+        if self.sentry.fileno() >= 0:  # workers gone (or SIGKILLed, tree and all): nothing to guard
+            self.selector.unregister(self.sentry.fileno())
+            self.sentry.close()
         if self.embedded:
             self.embedded.stop()
         self.state_lock.release()  # last: the next master may start its Redis on this directory
@@ -209,6 +215,8 @@ class Master:
                     self._on_exit(wp)
                 elif kind == "signal":
                     self._on_signals()
+                elif kind == "sentry":
+                    self._on_sentry_exit()
                 elif kind == "serve":  # the control socket, the metrics port, their connections
                     wp.on_event(key.fileobj, mask)
 
@@ -395,7 +403,8 @@ class Master:
                                  prefix=self.config.redis.prefix, lease=self.config.lease,
                                  index=pool.free_index(), master_pid=self.pid,
                                  max_jobs=max_jobs, max_age=max_age,
-                                 max_payload=self.config.max_payload, max_result=self.config.max_result)
+                                 max_payload=self.config.max_payload, max_result=self.config.max_result,
+                                 sentry=self.sentry.alive)
         inherited = self._owned_fds() + [master_end.fileno()]
         # Until the child has its own handlers, a signal sent to it would run the master's
         # (and land in the master's wakeup fd): keep them blocked across fork; the worker
@@ -423,6 +432,7 @@ class Master:
             os.waitpid(pid, 0)
             master_end.close()
             return self._spawn_failed(pool, now, f"pidfd_open: {exc}")
+        self.sentry.watch(pid, pidfd)  # at once: until then a SIGKILLed master leaves it stopped
         wp = WorkerProcess(pid=pid, wid=worker_id(pid), queue=pool.name, index=spec.index,
                            generation=pool.generation, sock=master_end, pidfd=pidfd, now=now)
         pool.workers[pid] = wp
@@ -439,11 +449,36 @@ class Master:
         # desynchronise the master's replies), so the child closes them before any job code.
         fds += socket_fds(self.redis)
         fds.append(self.state_lock.fileno())  # master.lock: workers have no business with it
+        fds += self.sentry.fds()  # a job must not be able to hand the sentry pidfds, or kill it
         # listening sockets, even while a server has paused accepting (then not in the map)
         fds += [s.sock.fileno() for s in (self.control, self.http) if s]
         if hasattr(self.selector, "fileno"):
             fds.append(self.selector.fileno())
         return sorted({fd for fd in fds if fd >= 0})
+
+    # -- the sentry -------------------------------------------------------------------
+
+    def _start_sentry(self) -> None:
+        why = self.sentry.start()
+        if why:
+            log.warning("no sentry (%s): if this master is SIGKILLed, its workers die with it but "
+                        "their jobs' children may live on", why, extra=fields(reason="no_sentry"))
+            return
+        self.selector.register(self.sentry.fileno(), selectors.EVENT_READ, ("sentry", None))
+        log.debug("sentry %d watching this master's workers", self.sentry.pid)
+
+    def _on_sentry_exit(self) -> None:
+        """The sentry died under us (killed by hand, by the OOM killer): until another is up, a
+        SIGKILLed master would leave its workers stopped and their children running."""
+        pid = self.sentry.pid
+        self.selector.unregister(self.sentry.fileno())
+        how = self.sentry.reap()
+        log.error("sentry %d exited (%s); starting another", pid, how, extra=fields(reason="sentry_died"))
+        self._start_sentry()
+        if self.sentry.alive:
+            for pool in self.pools.values():
+                for w in pool.workers.values():
+                    self.sentry.watch(w.pid, w.pidfd)
 
     # -- children -------------------------------------------------------------------
 

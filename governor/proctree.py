@@ -8,24 +8,29 @@ thread forked or adopted. A job's grandchild that starts a session of its own
 worker not a *child subreaper*: then it is re-parented to the worker instead,
 so its memory still counts and the kill still finds it.
 
-Three pieces, each usable alone:
+Four pieces, each usable alone:
 
 - ``descendants`` and ``kill_tree``, run by the master on its workers;
-- ``reap_adopted``, run in the worker (as a SIGCHLD handler) for the orphans it adopts;
-- ``bind_to_parent``, run once in a new worker, which also makes the tree die
-  with a SIGKILLed master, without cgroups (see its docstring for how, and its limits).
+- ``become_subreaper``, run once in a new worker, and ``reap_adopted``, run
+  there (as a SIGCHLD handler) for the orphans it adopts;
+- ``Sentry``, the master's one helper process that makes every worker's tree
+  die with a SIGKILLed master, without cgroups (see its docstring for how,
+  and its limits), and ``set_death_signal``, which the worker pairs with it.
 """
 
 from __future__ import annotations
 
+# ctypes here, not at first use: a worker calls prctl after dropping privileges, when it may no
+# longer be able to read the standard library
+import ctypes
 import os
 import select
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # not imported at run time: the sentry stays small
+TYPE_CHECKING = False  # typing is not imported at run time (type checkers know this name): the
+if TYPE_CHECKING:  # sentry stays small
     from typing import Any
 
 _PR_SET_PDEATHSIG = 1
@@ -134,121 +139,271 @@ def _on_sigchld(signum: int, frame: Any) -> None:
         pass  # a signal handler must not raise into whatever job code it interrupted
 
 
-def bind_to_parent(parent: int, title: str = "") -> bool:
-    """Make this new worker, and every process it ever has below it, die with ``parent``.
+def become_subreaper() -> bool:
+    """Make this new worker the adoptive parent of its jobs' orphans, and their reaper.
 
-    Without cgroups the kernel offers nothing that kills a whole tree when one
-    process dies: ``PR_SET_PDEATHSIG`` covers only the process that sets it,
-    and once a SIGKILLed worker is gone its children are re-parented to init,
-    out of reach. A catchable death signal whose handler kills the tree would
-    lose the one guarantee that matters (a worker blocked in C, or with that
-    signal masked, would keep running its job after the master is gone, while
-    the job's lease expires and another host runs it too). So:
-
-    - the worker's death signal is SIGSTOP, which like SIGKILL cannot be
-      caught, blocked or ignored: the moment the master dies the worker stops
-      running job code, and, still alive, keeps its tree;
-    - a *sentry* waits, without polling, on pidfds of the master and of this
-      worker; when the master dies it runs ``kill_tree`` on the stopped
-      worker, and when the worker exits it exits too. It is a fresh
-      ``python -I -S`` running this file (about 5 MiB private, 25 ms to start,
-      once per worker), double-forked into a session of its own: outside the
-      tree, so neither measured nor killed with it, and not a fork of the
-      worker, which would pin every page the worker and the master rewrite.
-      The worker waits until the sentry reports that it is watching.
-
-    Limits, honestly: if the sentry is killed on its own (by hand, by the OOM
-    killer) and the master then dies, the worker stays stopped (it runs no
-    more job code, but holds its memory) and its children run on, until
-    someone kills them. Where no sentry can be had (no pidfds, no
-    ``sys.executable``, it did not come up) or none is needed (the master is
-    pid 1 of its namespace, whose death kills the namespace), the death signal
-    stays SIGKILL, as before: the worker dies, its grandchildren may not. A
-    sentry that exits is re-parented to init (or to the nearest subreaper
-    above the master), which must reap it, as it reaps any orphan. Returns
-    whether the sentry is in place.
-
-    Then the worker becomes a child subreaper, and reaps the orphans it
-    adopts with ``reap_adopted`` from a SIGCHLD handler installed with
-    SA_RESTART, so job code sees no extra EINTR.
+    Run once in the worker, before any job code. An orphan is then
+    re-parented to the worker rather than to init, so it stays in the tree
+    that is measured and killed; ``reap_adopted`` runs from a SIGCHLD handler
+    installed with SA_RESTART, so job code sees no extra EINTR.
     """
-    sentry = parent != 1 and _start_sentry(parent, title)
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGSTOP if sentry else signal.SIGKILL)
-    if _prctl(_PR_SET_CHILD_SUBREAPER, 1):  # after the sentry's double fork: it must not come back to us
-        global _reaper
-        _reaper = os.getpid()
-        signal.signal(signal.SIGCHLD, _on_sigchld)
-        signal.siginterrupt(signal.SIGCHLD, False)
-    return sentry
+    if not _prctl(_PR_SET_CHILD_SUBREAPER, 1):
+        return False
+    global _reaper
+    _reaper = os.getpid()
+    signal.signal(signal.SIGCHLD, _on_sigchld)
+    signal.siginterrupt(signal.SIGCHLD, False)
+    return True
+
+
+def set_death_signal(sig: int) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent dies (``PR_SET_PDEATHSIG``).
+
+    A worker whose master has a ``Sentry`` asks for SIGSTOP, one without for
+    SIGKILL (see ``Sentry`` for why). A credential change clears it: set it
+    after dropping privileges, then check that the parent is still the one
+    expected (it may have died before the call took effect).
+    """
+    return _prctl(_PR_SET_PDEATHSIG, sig)
 
 
 # -- the sentry -------------------------------------------------------------------------------
 
-SENTRY_START = 5.0  # seconds a new worker waits for its sentry to be up before doing without one
+SENTRY_START = 5.0  # seconds the master waits for a new sentry to say it is ready
+SENTRY_STOP = 2.0  # seconds the master waits for its sentry to exit on a clean stop, then SIGKILLs it
+SEND_TIMEOUT = 1.0  # seconds a hand-over may block (the socket is full: the sentry is wedged)
+EOF_GRACE = 1.0  # seconds the sentry waits, on an unannounced EOF, for the master's death to show
 
 
-def _start_sentry(parent: int, title: str) -> bool:
-    """Starts the sentry and returns once it is watching (or has failed)."""
-    executable = sys.executable
-    if not executable:
-        return False
-    try:
-        parent_fd = os.pidfd_open(parent)
-    except (OSError, AttributeError):
-        return False
-    fds = [parent_fd]
-    try:
-        if os.getppid() != parent:  # the parent died first: the fd may name another process
+class Sentry:
+    """The master's handle on its sentry: one small process that kills every worker's tree
+    when the master dies, however it dies, without cgroups.
+
+    The kernel offers nothing else for it: ``PR_SET_PDEATHSIG`` covers only
+    the process that sets it, and once a SIGKILLed worker is gone its
+    children are re-parented, out of reach. A catchable death signal whose
+    handler kills the tree would lose the one guarantee that matters (a
+    worker blocked in C, or with that signal masked, would keep running its
+    job after the master is gone, while the job's lease expires and another
+    host runs it too). So:
+
+    - every worker's death signal is SIGSTOP (``set_death_signal``), which
+      like SIGKILL cannot be caught, blocked or ignored: the moment the master
+      dies, each worker stops running job code and, still alive, keeps its tree;
+    - the sentry waits, without polling, on a pidfd of the master, on a
+      socket from it, and on a pidfd of every live worker, which the master
+      hands it over that socket (``SCM_RIGHTS``) as it forks each one. When
+      the master dies it runs ``kill_tree`` on every worker it holds, then
+      exits; when the master says goodbye and closes the socket (a clean
+      stop, its workers gone) it exits without killing. It closes a worker's
+      pidfd when that worker exits, so it holds only live ones.
+
+    One per master, whatever the number of workers: a fresh ``python -I -S``
+    running this file (about 5 MiB private, 25 ms to start), not a fork of
+    the master, which would pin every page the master rewrites. It is the
+    master's child, so the master sees it die (``fileno`` is its pidfd) and
+    reaps it; in a session of its own, so no terminal's signals and no
+    ``killpg`` of the master's group reach it; and with no death signal: it
+    must outlive the master. After the master's death it is re-parented to
+    init (or the nearest subreaper), which reaps it. The master starts a new
+    one if it dies, and hands it every live worker again.
+
+    Limits, honestly: a worker forked in the microseconds before the master
+    hands its pidfd over stays stopped if the master dies right then (it runs
+    no more job code, but holds its memory) and its children live on; once
+    handed over it is safe, even if the sentry had not read it yet. So do
+    every worker and their children if the sentry is killed (by hand, by the
+    OOM killer) and the master dies before it has started another. Where no
+    sentry can be had (no pidfds, no ``sys.executable``, it did not come up)
+    or none is needed (the master is pid 1 of its namespace, whose death
+    kills the namespace), workers keep SIGKILL as their death signal: each
+    dies with the master, its grandchildren may not.
+    """
+
+    def __init__(self) -> None:
+        self._proc: Any = None  # subprocess.Popen, imported only by the master that starts one
+        self._sock: Any = None  # our end of the socketpair
+        self._pidfd = -1
+        self.pid = 0
+
+    @property
+    def alive(self) -> bool:
+        """Up and taking workers: a worker forked now may count on it."""
+        return self._sock is not None
+
+    def fileno(self) -> int:
+        """The sentry's pidfd, readable once it has exited (for the master's selector); -1 if none."""
+        return self._pidfd
+
+    def fds(self) -> list[int]:
+        """Descriptors a forked worker must close: a job must not hand the sentry pidfds."""
+        return [fd for fd in (self._pidfd, self._sock.fileno() if self._sock else -1) if fd >= 0]
+
+    def start(self) -> str | None:
+        """Starts a sentry and waits (``SENTRY_START`` at most) until it is watching the master;
+        returns None when it is, or why not."""
+        import socket
+        import subprocess
+
+        if self._proc is not None:
+            raise RuntimeError("a sentry is already running")
+        if not sys.executable:
+            return "no sys.executable to run it with"
+        try:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:
+            return f"socketpair: {exc}"
+        master_fd = -1
+        try:
+            master_fd = os.pidfd_open(os.getpid())
+            argv = [sys.executable, "-I", "-S", os.path.abspath(__file__),
+                    str(theirs.fileno()), str(master_fd)]
+            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(), master_fd), start_new_session=True,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd="/")
+        except (OSError, AttributeError, subprocess.SubprocessError) as exc:
+            mine.close()
+            return f"cannot start it: {exc}"
+        finally:
+            theirs.close()
+            if master_fd >= 0:
+                os.close(master_fd)
+        pidfd, why = -1, None
+        try:
+            pidfd = os.pidfd_open(proc.pid)  # our unreaped child: the pid cannot have been reused
+            # an EOF (it died, say at import) ends the wait too: a failed sentry costs no timeout
+            if not (_readable(mine.fileno(), SENTRY_START) and mine.recv(16) == b"ready"):
+                why = f"it exited or was not ready within {SENTRY_START:.0f}s"
+        except OSError as exc:
+            why = f"it did not come up: {exc}"
+        if why:
+            if pidfd >= 0:
+                os.close(pidfd)
+            mine.close()
+            proc.kill()
+            proc.wait()
+            return why
+        mine.settimeout(SEND_TIMEOUT)
+        self._proc, self._sock, self._pidfd, self.pid = proc, mine, pidfd, proc.pid
+        return None
+
+    def watch(self, pid: int, pidfd: int) -> bool:
+        """Hands the sentry a new worker (a duplicate of ``pidfd`` travels with it). False when
+        there is no sentry, or it did not take it: then it is killed, and the master, seeing it
+        exit, starts another and hands it every live worker again."""
+        if self._sock is None:
             return False
-        worker = os.getpid()
-        worker_fd = os.pidfd_open(worker)
-        fds.append(worker_fd)
-        ready_r, ready_w = os.pipe()
-        fds += [ready_r, ready_w]
-        argv = [executable, "-I", "-S", os.path.abspath(__file__),
-                str(parent_fd), str(worker_fd), str(ready_w), str(worker), title]
-        middle = os.fork()
-        if middle == 0:  # pragma: no cover - runs in the forked children
+        import socket
+
+        try:
+            socket.send_fds(self._sock, [b"%d" % pid], [pidfd])
+            return True
+        except OSError:  # gone (EPIPE) or wedged (the send timed out)
+            self._kill()
+            self._sock.close()
+            self._sock = None  # not alive: workers forked from now on die by SIGKILL
+            return False
+
+    def reap(self) -> str:
+        """After it exited (its pidfd is readable): reaps it, returns how it ended."""
+        code = self._proc.wait() if self._proc is not None else 0
+        self._release()
+        if code >= 0:
+            return f"exit code {code}"
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+
+    def close(self) -> None:
+        """On the master's clean stop, once its workers are gone: tells the sentry to exit without
+        killing anything, waits for it (``SENTRY_STOP`` at most, then SIGKILL) and reaps it."""
+        if self._proc is None:
+            return
+        if self._sock is not None:
             try:
-                os.setsid()  # no terminal's signals, and out of the worker's process group
-                if os.fork() == 0:
-                    for fd in (parent_fd, worker_fd, ready_w):
-                        os.set_inheritable(fd, True)
-                    for sig in (signal.SIGINT, signal.SIGHUP):  # ignored in the worker: exec keeps that
-                        signal.signal(sig, signal.SIG_DFL)
-                    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked since the master's fork
-                    os.execv(executable, argv)
-                os._exit(0)
-            finally:
-                os._exit(1)
-        os.close(ready_w)
-        fds.remove(ready_w)
-        _, status = os.waitpid(middle, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            return False
-        # the worker must not count on a sentry that never came up: it would stay stopped
-        if not select.select([ready_r], [], [], SENTRY_START)[0]:
-            return False
-        return os.read(ready_r, 1) == b"1"
-    except OSError:
-        return False
-    finally:
+                self._sock.send(b"bye")
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None
+        if not _readable(self._pidfd, SENTRY_STOP):
+            self._kill()
+        self._proc.wait()
+        self._release()
+
+    def _kill(self) -> None:
+        try:
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def _release(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+        self._proc, self._sock, self._pidfd, self.pid = None, None, -1, 0
+
+
+def _sentry(sock_fd: int, master_fd: int) -> None:  # pragma: no cover - runs in the sentry
+    """The sentry's whole life: hold the live workers' pidfds until the master is gone."""
+    import socket
+
+    _prctl(_PR_SET_NAME, b"governor-sentry")
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)  # never the terminal's to stop
+    sock = socket.socket(fileno=sock_fd)
+    sock.setblocking(False)
+    poller = select.poll()
+    poller.register(master_fd, select.POLLIN)
+    poller.register(sock_fd, select.POLLIN)
+    workers: dict[int, int] = {}  # pidfd -> pid, live workers only
+    sock.send(b"ready")
+    while True:
+        ready = dict(poller.poll())  # EINTR is retried (PEP 475)
+        said = None
+        if sock_fd in ready or master_fd in ready:
+            # first every worker the master handed over: one forked just before it died included
+            said = _receive(sock, workers, poller)
+        if master_fd in ready:
+            break
+        if said == b"bye":
+            return  # a clean stop: the master's workers are gone
+        if said == b"":
+            # The master closed the socket without a word, or died: its descriptors are closed a
+            # moment before its pidfd turns readable, so wait that moment out.
+            if _readable(master_fd, EOF_GRACE):
+                break
+            return
+        for fd in ready:
+            if fd in workers:  # that worker exited: nothing left to kill there
+                poller.unregister(fd)
+                os.close(fd)
+                del workers[fd]
+    for pidfd, pid in workers.items():
+        kill_tree(pid, pidfd=pidfd)
+
+
+def _receive(sock: Any, workers: dict[int, int], poller: Any) -> bytes | None:  # pragma: no cover
+    """Takes every message waiting on the sentry's socket: a worker's pid with its pidfd, which it
+    then watches; returns b"bye", b"" at EOF, or None once nothing more is waiting."""
+    import socket
+
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 32, 1)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+        if msg.isdigit() and len(fds) == 1:
+            workers[fds[0]] = int(msg)
+            poller.register(fds[0], select.POLLIN)
+            continue
         for fd in fds:
             os.close(fd)
-
-
-def _sentry(parent_fd: int, worker_fd: int, ready_fd: int, worker: int) -> None:  # pragma: no cover
-    """The sentry's whole life, in a fresh interpreter (a forked one would pin, page by page, the
-    memory the worker and the master rewrite): sleep until the master or the worker is gone."""
-    _prctl(_PR_SET_NAME, b"governor-sentry")
-    poller = select.poll()
-    poller.register(parent_fd, select.POLLIN)
-    poller.register(worker_fd, select.POLLIN)
-    os.write(ready_fd, b"1")
-    os.close(ready_fd)
-    ready = {fd for fd, _ in poller.poll()}  # EINTR is retried (PEP 475)
-    if parent_fd in ready:
-        kill_tree(worker, pidfd=worker_fd)
+        if msg in (b"bye", b""):
+            return msg
 
 
 # -- /proc and signals ------------------------------------------------------------------------
@@ -292,6 +447,14 @@ def _wait_stopped(pid: int, deadline: float) -> None:
         pause = min(pause * 2, 0.005)
 
 
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` turns readable (or hangs up) within ``timeout`` seconds; poll, not select:
+    a master with many workers has descriptors past select's 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 def _send(pid: int, sig: int, pidfd: int | None = None) -> bool:
     """Whether the signal was delivered: False if the process is gone or not ours to signal."""
     try:
@@ -312,13 +475,11 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 def _prctl(option: int, value: Any) -> bool:
-    import ctypes
-
     try:
         return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 
 
-if __name__ == "__main__":  # the sentry, exec'd by _start_sentry as: python -I -S proctree.py FDS... PID TITLE
-    _sentry(*(int(a) for a in sys.argv[1:5]))
+if __name__ == "__main__":  # the sentry, started by Sentry.start as: python -I -S proctree.py SOCKET_FD MASTER_PIDFD
+    _sentry(int(sys.argv[1]), int(sys.argv[2]))

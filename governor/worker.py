@@ -68,6 +68,7 @@ class WorkerSpec:
     group: str | None = None
     max_payload: int = DEFAULT_MAX_PAYLOAD  # a larger payload found in Redis is dead-lettered
     max_result: int = 64 * 1024  # a larger result is not kept (the record says so)
+    sentry: bool = False  # the master has a sentry to kill our tree if it dies (proctree.Sentry)
 
 
 class _Interrupted(BaseException):
@@ -113,20 +114,19 @@ def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
         signal.signal(sig, signal.SIG_IGN)  # the master decides what those mean
     for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
-    _drop_privileges(spec.user, spec.group)  # first: a credential change clears PDEATHSIG
+    import resource  # before the switch: the new user may not be able to read the standard library
+
     from governor import proctree
 
-    # die with the master, our whole tree with us; adopt (and reap) the orphans of our jobs
-    title = f"governor: worker {spec.queue.name}[{spec.index}] sentry"
-    if not proctree.bind_to_parent(spec.master_pid, title) and spec.master_pid != 1:
-        log.debug("worker %s[%d]: no sentry; if the master is SIGKILLed, this worker dies but its "
-                  "job's children may live on", spec.queue.name, spec.index)
+    _drop_privileges(spec.user, spec.group)  # first: a credential change clears PDEATHSIG
+    # Die with the master: stopped, for its sentry to kill with our whole tree; or, with no
+    # sentry, killed outright (then our job's children may outlive us).
+    proctree.set_death_signal(signal.SIGSTOP if spec.sentry else signal.SIGKILL)
     if os.getppid() != spec.master_pid:  # the master died before prctl took effect
         os._exit(1)
+    proctree.become_subreaper()  # adopt (and reap) the orphans of our jobs
     hard = spec.queue.settings.memory.hard
     if spec.queue.settings.memory.rlimit and hard:
-        import resource
-
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 

@@ -273,7 +273,8 @@ class Governor:
         alive = []
         for c in psutil.Process(self.proc.pid).children():
             try:
-                if c.status() != psutil.STATUS_ZOMBIE and "redis-server" not in " ".join(c.cmdline()):
+                cmd = " ".join(c.cmdline())  # not its Redis, nor its sentry (governor/proctree.py)
+                if c.status() != psutil.STATUS_ZOMBIE and "redis-server" not in cmd and "proctree.py" not in cmd:
                     alive.append(c)
             except psutil.NoSuchProcess:
                 pass  # exited while we looked
