@@ -1,7 +1,8 @@
 """governor: a process supervisor with resource governance for Redis-backed job queues."""
 
+from governor.context import JobContext, current_job
 from governor.errors import SoftTimeLimitExceeded
 from governor.queue import Client
 
-__all__ = ["Client", "SoftTimeLimitExceeded", "__version__"]
+__all__ = ["Client", "JobContext", "SoftTimeLimitExceeded", "__version__", "current_job"]
 __version__ = "0.1.0"

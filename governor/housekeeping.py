@@ -21,8 +21,9 @@ from governor.connection import is_transient
 from governor.identity import is_local_and_dead, pid_of
 from governor.log import fields
 from governor.pool import Pool
-from governor.process import State
+from governor.process import State, WorkerProcess
 from governor.queue import FailOutcome, QueueKeys, lease_of, parse_lease, run
+from governor.scoreboard import Scoreboard, margin
 from governor.units import format_size
 from governor.untrusted import loads
 
@@ -61,11 +62,20 @@ class LostJob:
 
 
 class Housekeeper:
-    def __init__(self, client: redis.Redis, prefix: str, lease: float,
-                 on_error: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, lease: float, board: Scoreboard,
+                 on_lease_lost: Callable[[WorkerProcess, float], None],
+                 on_thaw: Callable[[WorkerProcess, float], None],
+                 probe: redis.Redis | None = None, on_error: Callable[[], None] = lambda: None) -> None:
         self.redis = client
+        # A client with short timeouts for asking "is Redis back?" while it is away: the loop
+        # that enforces hard limits must not sit in a 1 s timeout on every pass of an outage.
+        self.probe = probe or client
+        self.next_probe = 0.0
         self.prefix = prefix
         self.lease = lease
+        self.board = board
+        self.on_lease_lost = on_lease_lost
+        self.on_thaw = on_thaw
         self.on_error = on_error
         self.lost: list[LostJob] = []
         self.next_tick: dict[str, float] = {}
@@ -123,7 +133,8 @@ class Housekeeper:
 
     def lose(self, lost: LostJob) -> None:
         self.lost.append(lost)
-        self.settle_lost()
+        if self.down_since is None:  # else the next pass that finds Redis back settles it
+            self.settle_lost()
 
     def settle_lost(self) -> None:
         """Requeues the jobs of dead workers; what Redis refuses now is tried again later."""
@@ -148,7 +159,23 @@ class Housekeeper:
 
     # -- the periodic pass -------------------------------------------------------------
 
+    def _reachable(self, now: float) -> bool:
+        """While Redis is known to be away: one short probe per TICK_BUSY, no real call."""
+        if self.down_since is None:
+            return True
+        if now < self.next_probe:
+            return False
+        self.next_probe = now + TICK_BUSY
+        try:
+            self.probe.ping()
+            return True
+        except (redis.RedisError, *_GARBLED) as exc:
+            self._failed(exc)
+            return False
+
     def run(self, now: float, pools: Mapping[str, Pool]) -> None:
+        if not self._reachable(now):
+            return
         if self.lost:
             self.settle_lost()
         due = [name for name in pools if self.next_tick.get(name, 0.0) <= now]
@@ -170,6 +197,8 @@ class Housekeeper:
             self.next_renew = max(self.next_renew, later)
 
     def next_wakeup(self, now: float) -> float:
+        if self.down_since is not None:
+            return max(self.next_probe, now)
         return min([now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
                    + ([now + 1.0] if self.lost else []))
 
@@ -183,7 +212,7 @@ class Housekeeper:
         if self.down_since is not None:
             return
         try:
-            self.redis.ping()
+            self.probe.ping()
             self._ok()
         except (redis.RedisError, *_GARBLED) as exc:
             self._failed(exc)
@@ -193,17 +222,47 @@ class Housekeeper:
         self.queue_stats.pop(queue, None)
 
     def _renew(self, pools: Mapping[str, Pool]) -> bool:
-        """Extends our busy workers' leases; False when there was nothing to renew (no call made)."""
-        calls = []
+        """Extends our busy workers' leases, and tells each one's guard what Redis confirmed;
+        False when there was nothing to renew (no call made).
+
+        A confirmed renewal sent at ``sent`` proves the lease runs until at least
+        ``sent + lease``: that (less the margin) becomes the run's deadline in the scoreboard,
+        which the sentry enforces, and a run the sentry froze meanwhile is thawed. A renewal
+        refused while the worker still runs the same job means another host has it: the run
+        is killed."""
+        calls, batches = [], []
         for pool in pools.values():
-            holders = [w.wid for w in pool if w.job is not None and w.state is not State.STOPPING]
+            holders = []
+            for w in pool:
+                if w.state is State.STOPPING:
+                    continue
+                job = self.board.read(w.slot)[0] if w.slot >= 0 else 0
+                if job or w.job is not None:
+                    holders.append((w, job))
             if holders:
-                calls.append(self.keys(pool.name).renew(int(self.lease * 1000), holders))
-        if calls:
-            for renewed in run(self.redis, *calls):
-                if not isinstance(renewed, int):
-                    raise ValueError(f"unexpected reply to renew: {renewed!r:.80}")
-        return bool(calls)
+                calls.append(self.keys(pool.name).renew(int(self.lease * 1000), [w.wid for w, _ in holders]))
+                batches.append(holders)
+        if not calls:
+            return False
+        sent = time.monotonic()
+        replies = run(self.redis, *calls)
+        deadline = sent + self.lease - margin(self.lease)
+        now = time.monotonic()
+        for holders, flags in zip(batches, replies, strict=True):
+            if not (isinstance(flags, list) and len(flags) == len(holders)):
+                raise ValueError(f"unexpected reply to renew: {flags!r:.80}")
+            for (w, job), renewed in zip(holders, flags, strict=True):
+                current, previous, frozen = self.board.read(w.slot)
+                if not job or current != job:
+                    continue  # its handler returned meanwhile: nothing of that run is left to guard
+                if renewed:
+                    self.board.extend(w.slot, job, deadline)
+                    if frozen:
+                        self.on_thaw(w, now - frozen)
+                else:
+                    # the last deadline we proved was ``previous``: cut off since about then
+                    self.on_lease_lost(w, now - (previous - self.lease + margin(self.lease)))
+        return True
 
     def _tick(self, queues: list[str], now: float, pools: Mapping[str, Pool]) -> None:
         """Promote due delayed jobs, expire done records, reclaim expired leases."""

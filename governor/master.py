@@ -42,6 +42,7 @@ from governor.log import fields
 from governor.metrics import CONTENT_TYPE, Metrics
 from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
+from governor.scoreboard import Scoreboard, margin
 from governor.systemd import Notifier
 
 log = logging.getLogger("governor.master")
@@ -50,6 +51,7 @@ log = logging.getLogger("governor.master")
 
 LATE_MEMORY = 10.0  # seconds /healthz keeps reporting a late loop, so a probe can see it
 MASTER_REDIS_TIMEOUT = 1.0  # seconds; a healthy Redis answers the master's calls in milliseconds
+PROBE_TIMEOUT = 0.2  # seconds; "is Redis back?" asked while it is away, once a second
 
 
 def _watchdog_interval() -> float:
@@ -105,6 +107,7 @@ class Master:
         self.house: Housekeeper | None = None
         self.state_lock = statedir.MasterLock(config.state_dir)
         self.sentry = proctree.Sentry()  # kills every worker's tree if this master dies
+        self.board = Scoreboard()  # per-worker lease deadlines, guarded by the sentry
 
     # -- start and stop ---------------------------------------------------------
 
@@ -134,7 +137,10 @@ class Master:
         # short: every Redis call blocks the loop that enforces hard time limits
         self.redis = connect(self.redis_url, socket_timeout=MASTER_REDIS_TIMEOUT, name="governor-master",
                              tls=self.config.redis.tls, socket_connect_timeout=MASTER_REDIS_TIMEOUT)
-        self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease,
+        probe = connect(self.redis_url, socket_timeout=PROBE_TIMEOUT, name="governor-master-probe",
+                        tls=self.config.redis.tls, socket_connect_timeout=PROBE_TIMEOUT)
+        self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease, self.board,
+                                 on_lease_lost=self._on_lease_lost, on_thaw=self._on_thaw, probe=probe,
                                  on_error=self.metrics.redis_errors.inc)
         self._install_signals()
         self.control = ControlServer(self.config.state_dir, {"status": self.status})
@@ -391,9 +397,13 @@ class Master:
         room, why = fdbudget.workers_that_fit()
         if room < 1:
             return self._spawn_failed(pool, now, why)
+        slot = self.board.allocate()
+        if slot is None:
+            return self._spawn_failed(pool, now, f"all {self.board.slots} scoreboard slots are taken")
         try:
             master_end, worker_end = channel.pair()
         except OSError as exc:
+            self.board.release(slot)
             return self._spawn_failed(pool, now, f"socketpair: {exc}")
         max_jobs, max_age = jittered_limits(pool.config.settings.recycle)
         spec = worker.WorkerSpec(queue=pool.config, app=self.config.app, redis_url=self.redis_url,
@@ -404,7 +414,7 @@ class Master:
                                  index=pool.free_index(), master_pid=self.pid,
                                  max_jobs=max_jobs, max_age=max_age,
                                  max_payload=self.config.max_payload, max_result=self.config.max_result,
-                                 sentry=self.sentry.alive)
+                                 sentry=self.sentry.alive, board=self.board, slot=slot)
         inherited = self._owned_fds() + [master_end.fileno()]
         # Until the child has its own handlers, a signal sent to it would run the master's
         # (and land in the master's wakeup fd): keep them blocked across fork; the worker
@@ -432,9 +442,10 @@ class Master:
             os.waitpid(pid, 0)
             master_end.close()
             return self._spawn_failed(pool, now, f"pidfd_open: {exc}")
-        self.sentry.watch(pid, pidfd)  # at once: until then a SIGKILLed master leaves it stopped
+        self.sentry.watch(pid, pidfd, slot)  # at once: until then a SIGKILLed master leaves it stopped
         wp = WorkerProcess(pid=pid, wid=worker_id(pid), queue=pool.name, index=spec.index,
                            generation=pool.generation, sock=master_end, pidfd=pidfd, now=now)
+        wp.slot = slot
         pool.workers[pid] = wp
         self.selector.register(master_end, selectors.EVENT_READ, ("channel", wp))
         self.selector.register(pidfd, selectors.EVENT_READ, ("exit", wp))
@@ -447,9 +458,10 @@ class Master:
         fds += [self._sig_r, self._sig_w, self.notifier.fileno()]
         # The master's Redis connections: a job must not be able to write into them (it would
         # desynchronise the master's replies), so the child closes them before any job code.
-        fds += socket_fds(self.redis)
+        fds += socket_fds(self.redis) + (socket_fds(self.house.probe) if self.house else [])
         fds.append(self.state_lock.fileno())  # master.lock: workers have no business with it
         fds += self.sentry.fds()  # a job must not be able to hand the sentry pidfds, or kill it
+        fds.append(self.board.fileno())  # the mapping stays; the descriptor goes
         # listening sockets, even while a server has paused accepting (then not in the map)
         fds += [s.sock.fileno() for s in (self.control, self.http) if s]
         if hasattr(self.selector, "fileno"):
@@ -459,7 +471,7 @@ class Master:
     # -- the sentry -------------------------------------------------------------------
 
     def _start_sentry(self) -> None:
-        why = self.sentry.start()
+        why = self.sentry.start(self.board.fileno(), check=margin(self.config.lease) / 2)
         if why:
             log.warning("no sentry (%s): if this master is SIGKILLed, its workers die with it but "
                         "their jobs' children may live on", why, extra=fields(reason="no_sentry"))
@@ -478,7 +490,32 @@ class Master:
         if self.sentry.alive:
             for pool in self.pools.values():
                 for w in pool.workers.values():
-                    self.sentry.watch(w.pid, w.pidfd)
+                    self.sentry.watch(w.pid, w.pidfd, w.slot)
+
+    # -- leases: what the renewals say about the jobs the sentry guards ----------------
+
+    def _on_lease_lost(self, wp: WorkerProcess, cut_off: float) -> None:
+        """Redis no longer holds this worker's job for it (the lease ran out while the host was
+        cut off, and another host took the job): the run, frozen by the sentry or not, must
+        not go on. Killed like a timeout; its job's record says what happened."""
+        log.error("worker %r lost the lease of job %s after %.1fs without a confirmed renewal "
+                  "(another host has it now); killing its run", wp, wp.job.id if wp.job else "?",
+                  cut_off, extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid,
+                                        queue=wp.queue, reason="lease_lost",
+                                        job=wp.job.id if wp.job else None))
+        self.metrics.lease_lost.labels(wp.queue).inc()
+        wp.kill("lease_lost", cut_off=round(cut_off, 3))
+
+    def _on_thaw(self, wp: WorkerProcess, frozen_for: float) -> None:
+        """A renewal came through for a run the sentry had frozen: the lease was ours all along
+        (renewed with the same token, nobody took the job), so the run goes on."""
+        proctree.thaw_tree(wp.pid, wp.pidfd)
+        self.board.set_frozen(wp.slot, 0.0)
+        self.metrics.lease_frozen.labels(wp.queue).inc()
+        log.warning("worker %r resumed after %.1fs frozen: its lease could not be confirmed, and "
+                    "was still ours", wp, frozen_for,
+                    extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid, queue=wp.queue,
+                                 reason="lease_frozen"))
 
     # -- children -------------------------------------------------------------------
 
@@ -540,6 +577,7 @@ class Master:
             self.selector.unregister(wp.sock)
         self.selector.unregister(wp.pidfd)
         wp.close()
+        self.board.release(wp.slot)
         pool = self.pools.get(wp.queue)
         if pool:
             pool.workers.pop(wp.pid, None)

@@ -80,6 +80,12 @@ class Metrics:
                              "drains, crashes)", ["queue", "reason"], registry=r)
         self.redis_errors = Counter("governor_redis_errors", "Redis calls by the master that failed",
                                     registry=r)
+        self.lease_lost = Counter("governor_lease_lost", "Runs killed because their lease was lost "
+                                  "(the host was cut off longer than the lease; another host took the job)",
+                                  ["queue"], registry=r)
+        self.lease_frozen = Counter("governor_lease_frozen", "Runs frozen at their lease deadline "
+                                    "(no renewal confirmed in time) that went on once it was",
+                                    ["queue"], registry=r)
         self.loop_lag = Gauge("governor_master_loop_lag_seconds",
                               "How late the master's loop woke up, last pass", registry=r)
         r.register(_StateCollector(snapshot))
@@ -89,6 +95,8 @@ class Metrics:
         self.jobs.labels(queue, "ok")
         self.duration.labels(queue)
         self.wait.labels(queue)
+        self.lease_lost.labels(queue)
+        self.lease_frozen.labels(queue)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -70,6 +70,7 @@ class WorkerProcess:
         self.rss = 0
         self.peak_rss = 0
         self.sampled = -1e9  # monotonic time of the last memory sample
+        self.slot = -1  # its slot in the master's scoreboard
 
     def __repr__(self) -> str:
         return f"{self.queue}[{self.index}] pid {self.pid}"

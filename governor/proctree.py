@@ -51,21 +51,19 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_tree(pid: int, pidfd: int | None = None, settle: float = SETTLE) -> list[int]:
-    """SIGKILL ``pid`` and every descendant, returning the pids found (``pid`` first).
+def freeze_tree(pid: int, pidfd: int | None = None, settle: float = SETTLE) -> list[int]:
+    """SIGSTOP ``pid`` and every descendant, returning the pids found (``pid`` first; empty
+    if ``pid`` is gone).
 
-    A tree that keeps forking while it is killed is frozen first: each process
-    is sent SIGSTOP and its children are read only once every one of its
-    threads is seen stopped (a stopped task can neither fork nor reap), then
-    the whole tree is walked again until no new process appears, and only
-    then is everything SIGKILLed, deepest first, plus the process group as
-    before. A pid is therefore never signalled after its process could have
-    been reaped and the number reused: a stopped parent cannot reap, and
-    ``pid`` itself must be safe from reuse (the caller's unreaped child, or
-    ``pidfd`` names it). The wait for stops is bounded by ``settle`` in all
-    (a task in uninterruptible sleep stops only when it leaves it); past it
-    the kill goes ahead with what was found. A worker with no children costs
-    a handful of syscalls.
+    Each process is sent SIGSTOP and its children are read only once every one
+    of its threads is seen stopped (a stopped task can neither fork nor reap),
+    then the whole tree is walked again until no new process appears. A pid
+    is therefore never signalled after its process could have been reaped and
+    the number reused: a stopped parent cannot reap, and ``pid`` itself must
+    be safe from reuse (the caller's unreaped child, or ``pidfd`` names it).
+    The wait for stops is bounded by ``settle`` in all (a task in
+    uninterruptible sleep stops only when it leaves it). A worker with no
+    children costs a handful of syscalls.
     """
     if not _send(pid, signal.SIGSTOP, pidfd):
         return []  # already reaped: nothing under that number is ours any more
@@ -88,11 +86,32 @@ def kill_tree(pid: int, pidfd: int | None = None, settle: float = SETTLE) -> lis
                         fresh.append(c)
                         if not _send(c, signal.SIGSTOP):
                             unstoppable.add(c)
+    return found
+
+
+def kill_tree(pid: int, pidfd: int | None = None, settle: float = SETTLE) -> list[int]:
+    """SIGKILL ``pid`` and every descendant, returning the pids found (``pid`` first).
+
+    A tree that keeps forking while it is killed is frozen first (``freeze_tree``),
+    then everything is SIGKILLed, deepest first, plus the process group.
+    """
+    found = freeze_tree(pid, pidfd, settle)
+    if not found:
+        return []
     for p in reversed(found[1:]):
         _send(p, signal.SIGKILL)
     _killpg(pid, signal.SIGKILL)
     _send(pid, signal.SIGKILL, pidfd)
     return found
+
+
+def thaw_tree(pid: int, pidfd: int | None = None) -> None:
+    """SIGCONT a tree ``freeze_tree`` stopped (its lease was provably still ours after all).
+    Children first: the worker, once running again, must find them running too."""
+    for p in reversed(descendants(pid)[1:]):
+        _send(p, signal.SIGCONT)
+    _killpg(pid, signal.SIGCONT)
+    _send(pid, signal.SIGCONT, pidfd)
 
 
 def reap_adopted() -> int:
@@ -239,9 +258,11 @@ class Sentry:
         """Descriptors a forked worker must close: a job must not hand the sentry pidfds."""
         return [fd for fd in (self._pidfd, self._sock.fileno() if self._sock else -1) if fd >= 0]
 
-    def start(self) -> str | None:
+    def start(self, board_fd: int = -1, check: float = 1.0) -> str | None:
         """Starts a sentry and waits (``SENTRY_START`` at most) until it is watching the master;
-        returns None when it is, or why not."""
+        returns None when it is, or why not. ``board_fd`` is the scoreboard's memfd: the sentry
+        then also freezes a worker whose lease deadline passed (see governor/scoreboard.py),
+        looking at least every ``check`` seconds."""
         import socket
         import subprocess
 
@@ -257,8 +278,9 @@ class Sentry:
         try:
             master_fd = os.pidfd_open(os.getpid())
             argv = [sys.executable, "-I", "-S", os.path.abspath(__file__),
-                    str(theirs.fileno()), str(master_fd)]
-            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(), master_fd), start_new_session=True,
+                    str(theirs.fileno()), str(master_fd), str(board_fd), repr(check)]
+            passed = (theirs.fileno(), master_fd, *((board_fd,) if board_fd >= 0 else ()))
+            proc = subprocess.Popen(argv, pass_fds=passed, start_new_session=True,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd="/")
         except (OSError, AttributeError, subprocess.SubprocessError) as exc:
             mine.close()
@@ -286,7 +308,7 @@ class Sentry:
         self._proc, self._sock, self._pidfd, self.pid = proc, mine, pidfd, proc.pid
         return None
 
-    def watch(self, pid: int, pidfd: int) -> bool:
+    def watch(self, pid: int, pidfd: int, slot: int = -1) -> bool:
         """Hands the sentry a new worker (a duplicate of ``pidfd`` travels with it). False when
         there is no sentry, or it did not take it: then it is killed, and the master, seeing it
         exit, starts another and hands it every live worker again."""
@@ -295,7 +317,7 @@ class Sentry:
         import socket
 
         try:
-            socket.send_fds(self._sock, [b"%d" % pid], [pidfd])
+            socket.send_fds(self._sock, [b"%d %d" % (pid, slot)], [pidfd])
             return True
         except OSError:  # gone (EPIPE) or wedged (the send timed out)
             self._kill()
@@ -345,22 +367,25 @@ class Sentry:
         self._proc, self._sock, self._pidfd, self.pid = None, None, -1, 0
 
 
-def _sentry(sock_fd: int, master_fd: int) -> None:  # pragma: no cover - runs in the sentry
-    """The sentry's whole life: hold the live workers' pidfds until the master is gone."""
+def _sentry(sock_fd: int, master_fd: int, board_fd: int = -1, check: float = 1.0) -> None:  # pragma: no cover
+    """The sentry's whole life: hold the live workers' pidfds until the master is gone, and
+    freeze (then thaw, if a renewal comes) any worker whose lease deadline passes."""
     import socket
 
     _prctl(_PR_SET_NAME, b"governor-sentry")
     for sig in (signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)  # never the terminal's to stop
+    board = _open_board(board_fd)
     sock = socket.socket(fileno=sock_fd)
     sock.setblocking(False)
     poller = select.poll()
     poller.register(master_fd, select.POLLIN)
     poller.register(sock_fd, select.POLLIN)
-    workers: dict[int, int] = {}  # pidfd -> pid, live workers only
+    workers: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, slot), live workers only
     sock.send(b"ready")
     while True:
-        ready = dict(poller.poll())  # EINTR is retried (PEP 475)
+        wait = _guard_leases(board, workers, check) if board is not None else None
+        ready = dict(poller.poll(None if wait is None else max(1, int(wait * 1000) + 1)))
         said = None
         if sock_fd in ready or master_fd in ready:
             # first every worker the master handed over: one forked just before it died included
@@ -380,13 +405,52 @@ def _sentry(sock_fd: int, master_fd: int) -> None:  # pragma: no cover - runs in
                 poller.unregister(fd)
                 os.close(fd)
                 del workers[fd]
-    for pidfd, pid in workers.items():
+    for pidfd, (pid, _) in workers.items():
         kill_tree(pid, pidfd=pidfd)
 
 
-def _receive(sock: Any, workers: dict[int, int], poller: Any) -> bytes | None:  # pragma: no cover
-    """Takes every message waiting on the sentry's socket: a worker's pid with its pidfd, which it
-    then watches; returns b"bye", b"" at EOF, or None once nothing more is waiting."""
+def _guard_leases(board: Any, workers: dict[int, tuple[int, int]], check: float) -> float:  # pragma: no cover
+    """Freezes every worker running a job whose lease deadline has passed (no renewal confirmed
+    in time: Redis may let another host take the job any moment now), thaws one whose
+    deadline moved on (a late renewal came through: the lease was ours all along); returns
+    how long until the next deadline, at most ``check`` (a new job's deadline is always at
+    least a margin away, so a look every ``check`` catches it in time)."""
+    now = time.monotonic()
+    wait = check
+    for pidfd, (pid, slot) in workers.items():
+        if slot < 0:
+            continue
+        job, deadline, frozen = board.read(slot)
+        if job and not frozen and deadline <= now:
+            freeze_tree(pid, pidfd)
+            board.set_frozen(slot, now)
+        elif frozen and (not job or deadline > now):
+            thaw_tree(pid, pidfd)
+            board.set_frozen(slot, 0.0)
+        elif job and not frozen:
+            wait = min(wait, deadline - now)
+    return max(wait, 0.0)
+
+
+def _open_board(fd: int) -> Any:  # pragma: no cover - runs in the sentry
+    """The scoreboard, loaded from its file: the sentry runs isolated (-I -S), without the
+    governor package or its dependencies on its path."""
+    if fd < 0:
+        return None
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "governor_scoreboard", os.path.join(os.path.dirname(os.path.abspath(__file__)), "scoreboard.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    size = os.fstat(fd).st_size
+    return module.Scoreboard(size // module.SLOT_SIZE, fd=fd)
+
+
+def _receive(sock: Any, workers: dict[int, tuple[int, int]], poller: Any) -> bytes | None:  # pragma: no cover
+    """Takes every message waiting on the sentry's socket: a worker's pid and scoreboard slot with
+    its pidfd, which it then watches; returns b"bye", b"" at EOF, or None once nothing more is
+    waiting."""
     import socket
 
     while True:
@@ -396,8 +460,9 @@ def _receive(sock: Any, workers: dict[int, int], poller: Any) -> bytes | None:  
             return None
         except OSError:
             return b""
-        if msg.isdigit() and len(fds) == 1:
-            workers[fds[0]] = int(msg)
+        parts = msg.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].lstrip(b"-").isdigit() and len(fds) == 1:
+            workers[fds[0]] = (int(parts[0]), int(parts[1]))
             poller.register(fds[0], select.POLLIN)
             continue
         for fd in fds:
@@ -481,5 +546,5 @@ def _prctl(option: int, value: Any) -> bool:
         return False
 
 
-if __name__ == "__main__":  # the sentry, started by Sentry.start as: python -I -S proctree.py SOCKET_FD MASTER_PIDFD
-    _sentry(int(sys.argv[1]), int(sys.argv[2]))
+if __name__ == "__main__":  # the sentry: python -I -S proctree.py SOCKET_FD MASTER_PIDFD BOARD_FD CHECK
+    _sentry(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))

@@ -165,7 +165,7 @@ class QueueKeys:
 
     def reserve(self, worker: str, token: str, lease_ms: int) -> Call:
         return Call("reserve", (self.waiting, self.delayed, self.active, self.meta, self.data,
-                                self.leases, self.wake), (worker, token, lease_ms))
+                                self.leases, self.wake, self.key("fence")), (worker, token, lease_ms))
 
     def ack(self, job_id: str, token: str, worker: str, done_ttl_ms: int, result: str,
             run_ms: int, result_note: str = "") -> Call:
@@ -219,6 +219,12 @@ class Reserved:
         if not isinstance(meta, dict):
             meta = {"malformed": "the job's record is not a JSON object"}
         return cls(id=job_id.decode(errors="surrogateescape"), token=token, payload=payload, meta=meta)
+
+    @property
+    def fencing_token(self) -> int:
+        """Grows with every run of every job of the queue, fleet-wide (an INCR in the reserve)."""
+        fence = self.meta.get("fence")
+        return fence if isinstance(fence, int) else 0
 
     @property
     def attempts(self) -> int:

@@ -26,9 +26,11 @@ from typing import Any, NoReturn
 import redis
 from setproctitle import setproctitle
 
+from governor import context
 from governor.channel import WorkerEnd
 from governor.config import AppConfig, QueueConfig, TlsConfig
 from governor.connection import connect, is_transient
+from governor.context import JobContext
 from governor.errors import SoftTimeLimitExceeded
 from governor.handlers import HandlerError, HandlerRegistry, Payload
 from governor.identity import worker_id
@@ -42,6 +44,7 @@ from governor.queue import (
     Reserved,
     run,
 )
+from governor.scoreboard import Scoreboard, margin
 
 log = logging.getLogger("governor.worker")
 
@@ -69,6 +72,8 @@ class WorkerSpec:
     max_payload: int = DEFAULT_MAX_PAYLOAD  # a larger payload found in Redis is dead-lettered
     max_result: int = 64 * 1024  # a larger result is not kept (the record says so)
     sentry: bool = False  # the master has a sentry to kill our tree if it dies (proctree.Sentry)
+    board: Scoreboard | None = None  # shared lease state, read by the sentry (scoreboard.py)
+    slot: int = -1  # ours in it
 
 
 class _Interrupted(BaseException):
@@ -296,6 +301,9 @@ class Worker:
         token = self._next_token()
         if reserve:
             calls.append(self.keys.reserve(self.id, token, self.lease_ms))
+        # Before the first attempt: a reserve re-sent after a lost reply returns the job the first
+        # one leased, whose lease in Redis runs from then, so the lease is counted from here.
+        sent = time.monotonic()
         results = self._redis_retry(lambda: run(self.redis, *calls))
         if pending is not None:
             self._log_settle(pending, results[0])
@@ -305,6 +313,10 @@ class Worker:
         if reply[0] == 1:
             reply = list(reply)
             reply.append(token)
+            if self.spec.board is not None:
+                # the sentry freezes this job's tree if no renewal is confirmed by then
+                self.spec.board.begin(self.spec.slot, self.jobs_run + 1, sent + self.lease_ms / 1000.0
+                                      - margin(self.spec.lease))
         return reply
 
     def _redis_retry(self, fn: Any) -> Any:
@@ -379,9 +391,13 @@ class Worker:
                                                 f"({job.meta['malformed']}), so its settings are unknown")
             func = self.registry.resolve(payload.handler)
         except HandlerError as exc:
+            self._job_over()
             self.channel.send("end", job.id, exc.reason, time.monotonic() - started)
             return self.keys.fail(job.id, token, self.id, self._error(job, exc.reason, str(exc)),
                                   "dead", 0, exc.reason, self.settings.retry.max)
+        context._enter(JobContext(id=job.id, queue=self.spec.queue.name, handler=payload.handler,
+                                  attempt=job.attempts, fencing_token=job.fencing_token,
+                                  deadline=time.time() + hard if hard else None))
         try:
             self._in_job = True
             if soft:
@@ -389,9 +405,11 @@ class Worker:
             result = func(*payload.args, **payload.kwargs)
             self._in_job = False
             signal.setitimer(signal.ITIMER_REAL, 0)
+            self._job_over()
         except (Exception, SystemExit, SoftTimeLimitExceeded) as exc:
             self._in_job = False
             signal.setitimer(signal.ITIMER_REAL, 0)
+            self._job_over()
             seconds = time.monotonic() - started
             reason = "timeout_soft" if isinstance(exc, SoftTimeLimitExceeded) else "exception"
             self.channel.send("end", job.id, reason, seconds)
@@ -409,6 +427,13 @@ class Worker:
             log.warning("job %s: result not kept: %s", job.id, note,
                         extra=fields(queue=self.spec.queue.name, job=job.id, reason="result_dropped"))
         return self.keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note)
+
+    def _job_over(self) -> None:
+        """Nothing of the job runs any more: its lease no longer needs guarding (the settle that
+        follows is fenced by the token)."""
+        context._enter(None)
+        if self.spec.board is not None:
+            self.spec.board.end(self.spec.slot)
 
     def _limits(self, job: Reserved) -> tuple[float | None, float | None]:
         """(soft, hard) seconds. A per-job timeout replaces the hard limit and scales the soft one."""

@@ -51,7 +51,7 @@ def test_a_lease_on_an_id_with_a_tab_is_renewed_and_released(client):
     job = _reserve(client, "q", worker="host:1", token="tok", lease_ms=300)
     assert job.id == job_id
     assert lease_of(client.redis, keys, "host:1") == (job_id, "tok")
-    assert run(client.redis, keys.renew(60_000, ["host:1"]))[0] == 1
+    assert run(client.redis, keys.renew(60_000, ["host:1"]))[0] == [1]
     time.sleep(0.4)
     tick = run(client.redis, keys.tick(3_600_000))[0]
     assert tick[9:] == [], "the renewed lease was seen as expired"

@@ -9,12 +9,22 @@ local now = now_ms()
 local id, mode = ARGV[1], ARGV[5]
 local meta = load_meta(KEYS[2], id)
 if meta.state ~= 'active' and meta.settled_by == ARGV[2] then return tonumber(meta.settled_code) or 0 end  -- a retried settle
-if not leased(meta, ARGV[2]) then return 0 end
 -- decode before the first write: a script that fails after writing leaves its writes
 local entry = nil
 if ARGV[4] ~= '' then
   local ok, decoded = pcall(cjson.decode, ARGV[4])
   entry = (ok and type(decoded) == 'table') and decoded or {error = ARGV[4]}
+end
+if not leased(meta, ARGV[2]) then
+  -- A run stopped because its lease was lost (another host has the job now): not ours to
+  -- settle, but the job's history says what happened to that run.
+  if ARGV[7] == 'lease_lost' and entry and not meta.malformed then
+    entry.at = now
+    if type(meta.errors) ~= 'table' then meta.errors = {} end
+    table.insert(meta.errors, entry)
+    redis.call('HSET', KEYS[2], id, cjson.encode(meta))
+  end
+  return 0
 end
 redis.call('ZREM', KEYS[1], id)
 release(KEYS[6], ARGV[3], id)

@@ -1,4 +1,4 @@
--- KEYS: waiting, delayed, active, meta, data, leases, wake
+-- KEYS: waiting, delayed, active, meta, data, leases, wake, fence
 -- ARGV: worker, token, lease_ms
 -- Leases the first waiting job to `worker` until now + lease_ms.
 -- Returns {1, id, payload, meta_json} or {0, ms until the next delayed job is due (-1: none)}.
@@ -27,6 +27,9 @@ meta.attempts = (tonumber(meta.attempts) or 0) + 1
 meta.token = ARGV[2]
 meta.worker = ARGV[1]
 meta.started_at = now
+-- The run's fencing token: only grows, across the runs of this job and of every other job of
+-- the queue, so a handler can fence its own writes elsewhere (the store refuses a lower one).
+meta.fence = redis.call('INCR', KEYS[8])
 local deadline = now + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[3], fmt(deadline), id)
 redis.call('HSET', KEYS[6], ARGV[1], id .. ' ' .. ARGV[2])

@@ -1,0 +1,38 @@
+"""What a handler may know about the run it is part of: ``governor.current_job()``.
+
+The fencing token is the point: a lease makes sure one run at a time holds a
+job, but a run that was stopped (its host cut off, its lease lost) may have
+sent a write that lands late. A store that remembers the highest token it
+accepted and refuses a lower one makes such a write harmless, whatever the
+network did. The token only grows, fleet-wide, across every run of every job
+of the queue (an INCR in the same script that reserves the job: no extra
+round trip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobContext:
+    id: str
+    queue: str
+    handler: str
+    attempt: int  # 1 for the first run
+    fencing_token: int  # compare it, never reuse it: a later run always has a larger one
+    deadline: float | None  # the hard time limit as a Unix time (time.time()), if any
+
+
+_current: JobContext | None = None
+
+
+def current_job() -> JobContext | None:
+    """The job this worker is running, or None outside a handler."""
+    return _current
+
+
+def _enter(job: JobContext | None) -> None:
+    """Set by the worker around each handler call."""
+    global _current
+    _current = job
