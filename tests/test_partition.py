@@ -1,0 +1,223 @@
+"""Issue 16: a job never runs on two hosts at once, whatever happens to the host that holds it.
+
+Two real `governor run` masters (separate state dirs) on one real redis-server; a job writes a
+heartbeat every 20 ms, so the overlap of two runs is measured from the runs themselves. Here
+the holder is cut off by SIGSTOP (of its master, or of Redis itself); tests/test_netns.py cuts
+a real network link.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import Governor, free_port, wait_for
+
+LEASE = 2.0
+
+PARTTASKS = '''
+import json, os, time
+import governor
+
+SHARED = __SHARED__
+
+
+def heartbeat(key, seconds):
+    """Beats every 20 ms for `seconds` of its own running time, then records that it finished."""
+    job = governor.current_job()
+    path = os.path.join(SHARED, "beats")
+    with open(os.path.join(SHARED, "fences"), "a") as fh:
+        fh.write(f"{key} {job.attempt} {job.fencing_token} {os.getpid()}\\n")
+    ran, last = 0.0, time.monotonic()
+    while ran < seconds:
+        with open(path, "a") as fh:
+            fh.write(f"{key} {os.getpid()} {time.time():.4f}\\n")
+        time.sleep(0.02)
+        now = time.monotonic()
+        ran += min(now - last, 0.1)  # time spent frozen does not count as running
+        last = now
+    with open(os.path.join(SHARED, "done"), "a") as fh:
+        fh.write(f"{key} {os.getpid()}\\n")
+
+
+def fence(key, seconds):
+    job = governor.current_job()
+    with open(os.path.join(SHARED, "fences"), "a") as fh:
+        fh.write(f"{key} {job.attempt} {job.fencing_token} {os.getpid()}\\n")
+    time.sleep(seconds)
+'''
+
+
+class Fleet:
+    """Masters on one Redis and one prefix, each with its own state dir; records shared."""
+
+    def __init__(self, tmp_path: Path, redis_url: str) -> None:
+        self.shared = tmp_path / "shared"
+        self.shared.mkdir()
+        self.tmp = tmp_path
+        self.redis_url = redis_url
+        self.masters: list[Governor] = []
+        self.prefix = None
+
+    def master(self, name: str, queues: dict, **top) -> Governor:
+        d = self.tmp / name
+        d.mkdir()
+        g = Governor(d, self.redis_url)
+        if self.prefix is None:
+            self.prefix = g.prefix
+        g.prefix, g.client = self.prefix, type(g.client).from_url(self.redis_url, prefix=self.prefix)
+        (d / "parttasks.py").write_text(PARTTASKS.replace("__SHARED__", repr(str(self.shared))))
+        cfg = g.config(queues, lease=f"{LEASE}s", **top)
+        cfg["app"]["handlers"] = ["tasks:*", "parttasks:*"]
+        g.config_path.write_text(yaml.safe_dump(cfg))
+        self.masters.append(g)
+        return g
+
+    def lines(self, kind: str) -> list[list[str]]:
+        path = self.shared / kind
+        return [ln.split() for ln in path.read_text().splitlines()] if path.exists() else []
+
+    def runs(self) -> dict[int, tuple[float, float]]:
+        """pid -> (first beat, last beat) of every run seen."""
+        spans: dict[int, tuple[float, float]] = {}
+        for _, pid, t in self.lines("beats"):
+            first, last = spans.get(int(pid), (float(t), float(t)))
+            spans[int(pid)] = (min(first, float(t)), max(last, float(t)))
+        return spans
+
+    def stop(self) -> None:
+        for g in self.masters:
+            if g.proc and g.proc.poll() is None:
+                try:
+                    os.kill(g.proc.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+            g.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path, private_redis):
+    f = Fleet(tmp_path, private_redis.url)
+    yield f
+    f.stop()
+
+
+def _no_overlap(spans: dict[int, tuple[float, float]]) -> list[tuple[float, float]]:
+    ordered = sorted(spans.values())
+    for (_, a1), (b0, _) in zip(ordered, ordered[1:], strict=False):
+        assert a1 < b0, f"two runs overlapped by {a1 - b0:.3f}s: {ordered}"
+    return ordered
+
+
+def test_a_paused_master_s_run_stops_before_another_host_takes_the_job(fleet):
+    a = fleet.master("a", {"w": {"concurrency": 1}}).start()
+    job = a.client.enqueue("w", "parttasks:heartbeat", "j", 4.0)
+    wait_for(lambda: fleet.lines("beats"), 5, "the job to start on a")
+    b = fleet.master("b", {"w": {"concurrency": 1}}).start()
+    time.sleep(0.3)
+    a.signal(signal.SIGSTOP)  # a VM freeze, a swap storm: the master stops, its worker runs on
+    stopped = time.time()
+    wait_for(lambda: len(fleet.runs()) == 2, LEASE + 4, "b to take the job over", interval=0.05)
+    takeover = min(first for first, _ in fleet.runs().values() if first > stopped) - stopped
+    print(f"takeover after the pause: {takeover:.2f}s")
+    assert takeover < LEASE + 2, f"takeover took {takeover:.1f}s"
+    time.sleep(0.5)
+    a.signal(signal.SIGCONT)  # a learns its lease is gone: the frozen run is killed
+    wait_for(lambda: fleet.lines("done"), 10, "the job to finish on b", interval=0.1)
+    time.sleep(1.0)
+    runs = _no_overlap(fleet.runs())
+    print(f"first run's last beat to second run's first: {runs[1][0] - runs[0][1]:.3f}s")
+    assert len(runs) == 2 and len(fleet.lines("done")) == 1, "the job completed twice"
+    record = a.client.job(job)
+    assert record["state"] == "done"
+    lost = [e for e in record["errors"] if e.get("reason") == "lease_lost"]
+    assert lost and lost[0]["cut_off"] > LEASE / 2, record["errors"]
+    assert "lost the lease" in a.log()
+    # the paused master lives, and takes jobs again
+    a.client.enqueue("w", "tasks:record", "after")
+    wait_for(lambda: "after" in a.lines("done") + b.lines("done"), 5, "a job after the pause")
+    a.assert_running()
+
+
+def test_a_short_pause_stops_nothing(fleet):
+    a = fleet.master("a", {"w": {"concurrency": 1}}).start()
+    a.client.enqueue("w", "parttasks:heartbeat", "j", 2.0)
+    wait_for(lambda: fleet.lines("beats"), 5, "the job to start")
+    a.signal(signal.SIGSTOP)
+    time.sleep(LEASE * 0.3)
+    a.signal(signal.SIGCONT)
+    wait_for(lambda: fleet.lines("done"), 10, "the job to finish", interval=0.1)
+    assert len(fleet.runs()) == 1
+    beats = sorted(float(t) for _, _, t in fleet.lines("beats"))
+    assert max(b2 - b1 for b1, b2 in zip(beats, beats[1:], strict=False)) < 0.3, "the run was frozen: a false alarm"
+    assert "frozen" not in a.log() and "lost the lease" not in a.log()
+
+
+def test_redis_paused_longer_than_the_lease_freezes_the_run_then_it_goes_on(fleet, private_redis):
+    a = fleet.master("a", {"w": {"concurrency": 1}}).start()
+    job = a.client.enqueue("w", "parttasks:heartbeat", "j", 3.0)
+    wait_for(lambda: fleet.lines("beats"), 5, "the job to start")
+    time.sleep(0.3)
+    private_redis.proc.send_signal(signal.SIGSTOP)
+    paused = time.time()
+    time.sleep(LEASE + 1.5)
+    beats = [float(t) for _, _, t in fleet.lines("beats")]
+    assert max(beats) < paused + LEASE, "the run went on past its lease while Redis was away"
+    private_redis.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: fleet.lines("done"), 15, "the job to finish", interval=0.1)
+    assert len(fleet.runs()) == 1  # the same run, thawed: its lease was still ours
+    assert a.client.job(job)["state"] == "done" and a.client.job(job)["attempts"] == 1
+    assert "resumed after" in a.log()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_a_master_cut_off_from_redis_keeps_governing(fleet, private_redis):
+    port = free_port()
+    a = fleet.master("a", {"w": {"concurrency": 2, "timeout": {"soft": "off", "hard": "1s"}}},
+                     metrics={"listen": f"127.0.0.1:{port}"}, health={"redis_grace": "1s"},
+                     shutdown_timeout="2s")
+    a.start()
+    a.client.enqueue("w", "parttasks:fence", "slow", 30)
+    wait_for(lambda: fleet.lines("fences"), 5, "the job to start")
+    started = time.monotonic()
+    private_redis.proc.send_signal(signal.SIGSTOP)  # replies stop; connections hang, like a partition
+    try:
+        # the hard timeout is still enforced from the master's own clock
+        wait_for(lambda: "timeout_hard" in a.log(), 4, "the hard timeout")
+        assert time.monotonic() - started < 2.5
+        # /healthz answers, and says why it fails
+        code, body = wait_for(lambda: (r := _get(f"http://127.0.0.1:{port}/healthz"))[0] == 503 and r, 6,
+                              "/healthz to report Redis")
+        assert b"redis unreachable" in body
+        t0 = time.monotonic()
+        code, _ = _get(f"http://127.0.0.1:{port}/healthz")
+        assert time.monotonic() - t0 < 0.5, "/healthz was held up by a Redis call"
+        a.signal(signal.SIGTERM)
+        assert a.wait_exit(8) == 0
+    finally:
+        private_redis.proc.send_signal(signal.SIGCONT)
+
+
+def test_the_fencing_token_grows_across_the_runs_of_a_job(fleet):
+    a = fleet.master("a", {"w": {"concurrency": 1, "timeout": {"soft": "off", "hard": "300ms"},
+                                 "retry": {"max": 3, "backoff": "10ms"}}}).start()
+    a.client.enqueue("w", "tasks:record", "other")
+    job = a.client.enqueue("w", "parttasks:fence", "slow", 5)
+    wait_for(lambda: a.client.job(job)["state"] == "dead", 15, "the job to die of its timeouts", interval=0.1)
+    runs = [(int(att), int(tok)) for key, att, tok, _ in fleet.lines("fences") if key == "slow"]
+    assert [att for att, _ in runs] == [1, 2, 3, 4]
+    tokens = [tok for _, tok in runs]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 4, tokens
