@@ -2,7 +2,9 @@
 
 from governor.context import JobContext, current_job
 from governor.errors import SoftTimeLimitExceeded
+from governor.limits import RateLimited, limit
 from governor.queue import Client
 
-__all__ = ["Client", "JobContext", "SoftTimeLimitExceeded", "__version__", "current_job"]
+__all__ = ["Client", "JobContext", "RateLimited", "SoftTimeLimitExceeded", "__version__", "current_job",
+           "limit"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""``governor run | check | enqueue | status``: the operator's commands.
+"""``governor run | check | enqueue | pause | resume | status``: the operator's commands.
 
 Exit codes: 0 success, 1 runtime failure (Redis unreachable, preload failed),
 2 bad input (invalid config, bad arguments), as argparse and systemd expect.
@@ -109,20 +109,29 @@ def _json_arg(text: str | None, name: str, kind: type) -> Any:
     return value
 
 
+def _undefined_queue(cfg: Config, args: argparse.Namespace, consequence: str, verb: str,
+                     doing: str) -> int | None:
+    """A typo'd queue name would otherwise act on a queue nobody runs, silently: refuse it
+    (exit 2) unless ``--force``; None when the command may go on."""
+    if args.queue in cfg.queues:
+        return None
+    defined = ", ".join(sorted(cfg.queues)) or "none"
+    problem = f"queue {args.queue!r} is not defined in {cfg.source} (queues: {defined}); {consequence}"
+    if not args.force:
+        return _fail(f"{problem}. Use --force to {verb} anyway.", 2)
+    print(f"governor: warning: {problem}; {doing} anyway (--force)", file=sys.stderr)
+    return None
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
     cfg = _load(args.config, find_master=True)
-    if args.queue not in cfg.queues:
-        # a typo'd queue name would otherwise wait forever, silently: refuse unless told
-        defined = ", ".join(sorted(cfg.queues)) or "none"
-        problem = (f"queue {args.queue!r} is not defined in {cfg.source} (queues: {defined}); "
-                   "no worker would take the job")
-        if not args.force:
-            return _fail(f"{problem}. Use --force to enqueue anyway.", 2)
-        print(f"governor: warning: {problem}; enqueuing anyway (--force)", file=sys.stderr)
+    refused = _undefined_queue(cfg, args, "no worker would take the job", "enqueue", "enqueuing")
+    if refused is not None:
+        return refused
     spec = {"handler": args.handler, "args": _json_arg(args.args, "--args", list),
             "kwargs": _json_arg(args.kwargs, "--kwargs", dict), "priority": args.priority,
             "delay": args.delay, "timeout": args.timeout, "max_retries": args.max_retries,
-            "job_id": args.job_id}
+            "job_id": args.job_id, "unique": args.unique}
     try:
         client = _client(cfg)
         job_id = client.enqueue_many(args.queue, [spec])[0]
@@ -133,6 +142,27 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except redis.RedisError as exc:
         return _fail(f"Redis at {mask_url(cfg.redis.url)}: {exc}")
     print(job_id)
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """``pause`` and ``resume``: the flag is in Redis, so every host obeys it within a second."""
+    cfg = _load(args.config, find_master=True)
+    pause = args.command == "pause"
+    refused = _undefined_queue(cfg, args, "no worker of this config runs it", args.command,
+                               "pausing" if pause else "resuming")
+    if refused is not None:
+        return refused
+    try:
+        client = _client(cfg)
+        changed = client.pause(args.queue) if pause else client.resume(args.queue)
+    except RedisUnavailable as exc:
+        return _fail(str(exc))
+    except redis.RedisError as exc:
+        return _fail(f"Redis at {mask_url(cfg.redis.url)}: {exc}")
+    state = "paused" if pause else "resumed"
+    print(f"queue {_safe(args.queue)} {state}" if changed else
+          f"queue {_safe(args.queue)} was already {'paused' if pause else 'running'}")
     return 0
 
 
@@ -215,9 +245,10 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append("no master running for this config (showing what Redis holds)")
     if st.get("redis_error"):
         lines.append(f"redis: {_safe(st['redis_error'])}")
-    rows = [["QUEUE", "WAITING", "DELAYED", "ACTIVE", "DEAD", "DONE", "DONE_TOTAL"]]
+    rows = [["QUEUE", "WAITING", "DELAYED", "ACTIVE", "DEAD", "DONE", "DONE_TOTAL", "PAUSED"]]
     for name, c in st["queues"].items():
-        rows.append([name, *(str(c[k]) for k in ("waiting", "delayed", "active", "dead", "done", "done_total"))])
+        rows.append([name, *(str(c[k]) for k in ("waiting", "delayed", "active", "dead", "done", "done_total")),
+                     "yes" if c.get("paused") else "no"])
     lines += ["", _table(rows)]
     if st["pools"]:
         rows = [["POOL", "#", "PID", "STATE", "UPTIME", "JOBS", "RSS", "JOB", "FOR"]]
@@ -289,9 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--timeout", help="hard time limit for this job, e.g. 5m")
     e.add_argument("--max-retries", type=int)
     e.add_argument("--job-id")
+    e.add_argument("--unique", metavar="KEY",
+                   help="while a job of the queue with this key is waiting, delayed or active, "
+                        "add nothing and print that job's id")
     e.add_argument("--force", action="store_true",
                    help="enqueue even to a queue this config does not define")
     e.set_defaults(func=cmd_enqueue)
+
+    for name, what in (("pause", "stop every host from starting jobs of a queue (running jobs finish)"),
+                       ("resume", "let a paused queue's jobs start again")):
+        pr = with_config(sub.add_parser(name, help=what))
+        pr.add_argument("queue")
+        pr.add_argument("--force", action="store_true", help=f"{name} even a queue this config does not define")
+        pr.set_defaults(func=cmd_pause)
 
     s = with_config(sub.add_parser("status", help="queues, pools and workers"))
     s.add_argument("--json", action="store_true")

@@ -75,6 +75,19 @@ class QueueSettings:
     done_ttl: float = 3600.0
 
 
+RATE_LIMIT_ALGORITHMS = ("token_bucket", "sliding_window", "fixed_window")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A cap on job starts, enforced fleet-wide in the reserve script (not in any one host)."""
+
+    limit: int  # starts allowed per `per`; >= 1
+    per: float  # seconds; > 0
+    algorithm: str = "token_bucket"  # token_bucket | sliding_window | fixed_window
+    burst: int = 1  # token_bucket only; >= 1
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     name: str
@@ -82,6 +95,9 @@ class QueueConfig:
     settings: QueueSettings
     user: str | None = None  # run this queue's workers as this user (master started as root)
     group: str | None = None
+    rate_limits: tuple[RateLimit, ...] = ()  # a job starts only when every one allows it
+    limiters: tuple[str, ...] = ()  # named limiters (Config.limiters) its starts also count against
+    global_concurrency: int | None = None  # at most this many of its jobs running, fleet-wide
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,7 @@ class Config:
     max_result: int = 64 * 1024  # a larger result is not kept; the job's record says so
     user: str | None = None
     group: str | None = None
+    limiters: Mapping[str, tuple[RateLimit, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config, as YAML-ready data with units spelled out."""
@@ -181,10 +198,30 @@ class Config:
             "metrics": {"listen": self.metrics.listen},
             "health": {"redis_grace": format_duration(self.health.redis_grace),
                        "max_loop_lag": format_duration(self.health.max_loop_lag)},
+            "limiters": {name: _limits_dict(limits) for name, limits in self.limiters.items()},
             "queues": {q.name: {"concurrency": q.concurrency, "user": q.user, "group": q.group,
+                                "rate_limit": _limits_dict(q.rate_limits), "limiters": list(q.limiters),
+                                "global_concurrency": q.global_concurrency,
                                 **settings(q.settings)}
                        for q in self.queues.values()},
         }
+
+
+def _limits_dict(limits: tuple[RateLimit, ...]) -> list[dict[str, Any]]:
+    """Rate limits as ``check`` prints them; a window has no burst, so none is shown for it."""
+    out = []
+    for r in limits:
+        shown: dict[str, Any] = {"limit": r.limit, "per": _format_per(r.per), "algorithm": r.algorithm}
+        if r.algorithm == "token_bucket":
+            shown["burst"] = r.burst
+        out.append(shown)
+    return out
+
+
+def _format_per(seconds: float) -> str:
+    """``1m`` for 60.0, but never a rounded figure (format_duration shows 1.5ms as ``2ms``)."""
+    text = format_duration(seconds)
+    return text if parse_duration(text) == seconds else f"{seconds}s"
 
 
 def mask_url(url: str) -> str:
@@ -284,6 +321,13 @@ def _suggest(key: str, known: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"{hint} (known keys: {', '.join(known)})" if known else hint
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _show(value: object) -> str:
@@ -402,6 +446,112 @@ def _listen(v: Any) -> str:
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SETTING_KEYS = ("memory", "timeout", "recycle", "retry", "done_ttl")
+_PER_QUEUE_KEYS = ("rate_limit", "limiters", "global_concurrency")  # never inherited from defaults
+_PER_WORDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_LIMIT_EXAMPLE = "{limit: 300, per: 1m}"
+
+
+def _per(v: Any) -> float:
+    """A rate limit's period: a duration, or ``second``/``minute``/``hour``/``day``. At least
+    1ms, because the limits are kept in Redis in milliseconds: a shorter period would round
+    to zero there and divide by it."""
+    if isinstance(v, str) and v.strip().lower() in _PER_WORDS:
+        return _PER_WORDS[v.strip().lower()]
+    negative = (isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0) or (
+        isinstance(v, str) and v.strip().startswith("-"))
+    if negative:
+        raise ValueError(f"expected a duration above zero, got {v!r}")
+    try:
+        seconds = parse_duration(v)
+    except ValueError:
+        raise ValueError("expected a duration such as 1s, 1m, 1h or 1d (units ms/s/m/h/d, or the words "
+                         f"second, minute, hour, day), got {v!r}") from None
+    if seconds == 0:
+        raise ValueError(f"expected a duration above zero, got {v!r}")
+    if seconds < 0.001:
+        raise ValueError(f"expected at least 1ms, got {v!r}")
+    return seconds
+
+
+def _algorithm(v: Any) -> str:
+    if isinstance(v, str) and v.strip().lower() in RATE_LIMIT_ALGORITHMS:
+        return v.strip().lower()
+    hint = _did_you_mean(v, RATE_LIMIT_ALGORITHMS) if isinstance(v, str) else ""
+    raise ValueError(f"unknown algorithm {v!r}{hint} (known: {', '.join(RATE_LIMIT_ALGORITHMS)})")
+
+
+def _rate_limit(data: Any, path: str, env: Mapping[str, str]) -> RateLimit:
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"expected a limit such as {_LIMIT_EXAMPLE}, got {_show(data)}")
+    sec = _Section(data, path, env).expect("limit", "per", "algorithm", "burst")
+    limit = sec.get("limit", _int(1))
+    per = sec.get("per", _per)
+    algorithm = sec.get("algorithm", _algorithm, "token_bucket")
+    burst = sec.get("burst", _int(1))
+    sec.done()
+    for key, value in (("limit", limit), ("per", per)):
+        if value is None:
+            raise ConfigError(path, f"missing {key!r}: a limit is {{limit: N, per: DURATION}}, e.g. {_LIMIT_EXAMPLE}")
+    if burst is not None and algorithm != "token_bucket":
+        raise ConfigError(sec.sub("burst"), f"only token_bucket takes a burst (got burst {burst} "
+                                            f"with algorithm {algorithm})")
+    return RateLimit(limit=limit, per=per, algorithm=algorithm, burst=1 if burst is None else burst)
+
+
+def _rate_limits(raw: Any, path: str, env: Mapping[str, str]) -> tuple[RateLimit, ...]:
+    """One limit mapping or a non-empty list of them (a job starts only when all allow it)."""
+    if isinstance(raw, dict):
+        return (_rate_limit(raw, path, env),)
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(path, "expected at least one limit, got an empty list (leave the key out for none)")
+        return tuple(_rate_limit(item, f"{path}[{i}]", env) for i, item in enumerate(raw))
+    raise ConfigError(path, f"expected a limit such as {_LIMIT_EXAMPLE} or a list of them, got {_show(raw)}")
+
+
+def _limiter_names(raw: Any, path: str, known: Mapping[str, Any]) -> tuple[str, ...]:
+    """A queue's ``limiters:``, one name or a list, each defined in the top-level ``limiters:``."""
+    if isinstance(raw, str):
+        items = [(path, raw)]
+    elif isinstance(raw, list):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(raw)]
+    else:
+        raise ConfigError(path, f"expected a limiter name or a list of them, got {_show(raw)}")
+    names: list[str] = []
+    for where, name in items:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(where, f"expected a limiter name, got {_show(name)}")
+        if name not in known:
+            defined = f"known: {', '.join(known)}" if known else "none are defined: add a top-level limiters: mapping"
+            raise ConfigError(where, f"no limiter {name!r} in limiters ({defined}){_did_you_mean(name, known)}")
+        if name in names:
+            raise ConfigError(where, f"limiter {name!r} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _queue_limits(q: _Section, named: Mapping[str, Any]) -> tuple[tuple[RateLimit, ...], tuple[str, ...], int | None]:
+    """A queue's own ``rate_limit``, ``limiters`` and ``global_concurrency`` (``off`` for none)."""
+    rate_limits = q.get("rate_limit", lambda v: _rate_limits(v, q.sub("rate_limit"), q.env), ())
+    limiters = q.get("limiters", lambda v: _limiter_names(v, q.sub("limiters"), named), ())
+    global_concurrency = q.get("global_concurrency", _optional(_int(1)), None)
+    return rate_limits, limiters, global_concurrency
+
+
+def _named_limiters(raw: Any, env: Mapping[str, str]) -> dict[str, tuple[RateLimit, ...]]:
+    """The top-level ``limiters:``: name -> limits, shared by queues and ``governor.limit()``."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("limiters", "expected a mapping of limiter name to limits, e.g. "
+                                      f"{{stripe: {_LIMIT_EXAMPLE}}}, got {_show(raw)}")
+    out: dict[str, tuple[RateLimit, ...]] = {}
+    for name, body in raw.items():
+        path = f"limiters.{name}"
+        if not isinstance(name, str) or not _QUEUE_NAME.match(name):
+            raise ConfigError(path, "limiter names are 1-64 letters, digits or _.-")
+        out[name] = _rate_limits(body, path, env)
+    return out
 
 
 def _settings(sec: _Section, base: QueueSettings) -> QueueSettings:
@@ -499,7 +649,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     top = _Section(data, "", env).expect(
         "redis", "app", "defaults", "queues", "shutdown_timeout", "lease", "state_dir", "data_dir",
         "log", "metrics",
-        "limits", "user", "group", "health")
+        "limits", "user", "group", "health", "limiters")
     base_dir = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
 
     red = top.section("redis").expect("url", "prefix", "tls")
@@ -533,7 +683,13 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
 
     defaults_sec = top.section("defaults").expect(*_SETTING_KEYS)
     defaults = _settings(defaults_sec, QueueSettings())
+    for key in _PER_QUEUE_KEYS:
+        if key in defaults_sec.data:  # each queue would get a limit of its own: easily mistaken for a shared one
+            share = (" (to share one limit between queues, define it in the top-level limiters: and name it in "
+                     "each queue's limiters:)") if key == "rate_limit" else ""
+            raise ConfigError(defaults_sec.sub(key), f"set per queue, not in defaults{share}")
     defaults_sec.done()
+    named_limiters = _named_limiters(top.get("limiters", lambda v: v), env)
 
     user = top.get("user", _user, None)
     group = top.get("group", _group, None)
@@ -552,18 +708,20 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
             raise ConfigError(path, "queue names are 1-64 letters, digits or _.-")
         if isinstance(body, int) and not isinstance(body, bool):
             body = {"concurrency": body}
-        q = _Section(body, path, env).expect("concurrency", "user", "group", *_SETTING_KEYS)
+        q = _Section(body, path, env).expect("concurrency", "user", "group", *_SETTING_KEYS, *_PER_QUEUE_KEYS)
         concurrency = q.get("concurrency", _int(0), 1)
         q_user = q.get("user", _user, user)
         q_group = q.get("group", _group, group)
         settings = _settings(q, defaults)
+        rate_limits, q_limiters, global_concurrency = _queue_limits(q, named_limiters)
         q.done()
         if (q_user or q_group) and redis.embedded:
             raise ConfigError(f"{path}.user" if q_user else f"{path}.group",
                               "dropping privileges needs your own Redis: the embedded one listens on a "
                               "socket private to the master's user")
         queues[name] = QueueConfig(name=name, concurrency=concurrency, settings=settings,
-                                   user=q_user, group=q_group)
+                                   user=q_user, group=q_group, rate_limits=rate_limits,
+                                   limiters=q_limiters, global_concurrency=global_concurrency)
 
     shutdown_timeout = top.get("shutdown_timeout", parse_duration, 30.0)
     lease = top.get("lease", parse_duration, 60.0)
@@ -598,7 +756,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
                   explicit_state_dir=explicit_state_dir, data_dir=data_dir,
                   log=log, metrics=metrics, health=health, max_payload=max_payload,
                   max_result=max_result, user=user,
-                  group=group)
+                  group=group, limiters=named_limiters)
 
 
 MAX_CONFIG_BYTES = 1024 * 1024

@@ -38,6 +38,7 @@ from governor.governance import (
 from governor.housekeeping import Housekeeper, LostJob
 from governor.httpd import HttpServer
 from governor.identity import worker_id
+from governor.limits import rules_for
 from governor.log import fields
 from governor.metrics import CONTENT_TYPE, Metrics
 from governor.pool import Pool
@@ -64,7 +65,11 @@ def _watchdog_interval() -> float:
 
 def _settings_key(q: QueueConfig, cfg: Config) -> Any:
     """What a worker was forked with; when this changes, its workers are replaced."""
-    return (q.settings, cfg.app, cfg.lease, cfg.redis)
+    return (q.settings, cfg.app, cfg.lease, cfg.redis, rules_for(cfg.redis.prefix, q, _limiters(cfg)))
+
+
+def _limiters(cfg: Config) -> Any:
+    return getattr(cfg, "limiters", {})
 
 
 def _running(pid: int) -> bool:
@@ -414,7 +419,9 @@ class Master:
                                  index=pool.free_index(), master_pid=self.pid,
                                  max_jobs=max_jobs, max_age=max_age,
                                  max_payload=self.config.max_payload, max_result=self.config.max_result,
-                                 sentry=self.sentry.alive, board=self.board, slot=slot)
+                                 sentry=self.sentry.alive, board=self.board, slot=slot,
+                                 rules=rules_for(self.config.redis.prefix, pool.config, _limiters(self.config)),
+                                 limiters=_limiters(self.config))
         inherited = self._owned_fds() + [master_end.fileno()]
         # Until the child has its own handlers, a signal sent to it would run the master's
         # (and land in the master's wakeup fd): keep them blocked across fork; the worker

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import redis
 
 from governor.connection import connect
+from governor.limits import Rules
 from governor.units import parse_duration
 from governor.untrusted import loads
 
@@ -27,6 +28,7 @@ DEFAULT_PRIORITY = 50
 MAX_PRIORITY = 100
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 _BULK_CHUNK = 1000
+NO_RULES = Rules()
 # The same bounds enqueue.lua enforces (it is the line for producers that bypass this client).
 JOB_ID = re.compile(r"[\x21-\x7e]{1,200}")
 JOB_ID_RULE = "1-200 printable ASCII characters without spaces (letters, digits, punctuation)"
@@ -39,7 +41,7 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
     pkg = resources.files("governor") / "lua"
     prelude = (pkg / "lib.lua").read_text()
     scripts = {}
-    for name in ("enqueue", "reserve", "ack", "fail", "tick", "renew"):
+    for name in ("enqueue", "reserve", "ack", "fail", "tick", "renew", "limit"):
         src = prelude + "\n" + (pkg / f"{name}.lua").read_text()
         scripts[name] = (src, hashlib.sha1(src.encode()).hexdigest())
     return scripts
@@ -154,6 +156,16 @@ class QueueKeys:
     def stats(self) -> str:
         return self.key("stats")
 
+    @property
+    def unique(self) -> str:
+        """Hash: unique key -> the id of the job holding it while waiting, delayed or active."""
+        return self.key("unique")
+
+    @property
+    def paused(self) -> str:
+        """``"1"`` while the queue is paused: the reserve starts no job of it, on any host."""
+        return self.key("paused")
+
     # -- script calls ---------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[tuple[str, str, str, int]]) -> Call:
@@ -161,23 +173,28 @@ class QueueKeys:
         for job in jobs:
             args.extend(job)
         return Call("enqueue", (self.meta, self.data, self.waiting, self.delayed,
-                                self.key("seq"), self.wake, self.stats), args)
+                                self.key("seq"), self.wake, self.stats, self.unique), args)
 
-    def reserve(self, worker: str, token: str, lease_ms: int) -> Call:
+    def reserve(self, worker: str, token: str, lease_ms: int, rules: Rules = NO_RULES) -> Call:
+        """``rules``: the queue's fleet-wide concurrency and rate limits (limits.py)."""
         return Call("reserve", (self.waiting, self.delayed, self.active, self.meta, self.data,
-                                self.leases, self.wake, self.key("fence")), (worker, token, lease_ms))
+                                self.leases, self.wake, self.key("fence"), self.key("paused"),
+                                self.key("tickets"), self.stats, *rules.keys()),
+                    (worker, token, lease_ms, *rules.argv()))
 
     def ack(self, job_id: str, token: str, worker: str, done_ttl_ms: int, result: str,
-            run_ms: int, result_note: str = "") -> Call:
-        """``result_note`` says why a result is not kept (too large, not JSON)."""
-        return Call("ack", (self.active, self.meta, self.data, self.done, self.leases, self.stats),
-                    (job_id, token, worker, done_ttl_ms, result, run_ms, result_note))
+            run_ms: int, result_note: str = "", wake: bool = False) -> Call:
+        """``result_note`` says why a result is not kept (too large, not JSON); ``wake``: the
+        queue has a global_concurrency, so the freed slot wakes one waiting worker."""
+        return Call("ack", (self.active, self.meta, self.data, self.done, self.leases, self.stats,
+                            self.unique, self.waiting, self.wake),
+                    (job_id, token, worker, done_ttl_ms, result, run_ms, result_note, "1" if wake else ""))
 
     def fail(self, job_id: str, token: str, worker: str, error: dict | None, mode: str,
              backoff_ms: int, reason: str, default_max_retries: int) -> Call:
         """mode: ``retry`` (if attempts remain), ``dead`` (now) or ``requeue`` (attempt not counted)."""
         return Call("fail", (self.active, self.meta, self.waiting, self.delayed, self.dead,
-                             self.leases, self.wake, self.stats),
+                             self.leases, self.wake, self.stats, self.unique),
                     (job_id, token, worker, json.dumps(error) if error else "", mode, backoff_ms,
                      reason, default_max_retries))
 
@@ -282,17 +299,24 @@ class Client:
     def enqueue(self, queue: str, handler: str, *args: Any, priority: int = DEFAULT_PRIORITY,
                 delay: float | str | None = None, timeout: float | str | None = None,
                 max_retries: int | None = None, job_id: str | None = None,
-                **kwargs: Any) -> str:
-        """Queues one job and returns its id; an existing ``job_id`` is not queued twice."""
+                unique: str | None = None, **kwargs: Any) -> str:
+        """Queues one job and returns its id; an existing ``job_id`` is not queued twice.
+
+        With ``unique``, while a job of this queue holding that key is waiting, delayed or
+        active, nothing is queued and that job's id is returned: a producer that fires on
+        every event still gets one job per key at a time (e.g. one index rebuild)."""
         return self.enqueue_many(queue, [{
             "handler": handler, "args": list(args), "kwargs": kwargs, "priority": priority,
             "delay": delay, "timeout": timeout, "max_retries": max_retries, "job_id": job_id,
+            "unique": unique,
         }])[0]
 
     def enqueue_many(self, queue: str, jobs: Iterable[dict[str, Any]]) -> list[str]:
         """Queues many jobs in one round trip, all or none. Each dict has ``handler`` and
         optionally ``args``, ``kwargs``, ``priority``, ``delay``, ``timeout``, ``max_retries``,
-        ``job_id``.
+        ``job_id``, ``unique``. Returns, per job, the id of the job that holds it: its own, or,
+        when its ``unique`` key is held (by a live job, or by an earlier job of this batch),
+        the holder's, and that job is not queued.
 
         Every job is validated before anything is sent, so a bad one raises ValueError naming
         it and writes nothing. Over 1,000 jobs go as several script calls in one MULTI/EXEC.
@@ -310,16 +334,21 @@ class Client:
                  for i in range(0, len(prepared), _BULK_CHUNK)]
         if not calls:
             return []
+        self._register(queue)
+        replies = [r for chunk in run(self.redis, *calls, atomic=True) for r in chunk]
+        # 1 created, 0 the id existed, or (bytes) the id of the job that holds the unique key
+        return [r.decode(errors="surrogateescape") if isinstance(r, bytes) else job_id
+                for job_id, r in zip(ids, replies, strict=True)]
+
+    def _register(self, queue: str) -> None:
+        """Once per client and queue: lets ``job(id)`` and ``status`` find the queue."""
         if queue not in self._registered:
-            # once per client and queue: lets `job(id)` and `status` find the queue
             self.redis.sadd(f"{self.prefix}:queues", queue)
             self._registered.add(queue)
-        run(self.redis, *calls, atomic=True)
-        return ids
 
     def _prepare(self, queue: str, spec: dict[str, Any]) -> tuple[str, str, str, int]:
         unknown = set(spec) - {"handler", "args", "kwargs", "priority", "delay", "timeout",
-                               "max_retries", "job_id"}
+                               "max_retries", "job_id", "unique"}
         if unknown:
             raise ValueError(f"unknown job field(s): {', '.join(sorted(unknown))}")
         handler = spec.get("handler")
@@ -342,6 +371,9 @@ class Client:
         job_id = spec.get("job_id") or uuid.uuid4().hex
         if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
             raise ValueError(f"job_id must be {JOB_ID_RULE}, got {job_id!r}")
+        unique = spec.get("unique")
+        if unique is not None and (not isinstance(unique, str) or not JOB_ID.fullmatch(unique)):
+            raise ValueError(f"unique must be {JOB_ID_RULE}, got {unique!r}")
         try:
             payload = json.dumps({"handler": handler, "args": list(args), "kwargs": kwargs},
                                  separators=(",", ":"), allow_nan=False)
@@ -354,6 +386,8 @@ class Client:
             meta["max_retries"] = max_retries
         if timeout is not None:
             meta["timeout"] = timeout
+        if unique is not None:
+            meta["unique"] = unique
         return job_id, payload, json.dumps(meta, separators=(",", ":")), int(delay * 1000)
 
     def queues(self) -> list[str]:
@@ -400,20 +434,53 @@ class Client:
             return record
         return None
 
-    def counts(self, queue: str) -> dict[str, int]:
-        """How many jobs are in each state, plus the queue's lifetime counters."""
+    def counts(self, queue: str) -> dict[str, Any]:
+        """How many jobs are in each state, the queue's lifetime counters, and ``paused``."""
         k = self.keys(queue)
         pipe = self.redis.pipeline(transaction=False)
         for key in (k.waiting, k.delayed, k.active, k.dead, k.done):
             pipe.zcard(key)
         pipe.hgetall(k.stats)
-        *cards, stats = pipe.execute()
-        out = dict(zip(("waiting", "delayed", "active", "dead", "done"), cards, strict=True))
+        pipe.exists(k.paused)
+        *cards, stats, paused = pipe.execute()
+        out: dict[str, Any] = dict(zip(("waiting", "delayed", "active", "dead", "done"), cards, strict=True))
+        out["paused"] = bool(paused)
         for name in ("enqueued", "retried"):
             out[f"{name}_total"] = int(stats.get(name.encode(), 0))
         out["done_total"] = int(stats.get(b"done", 0))
         out["dead_total"] = int(stats.get(b"dead", 0))
         return out
+
+    # -- pause ----------------------------------------------------------------
+
+    def pause(self, queue: str) -> bool:
+        """Stops every host from starting jobs of the queue (running jobs finish); the flag
+        lives in Redis, so it holds fleet-wide and across master restarts. Returns False if
+        the queue was already paused."""
+        self._register(queue)  # so `status` lists a paused queue nobody has enqueued to yet
+        return bool(self.redis.setnx(self.keys(queue).paused, "1"))
+
+    def resume(self, queue: str) -> bool:
+        """Lets the queue's jobs start again, and wakes idle workers on every host at once
+        (one token per waiting job, as an enqueue does) rather than at their next timeout.
+        Returns False if the queue was not paused."""
+        k = self.keys(queue)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(k.paused)
+        pipe.zcard(k.waiting)
+        pipe.zcard(k.delayed)
+        was_paused, waiting, delayed = pipe.execute()
+        # a delayed job wakes one idle worker too, so it re-arms its timer (as enqueue.lua does)
+        tokens = min(waiting, 512) or (1 if delayed else 0)
+        if was_paused and tokens:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.rpush(k.wake, *["1"] * tokens)
+            pipe.ltrim(k.wake, -4096, -1)
+            pipe.execute()
+        return bool(was_paused)
+
+    def paused(self, queue: str) -> bool:
+        return bool(self.redis.exists(self.keys(queue).paused))
 
     def dead(self, queue: str, limit: int = 20) -> list[dict[str, Any]]:
         """The most recently dead-lettered jobs of a queue, newest first."""

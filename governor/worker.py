@@ -19,14 +19,14 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import redis
 from setproctitle import setproctitle
 
-from governor import context
+from governor import context, limits
 from governor.channel import WorkerEnd
 from governor.config import AppConfig, QueueConfig, TlsConfig
 from governor.connection import connect, is_transient
@@ -34,10 +34,12 @@ from governor.context import JobContext
 from governor.errors import SoftTimeLimitExceeded
 from governor.handlers import HandlerError, HandlerRegistry, Payload
 from governor.identity import worker_id
+from governor.limits import RateLimited, Rules
 from governor.log import fields
 from governor.queue import (
     DEFAULT_MAX_PAYLOAD,
     JOB_ID,
+    NO_RULES,
     Call,
     FailOutcome,
     QueueKeys,
@@ -73,6 +75,8 @@ class WorkerSpec:
     max_result: int = 64 * 1024  # a larger result is not kept (the record says so)
     sentry: bool = False  # the master has a sentry to kill our tree if it dies (proctree.Sentry)
     board: Scoreboard | None = None  # shared lease state, read by the sentry (scoreboard.py)
+    rules: Rules = NO_RULES  # the queue's fleet-wide concurrency and rate limits
+    limiters: Mapping[str, Any] = field(default_factory=dict)  # named limiters, for governor.limit()
     slot: int = -1  # ours in it
 
 
@@ -204,6 +208,7 @@ class Worker:
             # a failure here kills the worker before its first job: the master backs off
             importlib.import_module(module)
         self.redis = self._connect()
+        limits.bind(self.redis, self.spec.prefix, self.spec.limiters)
         self.channel.send("ready")
         pending: Call | None = None
         reason = "drain"
@@ -221,6 +226,12 @@ class Worker:
                 pending = None
                 if reply[0] == 0:
                     self._wait_for_work(reply[1])
+                    continue
+                if reply[0] == 2:  # throttled: a start is ours in reply[1] ms
+                    self._wait_for_ticket(reply[1])
+                    continue
+                if reply[0] in (3, 4):  # at global_concurrency, or paused: a settle or resume wakes us
+                    self._wait_for_work(-1, "waiting for a slot" if reply[0] == 3 else "paused")
                     continue
                 pending = self._run(reply)
                 if not self._after_job():
@@ -300,7 +311,7 @@ class Worker:
         calls = [c for c in (pending,) if c is not None]
         token = self._next_token()
         if reserve:
-            calls.append(self.keys.reserve(self.id, token, self.lease_ms))
+            calls.append(self.keys.reserve(self.id, token, self.lease_ms, self.spec.rules))
         # Before the first attempt: a reserve re-sent after a lost reply returns the job the first
         # one leased, whose lease in Redis runs from then, so the lease is counted from here.
         sent = time.monotonic()
@@ -354,14 +365,29 @@ class Worker:
             log.warning("job %s dead-lettered (%s): %s", job_id, call.args[6], last,
                         extra={**extra, "reason": call.args[6]})
 
-    def _wait_for_work(self, next_due_ms: int) -> None:
+    def _wait_for_ticket(self, ms: int) -> None:
+        """Sleeps until the start the reserve set aside for us, on our own clock: Redis resolves
+        blocking timeouts on its 10 Hz timer, up to 100 ms late, and a late start under a token
+        bucket is throughput lost for good. Not a poll: the start is ours when we wake."""
+        seconds = min(ms / 1000.0, _IDLE_WAIT_MAX)
+        if self.spec.max_age:
+            seconds = min(seconds, max(self.spec.max_age - (time.monotonic() - self.started), 0.0))
+        self._title("throttled")
+        self._idle = True
+        try:
+            if not self.draining:
+                time.sleep(seconds)
+        finally:
+            self._idle = False
+
+    def _wait_for_work(self, next_due_ms: int, why: str = "idle") -> None:
         """Blocks in Redis until a job is enqueued (or a delayed one falls due, or it is time
         to recycle); no polling."""
         timeout = _IDLE_WAIT_MAX if next_due_ms < 0 else next_due_ms / 1000.0
         if self.spec.max_age:
             timeout = min(timeout, self.spec.max_age - (time.monotonic() - self.started))
         timeout = min(_IDLE_WAIT_MAX, max(timeout, 0.01))
-        self._title("idle")
+        self._title(why)
         self._idle = True
         try:
             if self.draining:
@@ -406,6 +432,14 @@ class Worker:
             self._in_job = False
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._job_over()
+        except RateLimited as exc:
+            # not the job's failure: it goes back, due when the limiter will have a start
+            self._in_job = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._job_over()
+            self.channel.send("end", job.id, "throttled", time.monotonic() - started)
+            return self.keys.fail(job.id, token, self.id, None, "throttle",
+                                  max(1, int(exc.retry_after * 1000)), "throttled", self.settings.retry.max)
         except (Exception, SystemExit, SoftTimeLimitExceeded) as exc:
             self._in_job = False
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -426,7 +460,8 @@ class Worker:
         if note:
             log.warning("job %s: result not kept: %s", job.id, note,
                         extra=fields(queue=self.spec.queue.name, job=job.id, reason="result_dropped"))
-        return self.keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note)
+        return self.keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note,
+                             wake=self.spec.rules.global_concurrency > 0)
 
     def _job_over(self) -> None:
         """Nothing of the job runs any more: its lease no longer needs guarding (the settle that

@@ -40,6 +40,28 @@ def heartbeat(key, seconds):
         fh.write(f"{key} {os.getpid()}\\n")
 
 
+def stamp(key):
+    """Records when it started, on this host's clock (the one Redis uses too)."""
+    with open(os.path.join(SHARED, "starts"), "a") as fh:
+        fh.write(f"{key} {os.getpid()} {time.time():.6f}\\n")
+
+
+def span(key, seconds):
+    """Records its start and end, so overlapping runs can be counted."""
+    with open(os.path.join(SHARED, "spans"), "a") as fh:
+        fh.write(f"start {key} {os.getpid()} {time.time():.6f}\\n")
+    time.sleep(seconds)
+    with open(os.path.join(SHARED, "spans"), "a") as fh:
+        fh.write(f"end {key} {os.getpid()} {time.time():.6f}\\n")
+
+
+def limited(key):
+    """Takes a start from the 'api' limiter first (raising RateLimited when there is none)."""
+    governor.limit("api")
+    with open(os.path.join(SHARED, "calls"), "a") as fh:
+        fh.write(f"{key} {os.getpid()} {time.time():.6f}\\n")
+
+
 def fence(key, seconds):
     job = governor.current_job()
     with open(os.path.join(SHARED, "fences"), "a") as fh:

@@ -185,3 +185,134 @@ def test_a_sighup_to_an_alias_bomb_keeps_the_old_config_and_the_master_answers(g
     assert [w["pid"] for w in governor.workers("w")] == [pid]  # the master answers, unchanged
     governor.client.enqueue("w", "tasks:record", "after-bomb")
     wait_for(lambda: governor.lines("done") == ["after-bomb"], 5, "a job under the old config")
+
+
+# --------------------------------------------------------------------------
+# Fleet-wide limits (issue 9): rate_limit, limiters, global_concurrency
+
+
+def test_rate_limits_limiters_and_global_concurrency_are_parsed():
+    from governor.config import RateLimit
+
+    cfg = parse_config(yaml.safe_load("""
+limiters:
+  stripe: [{limit: 100, per: 1s}, {limit: 100000, per: day}]
+  mail: {limit: 10, per: 250ms, algorithm: fixed_window}
+queues:
+  email:
+    concurrency: 8
+    rate_limit:
+      - {limit: 300, per: 1m}
+      - {limit: 10000, per: hour, algorithm: sliding_window}
+      - {limit: "${DAILY}", per: 1d, burst: 50}
+    global_concurrency: 5
+    limiters: [stripe, mail]
+  sync: {rate_limit: {limit: 100, per: second, algorithm: fixed_window}, limiters: stripe}
+  plain: 2
+  unlimited: {global_concurrency: off}
+"""), env={"DAILY": "100000"})
+    email, sync, plain = cfg.queues["email"], cfg.queues["sync"], cfg.queues["plain"]
+    assert email.rate_limits == (RateLimit(300, 60.0), RateLimit(10000, 3600.0, "sliding_window"),
+                                 RateLimit(100000, 86400.0, "token_bucket", burst=50))
+    assert email.global_concurrency == 5 and email.limiters == ("stripe", "mail")
+    assert sync.rate_limits == (RateLimit(100, 1.0, "fixed_window", 1),) and sync.limiters == ("stripe",)
+    assert (plain.rate_limits, plain.limiters, plain.global_concurrency) == ((), (), None)
+    assert cfg.queues["unlimited"].global_concurrency is None
+    assert cfg.limiters == {"stripe": (RateLimit(100, 1.0), RateLimit(100000, 86400.0)),
+                            "mail": (RateLimit(10, 0.25, "fixed_window"),)}
+    assert parse_config({"queues": {"a": 1}}).limiters == {}
+
+
+LIMITED = BASE + "limiters: {stripe: {limit: 100, per: 1s}}\n"
+
+
+@pytest.mark.parametrize("queue, message", [
+    ("rate_limit: [{limit: 300, per: 1m}, {limit: 0, per: 1s}]",
+     "queues.email.rate_limit[1].limit: expected an integer >= 1, got 0"),
+    ("rate_limit: {limit: -5, per: 1s}", "queues.email.rate_limit.limit: expected an integer >= 1, got -5"),
+    ("rate_limit: {limit: 2.5, per: 1s}", "queues.email.rate_limit.limit: expected an integer >= 1, got 2.5"),
+    ("rate_limit: {limit: many, per: 1s}", "queues.email.rate_limit.limit: expected an integer >= 1, got 'many'"),
+    ("rate_limit: {limit: 10, per: 0}", "queues.email.rate_limit.per: expected a duration above zero, got 0"),
+    ("rate_limit: {limit: 10, per: 0s}", "queues.email.rate_limit.per: expected a duration above zero, got '0s'"),
+    ("rate_limit: {limit: 10, per: -1s}", "queues.email.rate_limit.per: expected a duration above zero, got '-1s'"),
+    ("rate_limit: {limit: 10, per: fortnight}",
+     "queues.email.rate_limit.per: expected a duration such as 1s, 1m, 1h or 1d (units ms/s/m/h/d, "
+     "or the words second, minute, hour, day), got 'fortnight'"),
+    ("rate_limit: {limit: 10, per: 1s, algorithm: token-bucket}",
+     "queues.email.rate_limit.algorithm: unknown algorithm 'token-bucket'; did you mean 'token_bucket'? "
+     "(known: token_bucket, sliding_window, fixed_window)"),
+    ("rate_limit: {limit: 10, per: 1s, algorithm: sliding_window, burst: 5}",
+     "queues.email.rate_limit.burst: only token_bucket takes a burst (got burst 5 with algorithm sliding_window)"),
+    ("rate_limit: [{limit: 10, per: 1s, algorithm: fixed_window, burst: 1}]",
+     "queues.email.rate_limit[0].burst: only token_bucket takes a burst"),
+    ("rate_limit: {limit: 10, per: 1s, burst: 0}", "queues.email.rate_limit.burst: expected an integer >= 1, got 0"),
+    ("rate_limit: {limit: 10, per: 1s, brust: 3}",
+     "queues.email.rate_limit.brust: unknown key; did you mean 'burst'? (known keys: limit, per, algorithm, burst)"),
+    ("rate_limit: {limit: 10}", "queues.email.rate_limit: missing 'per'"),
+    ("rate_limit: []", "queues.email.rate_limit: expected at least one limit, got an empty list"),
+    ("rate_limit: [100/s]", "queues.email.rate_limit[0]: expected a limit such as {limit: 300, per: 1m}, got '100/s'"),
+    ("global_concurrency: 0", "queues.email.global_concurrency: expected an integer >= 1, got 0"),
+    ("limiters: [stripe, strpe]",
+     "queues.email.limiters[1]: no limiter 'strpe' in limiters (known: stripe); did you mean 'stripe'?"),
+    ("limiters: [stripe, stripe]", "queues.email.limiters[1]: limiter 'stripe' is listed twice"),
+])
+def test_a_bad_limit_names_its_path_and_value(queue, message):
+    text = LIMITED.replace("{concurrency: 3}", "{concurrency: 3, " + queue + "}")
+    with pytest.raises(ConfigError) as exc:
+        parse_config(yaml.safe_load(text))
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    (BASE + "limiters: {stripe: []}\n", "limiters.stripe: expected at least one limit"),
+    (BASE + "limiters: {stripe: [{limit: 1, per: 1s}, {limit: 1, per: 0}]}\n",
+     "limiters.stripe[1].per: expected a duration above zero, got 0"),
+    (BASE + "limiters: {'bad name': {limit: 1, per: 1s}}\n",
+     "limiters.bad name: limiter names are 1-64 letters, digits or _.-"),
+    (BASE.replace("{concurrency: 3}", "{limiters: stripe}"),
+     "queues.email.limiters: no limiter 'stripe' in limiters (none are defined"),
+    (BASE + "defaults: {rate_limit: {limit: 1, per: 1s}}\n", "defaults.rate_limit: set per queue, not in defaults"),
+])
+def test_bad_named_limiters_and_limits_in_defaults_are_refused(text, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(yaml.safe_load(text))
+    assert message in str(exc.value)
+
+
+def test_check_refuses_a_typo_in_a_limiter_name_and_prints_limits_with_units(tmp_path):
+    bad = check(tmp_path, LIMITED.replace("{concurrency: 3}", "{limiters: [strpe]}"))
+    assert bad.returncode == 2
+    assert (f"{tmp_path / 'g.yaml'}: queues.email.limiters[0]: no limiter 'strpe' in limiters (known: stripe); "
+            "did you mean 'stripe'?") in bad.stderr
+    good = check(tmp_path, LIMITED.replace("{concurrency: 3}", """
+    concurrency: 3
+    rate_limit: [{limit: 300, per: 60}, {limit: 10000, per: hour, algorithm: sliding_window}]
+    limiters: stripe
+    global_concurrency: 5"""))
+    assert good.returncode == 0, good.stderr
+    shown = yaml.safe_load(good.stdout)
+    assert shown["queues"]["email"]["rate_limit"] == [
+        {"limit": 300, "per": "1m", "algorithm": "token_bucket", "burst": 1},
+        {"limit": 10000, "per": "1h", "algorithm": "sliding_window"}]
+    assert shown["queues"]["email"]["limiters"] == ["stripe"]
+    assert shown["queues"]["email"]["global_concurrency"] == 5
+    assert shown["limiters"] == {"stripe": [{"limit": 100, "per": "1s", "algorithm": "token_bucket", "burst": 1}]}
+
+
+def test_a_period_that_format_duration_would_round_is_shown_exactly():
+    cfg = parse_config({"queues": {"a": {"rate_limit": {"limit": 3, "per": "1.5ms"}}}})
+    assert cfg.to_dict()["queues"]["a"]["rate_limit"][0]["per"] == "0.0015s"
+
+
+def test_a_sighup_to_a_zero_rate_limit_keeps_the_running_config(governor):
+    governor.start({"w": {"concurrency": 1}})
+    pid = governor.workers("w")[0]["pid"]
+    governor.write({"w": {"concurrency": 2, "rate_limit": {"limit": 0, "per": "1s"}}})
+    governor.signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in governor.log(), 5, "the reload to be refused")
+    assert ("reload failed, keeping the running config: "
+            f"{governor.config_path}: queues.w.rate_limit.limit: expected an integer >= 1, got 0") in governor.log()
+    time.sleep(0.3)  # a reload that had been applied would be starting a second worker by now
+    assert [w["pid"] for w in governor.workers("w")] == [pid]
+    governor.client.enqueue("w", "tasks:record", "after-reload")
+    wait_for(lambda: governor.lines("done") == ["after-reload"], 5, "a job under the old config")

@@ -1,6 +1,7 @@
--- KEYS: active, meta, data, done, leases, stats
+-- KEYS: active, meta, data, done, leases, stats, unique, waiting, wake
 -- ARGV: id, token, worker, done_ttl_ms, result_json ('' for none), run_ms,
---       result_note (why a result was not kept: too large, not JSON; '' for none)
+--       result_note (why a result was not kept: too large, not JSON; '' for none),
+--       wake ('1': the queue has a global_concurrency, and the slot this job held is free now)
 -- Returns 1 when settled, 0 when the lease was lost (the job is someone else's now).
 local now = now_ms()
 local id = ARGV[1]
@@ -9,6 +10,7 @@ if meta.state == 'done' and meta.settled_by == ARGV[2] then return 1 end  -- a r
 if not leased(meta, ARGV[2]) then return 0 end
 redis.call('ZREM', KEYS[1], id)
 release(KEYS[5], ARGV[3], id)
+if ARGV[8] == '1' and redis.call('ZCARD', KEYS[8]) > 0 then wake(KEYS[9], 1) end
 meta.state = 'done'
 meta.token = nil
 meta.settled_by = ARGV[2]
@@ -20,6 +22,11 @@ if ARGV[7] and ARGV[7] ~= '' then meta.result_dropped = ARGV[7] end
 redis.call('HSET', KEYS[2], id, cjson.encode(meta))
 redis.call('ZADD', KEYS[4], fmt(now), id)
 redis.call('HINCRBY', KEYS[6], 'done', 1)
+-- done frees the job's unique key (enqueue.lua), unless a later job already holds it
+-- (pcall: a hash clobbered by something else must never fail a settle)
+if type(meta.unique) == 'string' and redis.pcall('HGET', KEYS[7], meta.unique) == id then
+  redis.call('HDEL', KEYS[7], meta.unique)
+end
 -- Expire done records a couple at a time, so the work keeps pace with acks
 -- without ever making one ack slow.
 expire_done(KEYS[4], KEYS[2], KEYS[3], now - tonumber(ARGV[4]), 2)

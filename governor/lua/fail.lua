@@ -1,9 +1,11 @@
--- KEYS: active, meta, waiting, delayed, dead, leases, wake, stats
+-- KEYS: active, meta, waiting, delayed, dead, leases, wake, stats, unique
 -- ARGV: id, token, worker, error_json, mode, backoff_ms, reason, default_max_retries
 -- mode 'retry': retry after backoff_ms while attempts remain, else dead-letter.
 -- mode 'dead': dead-letter now (bad payload, handler not allowed).
 -- mode 'requeue': back to the front of waiting, the attempt not counted
 --   (the job did nothing wrong: its worker was stopped under it).
+-- mode 'throttle': back as delayed by backoff_ms, the attempt not counted, the record
+--   counting it as `throttled` (its handler met an exhausted governor.limit()).
 -- Returns 0 lease lost, 1 requeued, 2 retry scheduled, 3 dead-lettered.
 local now = now_ms()
 local id, mode = ARGV[1], ARGV[5]
@@ -37,9 +39,16 @@ if entry then
 end
 local max_retries = tonumber(meta.max_retries) or tonumber(ARGV[8])
 local result
-if mode == 'requeue' then
+if mode == 'requeue' or mode == 'throttle' then
   meta.attempts = math.max(0, (tonumber(meta.attempts) or 1) - 1)
-  schedule(meta, id, now, 0, KEYS[3], KEYS[4])
+  local delay = 0
+  if mode == 'throttle' then
+    delay = tonumber(ARGV[6])
+    meta.throttled = (tonumber(meta.throttled) or 0) + 1
+    meta.retry_after = delay / 1000
+    redis.call('HINCRBY', KEYS[8], 'throttled_jobs', 1)
+  end
+  schedule(meta, id, now, delay, KEYS[3], KEYS[4])
   wake(KEYS[7], 1)
   result = 1
 elseif mode == 'retry' and (tonumber(meta.attempts) or 1) <= max_retries then
@@ -53,6 +62,13 @@ else
   meta.finished_at = now
   redis.call('ZADD', KEYS[5], fmt(now), id)
   redis.call('HINCRBY', KEYS[8], 'dead', 1)
+  -- the run's slot is free: a worker waiting for it (global_concurrency) may start the next
+  if redis.call('ZCARD', KEYS[3]) > 0 then wake(KEYS[7], 1) end
+  -- dead frees the job's unique key (enqueue.lua), unless a later job already holds it
+  -- (pcall: a hash clobbered by something else must never fail a settle)
+  if type(meta.unique) == 'string' and redis.pcall('HGET', KEYS[9], meta.unique) == id then
+    redis.call('HDEL', KEYS[9], meta.unique)
+  end
   result = 3
 end
 meta.settled_code = result

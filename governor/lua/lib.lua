@@ -128,3 +128,79 @@ local function expire_done(done_key, meta_key, data_key, cutoff, limit)
     redis.call('HDEL', data_key, gone)
   end
 end
+
+-- Rate limits. A limit is (algorithm, limit, per_ms, burst) and one key of its own. Every
+-- function takes `grace` ms: a start recorded for time X may really happen up to `grace`
+-- later (a worker woken at X still has a round trip to make), so each algorithm counts as
+-- if its window were `per + grace` long; over any interval of `per`, the starts that really
+-- happen then stay within the limit.
+
+-- The earliest time >= t at which the limit allows one more start.
+local function limit_earliest(algo, key, limit, per, burst, grace, t)
+  local span = per + grace
+  if algo == 'token_bucket' then  -- GCRA: the theoretical arrival time of the next start
+    local tat = tonumber(redis.call('GET', key) or '0') or 0
+    return math.max(t, tat - (burst - 1) * span / limit)
+  elseif algo == 'fixed_window' then  -- counts per aligned window; the last `grace` of each unused
+    local w = math.floor(t / per)
+    for _ = 1, 64 do
+      local used = tonumber(redis.call('HGET', key, fmt(w)) or '0') or 0
+      local x = math.max(t, w * per)
+      if used < limit and x <= (w + 1) * per - grace then return x end
+      w = w + 1
+    end
+    return math.floor(t / per) * per + 64 * per
+  else  -- sliding_window: exact; the starts (and reserved starts) in a sorted set
+    local floor = '(' .. fmt(t - span)
+    local n = redis.call('ZCOUNT', key, floor, '+inf')
+    if n < limit then return t end
+    local e = redis.call('ZRANGEBYSCORE', key, floor, '+inf', 'WITHSCORES', 'LIMIT', n - limit, 1)
+    return math.max(t, tonumber(e[2]) + span + 1)
+  end
+end
+
+-- Counts one start at time x (>= now) against the limit.
+local function limit_record(algo, key, limit, per, burst, grace, x, now, member)
+  local span = per + grace
+  if algo == 'token_bucket' then
+    local tat = tonumber(redis.call('GET', key) or '0') or 0
+    local new = math.max(tat, x) + span / limit
+    redis.call('SET', key, fmt(new), 'PX', fmt(new - now + span))
+  elseif algo == 'fixed_window' then
+    local w = math.floor(x / per)
+    redis.call('HINCRBY', key, fmt(w), 1)
+    redis.call('HDEL', key, fmt(math.floor(now / per) - 1), fmt(math.floor(now / per) - 2))
+    redis.call('PEXPIRE', key, fmt((w + 2) * per - now))
+  else
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - span))  -- out of every window to come
+    redis.call('ZADD', key, fmt(x), fmt(x) .. ':' .. member)
+    redis.call('PEXPIRE', key, fmt(x - now + span + 1000))
+  end
+end
+
+-- The earliest time >= t that every limit allows. Limits are given as ARGV from `base`:
+-- n, then n times (algorithm, limit, per_ms, burst), with their keys in KEYS from `kbase`.
+local function limits_earliest(base, kbase, grace, t)
+  local n = tonumber(ARGV[base])
+  local x = t
+  for _ = 1, 16 do
+    local moved = false
+    for i = 0, n - 1 do
+      local a = base + 1 + i * 4
+      local xi = limit_earliest(ARGV[a], KEYS[kbase + i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+                                tonumber(ARGV[a + 3]), grace, x)
+      if xi > x then x = xi; moved = true end
+    end
+    if not moved then return x end
+  end
+  return x
+end
+
+local function limits_record(base, kbase, grace, x, now, member)
+  local n = tonumber(ARGV[base])
+  for i = 0, n - 1 do
+    local a = base + 1 + i * 4
+    limit_record(ARGV[a], KEYS[kbase + i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+                 tonumber(ARGV[a + 3]), grace, x, now, member)
+  end
+end

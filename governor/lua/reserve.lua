@@ -1,7 +1,14 @@
--- KEYS: waiting, delayed, active, meta, data, leases, wake, fence
--- ARGV: worker, token, lease_ms
--- Leases the first waiting job to `worker` until now + lease_ms.
--- Returns {1, id, payload, meta_json} or {0, ms until the next delayed job is due (-1: none)}.
+-- KEYS: waiting, delayed, active, meta, data, leases, wake, fence, paused, tickets, stats,
+--       then one key per rate limit
+-- ARGV: worker, token, lease_ms, global_concurrency (0: none), grace_ms,
+--       n_limits, then n times: algorithm, limit, per_ms, burst
+-- Leases the first waiting job to `worker` until now + lease_ms, if the queue's fleet-wide
+-- rules allow a start now. Returns one of:
+--   {1, id, payload, meta_json}   a job
+--   {0, ms until the next delayed job is due (-1: none)}   nothing waits
+--   {2, ms}   throttled: a start is reserved for this worker in ms (its ticket); call again then
+--   {3}       global_concurrency jobs of the queue are running: wait for a wake token
+--   {4}       the queue is paused: wait for a wake token
 local now = now_ms()
 -- A reserve re-sent after its reply was lost (a dropped connection) returns the job
 -- the first one leased, instead of stranding it and leasing a second.
@@ -13,13 +20,41 @@ if hid and htoken == ARGV[2] then
   end
 end
 promote(KEYS[2], KEYS[1], KEYS[4], KEYS[7], now, 100)
-local popped = redis.call('ZPOPMIN', KEYS[1])
-if #popped == 0 then
+if redis.call('EXISTS', KEYS[9]) == 1 then
+  redis.call('DEL', KEYS[7])  -- resume pushes fresh tokens
+  return {4}
+end
+local gc = tonumber(ARGV[4])
+if gc > 0 and redis.call('ZCARD', KEYS[3]) >= gc then
+  -- every settle (and every requeue) of this queue wakes one waiter: no token is needed before
+  redis.call('DEL', KEYS[7])
+  return {3}
+end
+if redis.call('ZCARD', KEYS[1]) == 0 then
   -- Nothing waits, so every wake token is stale: drop them, or idle
   -- workers would spin through them one reserve at a time.
   redis.call('DEL', KEYS[7])
   return {0, next_due(KEYS[2], now)}
 end
+if tonumber(ARGV[6]) > 0 then
+  -- A ticket: a start this worker reserved earlier, valid from its time for `grace` ms
+  local grace = tonumber(ARGV[5])
+  local ticket = tonumber(redis.call('HGET', KEYS[10], ARGV[1]) or '')
+  if ticket and ticket > now then return {2, ticket - now} end  -- woke early
+  redis.call('HDEL', KEYS[10], ARGV[1])
+  if not (ticket and now - ticket <= grace) then
+    -- Reserve the earliest start every limit allows, counted now, so that throttled workers
+    -- across the fleet each hold one future start instead of all retrying at every instant.
+    local x = limits_earliest(6, 12, grace, now)
+    limits_record(6, 12, grace, x, now, ARGV[2])
+    if x > now then
+      redis.call('HSET', KEYS[10], ARGV[1], fmt(x))
+      redis.call('HINCRBY', KEYS[11], 'throttled', 1)
+      return {2, x - now}
+    end
+  end
+end
+local popped = redis.call('ZPOPMIN', KEYS[1])
 local id = popped[1]
 local meta = load_meta(KEYS[4], id)
 meta.state = 'active'

@@ -1,0 +1,119 @@
+"""Fleet-wide rate limits and concurrency, as the Redis scripts see them.
+
+A limit only holds across hosts if it lives in Redis: each one is a key of its
+own, checked and counted in the same script that pops the job (reserve.lua)
+or, for a handler's ``governor.limit(name)``, in limit.lua, on Redis server
+time. This module turns the YAML (``RateLimit`` in config.py) into those keys
+and arguments, and gives handlers ``limit()`` and ``RateLimited``.
+
+Keys: a queue's own limits live under its hash tag
+(``{prefix:queue}:rate:<i>:<algorithm>:<limit>/<per_ms>``), so they share its
+Cluster slot; a named limiter's under ``{prefix:limiter:<name>}``. The spec is
+part of the key, so changing a limit starts it afresh rather than reading an
+old algorithm's state.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+GRACE_MAX_MS = 20  # how late a reserved start may really happen (a wake-up, a round trip)
+
+
+class RateLimited(Exception):  # noqa: N818 - the name the design gives handlers
+    """Raised by ``governor.limit(name)`` when the limiter has no start to give now. A handler
+    that lets it propagate has its job put back, delayed by ``retry_after`` seconds, and the
+    attempt is not counted."""
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(f"limiter {name!r}: no start allowed for {retry_after:.3f}s")
+        self.name = name
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Limit:
+    key: str
+    algorithm: str
+    limit: int
+    per_ms: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a queue's reserve must check: its fleet-wide concurrency and every rate limit."""
+
+    global_concurrency: int = 0  # 0: none
+    limits: tuple[Limit, ...] = ()
+
+    @property
+    def grace_ms(self) -> int:
+        # a fiftieth of the shortest window, at most 20 ms: the throughput it costs is 2% at most
+        return min([GRACE_MAX_MS, *(max(1, lim.per_ms // 50) for lim in self.limits)])
+
+    def argv(self) -> list[Any]:
+        out: list[Any] = [self.global_concurrency, self.grace_ms, len(self.limits)]
+        for lim in self.limits:
+            out += [lim.algorithm, lim.limit, lim.per_ms, lim.burst]
+        return out
+
+    def keys(self) -> list[str]:
+        return [lim.key for lim in self.limits]
+
+
+def _limits(tag: str, specs: Sequence[Any]) -> list[Limit]:
+    out = []
+    for i, rl in enumerate(specs):
+        per_ms = max(1, round(rl.per * 1000))
+        out.append(Limit(f"{{{tag}}}:rate:{i}:{rl.algorithm}:{rl.limit}/{per_ms}", rl.algorithm,
+                         rl.limit, per_ms, rl.burst))
+    return out
+
+
+def limiter_limits(prefix: str, name: str, specs: Sequence[Any]) -> list[Limit]:
+    return _limits(f"{prefix}:limiter:{name}", specs)
+
+
+def rules_for(prefix: str, queue: Any, limiters: Mapping[str, Sequence[Any]]) -> Rules:
+    """A queue's rules from its config: its own ``rate_limit``s, the named ``limiters`` it
+    counts against, and ``global_concurrency``."""
+    limits = _limits(f"{prefix}:{queue.name}", getattr(queue, "rate_limits", ()))
+    for name in getattr(queue, "limiters", ()):
+        limits += limiter_limits(prefix, name, limiters[name])
+    return Rules(global_concurrency=getattr(queue, "global_concurrency", None) or 0, limits=tuple(limits))
+
+
+# -- governor.limit(), for handlers ---------------------------------------------------------------
+
+_binding: tuple[Any, str, Mapping[str, Sequence[Any]]] | None = None  # (redis, prefix, limiters)
+
+
+def bind(client: Any, prefix: str, limiters: Mapping[str, Sequence[Any]]) -> None:
+    """Set by the worker at start: which Redis and which named limiters ``limit()`` uses."""
+    global _binding
+    _binding = (client, prefix, limiters)
+
+
+def limit(name: str) -> None:
+    """Takes one start from the named limiter (``limiters:`` in the YAML), fleet-wide, or raises
+    ``RateLimited(retry_after)``. Call it right before the rate-limited call (an API request)."""
+    from governor.queue import Call, run
+
+    if _binding is None:
+        raise RuntimeError("governor.limit() works inside a handler run by a governor worker")
+    client, prefix, limiters = _binding
+    if name not in limiters:
+        known = ", ".join(sorted(limiters)) or "none"
+        raise ValueError(f"no limiter {name!r} in the config's limiters (known: {known})")
+    limits = limiter_limits(prefix, name, limiters[name])
+    args: list[Any] = [len(limits)]
+    for lim in limits:
+        args += [lim.algorithm, lim.limit, lim.per_ms, lim.burst]
+    args.append(secrets.token_hex(8))
+    wait_ms = int(run(client, Call("limit", [lim.key for lim in limits], args))[0])
+    if wait_ms > 0:
+        raise RateLimited(name, wait_ms / 1000.0)
