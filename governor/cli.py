@@ -20,8 +20,9 @@ import yaml
 
 from governor.config import Config, ConfigError, load_config, mask_url
 from governor.connection import RedisUnavailable, resolve_url
+from governor.limits import rules_for, usage
 from governor.queue import DEFAULT_PRIORITY, Client
-from governor.units import format_size
+from governor.units import format_duration, format_size
 
 DEFAULT_CONFIG = os.environ.get("GOVERNOR_CONFIG", "/etc/governor/governor.yaml")
 
@@ -186,6 +187,11 @@ def gather_status(cfg: Config) -> dict[str, Any]:
                  "attempts": j.get("attempts"),
                  "error": (j["errors"][-1].get("error") if j["errors"] else None)}
                 for j in client.dead(name, limit=5)]
+            if name in cfg.queues:
+                q = cfg.queues[name]
+                rules = rules_for(cfg.redis.prefix, q, cfg.limiters)
+                out["queues"][name]["limits"] = usage(client.redis, rules)
+                out["queues"][name]["global_concurrency"] = q.global_concurrency
     except (redis.RedisError, RedisUnavailable) as exc:
         out["redis_error"] = str(exc)
     return out
@@ -271,6 +277,22 @@ def render_status(st: dict[str, Any]) -> str:
             if p.get("spawn_error"):
                 note += f", SHORT: {_safe(p['spawn_error'])}"
             lines.append(note)
+    limited = [(q, c) for q, c in st["queues"].items()
+               if c.get("limits") or c.get("global_concurrency") or c.get("throttled_total")]
+    if limited:
+        lines.append("")
+        for q, c in limited:
+            parts = []
+            for lim in c.get("limits", []):
+                spec = f"{lim['algorithm']} {lim['limit']}/{format_duration(lim['per'])}"
+                left = (f"{lim['tokens']}/{lim['burst']} tokens" if "tokens" in lim
+                        else f"{lim['used']}/{lim['limit']} used")
+                parts.append(f"{spec}: {left}")
+            if c.get("global_concurrency"):
+                parts.append(f"running {c['active']}/{c['global_concurrency']} (global_concurrency)")
+            parts.append(f"throttled {c.get('throttled_total', 0)} reserves, "
+                         f"{c.get('throttled_jobs_total', 0)} jobs")
+            lines.append(f"limits {_safe(q)}: " + "; ".join(parts))
     dead = [(q, d) for q, c in st["queues"].items() for d in c.get("recent_dead", [])]
     if dead:
         rows = [["DEAD IN", "JOB", "HANDLER", "REASON", "ATTEMPTS", "LAST ERROR"]]

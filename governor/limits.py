@@ -117,3 +117,37 @@ def limit(name: str) -> None:
     wait_ms = int(run(client, Call("limit", [lim.key for lim in limits], args))[0])
     if wait_ms > 0:
         raise RateLimited(name, wait_ms / 1000.0)
+
+
+
+def usage(client: Any, rules: Rules) -> list[dict[str, Any]]:
+    """What each limit has left right now, on Redis time, for `governor status`: a token
+    bucket's available starts (``tokens``, at most its burst), a window's starts counted so
+    far (``used``). Starts reserved for throttled workers count: they are promised."""
+    if not rules.limits:
+        return []
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    for lim in rules.limits:
+        if lim.algorithm == "token_bucket":
+            pipe.get(lim.key)
+        elif lim.algorithm == "fixed_window":
+            pipe.hgetall(lim.key)
+        else:
+            pipe.zrange(lim.key, 0, -1, withscores=True)
+    (seconds, micros), *replies = pipe.execute()
+    now = seconds * 1000 + micros // 1000
+    out = []
+    for lim, reply in zip(rules.limits, replies, strict=True):
+        entry: dict[str, Any] = {"algorithm": lim.algorithm, "limit": lim.limit, "per": lim.per_ms / 1000.0}
+        if lim.algorithm == "token_bucket":
+            interval = lim.per_ms / lim.limit
+            behind = float(reply or 0) - now  # how far the next start's time is ahead of now
+            entry["burst"] = lim.burst
+            entry["tokens"] = int(max(0.0, min(lim.burst, lim.burst - behind // interval)))
+        elif lim.algorithm == "fixed_window":
+            entry["used"] = int(reply.get(str(now // lim.per_ms).encode(), 0))
+        else:
+            entry["used"] = sum(1 for _, score in reply if now - lim.per_ms < score)
+        out.append(entry)
+    return out

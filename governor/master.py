@@ -666,6 +666,8 @@ class Master:
     def _metrics_state(self) -> dict[str, Any]:
         now = time.monotonic()
         return {"queues": {name: self.house.stats(name, now) for name in self.pools},
+                "global_concurrency": {p.name: p.config.global_concurrency for p in self.pools.values()
+                                       if p.config.global_concurrency},
                 "pools": [p.snapshot(now) for p in self.pools.values()],
                 "redis_ok": self.house.redis_ok}
 

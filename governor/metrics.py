@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,10 +36,22 @@ class _StateCollector(Collector):
         oldest = GaugeMetricFamily("governor_queue_oldest_waiting_age_seconds",
                                    "Age of the oldest waiting job, per queue (0 when none waits)",
                                    labels=["queue"])
+        throttled = CounterMetricFamily("governor_queue_throttled_reserves",
+                                        "Reserves a rate limit made wait, fleet-wide, per queue",
+                                        labels=["queue"])
+        paused = GaugeMetricFamily("governor_queue_paused", "1 while the queue is paused (fleet-wide)",
+                                   labels=["queue"])
         for queue, counts in st["queues"].items():
             for state in ("waiting", "delayed", "active", "dead", "done"):
                 depth.add_metric([queue, state], counts.get(state, 0))
             oldest.add_metric([queue], counts.get("oldest_age") or 0.0)
+            throttled.add_metric([queue], counts.get("throttled", 0))
+            paused.add_metric([queue], 1.0 if counts.get("paused") else 0.0)
+        limit = GaugeMetricFamily("governor_queue_global_concurrency",
+                                  "global_concurrency of the queue (compare with governor_queue_jobs{state=active})",
+                                  labels=["queue"])
+        for queue, n in st.get("global_concurrency", {}).items():
+            limit.add_metric([queue], n)
         workers = GaugeMetricFamily("governor_workers", "Worker processes, per queue and state",
                                     labels=["queue", "state"])
         desired = GaugeMetricFamily("governor_pool_desired_workers", "Configured concurrency, per queue",
@@ -61,7 +73,7 @@ class _StateCollector(Collector):
                 workers.add_metric([q, state], n)
         up = GaugeMetricFamily("governor_redis_up", "1 when the master's last Redis call succeeded")
         up.add_metric([], 1.0 if st["redis_ok"] else 0.0)
-        yield from (depth, oldest, workers, desired, backoff, rss, up)
+        yield from (depth, oldest, throttled, paused, limit, workers, desired, backoff, rss, up)
 
 
 class Metrics:

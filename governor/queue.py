@@ -200,7 +200,7 @@ class QueueKeys:
 
     def tick(self, done_ttl_ms: int) -> Call:
         return Call("tick", (self.waiting, self.delayed, self.active, self.meta, self.data,
-                             self.done, self.wake, self.dead, self.stats), (done_ttl_ms,))
+                             self.done, self.wake, self.dead, self.stats, self.paused), (done_ttl_ms,))
 
     def renew(self, lease_ms: int, workers: Sequence[str]) -> Call:
         return Call("renew", (self.active, self.leases), (lease_ms, *workers))
@@ -449,6 +449,8 @@ class Client:
             out[f"{name}_total"] = int(stats.get(name.encode(), 0))
         out["done_total"] = int(stats.get(b"done", 0))
         out["dead_total"] = int(stats.get(b"dead", 0))
+        out["throttled_total"] = int(stats.get(b"throttled", 0))  # reserves a rate limit made wait
+        out["throttled_jobs_total"] = int(stats.get(b"throttled_jobs", 0))  # jobs put back by governor.limit()
         return out
 
     # -- pause ----------------------------------------------------------------

@@ -152,3 +152,38 @@ def test_a_throttled_backlog_costs_little_redis_traffic(fleet, private_redis):
           f"those inside scripts) for {starts:.1f} starts/s, 8 workers")
     assert starts <= 2.5
     assert rate - starts <= 2 * 8
+
+
+def test_status_and_metrics_show_limits_throttling_concurrency_and_pause(fleet):
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import free_port
+
+    port = free_port()
+    queue = {"w": {"concurrency": 2, "global_concurrency": 5,
+                   "rate_limit": [{"limit": 5, "per": "1s"},
+                                  {"limit": 100, "per": "1h", "algorithm": "sliding_window"}]}}
+    a = fleet.master("a", queue, metrics={"listen": f"127.0.0.1:{port}"}).start()
+    a.client.enqueue_many("w", [{"handler": "parttasks:stamp", "args": [f"j{i}"]} for i in range(12)])
+    wait_for(lambda: len(fleet.lines("starts")) >= 8, 10, "some starts")
+    a.client.pause("w")
+    out = subprocess.run([sys.executable, "-m", "governor", "status", "-c", str(a.config_path), "--json"],
+                         capture_output=True, text=True, timeout=20)
+    st = json.loads(out.stdout)["queues"]["w"]
+    assert st["paused"] is True and st["global_concurrency"] == 5
+    assert st["throttled_total"] > 0
+    bucket, window = st["limits"]
+    assert bucket["algorithm"] == "token_bucket" and 0 <= bucket["tokens"] <= 1
+    assert window["algorithm"] == "sliding_window" and 8 <= window["used"] <= 12
+    text = subprocess.run([sys.executable, "-m", "governor", "status", "-c", str(a.config_path)],
+                          capture_output=True, text=True, timeout=20).stdout
+    assert "limits w: token_bucket 5/1s:" in text and "sliding_window 100/1h:" in text
+    assert "running" in text and "/5 (global_concurrency)" in text
+    metrics = wait_for(lambda: (m := urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode())
+                       and 'governor_queue_paused{queue="w"} 1.0' in m and m, 5, "the pause in /metrics")
+    assert 'governor_queue_global_concurrency{queue="w"} 5.0' in metrics
+    throttled = [ln for ln in metrics.splitlines() if ln.startswith('governor_queue_throttled_reserves_total{queue="w"}')]
+    assert throttled and float(throttled[0].split()[-1]) > 0

@@ -1,10 +1,11 @@
--- KEYS: waiting, delayed, active, meta, data, done, wake, dead, stats
+-- KEYS: waiting, delayed, active, meta, data, done, wake, dead, stats, paused
 -- ARGV: done_ttl_ms
 -- The master's periodic pass over one queue: promote due delayed jobs,
 -- expire old done records, and list leases that have run out.
 -- Returns {promoted, ms until next due (-1: none), waiting, delayed, active, dead, done,
 --          age in ms of the longest-waiting job (-1: none),
---          ms until the earliest lease runs out (-1: none active), id1, meta1, id2, meta2, ...}
+--          ms until the earliest lease runs out (-1: none active),
+--          throttled reserves so far (fleet-wide), 1 if paused else 0, id1, meta1, id2, meta2, ...}
 -- An expired job whose record cannot be read (written by something other than
 -- governor) has no token to fence a requeue with: it is dead-lettered here, with
 -- the reason, rather than left in `active` forever.
@@ -43,6 +44,7 @@ local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 local out = {promoted, next_due(KEYS[2], now), waiting, redis.call('ZCARD', KEYS[2]),
              redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[8]), redis.call('ZCARD', KEYS[6]),
              oldest < 0 and -1 or math.max(0, now - oldest),
-             first[2] and math.max(0, tonumber(first[2]) - now) or -1}
+             first[2] and math.max(0, tonumber(first[2]) - now) or -1,
+             tonumber(redis.call('HGET', KEYS[9], 'throttled') or '0') or 0, redis.call('EXISTS', KEYS[10])}
 for _, v in ipairs(reclaim) do table.insert(out, v) end
 return out
