@@ -234,8 +234,8 @@ class Governor:
             self.write(queues, **top)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "governor", "run", "-c", str(self.config_path)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+        self.proc = self.launch([sys.executable, "-m", "governor", "run", "-c", str(self.config_path)],
+                                stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
         if not wait:
             return self
         cfg = yaml.safe_load(self.config_path.read_text())
@@ -243,6 +243,10 @@ class Governor:
             n = q["concurrency"] if isinstance(q, dict) else q
             self.wait_workers(name, n, states=("idle",))
         return self
+
+    def launch(self, argv: list[str], **popen_kwargs: Any) -> subprocess.Popen:
+        """How the master process is started (a namespaced master overrides it)."""
+        return subprocess.Popen(argv, **popen_kwargs)
 
     def status(self) -> dict[str, Any]:
         return control.request(str(self.state_dir), "status")

@@ -81,7 +81,6 @@ from typing import Any
 
 import psutil
 import pytest
-import yaml
 
 from governor import Client
 
@@ -439,23 +438,9 @@ class NamespacedGovernor(Governor):
         super().__init__(tmp_path, redis_server.url_for(self.partition))
         self.client = Client.from_url(redis_server.url, prefix=self.prefix)
 
-    def start(self, queues: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-              wait: bool = True, **top: Any) -> NamespacedGovernor:
-        """As Governor.start, launched through partition.run."""
-        if queues is not None:
-            self.write(queues, **top)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-        self._log = open(self.log_path, "ab")
-        self.proc = self.partition.run(
-            [sys.executable, "-m", "governor", "run", "-c", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
-        if not wait:
-            return self
-        cfg = yaml.safe_load(self.config_path.read_text())
-        for name, q in cfg["queues"].items():
-            n = q["concurrency"] if isinstance(q, dict) else q
-            self.wait_workers(name, n, states=("idle",))
-        return self
+    def launch(self, argv: list[str], **popen_kwargs: Any) -> subprocess.Popen:
+        """As Governor's, but inside the partition."""
+        return self.partition.run(argv, **popen_kwargs)
 
 
 def namespaced_governor(tmp_path: Path, redis_server: PartitionRedis,
