@@ -132,12 +132,13 @@ end
 -- Rate limits. A limit is (algorithm, limit, per_ms, burst) and one key of its own. Every
 -- function takes `grace` ms: a start recorded for time X may really happen up to `grace`
 -- later (a worker woken at X still has a round trip to make), so each algorithm counts as
--- if its window were `per + grace` long; over any interval of `per`, the starts that really
--- happen then stay within the limit.
+-- if its window were longer (`per + 2 * grace`: one grace for the late start, one to spare
+-- for whoever measures it on another clock); over any interval of `per`, the starts that
+-- really happen then stay within the limit.
 
 -- The earliest time >= t at which the limit allows one more start.
 local function limit_earliest(algo, key, limit, per, burst, grace, t)
-  local span = per + grace
+  local span = per + 2 * grace
   if algo == 'token_bucket' then  -- GCRA: the theoretical arrival time of the next start
     local tat = tonumber(redis.call('GET', key) or '0') or 0
     return math.max(t, tat - (burst - 1) * span / limit)
@@ -161,7 +162,7 @@ end
 
 -- Counts one start at time x (>= now) against the limit.
 local function limit_record(algo, key, limit, per, burst, grace, x, now, member)
-  local span = per + grace
+  local span = per + 2 * grace
   if algo == 'token_bucket' then
     local tat = tonumber(redis.call('GET', key) or '0') or 0
     local new = math.max(tat, x) + span / limit

@@ -30,13 +30,12 @@ if gc > 0 and redis.call('ZCARD', KEYS[3]) >= gc then
   redis.call('DEL', KEYS[7])
   return {3}
 end
-if redis.call('ZCARD', KEYS[1]) == 0 then
-  -- Nothing waits, so every wake token is stale: drop them, or idle
-  -- workers would spin through them one reserve at a time.
-  redis.call('DEL', KEYS[7])
+local limited = tonumber(ARGV[6]) > 0
+if limited and redis.call('ZCARD', KEYS[1]) == 0 then  -- before a ticket is spent on nothing
+  redis.call('DEL', KEYS[7])  -- (see below)
   return {0, next_due(KEYS[2], now)}
 end
-if tonumber(ARGV[6]) > 0 then
+if limited then
   -- A ticket: a start this worker reserved earlier, valid from its time for `grace` ms
   local grace = tonumber(ARGV[5])
   local ticket = tonumber(redis.call('HGET', KEYS[10], ARGV[1]) or '')
@@ -55,6 +54,12 @@ if tonumber(ARGV[6]) > 0 then
   end
 end
 local popped = redis.call('ZPOPMIN', KEYS[1])
+if #popped == 0 then
+  -- Nothing waits, so every wake token is stale: drop them, or idle
+  -- workers would spin through them one reserve at a time.
+  redis.call('DEL', KEYS[7])
+  return {0, next_due(KEYS[2], now)}
+end
 local id = popped[1]
 local meta = load_meta(KEYS[4], id)
 meta.state = 'active'
