@@ -199,9 +199,11 @@ def bench_rate_limit(s: Setup, algorithm: str, limit: int = 50, n: int = 300) ->
     prefix = f"rl{algorithm}"
     s.start_master(prefix, 4, rate_limit={"limit": limit, "per": "1s", "algorithm": algorithm})
     c = Client.from_url(s.url, prefix=prefix)
-    c.enqueue_many("bench", [{"handler": "bench_tasks:stamp"} for _ in range(n)])
+    ids = c.enqueue_many("bench", [{"handler": "bench_tasks:stamp"} for _ in range(n)])
     wait_for(lambda: s.redis.llen("bench:starts") >= n, 60, "the throttled backlog", interval=0.05)
-    starts = sorted(float(t) for t in s.redis.lrange("bench:starts", 0, -1))
+    # a start is the reservation, on Redis's clock (what the limit counts); the handler's own
+    # time.time() adds however long its worker waited for a CPU after the reply
+    starts = sorted(c.job(i, "bench")["started_at"] for i in ids)
     s.stop_master()
     s.redis.flushall()
     if algorithm == "fixed_window":  # per aligned window; the rate over the whole windows after the first
@@ -328,7 +330,8 @@ def main() -> int:
         ("drain with a rate limit + global_concurrency (not binding)", f"{med(limited):,.0f} jobs/s",
          "within noise of the drain"),
         ("CPU per job, same", f"{med(limited_cpus):.3f} ms", ""),
-        *((f"{a} 50/s, 4 workers: most starts in 1s, sustained rate", f"{w} / {r:.1f}/s", "<= 50 / >= 47.5")
+        *((f"{a} 50/s, 4 workers: most starts (Redis time) in 1s, sustained rate", f"{w} / {r:.1f}/s",
+           "<= 50 / >= 47.5")
           for a, (w, r) in accuracy.items()),
         ("pickup latency p50 (idle workers)", f"{pct(lat, 50):.2f} ms", "< 1 ms"),
         ("pickup latency p95", f"{pct(lat, 95):.2f} ms", ""),

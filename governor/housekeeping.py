@@ -30,7 +30,7 @@ from governor.untrusted import loads
 log = logging.getLogger("governor.master")
 
 TICK_BUSY = 1.0   # seconds between passes over a queue with waiting, delayed or active jobs
-TICK_IDLE = 10.0  # ... and over an empty one (keeps an idle host under 1 Redis command/s)
+TICK_IDLE = 15.0  # ... and over an empty one (keeps an idle host well under 1 Redis command/s)
 # What a call to Redis can raise besides RedisError when the connection carries garbage
 # (a reply that is not the one asked for: wrong type, wrong length).
 _GARBLED = (TypeError, ValueError, IndexError, KeyError, AttributeError)

@@ -219,8 +219,8 @@ def test_oldest_waiting_age_reports_the_longest_wait(governor):
     governor.client.enqueue("m", "tasks:record", "new", priority=0)
     url = f"http://127.0.0.1:{port}/metrics"
     key = ("governor_queue_oldest_waiting_age_seconds", (("queue", "m"),))
-    wait_for(lambda: _scrape(url)[("governor_queue_jobs", (("queue", "m"), ("state", "waiting")))] == 2, 15,
-             "the master's pass to see both jobs (every 10 s over an idle queue)", interval=0.2)
+    wait_for(lambda: _scrape(url)[("governor_queue_jobs", (("queue", "m"), ("state", "waiting")))] == 2, 20,
+             "the master's pass to see both jobs (every 15 s over an idle queue)", interval=0.2)
     age = _scrape(url)[key]
     assert age >= 1.5  # the low-priority job at the back, not the new one at the head
     time.sleep(0.5)

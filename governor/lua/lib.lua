@@ -166,7 +166,8 @@ local function limit_record(algo, key, limit, per, burst, grace, x, now, member)
   if algo == 'token_bucket' then
     local tat = tonumber(redis.call('GET', key) or '0') or 0
     local new = math.max(tat, x) + span / limit
-    redis.call('SET', key, fmt(new), 'PX', fmt(new - now + span))
+    -- kept to the microsecond: rounded to whole ms, per/limit would lose up to 0.5 ms a start
+    redis.call('SET', key, string.format('%.3f', new), 'PX', fmt(new - now + span))
   elseif algo == 'fixed_window' then
     local w = math.floor(x / per)
     redis.call('HINCRBY', key, fmt(w), 1)
