@@ -131,3 +131,25 @@ def test_the_fencing_token_grows_across_the_runs_of_a_job(fleet):
     assert [att for att, _ in runs] == [1, 2, 3, 4]
     tokens = [tok for _, tok in runs]
     assert tokens == sorted(tokens) and len(set(tokens)) == 4, tokens
+
+
+def test_global_concurrency_one_holds_while_its_holder_is_paused(fleet):
+    """Issue 16 with issue 9: `global_concurrency: 1` never runs two jobs at once, even when the
+    master of the host running one is paused past the lease and another host takes over."""
+    queue = {"w": {"concurrency": 1, "global_concurrency": 1}}
+    a = fleet.master("a", queue).start()
+    a.client.enqueue_many("w", [{"handler": "parttasks:heartbeat", "args": [f"j{i}", 2.0]} for i in range(2)])
+    wait_for(lambda: fleet.lines("beats"), 5, "the first job to start on a")
+    fleet.master("b", queue).start()
+    time.sleep(0.3)
+    a.signal(signal.SIGSTOP)
+    wait_for(lambda: len({(k, p) for k, p, _ in fleet.lines("beats")}) >= 2, LEASE + 6,
+             "b to run a job of the queue", interval=0.05)
+    time.sleep(1.0)
+    a.signal(signal.SIGCONT)
+    wait_for(lambda: {k for k, _ in fleet.lines("done")} == {"j0", "j1"}, 20, "both jobs done", interval=0.1)
+    spans: dict[tuple[str, str], tuple[float, float]] = {}
+    for key, pid, t in fleet.lines("beats"):
+        first, last = spans.get((key, pid), (float(t), float(t)))
+        spans[(key, pid)] = (min(first, float(t)), max(last, float(t)))
+    _no_overlap(dict(enumerate(spans.values())))
