@@ -257,7 +257,9 @@ class Housekeeper:
                     continue  # its handler returned meanwhile: nothing of that run is left to guard
                 if renewed:
                     self.board.extend(w.slot, job, deadline)
-                    if frozen:
+                    # only while what the renewal proves still holds: a reply read after a long
+                    # stall (this master paused) proves a lease that may have ended since
+                    if frozen and deadline > time.monotonic():
                         self.on_thaw(w, now - frozen)
                 else:
                     # the last deadline we proved was ``previous``: cut off since about then

@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-GRACE_MAX_MS = 10  # how late a reserved start may really happen (a wake-up, a round trip)
+GRACE_MAX_MS = 10  # how far from its time a reserved start may really happen (a wake-up, a round trip)
+GRACE_MIN_MS = 3
 
 
 class RateLimited(Exception):  # noqa: N818 - the name the design gives handlers
@@ -52,9 +53,9 @@ class Rules:
 
     @property
     def grace_ms(self) -> int:
-        # a hundredth of the shortest window, at most 10 ms: counted twice (lib.lua), the
-        # throughput it costs is 2% at most
-        return min([GRACE_MAX_MS, *(max(1, lim.per_ms // 100) for lim in self.limits)])
+        # a hundredth of the shortest window, 3 to 10 ms (a round trip and a sleep's overshoot):
+        # counted twice (lib.lua), it costs 2% of the throughput for windows of a second or more
+        return min([GRACE_MAX_MS, *(max(GRACE_MIN_MS, lim.per_ms // 100) for lim in self.limits)])
 
     def argv(self) -> list[Any]:
         out: list[Any] = [self.global_concurrency, self.grace_ms, len(self.limits)]

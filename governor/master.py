@@ -51,6 +51,7 @@ log = logging.getLogger("governor.master")
 
 
 LATE_MEMORY = 10.0  # seconds /healthz keeps reporting a late loop, so a probe can see it
+SENTRY_RETRY = 5.0  # seconds between attempts to start a sentry that could not be started
 MASTER_REDIS_TIMEOUT = 1.0  # seconds; a healthy Redis answers the master's calls in milliseconds
 PROBE_TIMEOUT = 0.2  # seconds; "is Redis back?" asked while it is away, once a second
 
@@ -112,6 +113,7 @@ class Master:
         self.house: Housekeeper | None = None
         self.state_lock = statedir.MasterLock(config.state_dir)
         self.sentry = proctree.Sentry()  # kills every worker's tree if this master dies
+        self.next_sentry_try = 0.0
         self.board = Scoreboard()  # per-worker lease deadlines, guarded by the sentry
 
     # -- start and stop ---------------------------------------------------------
@@ -134,8 +136,10 @@ class Master:
         if self.embedded:
             statedir.prepare(self.config.data_dir, "data_dir")
         self.state_lock.acquire()
-        if self.pid != 1:  # pid 1 of a namespace takes every process in it when it dies
-            self._start_sentry()
+        # as the adoptive parent of what a dead worker's jobs leave running, the master can kill
+        # it before the job runs again elsewhere (see _kill_strays)
+        proctree.become_subreaper()
+        self._start_sentry()  # also as pid 1: besides the trees of a dead master, it guards leases
         self._prepare_app(self.config)
         if self.embedded:
             self.embedded.start()
@@ -219,6 +223,8 @@ class Master:
             self.metrics.loop_lag.set(lag)
             self._note_lateness(lag)
             for key, mask in events:
+                if self.selector.get_map().get(key.fd) is not key:
+                    continue  # closed earlier in this batch (a worker reaped before its channel's event)
                 kind, wp = key.data
                 if kind == "channel":
                     self._on_channel(wp)
@@ -478,12 +484,16 @@ class Master:
     # -- the sentry -------------------------------------------------------------------
 
     def _start_sentry(self) -> None:
+        self.next_sentry_try = time.monotonic() + SENTRY_RETRY
         why = self.sentry.start(self.board.fileno(), check=margin(self.config.lease) / 2)
         if why:
-            log.warning("no sentry (%s): if this master is SIGKILLed, its workers die with it but "
-                        "their jobs' children may live on", why, extra=fields(reason="no_sentry"))
+            log.warning("no sentry (%s): until one starts (retried every %.0fs), a run whose lease "
+                        "cannot be renewed is not frozen, and if this master is SIGKILLed its "
+                        "workers die with it but their jobs' children may live on", why, SENTRY_RETRY,
+                        extra=fields(reason="no_sentry"))
             return
         self.selector.register(self.sentry.fileno(), selectors.EVENT_READ, ("sentry", None))
+        self._watch_all()
         log.debug("sentry %d watching this master's workers", self.sentry.pid)
 
     def _on_sentry_exit(self) -> None:
@@ -494,10 +504,32 @@ class Master:
         how = self.sentry.reap()
         log.error("sentry %d exited (%s); starting another", pid, how, extra=fields(reason="sentry_died"))
         self._start_sentry()
-        if self.sentry.alive:
-            for pool in self.pools.values():
-                for w in pool.workers.values():
-                    self.sentry.watch(w.pid, w.pidfd, w.slot)
+
+    def _watch_all(self) -> None:
+        """A new sentry takes every live worker (they were forked before it)."""
+        for pool in self.pools.values():
+            for w in pool.workers.values():
+                self.sentry.watch(w.pid, w.pidfd, w.slot)
+
+    def _kill_strays(self) -> None:
+        """What a dead worker's jobs left running was re-parented to us (a subreaper): a child
+        that started a session of its own, a daemon. Killed, whole trees, before the job is
+        requeued, so no part of the old run goes on beside the new one."""
+        ours = {w.pid for pool in self.pools.values() for w in pool.workers.values()}
+        ours.add(self.sentry.pid)
+        if self.embedded and self.embedded.proc:
+            ours.add(self.embedded.proc.pid)
+        for pid in proctree.children(self.pid):
+            if pid in ours:
+                continue
+            proctree.kill_tree(pid)
+            for _ in range(50):  # SIGKILLed: gone within moments (never block the loop for long)
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.001)
 
     # -- leases: what the renewals say about the jobs the sentry guards ----------------
 
@@ -585,6 +617,7 @@ class Master:
         self.selector.unregister(wp.pidfd)
         wp.close()
         self.board.release(wp.slot)
+        self._kill_strays()
         pool = self.pools.get(wp.queue)
         if pool:
             pool.workers.pop(wp.pid, None)
@@ -636,6 +669,9 @@ class Master:
         if self.stopping == "graceful" and now >= self.stop_deadline:
             self._kill_all(warn="still busy at shutdown_timeout; killing it")
         enforce_hard_deadlines(self.pools.values(), now)
+        if not self.sentry.alive and self.sentry.fileno() < 0 and now >= self.next_sentry_try \
+                and not self.stopping:
+            self._start_sentry()
         for server in (self.control, self.http):
             if server:
                 server.expire(now)  # clients that did not finish in time: closed, never waited for

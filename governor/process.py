@@ -187,6 +187,9 @@ def describe_exit(status: int) -> tuple[str, dict[str, Any]]:
     """("killed by SIGSEGV", {"signal": "SIGSEGV"}) or ("exit code 3", {"exit_code": 3})."""
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        name = signal.Signals(-code).name
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal (SIGRTMIN+n) has no name in the enum
+            name = f"signal {-code}"
         return f"killed by {name}", {"signal": name}
     return f"exit code {code}", {"exit_code": code}

@@ -51,6 +51,11 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (forked or adopted), from the kernel's lists."""
+    return [c for tid in _tasks(pid) for c in _children(pid, tid)]
+
+
 def freeze_tree(pid: int, pidfd: int | None = None, settle: float = SETTLE) -> list[int]:
     """SIGSTOP ``pid`` and every descendant, returning the pids found (``pid`` first; empty
     if ``pid`` is gone).
@@ -146,33 +151,13 @@ def reap_adopted() -> int:
     return reaped
 
 
-_reaper = 0  # the pid that installed _on_sigchld: a fork of it inherits the handler, not the role
-
-
-def _on_sigchld(signum: int, frame: Any) -> None:
-    if os.getpid() != _reaper:
-        return  # a job's own fork is no subreaper, and may setsid after forking: the rule fails there
-    try:
-        reap_adopted()
-    except (OSError, ValueError):
-        pass  # a signal handler must not raise into whatever job code it interrupted
-
-
 def become_subreaper() -> bool:
-    """Make this new worker the adoptive parent of its jobs' orphans, and their reaper.
-
-    Run once in the worker, before any job code. An orphan is then
-    re-parented to the worker rather than to init, so it stays in the tree
-    that is measured and killed; ``reap_adopted`` runs from a SIGCHLD handler
-    installed with SA_RESTART, so job code sees no extra EINTR.
-    """
-    if not _prctl(_PR_SET_CHILD_SUBREAPER, 1):
-        return False
-    global _reaper
-    _reaper = os.getpid()
-    signal.signal(signal.SIGCHLD, _on_sigchld)
-    signal.siginterrupt(signal.SIGCHLD, False)
-    return True
+    """Make this process (a worker, or the master) the adoptive parent of its descendants'
+    orphans. An orphan is then re-parented here rather than to init, so it stays in the tree
+    that is measured and killed. Its zombie is reaped with ``reap_adopted``, called by the
+    worker between jobs: not from a SIGCHLD handler, whose every run would interrupt the job's
+    own poll/select/sleep calls with EINTR (SA_RESTART does not restart those)."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
 def set_death_signal(sig: int) -> bool:
@@ -422,8 +407,8 @@ def _guard_leases(board: Any, workers: dict[int, tuple[int, int]], check: float)
             continue
         job, deadline, frozen = board.read(slot)
         if job and not frozen and deadline <= now:
-            freeze_tree(pid, pidfd)
-            board.set_frozen(slot, now)
+            if freeze_tree(pid, pidfd):  # (nothing found: it exited, and its slot may be reused)
+                board.set_frozen(slot, now)
         elif frozen and (not job or deadline > now):
             thaw_tree(pid, pidfd)
             board.set_frozen(slot, 0.0)

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import redis
 from setproctitle import setproctitle
 
-from governor import context, limits
+from governor import context, limits, proctree
 from governor.channel import WorkerEnd
 from governor.config import AppConfig, QueueConfig, TlsConfig
 from governor.connection import connect, is_transient
@@ -53,6 +53,8 @@ log = logging.getLogger("governor.worker")
 FORWARDED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 _IDLE_WAIT_MAX = 30.0  # seconds a blocked idle worker waits before re-checking (not a poll: ~0.03 cmd/s)
 _MAX_TRACEBACK = 16 * 1024
+_OURS = FORWARDED_SIGNALS | {signal.SIGALRM, signal.SIGCHLD}  # unblocked again after every job
+_REAP_EVERY = 64  # jobs between two looks for adopted zombies (and before every idle wait)
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,6 @@ def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
     for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     import resource  # before the switch: the new user may not be able to read the standard library
-
-    from governor import proctree
 
     _drop_privileges(spec.user, spec.group)  # first: a credential change clears PDEATHSIG
     # Die with the master: stopped, for its sentry to kill with our whole tree; or, with no
@@ -258,7 +258,11 @@ class Worker:
             signal.signal(signal.SIGTERM, self._term_handler)
         if signal.getsignal(signal.SIGALRM) is not self._alarm_handler:
             signal.signal(signal.SIGALRM, self._alarm_handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+        if signal.getsignal(signal.SIGCHLD) is not signal.SIG_DFL:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # SIG_IGN would hide exit codes from later jobs
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _OURS)
+        if self.jobs_run % _REAP_EVERY == 0:
+            proctree.reap_adopted()  # zombies of orphans our jobs left (we adopt them: subreaper)
         try:
             intact = os.fstat(self.channel.sock.fileno()).st_ino == self._channel_inode
         except OSError:
@@ -308,6 +312,10 @@ class Worker:
 
     def _settle_and_reserve(self, pending: Call | None, reserve: bool = True) -> list[Any]:
         """Settles the last job and reserves the next in one round trip; rides out Redis outages."""
+        if pending is not None and reserve and pending.script == "ack" and pending.args[-1]:
+            # our own reserve takes the slot this ack frees: waking a waiter for it would only
+            # cost it a wasted reserve
+            pending = pending._replace(args=(*pending.args[:-1], ""))
         calls = [c for c in (pending,) if c is not None]
         token = self._next_token()
         if reserve:
@@ -369,7 +377,9 @@ class Worker:
         """Sleeps until the start the reserve set aside for us, on our own clock: Redis resolves
         blocking timeouts on its 10 Hz timer, up to 100 ms late, and a late start under a token
         bucket is throughput lost for good. Not a poll: the start is ours when we wake."""
-        seconds = min(ms / 1000.0, _IDLE_WAIT_MAX)
+        # aim a little early: the start is good from grace before its time, and the round trip
+        # to claim it takes a while
+        seconds = min(max(ms - self.spec.rules.grace_ms / 2, 0) / 1000.0, _IDLE_WAIT_MAX)
         if self.spec.max_age:
             seconds = min(seconds, max(self.spec.max_age - (time.monotonic() - self.started), 0.0))
         self._title("throttled")
@@ -388,6 +398,7 @@ class Worker:
             timeout = min(timeout, self.spec.max_age - (time.monotonic() - self.started))
         timeout = min(_IDLE_WAIT_MAX, max(timeout, 0.01))
         self._title(why)
+        proctree.reap_adopted()
         self._idle = True
         try:
             if self.draining:

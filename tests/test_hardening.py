@@ -67,6 +67,14 @@ def close_all_fds(key):
     os.close(records)
 
 
+def leave_child(key):
+    """Starts a child in a session of its own, then kills its own worker (as the OOM killer would)."""
+    import subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    _record("child", str(child.pid))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def unserialisable(key):
     _record("done", key)
     return {{1, 2, 3}}
@@ -391,3 +399,16 @@ def test_a_job_that_closes_every_descriptor_is_charged_to_itself_only(bad):
     exits = bad.status()["pools"][0]["exits"]
     assert "timeout_hard" not in exits and "crashed" not in exits, exits
     assert exits.get("channel_lost") == 1
+
+
+def test_what_a_dead_worker_s_job_left_running_dies_before_the_job_runs_again(bad):
+    """Review finding: a worker killed from outside (OOM killer) left its job's setsid child
+    running (re-parented to init) while the master requeued the job: two runs at once."""
+    _start(bad, {"w": {"concurrency": 1, "retry": {"max": 1, "backoff": "10ms"}}})
+    bad.client.enqueue("w", "bad:leave_child", "x")
+    wait_for(lambda: len(bad.lines("child")) == 2, 10, "the job to run twice (killed both times)")
+    first, second = (int(p) for p in bad.lines("child"))
+    for pid in (first, second):
+        wait_for(lambda p=pid: not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE,
+                 2, f"child {pid} to be killed")
+    bad.assert_running()

@@ -142,12 +142,12 @@ local function limit_earliest(algo, key, limit, per, burst, grace, t)
   if algo == 'token_bucket' then  -- GCRA: the theoretical arrival time of the next start
     local tat = tonumber(redis.call('GET', key) or '0') or 0
     return math.max(t, tat - (burst - 1) * span / limit)
-  elseif algo == 'fixed_window' then  -- counts per aligned window; the last `grace` of each unused
+  elseif algo == 'fixed_window' then  -- counts per aligned window; `grace` at each end unused
     local w = math.floor(t / per)
     for _ = 1, 64 do
       local used = tonumber(redis.call('HGET', key, fmt(w)) or '0') or 0
-      local x = math.max(t, w * per)
-      if used < limit and x <= (w + 1) * per - grace then return x end
+      local x = math.max(t, w * per + grace)
+      if used < limit and x < (w + 1) * per - grace then return x end
       w = w + 1
     end
     return math.floor(t / per) * per + 64 * per
@@ -160,6 +160,12 @@ local function limit_earliest(algo, key, limit, per, burst, grace, t)
   end
 end
 
+-- A key shared by several limits or callers (a named limiter) may hold reservations further
+-- out than this caller's: its expiry is only ever extended, never cut short.
+local function keep_at_least(key, ttl_ms)
+  if redis.call('PTTL', key) < ttl_ms then redis.call('PEXPIRE', key, fmt(ttl_ms)) end
+end
+
 -- Counts one start at time x (>= now) against the limit.
 local function limit_record(algo, key, limit, per, burst, grace, x, now, member)
   local span = per + 2 * grace
@@ -167,16 +173,17 @@ local function limit_record(algo, key, limit, per, burst, grace, x, now, member)
     local tat = tonumber(redis.call('GET', key) or '0') or 0
     local new = math.max(tat, x) + span / limit
     -- kept to the microsecond: rounded to whole ms, per/limit would lose up to 0.5 ms a start
-    redis.call('SET', key, string.format('%.3f', new), 'PX', fmt(new - now + span))
+    local ttl = redis.call('PTTL', key)
+    redis.call('SET', key, string.format('%.3f', new), 'PX', fmt(math.max(new - now + span, ttl)))
   elseif algo == 'fixed_window' then
     local w = math.floor(x / per)
     redis.call('HINCRBY', key, fmt(w), 1)
     redis.call('HDEL', key, fmt(math.floor(now / per) - 1), fmt(math.floor(now / per) - 2))
-    redis.call('PEXPIRE', key, fmt((w + 2) * per - now))
+    keep_at_least(key, (w + 2) * per - now)
   else
     redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - span))  -- out of every window to come
     redis.call('ZADD', key, fmt(x), fmt(x) .. ':' .. member)
-    redis.call('PEXPIRE', key, fmt(x - now + span + 1000))
+    keep_at_least(key, x - now + span + 1000)
   end
 end
 

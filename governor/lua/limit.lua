@@ -4,6 +4,6 @@
 -- Returns 0 when taken, else the ms until one will be allowed (nothing is counted then).
 local now = now_ms()
 local x = limits_earliest(1, 1, 0, now)
-if x > now then return fmt(x - now) end
+if x > now then return fmt(math.ceil(x - now)) end  -- never 0: 0 means taken
 limits_record(1, 1, 0, now, now, ARGV[#ARGV])
 return 0

@@ -37,9 +37,10 @@ if limited and redis.call('ZCARD', KEYS[1]) == 0 then  -- before a ticket is spe
 end
 if limited then
   -- A ticket: a start this worker reserved earlier, valid from its time for `grace` ms
+  -- A ticket is good for `grace` ms either side of its time (the limits count for that).
   local grace = tonumber(ARGV[5])
   local ticket = tonumber(redis.call('HGET', KEYS[10], ARGV[1]) or '')
-  if ticket and ticket > now then return {2, ticket - now} end  -- woke early
+  if ticket and ticket - now > grace then return {2, ticket - now} end  -- woke early
   redis.call('HDEL', KEYS[10], ARGV[1])
   if not (ticket and now - ticket <= grace) then
     -- Reserve the earliest start every limit allows, counted now, so that throttled workers
@@ -47,6 +48,7 @@ if limited then
     local x = limits_earliest(6, 12, grace, now)
     limits_record(6, 12, grace, x, now, ARGV[2])
     if x > now then
+      x = math.ceil(x)
       redis.call('HSET', KEYS[10], ARGV[1], fmt(x))
       redis.call('HINCRBY', KEYS[11], 'throttled', 1)
       return {2, x - now}

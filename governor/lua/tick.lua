@@ -35,6 +35,7 @@ for _, id in ipairs(expired) do
       finished_at = now, errors = {{reason = 'malformed', at = now,
         error = 'malformed job: its record in Redis is unusable (' .. meta.malformed .. ') and its lease ran out'}}}))
     redis.call('HINCRBY', KEYS[9], 'dead', 1)
+    if redis.call('ZCARD', KEYS[1]) > 0 then wake(KEYS[7], 1) end  -- a slot freed (global_concurrency)
   else
     table.insert(reclaim, id)
     table.insert(reclaim, redis.call('HGET', KEYS[4], id))
