@@ -77,6 +77,18 @@ def _pings(client: redis.Redis) -> bool:
         return "NOAUTH" in str(exc)
 
 
+def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
+    """(status, body) of a GET, error statuses included."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, wait_for
+from conftest import free_port, http_get, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,13 +144,6 @@ def test_supervisord_runs_the_shipped_program_drains_on_stop_and_reloads_on_hup(
             supervisord.kill()
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    """(status, body) of a GET, error statuses included."""
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def _scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -232,11 +225,11 @@ def test_healthz_fails_when_redis_stays_away(private_redis, private_governor):
     port = free_port()
     g.start({"w": {"concurrency": 1}}, metrics={"listen": f"127.0.0.1:{port}"}, health={"redis_grace": "1s"})
     health = f"http://127.0.0.1:{port}/healthz"
-    assert _get(health) == (200, b"ok\n")
+    assert http_get(health) == (200, b"ok\n")
     server.stop()
-    wait_for(lambda: (r := _get(health))[0] == 503 and b"redis unreachable" in r[1], 10, "/healthz to fail")
+    wait_for(lambda: (r := http_get(health))[0] == 503 and b"redis unreachable" in r[1], 10, "/healthz to fail")
     server.start()
-    wait_for(lambda: _get(health)[0] == 200, 15, "/healthz to recover")
+    wait_for(lambda: http_get(health)[0] == 200, 15, "/healthz to recover")
     samples = _scrape(f"http://127.0.0.1:{port}/metrics")
     assert samples[("governor_redis_errors_total", ())] >= 1
 
@@ -301,7 +294,7 @@ def test_healthz_reports_a_stalled_loop_and_a_lasting_outage(private_redis, priv
     health = f"http://127.0.0.1:{port}/healthz"
 
     def code() -> int:
-        return _get(health)[0]
+        return http_get(health)[0]
 
     g.start({"w": {"concurrency": 1}}, metrics={"listen": f"127.0.0.1:{port}"},
             health={"redis_grace": "1s", "max_loop_lag": "1s"})

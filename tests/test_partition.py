@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import signal
 import time
-import urllib.request
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import free_port, http_get, wait_for
 from fleet import LEASE, Fleet, _no_overlap
 
 
@@ -86,14 +85,6 @@ def test_redis_paused_longer_than_the_lease_freezes_the_run_then_it_goes_on(flee
     assert "resumed after" in a.log()
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def test_a_master_cut_off_from_redis_keeps_governing(fleet, private_redis):
     port = free_port()
     a = fleet.master("a", {"w": {"concurrency": 2, "timeout": {"soft": "off", "hard": "1s"}}},
@@ -109,11 +100,11 @@ def test_a_master_cut_off_from_redis_keeps_governing(fleet, private_redis):
         wait_for(lambda: "timeout_hard" in a.log(), 4, "the hard timeout")
         assert time.monotonic() - started < 2.5
         # /healthz answers, and says why it fails
-        code, body = wait_for(lambda: (r := _get(f"http://127.0.0.1:{port}/healthz"))[0] == 503 and r, 6,
+        code, body = wait_for(lambda: (r := http_get(f"http://127.0.0.1:{port}/healthz", timeout=2))[0] == 503 and r, 6,
                               "/healthz to report Redis")
         assert b"redis unreachable" in body
         t0 = time.monotonic()
-        code, _ = _get(f"http://127.0.0.1:{port}/healthz")
+        code, _ = http_get(f"http://127.0.0.1:{port}/healthz", timeout=2)
         assert time.monotonic() - t0 < 0.5, "/healthz was held up by a Redis call"
         a.signal(signal.SIGTERM)
         assert a.wait_exit(8) == 0
