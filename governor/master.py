@@ -365,6 +365,9 @@ class Master:
                 log.info("reload: queue %s removed; draining its workers", name)
         self.config = new
         self.house.lease = new.lease
+        if new.lease != old.lease:  # renew at once under the new lease, and guard it as tightly
+            self.house.next_renew = 0.0
+            self.sentry.set_check(margin(new.lease) / 2)
         log.info("reloaded %s", new.source)
 
     # -- reconcile: desired minus actual, per pool -----------------------------------

@@ -310,6 +310,14 @@ class Sentry:
             self._sock = None  # not alive: workers forked from now on die by SIGKILL
             return False
 
+    def set_check(self, check: float) -> None:
+        """How often, at least, the sentry looks at the leases (the lease changed on reload)."""
+        if self._sock is not None:
+            try:
+                self._sock.send(b"check %.3f" % check)
+            except OSError:
+                pass  # gone: the master starts another, with the new figure
+
     def reap(self) -> str:
         """After it exited (its pidfd is readable): reaps it, returns how it ended."""
         code = self._proc.wait() if self._proc is not None else 0
@@ -367,14 +375,15 @@ def _sentry(sock_fd: int, master_fd: int, board_fd: int = -1, check: float = 1.0
     poller.register(master_fd, select.POLLIN)
     poller.register(sock_fd, select.POLLIN)
     workers: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, slot), live workers only
+    looks = {"check": check}
     sock.send(b"ready")
     while True:
-        wait = _guard_leases(board, workers, check) if board is not None else None
+        wait = _guard_leases(board, workers, looks["check"]) if board is not None else None
         ready = dict(poller.poll(None if wait is None else max(1, int(wait * 1000) + 1)))
         said = None
         if sock_fd in ready or master_fd in ready:
             # first every worker the master handed over: one forked just before it died included
-            said = _receive(sock, workers, poller)
+            said = _receive(sock, workers, poller, looks)
         if master_fd in ready:
             break
         if said == b"bye":
@@ -432,7 +441,8 @@ def _open_board(fd: int) -> Any:  # pragma: no cover - runs in the sentry
     return module.Scoreboard(size // module.SLOT_SIZE, fd=fd)
 
 
-def _receive(sock: Any, workers: dict[int, tuple[int, int]], poller: Any) -> bytes | None:  # pragma: no cover
+def _receive(sock: Any, workers: dict[int, tuple[int, int]], poller: Any,
+             looks: dict[str, float]) -> bytes | None:  # pragma: no cover
     """Takes every message waiting on the sentry's socket: a worker's pid and scoreboard slot with
     its pidfd, which it then watches; returns b"bye", b"" at EOF, or None once nothing more is
     waiting."""
@@ -452,6 +462,9 @@ def _receive(sock: Any, workers: dict[int, tuple[int, int]], poller: Any) -> byt
             continue
         for fd in fds:
             os.close(fd)
+        if msg.startswith(b"check "):  # the lease changed on reload: look as often as it now needs
+            looks["check"] = float(msg.split()[1])
+            continue
         if msg in (b"bye", b""):
             return msg
 

@@ -90,11 +90,12 @@ class Scoreboard:
         struct.pack_into("=q", self.mm, slot * SLOT_SIZE, 0)
 
     def extend(self, slot: int, job: int, deadline: float) -> bool:
-        """A renewal for job ``job`` was confirmed: move its deadline on, if the worker still runs
-        that job (a renewal sent before a newer reserve is still a lower bound of the newer
-        lease, so writing it then is safe too, merely conservative)."""
-        current, old, _ = self.read(slot)
-        if current != job or deadline <= old:
+        """A renewal for job ``job`` was confirmed: its deadline becomes the renewal's, if the
+        worker still runs that job. Set, not raised: the renewal was sent after that job's
+        reserve, so it is the later proof, and after a reload that shortened ``lease`` it is
+        the only true one (Redis now holds the shorter lease). A renewal sent before a newer
+        reserve would still be a lower bound of the newer lease: safe, merely conservative."""
+        if self.read(slot)[0] != job:
             return False
         struct.pack_into("=d", self.mm, slot * SLOT_SIZE + 8, deadline)
         return True

@@ -144,3 +144,28 @@ def test_global_concurrency_one_holds_while_its_holder_is_paused(fleet):
         first, last = spans.get((key, pid), (float(t), float(t)))
         spans[(key, pid)] = (min(first, float(t)), max(last, float(t)))
     _no_overlap(dict(enumerate(spans.values())))
+
+
+def test_a_reload_that_shortens_the_lease_still_freezes_in_time(fleet):
+    """Review finding: a deadline proven under the old, longer lease must not outlive a reload
+    to a shorter one (Redis now holds the shorter lease)."""
+    import yaml
+
+    a = fleet.master("a", {"w": {"concurrency": 1}})
+    cfg = yaml.safe_load(a.config_path.read_text())
+    cfg["lease"] = "60s"
+    a.config_path.write_text(yaml.safe_dump(cfg))
+    a.start()
+    a.client.enqueue("w", "parttasks:heartbeat", "j", 8.0)
+    wait_for(lambda: fleet.lines("beats"), 5, "the job to start")
+    cfg["lease"] = f"{LEASE}s"
+    a.config_path.write_text(yaml.safe_dump(cfg))
+    a.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in a.log(), 5, "the reload")
+    time.sleep(1.0)  # a renewal under the new lease
+    a.signal(signal.SIGSTOP)
+    paused = time.time()
+    time.sleep(LEASE + 1.0)
+    beats = [float(t) for _, _, t in fleet.lines("beats")]
+    a.signal(signal.SIGCONT)
+    assert max(beats) < paused + LEASE, "the run went on past the (shortened) lease"
