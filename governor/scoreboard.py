@@ -31,7 +31,9 @@ import os
 import struct
 
 _SLOT = struct.Struct("=qdd")  # job, deadline, frozen
-SLOT_SIZE = 32
+# One page per slot: a worker maps only its own page (``narrow``), so no job can write another
+# worker's deadline. The memfd is sparse: untouched pages cost nothing.
+SLOT_SIZE = mmap.PAGESIZE
 DEFAULT_SLOTS = 4096
 
 
@@ -54,6 +56,7 @@ class Scoreboard:
         self.fd = fd
         self.slots = slots
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.base = 0  # the first slot this mapping holds (a narrowed one holds just one)
         self._free = list(range(slots - 1, -1, -1))  # the master's: which slots no worker holds
 
     def allocate(self) -> int | None:
@@ -73,21 +76,32 @@ class Scoreboard:
     def fileno(self) -> int:
         return self.fd
 
+    def _at(self, slot: int) -> int:
+        return (slot - self.base) * SLOT_SIZE
+
+    def narrow(self, slot: int) -> None:
+        """In a new worker, before any job code: keep a mapping of our own slot only (the
+        whole table, inherited from the master, is unmapped)."""
+        own = mmap.mmap(self.fd, SLOT_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                        offset=slot * SLOT_SIZE)
+        self.mm.close()
+        self.mm, self.base, self.slots = own, slot, 1
+
     def read(self, slot: int) -> tuple[int, float, float]:
         """(job, deadline, frozen) of one slot."""
-        return _SLOT.unpack_from(self.mm, slot * SLOT_SIZE)
+        return _SLOT.unpack_from(self.mm, self._at(slot))
 
     def clear(self, slot: int) -> None:
-        _SLOT.pack_into(self.mm, slot * SLOT_SIZE, 0, 0.0, 0.0)
+        _SLOT.pack_into(self.mm, self._at(slot), 0, 0.0, 0.0)
 
     def begin(self, slot: int, job: int, deadline: float) -> None:
         """The worker got job number ``job`` (> 0), leased until at least ``deadline``."""
-        struct.pack_into("=d", self.mm, slot * SLOT_SIZE + 8, deadline)  # before the job number:
-        struct.pack_into("=q", self.mm, slot * SLOT_SIZE, job)  # a reader of the job sees its deadline
+        struct.pack_into("=d", self.mm, self._at(slot) + 8, deadline)  # before the job number:
+        struct.pack_into("=q", self.mm, self._at(slot), job)  # a reader of the job sees its deadline
 
     def end(self, slot: int) -> None:
         """The handler returned: nothing of the job runs any more (its settle is fenced)."""
-        struct.pack_into("=q", self.mm, slot * SLOT_SIZE, 0)
+        struct.pack_into("=q", self.mm, self._at(slot), 0)
 
     def extend(self, slot: int, job: int, deadline: float) -> bool:
         """A renewal for job ``job`` was confirmed: its deadline becomes the renewal's, if the
@@ -97,11 +111,11 @@ class Scoreboard:
         reserve would still be a lower bound of the newer lease: safe, merely conservative."""
         if self.read(slot)[0] != job:
             return False
-        struct.pack_into("=d", self.mm, slot * SLOT_SIZE + 8, deadline)
+        struct.pack_into("=d", self.mm, self._at(slot) + 8, deadline)
         return True
 
     def set_frozen(self, slot: int, when: float) -> None:
-        struct.pack_into("=d", self.mm, slot * SLOT_SIZE + 16, when)
+        struct.pack_into("=d", self.mm, self._at(slot) + 16, when)
 
     def close(self) -> None:
         self.mm.close()

@@ -111,6 +111,8 @@ def main(spec: WorkerSpec, sock: socket.socket, inherited_fds: Iterable[int]) ->
 
 def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
     """Undo what fork copied from the master that the child must not keep."""
+    if spec.board is not None:
+        spec.board.narrow(spec.slot)  # (before its descriptor is closed below)
     signal.set_wakeup_fd(-1)  # else our signals would wake the master's loop
     try:
         os.setpgid(0, 0)  # own process group: the master can kill us with our grandchildren

@@ -412,3 +412,16 @@ def test_what_a_dead_worker_s_job_left_running_dies_before_the_job_runs_again(ba
         wait_for(lambda p=pid: not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE,
                  2, f"child {pid} to be killed")
     bad.assert_running()
+
+
+def test_a_worker_maps_only_its_own_scoreboard_slot(governor):
+    """No job can move another worker's lease deadline: each maps just its own page."""
+    governor.start({"w": {"concurrency": 2}})
+    for w in governor.workers("w"):
+        with open(f"/proc/{w['pid']}/maps") as fh:
+            maps = [line.split() for line in fh if "governor-scoreboard" in line]
+        assert len(maps) == 1, maps
+        start, end = (int(x, 16) for x in maps[0][0].split("-"))
+        assert end - start == os.sysconf("SC_PAGE_SIZE")
+    with open(f"/proc/{governor.proc.pid}/maps") as fh:  # the master (and the sentry) map it all
+        assert any("governor-scoreboard" in line for line in fh)
