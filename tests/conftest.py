@@ -100,6 +100,33 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+class Sentinel:
+    """A real redis-server in Sentinel mode on 127.0.0.1 watching ``master`` as 'mymaster'; started
+    and ready (it knows the master) on construction. ``auth_pass``: the master's password."""
+
+    def __init__(self, workdir: Path, master: RedisServer, auth_pass: str | None = None) -> None:
+        self.port = free_port()
+        conf = workdir / "sentinel.conf"
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+                        f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+                        + (f"sentinel auth-pass mymaster {auth_pass}\n" if auth_pass else ""))
+        self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = redis.Redis(port=self.port)
+        wait_for(lambda: self._knows_master(probe), 10, "the sentinel to know the master")
+
+    @staticmethod
+    def _knows_master(probe: redis.Redis) -> bool:
+        try:
+            return bool(probe.execute_command("SENTINEL", "get-master-addr-by-name", "mymaster"))
+        except redis.RedisError:
+            return False  # starting up
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))

@@ -15,7 +15,7 @@ import pytest
 import redis
 import yaml
 
-from conftest import Governor, RedisServer, free_port, wait_for
+from conftest import Governor, RedisServer, Sentinel, free_port, wait_for
 
 
 def _status_json(g: Governor) -> str:
@@ -217,34 +217,19 @@ def test_every_password_spelling_connects_and_never_shows(tmp_path, template, pa
 def test_a_sentinel_secret_at_host_password_connects_and_never_shows(tmp_path):
     master = RedisServer(tmp_path / "master", "--requirepass", "sentinel-pw-Z4")
     master.start()
-    port = free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-                    f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
-                    "sentinel auth-pass mymaster sentinel-pw-Z4\n")
-    sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sentinel = Sentinel(tmp_path, master, auth_pass="sentinel-pw-Z4")
+    port = sentinel.port
     (tmp_path / "g").mkdir()
     g = Governor(tmp_path / "g", f"redis+sentinel://sentinel-pw-Z4@127.0.0.1:{port}/mymaster")
     try:
-        probe = redis.Redis(port=port)
-        wait_for(lambda: _sentinel_knows_master(probe), 10, "the sentinel to know the master")
         _run_one_job(g)
         seen = _shown_everywhere_but_the_secret(g, ("sentinel-pw-Z4",))
         assert f"redis+sentinel://:***@127.0.0.1:{port}/mymaster" in seen
     finally:
         g.stop()
-        sentinel.terminate()
-        sentinel.wait(10)
+        sentinel.stop()
         master.stop()
     assert "sentinel-pw-Z4" not in g.log()
-
-
-def _sentinel_knows_master(probe: redis.Redis) -> bool:
-    try:
-        return bool(probe.execute_command("SENTINEL", "get-master-addr-by-name", "mymaster"))
-    except redis.RedisError:
-        return False
 
 
 @pytest.mark.parametrize("url", [

@@ -33,6 +33,14 @@ def _env(tmpdir: Path | None = None) -> dict[str, str]:
     return env
 
 
+def _sticky_tmp(tmp_path: Path) -> Path:
+    """A directory like /tmp (world-writable, sticky), for TMPDIR: where the default state dir lives."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    return tmp
+
+
 def _config(tmp_path: Path, **top: object) -> Path:
     (tmp_path / "tasks.py").write_text(
         f"def touch(name):\n    open({str(tmp_path)!r} + '/' + name, 'w').close()\n")
@@ -131,9 +139,7 @@ def test_a_state_dir_owned_by_another_user_is_refused(tmp_path):
 def test_a_squatted_default_state_dir_with_a_planted_log_symlink_is_refused(tmp_path):
     """The report: another user pre-creates /tmp/governor-0/<hash> world-writable and plants
     redis.log -> a root-only file; root's embedded redis-server wrote its log into that file."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    tmp.chmod(0o1777)  # like /tmp
+    tmp = _sticky_tmp(tmp_path)
     env = _env(tmp)
     app = tmp_path / "app"
     app.mkdir()
@@ -167,9 +173,7 @@ def test_a_squatted_default_state_dir_with_a_planted_log_symlink_is_refused(tmp_
 
 
 def test_a_fresh_default_state_dir_is_made_0700_at_both_levels(tmp_path):
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    tmp.chmod(0o1777)
+    tmp = _sticky_tmp(tmp_path)
     env = _env(tmp)
     cfg = _config(tmp_path)
     state = _default_state_dir(cfg, env)
@@ -238,9 +242,7 @@ def test_the_cli_sends_nothing_to_a_socket_planted_in_a_squatted_default_dir(tmp
     by root must not hand it the job (payloads can hold secrets), nor trust its control.sock."""
     import socket
 
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    tmp.chmod(0o1777)
+    tmp = _sticky_tmp(tmp_path)
     env = _env(tmp)
     cfg = _config(tmp_path)
     state = _default_state_dir(cfg, env)
