@@ -21,7 +21,7 @@ import yaml
 from governor.config import Config, ConfigError, load_config, mask_url
 from governor.connection import RedisUnavailable, resolve_url
 from governor.limits import rules_for, usage
-from governor.queue import DEFAULT_PRIORITY, Client
+from governor.queue import DEFAULT_PRIORITY, Client, NotReplicated
 from governor.units import format_duration, format_size
 
 DEFAULT_CONFIG = os.environ.get("GOVERNOR_CONFIG", "/etc/governor/governor.yaml")
@@ -67,7 +67,8 @@ def _client(cfg: Config) -> Client:
     if cfg.redis.embedded and not os.path.exists(url[len("unix://"):]):
         raise RedisUnavailable(f"the embedded Redis is not running (no socket in {cfg.state_dir}); "
                                f"start the master first: governor run -c {cfg.source}")
-    return Client.from_url(url, prefix=cfg.redis.prefix, max_payload=cfg.max_payload, tls=cfg.redis.tls)
+    return Client.from_url(url, prefix=cfg.redis.prefix, max_payload=cfg.max_payload, tls=cfg.redis.tls,
+                           wait=(cfg.redis.wait_replicas, cfg.redis.wait_timeout))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -132,10 +133,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     spec = {"handler": args.handler, "args": _json_arg(args.args, "--args", list),
             "kwargs": _json_arg(args.kwargs, "--kwargs", dict), "priority": args.priority,
             "delay": args.delay, "timeout": args.timeout, "max_retries": args.max_retries,
-            "job_id": args.job_id, "unique": args.unique}
+            "job_id": args.job_id, "unique": args.unique, "key": args.key}
     try:
         client = _client(cfg)
         job_id = client.enqueue_many(args.queue, [spec])[0]
+    except NotReplicated as exc:
+        print(exc.ids[0])
+        return _fail(str(exc))
     except ValueError as exc:
         return _fail(str(exc), 2)
     except RedisUnavailable as exc:
@@ -345,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--unique", metavar="KEY",
                    help="while a job of the queue with this key is waiting, delayed or active, "
                         "add nothing and print that job's id")
+    e.add_argument("--key", help="ordering key (partitioned queues): jobs with the same key run "
+                                 "one at a time, in enqueue order")
     e.add_argument("--force", action="store_true",
                    help="enqueue even to a queue this config does not define")
     e.set_defaults(func=cmd_enqueue)

@@ -98,6 +98,8 @@ class QueueConfig:
     rate_limits: tuple[RateLimit, ...] = ()  # a job starts only when every one allows it
     limiters: tuple[str, ...] = ()  # named limiters (Config.limiters) its starts also count against
     global_concurrency: int | None = None  # at most this many of its jobs running, fleet-wide
+    partitions: int | None = None  # per-key ordered: jobs carry a key, spread over this many hash tags
+    partitions_per_host: int | None = None  # a master leases at most this many (None: no cap)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "governor"
     tls: TlsConfig = field(default_factory=TlsConfig)
+    wait_replicas: int = 0  # enqueue and settle wait (WAIT) for this many replicas to hold the write
+    wait_timeout: float = 0.1
 
     @property
     def embedded(self) -> bool:
@@ -184,7 +188,9 @@ class Config:
 
         return {
             "redis": {"url": mask_url(self.redis.url), "prefix": self.redis.prefix,
-                      "tls": dataclasses.asdict(self.redis.tls)},
+                      "tls": dataclasses.asdict(self.redis.tls),
+                      "wait": {"replicas": self.redis.wait_replicas,
+                               "timeout": format_duration(self.redis.wait_timeout)}},
             "limits": {"max_payload": format_size(self.max_payload),
                        "max_result": format_size(self.max_result)},
             "user": self.user, "group": self.group,
@@ -202,6 +208,7 @@ class Config:
             "queues": {q.name: {"concurrency": q.concurrency, "user": q.user, "group": q.group,
                                 "rate_limit": _limits_dict(q.rate_limits), "limiters": list(q.limiters),
                                 "global_concurrency": q.global_concurrency,
+                                "partitions": q.partitions, "partitions_per_host": q.partitions_per_host,
                                 **settings(q.settings)}
                        for q in self.queues.values()},
         }
@@ -446,7 +453,9 @@ def _listen(v: Any) -> str:
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SETTING_KEYS = ("memory", "timeout", "recycle", "retry", "done_ttl")
-_PER_QUEUE_KEYS = ("rate_limit", "limiters", "global_concurrency")  # never inherited from defaults
+_PER_QUEUE_KEYS = ("rate_limit", "limiters", "global_concurrency", "partitions",
+                   "partitions_per_host")  # never inherited from defaults
+MAX_PARTITIONS = 1024
 _PER_WORDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 _LIMIT_EXAMPLE = "{limit: 300, per: 1m}"
 
@@ -536,6 +545,28 @@ def _queue_limits(q: _Section, named: Mapping[str, Any]) -> tuple[tuple[RateLimi
     limiters = q.get("limiters", lambda v: _limiter_names(v, q.sub("limiters"), named), ())
     global_concurrency = q.get("global_concurrency", _optional(_int(1)), None)
     return rate_limits, limiters, global_concurrency
+
+
+def _partitioning(q: _Section, limited: bool) -> tuple[int | None, int | None]:
+    """``partitions`` and ``partitions_per_host``. A partitioned queue lives in one hash tag per
+    partition, so a fleet-wide limit (one counter in one slot) cannot see all of its starts."""
+    partitions = q.get("partitions", _optional(_int(1)), None)
+    per_host = q.get("partitions_per_host", _optional(_int(1)), None)
+    if partitions is not None and partitions > MAX_PARTITIONS:
+        raise ConfigError(q.sub("partitions"), f"expected at most {MAX_PARTITIONS}, got {partitions}")
+    if per_host is not None and partitions is None:
+        raise ConfigError(q.sub("partitions_per_host"), "only a partitioned queue (partitions: N) has "
+                                                        "partitions to lease")
+    if partitions is not None and limited:
+        raise ConfigError(q.sub("partitions"), "a partitioned queue cannot have rate_limit, limiters or "
+                                               "global_concurrency: its jobs live in one Redis slot per "
+                                               "partition and a fleet-wide limit lives in one (use "
+                                               "governor.limit(name) in the handler instead)")
+    return partitions, per_host
+
+
+def _is_cluster(url: str) -> bool:
+    return url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
 def _named_limiters(raw: Any, env: Mapping[str, str]) -> dict[str, tuple[RateLimit, ...]]:
@@ -652,14 +683,20 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
         "limits", "user", "group", "health", "limiters")
     base_dir = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
 
-    red = top.section("redis").expect("url", "prefix", "tls")
+    red = top.section("redis").expect("url", "prefix", "tls", "wait")
     tls_sec = red.section("tls").expect("ca", "cert", "key")
     tls = TlsConfig(**{k: tls_sec.get(k, _existing_file(base_dir), None) for k in ("ca", "cert", "key")})
     tls_sec.done()
+    wait = red.section("wait").expect("replicas", "timeout")
+    wait_replicas = wait.get("replicas", _int(0), 0)
+    wait_timeout = wait.get("timeout", parse_duration, 0.1)
+    if not 0.001 <= wait_timeout <= 60:
+        raise ConfigError(wait.sub("timeout"), f"expected 1ms to 60s, got {format_duration(wait_timeout)}")
+    wait.done()
     redis = RedisConfig(
         url=red.get("url", _string, RedisConfig.url),
         prefix=red.get("prefix", _string, RedisConfig.prefix),
-        tls=tls,
+        tls=tls, wait_replicas=wait_replicas, wait_timeout=wait_timeout,
     )
     red.done()
     if not redis.embedded:
@@ -714,6 +751,12 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
         q_group = q.get("group", _group, group)
         settings = _settings(q, defaults)
         rate_limits, q_limiters, global_concurrency = _queue_limits(q, named_limiters)
+        partitions, per_host = _partitioning(q, bool(rate_limits or q_limiters or global_concurrency))
+        if q_limiters and _is_cluster(redis.url):
+            raise ConfigError(q.sub("limiters"), "on Redis Cluster a queue's starts cannot count against a "
+                                                 "named limiter (it lives in another slot than the queue): "
+                                                 "give the queue its own rate_limit, or call "
+                                                 "governor.limit(name) in the handler")
         q.done()
         if (q_user or q_group) and redis.embedded:
             raise ConfigError(f"{path}.user" if q_user else f"{path}.group",
@@ -721,7 +764,8 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
                               "socket private to the master's user")
         queues[name] = QueueConfig(name=name, concurrency=concurrency, settings=settings,
                                    user=q_user, group=q_group, rate_limits=rate_limits,
-                                   limiters=q_limiters, global_concurrency=global_concurrency)
+                                   limiters=q_limiters, global_concurrency=global_concurrency,
+                                   partitions=partitions, partitions_per_host=per_host)
 
     shutdown_timeout = top.get("shutdown_timeout", parse_duration, 30.0)
     lease = top.get("lease", parse_duration, 60.0)

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from governor.connection import is_transient
+from governor.connection import disconnect, is_transient
 from governor.identity import is_local_and_dead, pid_of
 from governor.log import fields
 from governor.pool import Pool
@@ -33,7 +33,9 @@ TICK_BUSY = 1.0   # seconds between passes over a queue with waiting, delayed or
 TICK_IDLE = 15.0  # ... and over an empty one (keeps an idle host well under 1 Redis command/s)
 # What a call to Redis can raise besides RedisError when the connection carries garbage
 # (a reply that is not the one asked for: wrong type, wrong length).
-_GARBLED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
+GARBLED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
+
+Lane = tuple[str, "int | None"]  # a queue, or one partition of a partitioned queue
 
 
 @dataclass
@@ -50,6 +52,8 @@ class LostJob:
     known: tuple[str, str] | None  # (id, token) from the worker's last 'start' message
     max_retries: int
     detail: dict[str, Any]  # measured figures: peak memory, limit, signal or exit code
+    partitions: tuple[int | None, ...] = (None,)  # where its lease may be: the job's partition if
+    # known, else every partition of its queue
 
     def why(self) -> str:
         """The reason with its measured figure, as an operator reads it in `governor status`."""
@@ -78,14 +82,16 @@ class Housekeeper:
         self.on_thaw = on_thaw
         self.on_error = on_error
         self.lost: list[LostJob] = []
-        self.next_tick: dict[str, float] = {}
+        self.next_tick: dict[Lane, float] = {}
         self.next_renew = 0.0
-        self.queue_stats: dict[str, dict[str, Any]] = {}
+        self.lane_stats: dict[Lane, dict[str, Any]] = {}
+        self.lanes: dict[str, list[int | None]] = {}  # per queue, the lanes ticked (set by run)
+        self.on_ready: Callable[[str, int, int], None] = lambda queue, partition, waiting: None
         self.down_since: float | None = None
         self.last_ok = 0.0  # monotonic time of the last Redis call that succeeded
 
-    def keys(self, queue: str) -> QueueKeys:
-        return QueueKeys(self.prefix, queue)
+    def keys(self, queue: str, partition: int | None = None) -> QueueKeys:
+        return QueueKeys(self.prefix, queue, partition)
 
     # -- health of the connection ----------------------------------------------------
 
@@ -99,11 +105,15 @@ class Housekeeper:
             log.warning("Redis is reachable again after %.1fs", time.monotonic() - self.down_since)
             self.down_since = None
 
+    def failed(self, exc: Exception) -> None:
+        """A call made on the housekeeper's behalf (partition leases) failed: counted as ours."""
+        self._failed(exc)
+
     def _failed(self, exc: Exception) -> None:
-        if isinstance(exc, _GARBLED) or not is_transient(exc):
+        if isinstance(exc, GARBLED) or not is_transient(exc):
             # An unexpected reply means the connection may be out of step (a reply left over
             # from something else): never read another reply from it, start a new one.
-            self.redis.connection_pool.disconnect()
+            disconnect(self.redis)
         self.on_error()
         if self.down_since is None:
             self.down_since = time.monotonic()
@@ -116,16 +126,17 @@ class Housekeeper:
         (SIGKILL, OOM, power loss): their leases name processes that no longer exist."""
         try:
             for name, pool in pools.items():
-                for wid, held in self.redis.hgetall(self.keys(name).leases).items():
-                    wid = wid.decode()
-                    if is_local_and_dead(wid):
-                        job_id, token = parse_lease(held)
-                        self.lost.append(LostJob(
-                            queue=name, wid=wid, pid=pid_of(wid), reason="orphaned",
-                            description="died with its master", mode="requeue", seconds=None,
-                            known=(job_id, token), max_retries=pool.config.settings.retry.max,
-                            detail={}))
-        except (redis.RedisError, *_GARBLED) as exc:
+                for part in all_lanes(pool.config):
+                    for wid, held in self.redis.hgetall(self.keys(name, part).leases).items():
+                        wid = wid.decode()
+                        if is_local_and_dead(wid):
+                            job_id, token = parse_lease(held)
+                            self.lost.append(LostJob(
+                                queue=name, wid=wid, pid=pid_of(wid), reason="orphaned",
+                                description="died with its master", mode="requeue", seconds=None,
+                                known=(job_id, token), max_retries=pool.config.settings.retry.max,
+                                detail={}, partitions=(part,)))
+        except (redis.RedisError, *GARBLED) as exc:
             self._failed(exc)  # the leases will expire instead
         if self.lost:
             log.info("recovering %d job(s) left by workers of a previous master", len(self.lost))
@@ -140,10 +151,15 @@ class Housekeeper:
         """Requeues the jobs of dead workers; what Redis refuses now is tried again later."""
         while self.lost:
             lost = self.lost[0]
-            keys = self.keys(lost.queue)
             try:
                 # Redis knows the lease even when the worker died before telling us its job
-                held = lease_of(self.redis, keys, lost.wid) or lost.known
+                keys, held = self.keys(lost.queue, lost.partitions[0]), None
+                for part in lost.partitions:
+                    held = lease_of(self.redis, self.keys(lost.queue, part), lost.wid)
+                    if held:
+                        keys = self.keys(lost.queue, part)
+                        break
+                held = held or lost.known
                 if held:
                     error = {"reason": lost.reason, "worker": lost.wid, "seconds": lost.seconds,
                              "error": f"worker pid {lost.pid} {lost.description} ({lost.why()}) "
@@ -152,7 +168,7 @@ class Housekeeper:
                         held[0], held[1], lost.wid, error, lost.mode, 0, lost.reason,
                         lost.max_retries))[0])
                     log_requeue(lost.queue, held[0], lost.reason, outcome)
-            except (redis.RedisError, *_GARBLED) as exc:
+            except (redis.RedisError, *GARBLED) as exc:
                 self._failed(exc)
                 return
             self.lost.pop(0)
@@ -169,16 +185,23 @@ class Housekeeper:
         try:
             self.probe.ping()
             return True
-        except (redis.RedisError, *_GARBLED) as exc:
+        except (redis.RedisError, *GARBLED) as exc:
             self._failed(exc)
             return False
 
-    def run(self, now: float, pools: Mapping[str, Pool]) -> None:
+    def run(self, now: float, pools: Mapping[str, Pool], lanes: Mapping[str, list[int | None]]) -> None:
+        """``lanes``: per queue, what this master ticks (a partitioned queue: the partitions it
+        holds)."""
+        self.lanes = dict(lanes)
+        for lane in [lane for lane in self.next_tick if lane[1] not in lanes.get(lane[0], ())]:
+            self.next_tick.pop(lane)  # a partition handed over: its new holder looks after it
+            self.lane_stats.pop(lane, None)
         if not self._reachable(now):
             return
         if self.lost:
             self.settle_lost()
-        due = [name for name in pools if self.next_tick.get(name, 0.0) <= now]
+        due = [(name, part) for name, parts in lanes.items() for part in parts
+               if self.next_tick.get((name, part), 0.0) <= now]
         try:
             # renew first: after a stall longer than the lease, our own workers' leases must be
             # extended before the tick looks for expired ones
@@ -189,7 +212,7 @@ class Housekeeper:
             if due:
                 self._tick(due, now, pools)
                 self._ok()
-        except (redis.RedisError, *_GARBLED) as exc:
+        except (redis.RedisError, *GARBLED) as exc:
             self._failed(exc)
             later = time.monotonic() + TICK_BUSY  # not `now`: the failed call may have taken a while
             for name in due:
@@ -204,7 +227,14 @@ class Housekeeper:
 
     def touch(self, queue: str, now: float) -> None:
         """Something happened in this queue: look at it within TICK_BUSY, not TICK_IDLE."""
-        self.next_tick[queue] = min(self.next_tick.get(queue, now), now + TICK_BUSY)
+        for part in self.lanes.get(queue, [None]):
+            lane = (queue, part)
+            self.next_tick[lane] = min(self.next_tick.get(lane, now), now + TICK_BUSY)
+
+    def look_now(self, queue: str, partitions: list[int]) -> None:
+        """Partitions just acquired: ticked on the next pass (which hints idle workers to them)."""
+        for part in partitions:
+            self.next_tick[(queue, part)] = 0.0
 
     def check(self) -> None:
         """A direct PING, for /healthz when the last pass is too old to vouch for Redis
@@ -214,12 +244,15 @@ class Housekeeper:
         try:
             self.probe.ping()
             self._ok()
-        except (redis.RedisError, *_GARBLED) as exc:
+        except (redis.RedisError, *GARBLED) as exc:
             self._failed(exc)
 
     def forget(self, queue: str) -> None:
-        self.next_tick.pop(queue, None)
-        self.queue_stats.pop(queue, None)
+        for lane in [lane for lane in self.next_tick if lane[0] == queue]:
+            self.next_tick.pop(lane)
+        for lane in [lane for lane in self.lane_stats if lane[0] == queue]:
+            self.lane_stats.pop(lane)
+        self.lanes.pop(queue, None)
 
     def _renew(self, pools: Mapping[str, Pool]) -> bool:
         """Extends our busy workers' leases, and tells each one's guard what Redis confirmed;
@@ -230,18 +263,22 @@ class Housekeeper:
         which the sentry enforces, and a run the sentry froze meanwhile is thawed. A renewal
         refused while the worker still runs the same job means another host has it: the run
         is killed."""
-        calls, batches = [], []
+        by_lane: dict[Lane, list[tuple[WorkerProcess, int]]] = {}
         for pool in pools.values():
-            holders = []
             for w in pool:
                 if w.state is State.STOPPING:
                     continue
                 job = self.board.read(w.slot)[0] if w.slot >= 0 else 0
+                if w.job is None and pool.config.partitions:
+                    continue  # its 'start' (naming the partition) not read yet: a lease just taken
                 if job or w.job is not None:
-                    holders.append((w, job))
-            if holders:
-                calls.append(self.keys(pool.name).renew(int(self.lease * 1000), [w.wid for w, _ in holders]))
-                batches.append(holders)
+                    # a worker reserves from one partition at a time: its lease is where its job is
+                    part = w.job.partition if w.job is not None else None
+                    by_lane.setdefault((pool.name, part), []).append((w, job))
+        calls, batches = [], []
+        for (name, part), holders in by_lane.items():
+            calls.append(self.keys(name, part).renew(int(self.lease * 1000), [w.wid for w, _ in holders]))
+            batches.append(holders)
         if not calls:
             return False
         sent = time.monotonic()
@@ -266,31 +303,35 @@ class Housekeeper:
                     self.on_lease_lost(w, now - (previous - self.lease + margin(self.lease)))
         return True
 
-    def _tick(self, queues: list[str], now: float, pools: Mapping[str, Pool]) -> None:
+    def _tick(self, lanes: list[Lane], now: float, pools: Mapping[str, Pool]) -> None:
         """Promote due delayed jobs, expire done records, reclaim expired leases."""
-        calls = [self.keys(q).tick(int(pools[q].config.settings.done_ttl * 1000)) for q in queues]
-        for name, reply in zip(queues, run(self.redis, *calls), strict=True):
+        calls = [self.keys(q, part).tick(int(pools[q].config.settings.done_ttl * 1000)) for q, part in lanes]
+        for (name, part), reply in zip(lanes, run(self.redis, *calls), strict=True):
             if not (isinstance(reply, list) and len(reply) >= 11 and len(reply) % 2 == 1
                     and all(isinstance(x, int) for x in reply[:11])):
                 raise ValueError(f"unexpected reply to tick: {reply!r:.80}")
             next_due, (waiting, delayed, active, dead, done), oldest = reply[1], reply[2:7], reply[7]
             next_expiry, throttled, paused = reply[8], reply[9], reply[10]
-            self.queue_stats[name] = {"waiting": waiting, "delayed": delayed, "active": active,
-                                      "dead": dead, "done": done, "at": now,
-                                      "oldest_age": oldest / 1000.0 if oldest >= 0 else None,
-                                      "throttled": throttled, "paused": bool(paused)}
+            self.lane_stats[(name, part)] = {
+                "waiting": waiting, "delayed": delayed, "active": active, "dead": dead, "done": done,
+                "at": now, "oldest_age": oldest / 1000.0 if oldest >= 0 else None,
+                "throttled": throttled, "paused": bool(paused)}
+            if part is not None and waiting and not paused:
+                self.on_ready(name, part, waiting)
             # An idle-looking queue is still looked at twice per lease: another host may have
             # taken a job since and died with it. A lease seen running out is reclaimed at once.
             interval = TICK_BUSY if (active or waiting or next_due >= 0) else min(TICK_IDLE, self.lease / 2)
             for ms in (next_due, next_expiry):
                 if ms >= 0:
                     interval = min(interval, ms / 1000.0 + 0.005)
-            self.next_tick[name] = now + interval
+            self.next_tick[(name, part)] = now + interval
             expired = reply[11:]
             for i in range(0, len(expired), 2):
-                self._reclaim(name, expired[i].decode(errors="surrogateescape"), expired[i + 1], pools)
+                self._reclaim((name, part), expired[i].decode(errors="surrogateescape"), expired[i + 1],
+                              pools)
 
-    def _reclaim(self, queue: str, job_id: str, raw_meta: bytes, pools: Mapping[str, Pool]) -> None:
+    def _reclaim(self, lane: Lane, job_id: str, raw_meta: bytes, pools: Mapping[str, Pool]) -> None:
+        queue = lane[0]
         try:
             meta = loads(raw_meta, "the job's record")
         except ValueError:
@@ -303,17 +344,33 @@ class Housekeeper:
             return
         error = {"reason": "lease_expired", "worker": holder,
                  "error": f"lease of worker {holder} expired (its host or master stopped renewing it)"}
-        call = self.keys(queue).fail(job_id, token, holder, error, "retry", 0, "lease_expired",
+        call = self.keys(*lane).fail(job_id, token, holder, error, "retry", 0, "lease_expired",
                                      pools[queue].config.settings.retry.max)
         outcome = _expect_outcome(run(self.redis, call)[0])
         log_requeue(queue, job_id, "lease_expired", outcome)
 
     def stats(self, queue: str, now: float) -> dict[str, Any]:
-        """The queue's figures from the last pass, the oldest job's age brought up to now."""
-        stats = dict(self.queue_stats.get(queue, {}))
-        if stats.get("oldest_age") is not None:  # still waiting, so older by now
-            stats["oldest_age"] += now - stats["at"]
+        """The queue's figures from the last pass (summed over the partitions this master
+        holds), the oldest job's age brought up to now."""
+        parts = [s for (q, _), s in self.lane_stats.items() if q == queue]
+        if not parts:
+            return {}
+        stats: dict[str, Any] = {name: sum(s[name] for s in parts)
+                                 for name in ("waiting", "delayed", "active", "dead", "done")}
+        stats["throttled"] = max(s["throttled"] for s in parts)
+        stats["paused"] = any(s["paused"] for s in parts)
+        ages = [s["oldest_age"] + now - s["at"] for s in parts if s["oldest_age"] is not None]
+        stats["oldest_age"] = max(ages) if ages else None  # still waiting, so older by now
+        stats["at"] = min(s["at"] for s in parts)
         return stats
+
+    def waiting(self) -> int:
+        return sum(int(s.get("waiting", 0)) for s in self.lane_stats.values())
+
+
+def all_lanes(config: Any) -> list[int | None]:
+    """Every partition of a queue (its own keys if it has none)."""
+    return list(range(config.partitions)) if config.partitions else [None]
 
 
 def _expect_outcome(reply: Any) -> int:

@@ -35,14 +35,16 @@ from governor.governance import (
     max_concurrent_recycles,
     sample_memory,
 )
-from governor.housekeeping import Housekeeper, LostJob
+from governor.housekeeping import GARBLED, Housekeeper, LostJob, all_lanes
 from governor.httpd import HttpServer
 from governor.identity import worker_id
 from governor.limits import rules_for
 from governor.log import fields
 from governor.metrics import CONTENT_TYPE, Metrics
+from governor.partitions import PartitionLeases
 from governor.pool import Pool
 from governor.process import State, WorkerProcess, describe_exit
+from governor.queue import run
 from governor.scoreboard import Scoreboard, margin
 from governor.systemd import Notifier
 
@@ -111,6 +113,7 @@ class Master:
         self.metrics = Metrics(self._metrics_state)
         self.http: HttpServer | None = None
         self.house: Housekeeper | None = None
+        self.partitions: PartitionLeases | None = None
         self.state_lock = statedir.MasterLock(config.state_dir)
         self.sentry = proctree.Sentry()  # kills every worker's tree if this master dies
         self.next_sentry_try = 0.0
@@ -151,6 +154,9 @@ class Master:
         self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease, self.board,
                                  on_lease_lost=self._on_lease_lost, on_thaw=self._on_thaw, probe=probe,
                                  on_error=self.metrics.redis_errors.inc)
+        self.house.on_ready = self._hint_idle
+        self.partitions = PartitionLeases(self.redis, self.config.redis.prefix, worker_id(self.pid),
+                                          self.config.lease)
         self._install_signals()
         self.control = ControlServer(self.config.state_dir, {"status": self.status})
         self.control.attach(self.selector)
@@ -162,6 +168,7 @@ class Master:
         for q in self.config.queues.values():
             self.pools[q.name] = Pool(q, _settings_key(q, self.config))
             self.metrics.prime(q.name)
+        self.partitions.sync(self.pools)
         self.house.recover_predecessor(self.pools)
         log.info("governor master %d starting: redis %s, queues %s", self.pid,
                  mask_url(self.config.redis.url),
@@ -189,6 +196,8 @@ class Master:
         if self.http:
             self.http.close()
         self._kill_all()
+        if self.partitions:
+            self.partitions.release_all("master stopped")
         if self.sentry.fileno() >= 0:  # workers gone (or SIGKILLed, tree and all): nothing to guard
             self.selector.unregister(self.sentry.fileno())
             self.sentry.close()
@@ -263,13 +272,13 @@ class Master:
         rate = (self.finished - mark_n) / (now - mark_t) if now - mark_t > 0.5 else 0.0
         if now - mark_t >= 10.0:
             self._rate_mark = (now, self.finished)
-        waiting = sum(int(q.get("waiting", 0)) for q in self.house.queue_stats.values())
+        waiting = self.house.waiting()
         backing_off = [p.name for p in self.pools.values() if p.backoff]
         line = f"{workers} workers ({busy} busy), {rate:.1f} jobs/s, {waiting} waiting"
         return line + (f", backing off: {', '.join(backing_off)}" if backing_off else "")
 
     def _next_wakeup(self, now: float) -> float:
-        times = [self.house.next_wakeup(now)]
+        times = [self.house.next_wakeup(now), self.partitions.next_wakeup(now)]
         if self.stopping == "graceful" and self.stop_deadline > now:
             times.append(self.stop_deadline)
         if self.watchdog_interval and self._ready_sent:
@@ -311,6 +320,7 @@ class Master:
         self.stopping = "graceful"
         self.notifier.stopping()
         self.stop_deadline = time.monotonic() + self.config.shutdown_timeout
+        self.partitions.release_all("draining")  # other masters take them now, not after the lease
         busy = sum(1 for p in self.pools.values() for w in p if w.job)
         log.info("SIGTERM: draining; %d job(s) in flight get up to %.0fs", busy, self.config.shutdown_timeout)
 
@@ -321,6 +331,7 @@ class Master:
         self.stopping = "fast"
         self.notifier.stopping()
         log.info("fast stop: killing workers, requeueing their jobs")
+        self.partitions.release_all("stopping")
         self._kill_all()
 
     handle_sigquit = handle_sigint
@@ -340,6 +351,15 @@ class Master:
 
     def _apply(self, new: Config) -> None:
         old = self.config
+        for q in new.queues.values():
+            was = self.pools.get(q.name)
+            if was is not None and was.config.partitions != q.partitions:
+                log.error("reload refused, keeping the running config: queue %s: partitions %s -> %s "
+                          "would move keys between partitions and break their order (drain the queue "
+                          "and restart with a new queue name instead)", q.name,
+                          was.config.partitions or "none", q.partitions or "none",
+                          extra=fields(queue=q.name, reason="reload_refused"))
+                return
         if new.redis != old.redis or new.state_dir != old.state_dir or new.data_dir != old.data_dir:
             log.warning("reload: redis and state_dir changes take effect on restart; keeping %s",
                         mask_url(old.redis.url))
@@ -363,6 +383,8 @@ class Master:
             if name not in new.queues and not pool.removed:
                 pool.removed = True
                 log.info("reload: queue %s removed; draining its workers", name)
+        self.partitions.sync(self.pools)
+        self.partitions.lease = new.lease
         self.config = new
         self.house.lease = new.lease
         if new.lease != old.lease:  # renew at once under the new lease, and guard it as tightly
@@ -397,6 +419,7 @@ class Master:
             if pool.removed and not pool.workers:
                 del self.pools[name]
                 self.house.forget(name)
+                self.partitions.sync(self.pools)
 
     def _spawn_failed(self, pool: Pool, now: float, error: str) -> bool:
         if pool.note_spawn_failure(now, error):
@@ -430,7 +453,10 @@ class Master:
                                  max_payload=self.config.max_payload, max_result=self.config.max_result,
                                  sentry=self.sentry.alive, board=self.board, slot=slot,
                                  rules=rules_for(self.config.redis.prefix, pool.config, _limiters(self.config)),
-                                 limiters=_limiters(self.config))
+                                 limiters=_limiters(self.config),
+                                 held=self.partitions.table(pool.name),
+                                 hint_key=self.house.keys(pool.name).hint_list(self.partitions.master),
+                                 wait=(self.config.redis.wait_replicas, self.config.redis.wait_timeout))
         inherited = self._owned_fds() + [master_end.fileno()]
         # Until the child has its own handlers, a signal sent to it would run the master's
         # (and land in the master's wakeup fd): keep them blocked across fork; the worker
@@ -655,7 +681,9 @@ class Master:
                                  description=description,
                                  mode="requeue" if reason == "shutdown" else "retry",
                                  seconds=seconds, known=known, max_retries=max_retries,
-                                 detail={k: v for k, v in detail.items() if v is not None}))
+                                 detail={k: v for k, v in detail.items() if v is not None},
+                                 partitions=(wp.job.partition,) if wp.job and wp.job.partition is not None
+                                 else tuple(all_lanes(pool.config)) if pool else (None,)))
         # Crash-loop backoff is for workers that die before taking a job (a broken import, a
         # bad deploy). One that died running a job is that job's fault: the job is charged
         # (retried, then dead-lettered as a poison job) and the worker replaced at once.
@@ -686,7 +714,23 @@ class Master:
                 self.embedded.start()
             except RuntimeError as exc:
                 log.error("%s", exc)
-        self.house.run(now, self.pools)
+        if self.house.redis_ok and not self.stopping:
+            try:
+                for queue, gained in self.partitions.run(now).items():
+                    self.house.look_now(queue, gained)
+            except (redis.RedisError, *GARBLED) as exc:
+                self.house.failed(exc)
+        self.house.run(now, self.pools, {name: self.partitions.lanes(name) if p.config.partitions
+                                         else all_lanes(p.config) for name, p in self.pools.items()})
+
+    def _hint_idle(self, queue: str, partition: int, waiting: int) -> None:
+        """A partition we hold has jobs waiting: send idle workers to it. (Hints from producers
+        reach them at once; this catches what no hint announced: a worker that left a backlog
+        to recycle, a retry falling due, a partition just acquired.)"""
+        pool = self.pools.get(queue)
+        idle = sum(1 for w in pool if w.state is State.IDLE) if pool else 0
+        if idle:
+            run(self.redis, self.house.keys(queue).hint({partition: min(waiting, idle)}))
 
     # -- systemd, metrics, health --------------------------------------------------------
 
@@ -741,4 +785,5 @@ class Master:
                        "redis": mask_url(self.config.redis.url),
                        "redis_ok": self.house.redis_ok},
             "pools": [p.snapshot(now) for p in self.pools.values()],
+            "partitions": self.partitions.snapshot(),
         }

@@ -46,6 +46,7 @@ class CurrentJob:
     since: float  # master's monotonic clock
     soft: float | None
     hard: float | None
+    partition: int | None = None  # of a partitioned queue: where the job (and its lease) is
 
 
 class WorkerProcess:
@@ -87,8 +88,10 @@ class WorkerProcess:
         if kind == "ready" and self.state is State.STARTING:
             self._to(State.IDLE)
         elif kind == "start" and len(msg) >= 7:
+            part = msg[8] if len(msg) > 8 and isinstance(msg[8], int) and msg[8] >= 0 else None
             self.job = CurrentJob(id=str(msg[1]), token=str(msg[2]), handler=str(msg[3]),
-                                  attempt=int(msg[4]), since=now, soft=msg[5], hard=msg[6])
+                                  attempt=int(msg[4]), since=now, soft=msg[5], hard=msg[6],
+                                  partition=part)
             if self.state in (State.IDLE, State.STARTING):
                 self._to(State.BUSY)
         elif kind == "end":
@@ -158,6 +161,8 @@ class WorkerProcess:
         if self.job:
             job = {"id": self.job.id, "handler": self.job.handler, "attempt": self.job.attempt,
                    "seconds": round(now - self.job.since, 3)}
+            if self.job.partition is not None:
+                job["partition"] = self.job.partition
         return {"pid": self.pid, "index": self.index, "state": self.state.value,
                 "uptime": round(now - self.started, 3), "jobs_done": self.jobs_done,
                 "rss": self.rss or rss_bytes(self.pid), "peak_rss": self.peak_rss,

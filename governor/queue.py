@@ -12,7 +12,8 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, NamedTuple
@@ -41,7 +42,7 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
     pkg = resources.files("governor") / "lua"
     prelude = (pkg / "lib.lua").read_text()
     scripts = {}
-    for name in ("enqueue", "reserve", "ack", "fail", "tick", "renew", "limit"):
+    for name in ("enqueue", "reserve", "ack", "fail", "tick", "renew", "limit", "partitions", "hint"):
         src = prelude + "\n" + (pkg / f"{name}.lua").read_text()
         scripts[name] = (src, hashlib.sha1(src.encode()).hexdigest())
     return scripts
@@ -108,13 +109,40 @@ def _execute(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
 
 @dataclass(frozen=True)
 class QueueKeys:
-    """Every key of one queue, all under the hash tag ``{prefix:queue}`` (one Cluster slot)."""
+    """Every key of one queue, all under the hash tag ``{prefix:queue}`` (one Cluster slot);
+    or of one partition of a partitioned queue, under ``{prefix:queue:N}`` (a slot of its own,
+    so a partitioned queue spreads over a Cluster's shards)."""
 
     prefix: str
     queue: str
+    partition: int | None = None
 
     def key(self, part: str) -> str:
-        return f"{{{self.prefix}:{self.queue}}}:{part}"
+        if self.partition is None:
+            return f"{{{self.prefix}:{self.queue}}}:{part}"
+        return f"{{{self.prefix}:{self.queue}:{self.partition}}}:{part}"
+
+    def home(self) -> QueueKeys:
+        """The queue's own slot: its partition leases, hint lists and the partitions marker."""
+        return QueueKeys(self.prefix, self.queue)
+
+    def part(self, n: int) -> QueueKeys:
+        return QueueKeys(self.prefix, self.queue, n)
+
+    @property
+    def partitions_key(self) -> str:
+        """Holds the queue's partition count while it is partitioned (set by its masters)."""
+        return self.home().key("partitions")
+
+    @property
+    def heads(self) -> str:
+        """Hash: ordering key -> the one job of that key that may be waiting, delayed or active."""
+        return self.key("heads")
+
+    @property
+    def key_lists(self) -> str:
+        """Prefix of each ordering key's list of queued jobs (enqueue order)."""
+        return self.key("key:")
 
     @property
     def waiting(self) -> str:
@@ -173,7 +201,8 @@ class QueueKeys:
         for job in jobs:
             args.extend(job)
         return Call("enqueue", (self.meta, self.data, self.waiting, self.delayed,
-                                self.key("seq"), self.wake, self.stats, self.unique), args)
+                                self.key("seq"), self.wake, self.stats, self.unique, self.heads,
+                                self.key_lists, self.key("partitions")), args)
 
     def reserve(self, worker: str, token: str, lease_ms: int, rules: Rules = NO_RULES) -> Call:
         """``rules``: the queue's fleet-wide concurrency and rate limits (limits.py)."""
@@ -187,14 +216,16 @@ class QueueKeys:
         """``result_note`` says why a result is not kept (too large, not JSON); ``wake``: the
         queue has a global_concurrency, so the freed slot wakes one waiting worker."""
         return Call("ack", (self.active, self.meta, self.data, self.done, self.leases, self.stats,
-                            self.unique, self.waiting, self.wake),
+                            self.unique, self.waiting, self.wake, self.delayed, self.heads,
+                            self.key_lists),
                     (job_id, token, worker, done_ttl_ms, result, run_ms, result_note, "1" if wake else ""))
 
     def fail(self, job_id: str, token: str, worker: str, error: dict | None, mode: str,
              backoff_ms: int, reason: str, default_max_retries: int) -> Call:
         """mode: ``retry`` (if attempts remain), ``dead`` (now) or ``requeue`` (attempt not counted)."""
         return Call("fail", (self.active, self.meta, self.waiting, self.delayed, self.dead,
-                             self.leases, self.wake, self.stats, self.unique),
+                             self.leases, self.wake, self.stats, self.unique, self.heads,
+                             self.key_lists),
                     (job_id, token, worker, json.dumps(error) if error else "", mode, backoff_ms,
                      reason, default_max_retries))
 
@@ -204,6 +235,47 @@ class QueueKeys:
 
     def renew(self, lease_ms: int, workers: Sequence[str]) -> Call:
         return Call("renew", (self.active, self.leases), (lease_ms, *workers))
+
+    # -- a partitioned queue's home slot -------------------------------------------------
+
+    def hint_list(self, master: str) -> str:
+        """The list a master's idle workers block on for this queue's partitions."""
+        return self.home().key(f"hint:{master}")
+
+    def partition_leases(self, master: str, lease_ms: int, partitions: int, per_host: int,
+                         release: bool = False) -> Call:
+        h = self.home()
+        return Call("partitions", (h.key("holders"), h.key("holders:expiry"), h.key("masters"),
+                                   h.key("hint:")),
+                    (master, lease_ms, partitions, per_host, "release" if release else "hold"))
+
+    def hint(self, counts: Mapping[int, int]) -> Call:
+        h = self.home()
+        args: list[Any] = []
+        for p, n in counts.items():
+            args += [p, n]
+        return Call("hint", (h.key("holders"), h.key("hint:")), args)
+
+
+class NotReplicated(RuntimeError):
+    """The write is on the primary, but fewer replicas than ``redis.wait.replicas`` confirmed
+    it in time: a failover now could lose it. ``ids``: the jobs concerned (an enqueue can be
+    re-sent with the same ids: an existing id is not queued twice)."""
+
+    def __init__(self, what: str, acked: int, wanted: int, timeout_ms: int, ids: Sequence[str] = ()) -> None:
+        super().__init__(f"{what}, but only {acked} of {wanted} replica(s) confirmed it within "
+                         f"{timeout_ms}ms: a failover now could lose it")
+        self.acked, self.wanted, self.ids = acked, wanted, list(ids)
+
+
+def wait_replicas(client: Any, keys: Iterable[str], replicas: int, timeout_ms: int) -> int:
+    """WAIT on the primary (of each slot, on a Cluster) that took writes to ``keys``; returns
+    the fewest replicas any of them confirmed."""
+    if not is_cluster(client):
+        return int(client.execute_command("WAIT", replicas, timeout_ms))
+    nodes = {client.get_node_from_key(k).name: client.get_node_from_key(k) for k in keys}
+    return min(int(client.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))
+               for node in nodes.values())
 
 
 class FailOutcome:
@@ -262,6 +334,17 @@ def lease_of(client: redis.Redis, keys: QueueKeys, worker: str) -> tuple[str, st
     return parse_lease(held) if held else None
 
 
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of an ordering key: CRC-32 (IEEE, as zlib computes it) of its UTF-8 bytes,
+    modulo the partition count; a producer in another language computes the same."""
+    return zlib.crc32(key.encode("utf-8", "surrogateescape")) % partitions
+
+
+def is_cluster(client: Any) -> bool:
+    """A Redis Cluster client: one script or transaction may touch one slot only."""
+    return hasattr(client, "nodes_manager")
+
+
 def _seconds(value: float | str | None, what: str, low: float, high: float) -> float | None:
     if value is None:
         return None
@@ -281,26 +364,49 @@ class Client:
     """Enqueue jobs and read their records. Safe to share within one process, not across fork."""
 
     def __init__(self, connection: redis.Redis, prefix: str = "governor",
-                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, wait: tuple[int, float] = (0, 0.0)) -> None:
+        """``wait``: (replicas, timeout seconds) that every enqueue waits for (``redis.wait``);
+        fewer raises NotReplicated after the jobs are queued."""
         self.redis = connection
         self.prefix = prefix
         self.max_payload = max_payload
+        self.wait = wait
         self._registered: set[str] = set()
+        self._partitions: dict[str, int] = {}  # queue -> its partition count (it never changes)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "governor", max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 **redis_kwargs: Any) -> Client:
+                 wait: tuple[int, float] = (0, 0.0), **redis_kwargs: Any) -> Client:
         """``redis_kwargs`` go to the connection, e.g. ``tls=TlsConfig(ca=...)`` or ``password=``."""
-        return cls(connect(url, **redis_kwargs), prefix=prefix, max_payload=max_payload)
+        return cls(connect(url, **redis_kwargs), prefix=prefix, max_payload=max_payload, wait=wait)
 
     def keys(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
 
+    def partitions(self, queue: str) -> int | None:
+        """The queue's partition count, as its masters registered it; None: not partitioned."""
+        n = self._partitions.get(queue)
+        if n is None:
+            raw = self.redis.get(self.keys(queue).partitions_key)
+            if raw is None:
+                return None
+            n = self._partitions[queue] = int(raw)
+        return n
+
+    def lanes(self, queue: str) -> list[QueueKeys]:
+        """Where the queue's jobs live: its own keys, or each of its partitions' keys."""
+        n = self.partitions(queue)
+        keys = self.keys(queue)
+        return [keys] if n is None else [keys.part(i) for i in range(n)]
+
     def enqueue(self, queue: str, handler: str, *args: Any, priority: int = DEFAULT_PRIORITY,
                 delay: float | str | None = None, timeout: float | str | None = None,
                 max_retries: int | None = None, job_id: str | None = None,
-                unique: str | None = None, **kwargs: Any) -> str:
+                unique: str | None = None, key: str | None = None, **kwargs: Any) -> str:
         """Queues one job and returns its id; an existing ``job_id`` is not queued twice.
+
+        ``key`` (partitioned queues, where every job has one): jobs with the same key run one
+        at a time, in enqueue order, fleet-wide.
 
         With ``unique``, while a job of this queue holding that key is waiting, delayed or
         active, nothing is queued and that job's id is returned: a producer that fires on
@@ -308,13 +414,13 @@ class Client:
         return self.enqueue_many(queue, [{
             "handler": handler, "args": list(args), "kwargs": kwargs, "priority": priority,
             "delay": delay, "timeout": timeout, "max_retries": max_retries, "job_id": job_id,
-            "unique": unique,
+            "unique": unique, "key": key,
         }])[0]
 
     def enqueue_many(self, queue: str, jobs: Iterable[dict[str, Any]]) -> list[str]:
         """Queues many jobs in one round trip, all or none. Each dict has ``handler`` and
         optionally ``args``, ``kwargs``, ``priority``, ``delay``, ``timeout``, ``max_retries``,
-        ``job_id``, ``unique``. Returns, per job, the id of the job that holds it: its own, or,
+        ``job_id``, ``unique``, ``key``. Returns, per job, the id of the job that holds it: its own, or,
         when its ``unique`` key is held (by a live job, or by an earlier job of this batch),
         the holder's, and that job is not queued.
 
@@ -329,16 +435,66 @@ class Client:
                 prepared.append(self._prepare(queue, spec))
             except ValueError as exc:
                 raise ValueError(f"job {i}: {exc}" if i else str(exc)) from None
-        ids = [p[0] for p in prepared]
-        calls = [keys.enqueue(prepared[i:i + _BULK_CHUNK])
-                 for i in range(0, len(prepared), _BULK_CHUNK)]
-        if not calls:
+        if not prepared:
             return []
+        ids = [p[0] for p in prepared]
         self._register(queue)
-        replies = [r for chunk in run(self.redis, *calls, atomic=True) for r in chunk]
+        if any(p[4] is not None for p in prepared):
+            replies = self._enqueue_keyed(queue, prepared)
+        else:
+            calls = [keys.enqueue([p[:4] for p in prepared[i:i + _BULK_CHUNK]])
+                     for i in range(0, len(prepared), _BULK_CHUNK)]
+            try:
+                replies = [r for chunk in run(self.redis, *calls, atomic=True) for r in chunk]
+            except redis.ResponseError as exc:
+                if "the queue is partitioned" not in str(exc):
+                    raise
+                raise ValueError(f"queue {queue!r} is partitioned: every job needs a key "
+                                 "(enqueue(..., key=...), or --key)") from None
         # 1 created, 0 the id existed, or (bytes) the id of the job that holds the unique key
-        return [r.decode(errors="surrogateescape") if isinstance(r, bytes) else job_id
-                for job_id, r in zip(ids, replies, strict=True)]
+        out = [r.decode(errors="surrogateescape") if isinstance(r, bytes) else job_id
+               for job_id, r in zip(ids, replies, strict=True)]
+        replicas, timeout = self.wait
+        if replicas:
+            timeout_ms = max(1, int(timeout * 1000))
+            lanes = {self.keys(queue).part(partition_of(p[4], self.partitions(queue) or 1)).meta
+                     if p[4] is not None else keys.meta for p in prepared}
+            acked = wait_replicas(self.redis, lanes, replicas, timeout_ms)
+            if acked < replicas:
+                raise NotReplicated(f"{len(out)} job(s) queued on the primary", acked, replicas,
+                                    timeout_ms, out)
+        return out
+
+    def _enqueue_keyed(self, queue: str, prepared: list[tuple[str, str, str, int, str | None]]) -> list[Any]:
+        """Each job to its key's partition, then a hint to each partition's holder. Atomic as a
+        whole on one Redis; on a Cluster, per partition (re-sending with the same ids is safe)."""
+        n = self.partitions(queue)
+        if n is None:
+            raise ValueError(f"queue {queue!r} is not partitioned: a job's key orders it only on a "
+                             "queue with partitions: N in its config (and a master has started it)")
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prepared):
+            if p[4] is None:
+                raise ValueError(f"job {i}: queue {queue!r} is partitioned: every job needs a key")
+            groups.setdefault(partition_of(p[4], n), []).append(i)
+        keys = self.keys(queue)
+        calls, order = [], []
+        for part, idx in groups.items():
+            for c in range(0, len(idx), _BULK_CHUNK):
+                chunk = idx[c:c + _BULK_CHUNK]
+                calls.append(keys.part(part).enqueue([prepared[i][:4] for i in chunk]))
+                order.append(chunk)
+        hint = keys.hint({part: len(idx) for part, idx in groups.items()})
+        if len(calls) == 1:
+            results = run(self.redis, calls[0], hint)[:1]
+        else:
+            results = run(self.redis, *calls, atomic=not is_cluster(self.redis))
+            run(self.redis, hint)
+        replies: list[Any] = [None] * len(prepared)
+        for chunk, result in zip(order, results, strict=True):
+            for i, r in zip(chunk, result, strict=True):
+                replies[i] = r
+        return replies
 
     def _register(self, queue: str) -> None:
         """Once per client and queue: lets ``job(id)`` and ``status`` find the queue."""
@@ -346,9 +502,9 @@ class Client:
             self.redis.sadd(f"{self.prefix}:queues", queue)
             self._registered.add(queue)
 
-    def _prepare(self, queue: str, spec: dict[str, Any]) -> tuple[str, str, str, int]:
+    def _prepare(self, queue: str, spec: dict[str, Any]) -> tuple[str, str, str, int, str | None]:
         unknown = set(spec) - {"handler", "args", "kwargs", "priority", "delay", "timeout",
-                               "max_retries", "job_id", "unique"}
+                               "max_retries", "job_id", "unique", "key"}
         if unknown:
             raise ValueError(f"unknown job field(s): {', '.join(sorted(unknown))}")
         handler = spec.get("handler")
@@ -374,6 +530,9 @@ class Client:
         unique = spec.get("unique")
         if unique is not None and (not isinstance(unique, str) or not JOB_ID.fullmatch(unique)):
             raise ValueError(f"unique must be {JOB_ID_RULE}, got {unique!r}")
+        key = spec.get("key")
+        if key is not None and (not isinstance(key, str) or not JOB_ID.fullmatch(key)):
+            raise ValueError(f"key must be {JOB_ID_RULE}, got {key!r}")
         try:
             payload = json.dumps({"handler": handler, "args": list(args), "kwargs": kwargs},
                                  separators=(",", ":"), allow_nan=False)
@@ -388,7 +547,9 @@ class Client:
             meta["timeout"] = timeout
         if unique is not None:
             meta["unique"] = unique
-        return job_id, payload, json.dumps(meta, separators=(",", ":")), int(delay * 1000)
+        if key is not None:
+            meta["key"] = key
+        return job_id, payload, json.dumps(meta, separators=(",", ":")), int(delay * 1000), key
 
     def queues(self) -> list[str]:
         """Every queue a client has enqueued to under this prefix."""
@@ -397,12 +558,13 @@ class Client:
     def job(self, job_id: str, queue: str | None = None) -> dict[str, Any] | None:
         """The job's record (state, attempts, errors, result...), or None if unknown or expired."""
         queues = [queue] if queue else self.queues()
+        lanes = [(q, lane) for q in queues for lane in self.lanes(q)]
         pipe = self.redis.pipeline(transaction=False)
-        for q in queues:
-            pipe.hget(self.keys(q).meta, job_id)
-            pipe.hget(self.keys(q).data, job_id)
+        for _, lane in lanes:
+            pipe.hget(lane.meta, job_id)
+            pipe.hget(lane.data, job_id)
         replies = pipe.execute()
-        for i in range(len(queues)):
+        for i, (q, _) in enumerate(lanes):
             meta, payload = replies[2 * i], replies[2 * i + 1]
             if meta is None:
                 continue
@@ -411,7 +573,7 @@ class Client:
                 if not isinstance(record, dict):
                     raise ValueError("the job's record is not a JSON object")
             except ValueError as exc:  # not written by governor; a worker will dead-letter it
-                record = {"id": job_id, "queue": queues[i], "state": "unknown", "malformed": str(exc)}
+                record = {"id": job_id, "queue": q, "state": "unknown", "malformed": str(exc)}
             if "result_json" in record:
                 try:
                     record["result"] = loads(record.pop("result_json"), "the result")
@@ -435,56 +597,88 @@ class Client:
         return None
 
     def counts(self, queue: str) -> dict[str, Any]:
-        """How many jobs are in each state, the queue's lifetime counters, and ``paused``."""
-        k = self.keys(queue)
+        """How many jobs are in each state (a partitioned queue's summed over its partitions;
+        waiting includes jobs queued behind their key's head), the lifetime counters, and
+        ``paused``."""
+        lanes = self.lanes(queue)
         pipe = self.redis.pipeline(transaction=False)
-        for key in (k.waiting, k.delayed, k.active, k.dead, k.done):
-            pipe.zcard(key)
-        pipe.hgetall(k.stats)
-        pipe.exists(k.paused)
-        *cards, stats, paused = pipe.execute()
-        out: dict[str, Any] = dict(zip(("waiting", "delayed", "active", "dead", "done"), cards, strict=True))
-        out["paused"] = bool(paused)
+        for k in lanes:
+            for key in (k.waiting, k.delayed, k.active, k.dead, k.done):
+                pipe.zcard(key)
+            pipe.hgetall(k.stats)
+            pipe.exists(k.paused)
+        replies = pipe.execute()
+        out: dict[str, Any] = dict.fromkeys(("waiting", "delayed", "active", "dead", "done"), 0)
+        stats: dict[bytes, int] = {}
+        paused = False
+        for i in range(len(lanes)):
+            *cards, lane_stats, lane_paused = replies[7 * i:7 * i + 7]
+            for name, n in zip(("waiting", "delayed", "active", "dead", "done"), cards, strict=True):
+                out[name] += n
+            for name, v in lane_stats.items():
+                stats[name] = stats.get(name, 0) + int(v)
+            paused = paused or bool(lane_paused)
+        out["waiting"] += max(stats.get(b"queued", 0), 0)
+        out["paused"] = paused
         for name in ("enqueued", "retried"):
             out[f"{name}_total"] = int(stats.get(name.encode(), 0))
         out["done_total"] = int(stats.get(b"done", 0))
         out["dead_total"] = int(stats.get(b"dead", 0))
         out["throttled_total"] = int(stats.get(b"throttled", 0))  # reserves a rate limit made wait
         out["throttled_jobs_total"] = int(stats.get(b"throttled_jobs", 0))  # jobs put back by governor.limit()
+        if len(lanes) > 1:
+            out["partitions"] = len(lanes)
         return out
 
     # -- pause ----------------------------------------------------------------
 
     def pause(self, queue: str) -> bool:
         """Stops every host from starting jobs of the queue (running jobs finish); the flag
-        lives in Redis, so it holds fleet-wide and across master restarts. Returns False if
-        the queue was already paused."""
+        lives in Redis (in each partition of a partitioned queue), so it holds fleet-wide and
+        across master restarts. Returns False if the queue was already paused."""
         self._register(queue)  # so `status` lists a paused queue nobody has enqueued to yet
-        return bool(self.redis.setnx(self.keys(queue).paused, "1"))
+        pipe = self.redis.pipeline(transaction=False)
+        for lane in self.lanes(queue):
+            pipe.setnx(lane.paused, "1")
+        return any(pipe.execute())
 
     def resume(self, queue: str) -> bool:
         """Lets the queue's jobs start again, and wakes idle workers on every host at once
         (one token per waiting job, as an enqueue does) rather than at their next timeout.
         Returns False if the queue was not paused."""
-        k = self.keys(queue)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(k.paused)
-        pipe.zcard(k.waiting)
-        pipe.zcard(k.delayed)
-        was_paused, waiting, delayed = pipe.execute()
-        # a delayed job wakes one idle worker too, so it re-arms its timer (as enqueue.lua does)
-        tokens = min(waiting, 512) or (1 if delayed else 0)
-        if was_paused and tokens:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.rpush(k.wake, *["1"] * tokens)
-            pipe.ltrim(k.wake, -4096, -1)
+        lanes = self.lanes(queue)
+        pipe = self.redis.pipeline(transaction=False)
+        for k in lanes:
+            pipe.delete(k.paused)
+            pipe.zcard(k.waiting)
+            pipe.zcard(k.delayed)
+        replies = pipe.execute()
+        resumed, hints = False, {}
+        pipe = self.redis.pipeline(transaction=False)
+        for i, k in enumerate(lanes):
+            was_paused, waiting, delayed = replies[3 * i:3 * i + 3]
+            resumed = resumed or bool(was_paused)
+            # a delayed job wakes one idle worker too, so it re-arms its timer (as enqueue.lua does)
+            tokens = min(waiting, 512) or (1 if delayed else 0)
+            if was_paused and tokens:
+                if k.partition is None:
+                    pipe.rpush(k.wake, *["1"] * tokens)
+                    pipe.ltrim(k.wake, -4096, -1)
+                else:
+                    hints[k.partition] = tokens
+        if hints:
+            run(self.redis, self.keys(queue).hint(hints))
+        elif len(pipe):
             pipe.execute()
-        return bool(was_paused)
+        return resumed
 
     def paused(self, queue: str) -> bool:
-        return bool(self.redis.exists(self.keys(queue).paused))
+        return bool(self.redis.exists(self.lanes(queue)[0].paused))
 
     def dead(self, queue: str, limit: int = 20) -> list[dict[str, Any]]:
         """The most recently dead-lettered jobs of a queue, newest first."""
-        ids = self.redis.zrevrange(self.keys(queue).dead, 0, limit - 1)
-        return [r for r in (self.job(i.decode(), queue) for i in ids) if r]
+        pipe = self.redis.pipeline(transaction=False)
+        for lane in self.lanes(queue):
+            pipe.zrevrange(lane.dead, 0, limit - 1, withscores=True)
+        newest = sorted((e for lane in pipe.execute() for e in lane), key=lambda e: -e[1])[:limit]
+        return [r for r in (self.job(i.decode(), queue) for i, _ in newest) if r]

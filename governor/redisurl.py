@@ -4,7 +4,7 @@ Why one parser: a regex that masks and a second parser that connects disagree
 exactly on the URLs that matter (a password holding ``@``, a ``?password=``
 query, Sentinel's bare ``secret@host``), and the disagreement is where a
 password leaks into a log. So the config validates with ``parse``, the
-Sentinel connection is built from ``parse``, and ``mask`` renders from it.
+Sentinel and Cluster connections are built from ``parse``, and ``mask`` renders from it.
 
 For ``redis://``, ``rediss://`` and ``unix://`` redis-py's ``from_url`` does
 the connecting (``urllib.parse.urlparse``), so this parse follows urlparse's
@@ -23,8 +23,10 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, unquote_plus
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
-DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "redis+sentinel": 26379}
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "redis+sentinel": 26379, "redis+cluster": 6379,
+                 "rediss+cluster": 6379}
 MASK = "***"
 
 _ENCODE_HINT = "percent-encode a '/', '?' or '#' in a user name or password (%2F, %3F, %23)"
@@ -33,6 +35,8 @@ _HOST = re.compile(r"[A-Za-z0-9._~%-]*")
 _IPV6 = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9._~-]+)?")
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SENTINEL_PARAMS = ("db", "username", "password")
+_CLUSTER_PARAMS = ("db", "username", "password")
+_CLUSTER_FORM = "redis+cluster://[user:password@]host:port[,host:port...]/"
 
 
 class RedisURLError(ValueError):
@@ -68,6 +72,11 @@ class RedisURL:
         """The password sent to Redis: the user info's, else ``?password=`` (as redis-py does)."""
         return self.password or self._param("password")
 
+    @property
+    def is_cluster(self) -> bool:
+        """A Redis Cluster URL: governor connects with a cluster client that follows slots."""
+        return self.scheme in CLUSTER_SCHEMES
+
     def _param(self, name: str) -> str | None:
         values = [v for n, v in self.query if n == name]
         return values[0] if values and values[0] else None
@@ -93,7 +102,8 @@ def parse(url: str) -> RedisURL:
     """Splits ``url`` the way redis-py (or, for Sentinel, governor) will connect with it."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in SCHEMES:
-        raise RedisURLError("expected redis://, rediss://, unix://, redis+sentinel:// or 'embedded'")
+        raise RedisURLError("expected redis://, rediss://, unix://, redis+sentinel://, "
+                            "redis+cluster://, rediss+cluster:// or 'embedded'")
     if "#" in rest:
         raise RedisURLError(f"a '#' ends the URL early (Redis ignores what follows it); {_ENCODE_HINT}")
     cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
@@ -135,6 +145,9 @@ def parse(url: str) -> RedisURL:
         if unknown:
             raise RedisURLError(f"redis+sentinel:// takes only the query parameters "
                                 f"{', '.join(_SENTINEL_PARAMS)}, not {unknown[0]}")
+    elif scheme in CLUSTER_SCHEMES:
+        hosts = _cluster_nodes(hostport, path, db, query)
+        db = 0 if db is not None or path.strip("/") else None
     elif scheme == "unix":
         hosts = (_host_port(hostport),) if hostport else ()
         if not path:
@@ -149,6 +162,32 @@ def parse(url: str) -> RedisURL:
             db = int(digits)
     return RedisURL(scheme=scheme, username=username, password=password, hosts=hosts, path=path,
                     db=db, service=service, query=query)
+
+
+def is_cluster(url: str) -> bool:
+    """``redis+cluster://`` or ``rediss+cluster://``: decided by the scheme alone, so it
+    never fails, even for a URL that ``parse`` refuses."""
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def _cluster_nodes(hostport: str, path: str, db: int | None,
+                   query: tuple[tuple[str, str], ...]) -> tuple[tuple[str, int | None], ...]:
+    """The seed nodes of a Cluster URL, after refusing what a Cluster cannot do."""
+    hosts = tuple(_host_port(node) for node in hostport.split(","))
+    if any(not h for h, _ in hosts):
+        raise RedisURLError(f"a redis+cluster:// URL names its seed nodes: {_CLUSTER_FORM}")
+    if not re.fullmatch(r"/?(\d+/?)?", path):
+        raise RedisURLError(f"the path after the nodes may only be /0, as in {_CLUSTER_FORM} "
+                            f"({_ENCODE_HINT})")
+    digits = path.strip("/")
+    if (digits and int(digits) != 0) or (db is not None and db != 0):
+        raise RedisURLError("Redis Cluster has only database 0: leave the database out of "
+                            f"the URL ({_CLUSTER_FORM})")
+    unknown = [n for n, _ in query if n not in _CLUSTER_PARAMS]
+    if unknown:
+        raise RedisURLError(f"redis+cluster:// takes only the query parameters "
+                            f"{', '.join(_CLUSTER_PARAMS)}, not {unknown[0]}")
+    return hosts
 
 
 def mask(url: str) -> str:

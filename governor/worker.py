@@ -29,7 +29,7 @@ from setproctitle import setproctitle
 from governor import context, limits, proctree
 from governor.channel import WorkerEnd
 from governor.config import AppConfig, QueueConfig, TlsConfig
-from governor.connection import connect, is_transient
+from governor.connection import connect, disconnect, is_transient
 from governor.context import JobContext
 from governor.errors import SoftTimeLimitExceeded
 from governor.handlers import HandlerError, HandlerRegistry, Payload
@@ -42,9 +42,11 @@ from governor.queue import (
     NO_RULES,
     Call,
     FailOutcome,
+    NotReplicated,
     QueueKeys,
     Reserved,
     run,
+    wait_replicas,
 )
 from governor.scoreboard import Scoreboard, margin
 
@@ -80,6 +82,9 @@ class WorkerSpec:
     rules: Rules = NO_RULES  # the queue's fleet-wide concurrency and rate limits
     limiters: Mapping[str, Any] = field(default_factory=dict)  # named limiters, for governor.limit()
     slot: int = -1  # ours in it
+    held: Any = None  # partitioned queues: the partitions our master holds (partitions.HeldTable)
+    hint_key: str = ""  # ... and the list our master's hints for them arrive on
+    wait: tuple[int, float] = (0, 0.0)  # redis.wait: replicas each settle waits for, and how long
 
 
 class _Interrupted(BaseException):
@@ -169,6 +174,9 @@ class Worker:
         self.channel = channel
         self.id = worker_id(os.getpid())
         self.keys = QueueKeys(spec.prefix, spec.queue.name)
+        self.partitions = spec.queue.partitions if spec.held is not None else None
+        self.current: int | None = None  # the partition we reserve from (partitioned queues)
+        self.job_keys = self.keys  # where the job we run lives: its settle goes there
         self.registry = HandlerRegistry(spec.app.handlers)
         self.settings = spec.queue.settings
         self.lease_ms = int(spec.lease * 1000)
@@ -224,8 +232,18 @@ class Worker:
                     if self._may_recycle(due):
                         reason = due
                         break
-                reply = self._settle_and_reserve(pending)
+                lane = self._lane()
+                if lane is None:  # partitioned, and no partition to look at: wait for a hint
+                    if pending is not None:
+                        self._settle_and_reserve(pending, reserve=False)
+                        pending = None
+                    self._wait_for_hint()
+                    continue
+                reply = self._settle_and_reserve(pending, lane=lane)
                 pending = None
+                if reply[0] != 1 and self.partitions:
+                    self.current = None  # this partition has nothing for us now: the next hint
+                    continue
                 if reply[0] == 0:
                     self._wait_for_work(reply[1])
                     continue
@@ -240,7 +258,7 @@ class Worker:
                     reason = "channel_lost"
                     break
         except _Interrupted:
-            self.redis.connection_pool.disconnect()  # a BLPOP reply may be half read
+            disconnect(self.redis)  # a BLPOP reply may be half read
         if pending is not None:
             self._settle_and_reserve(pending, reserve=False)
         self.channel.send("exit", reason)
@@ -282,6 +300,40 @@ class Worker:
             self.draining = True
         return True
 
+    def _lane(self) -> QueueKeys | None:
+        """Where the next reserve looks: the queue, or (partitioned) the partition we are on
+        while our master still holds it."""
+        if not self.partitions:
+            return self.keys
+        if self.current is not None and self.spec.held.held(self.current):
+            return self.keys.part(self.current)
+        self.current = None
+        return None
+
+    def _wait_for_hint(self) -> None:
+        """Blocks on our master's hint list until a producer (or the master) names a partition
+        with jobs ready; hints for partitions our master no longer holds are passed over."""
+        timeout = _IDLE_WAIT_MAX
+        if self.spec.max_age:
+            timeout = min(timeout, self.spec.max_age - (time.monotonic() - self.started))
+        timeout = min(_IDLE_WAIT_MAX, max(timeout, 0.01))
+        self._title("idle")
+        proctree.reap_adopted()
+        self._idle = True
+        try:
+            if self.draining:
+                return
+            got = self._redis_retry(lambda: self.redis.blpop([self.spec.hint_key], timeout=timeout))
+        finally:
+            self._idle = False
+        if got:
+            try:
+                part = int(got[1])
+            except ValueError:
+                return
+            if 0 <= part < self.partitions and self.spec.held.held(part):
+                self.current = part
+
     def _connect(self) -> redis.Redis:
         return connect(self.spec.redis_url, socket_timeout=None, tls=self.spec.tls,
                        name=f"governor-worker-{self.spec.queue.name}-{self.spec.index}")
@@ -312,7 +364,8 @@ class Worker:
         self._tokens += 1
         return f"{self._token_prefix}{self._tokens:x}"
 
-    def _settle_and_reserve(self, pending: Call | None, reserve: bool = True) -> list[Any]:
+    def _settle_and_reserve(self, pending: Call | None, reserve: bool = True,
+                            lane: QueueKeys | None = None) -> list[Any]:
         """Settles the last job and reserves the next in one round trip; rides out Redis outages."""
         if pending is not None and reserve and pending.script == "ack" and pending.args[-1]:
             # our own reserve takes the slot this ack frees: waking a waiter for it would only
@@ -320,25 +373,40 @@ class Worker:
             pending = pending._replace(args=(*pending.args[:-1], ""))
         calls = [c for c in (pending,) if c is not None]
         token = self._next_token()
+        lane = lane or self.keys
         if reserve:
-            calls.append(self.keys.reserve(self.id, token, self.lease_ms, self.spec.rules))
+            calls.append(lane.reserve(self.id, token, self.lease_ms, self.spec.rules))
         # Before the first attempt: a reserve re-sent after a lost reply returns the job the first
         # one leased, whose lease in Redis runs from then, so the lease is counted from here.
         sent = time.monotonic()
         results = self._redis_retry(lambda: run(self.redis, *calls))
         if pending is not None:
             self._log_settle(pending, results[0])
+            if self.spec.wait[0]:
+                self._wait_replicas(pending)
         if not reserve:
             return [0, -1]
         reply = results[-1]
         if reply[0] == 1:
             reply = list(reply)
             reply.append(token)
+            self.job_keys = lane
             if self.spec.board is not None:
                 # the sentry freezes this job's tree if no renewal is confirmed by then
                 self.spec.board.begin(self.spec.slot, self.jobs_run + 1, sent + self.lease_ms / 1000.0
                                       - margin(self.spec.lease))
         return reply
+
+    def _wait_replicas(self, settle: Call) -> None:
+        """redis.wait: the settle is on the primary; says so when too few replicas confirmed it
+        (a failover then could bring the job back and run it again)."""
+        replicas, timeout = self.spec.wait
+        timeout_ms = max(1, int(timeout * 1000))
+        acked = self._redis_retry(lambda: wait_replicas(self.redis, [settle.keys[0]], replicas, timeout_ms))
+        if acked < replicas:
+            log.warning("job %s: %s", settle.args[0],
+                        NotReplicated("settled on the primary", acked, replicas, timeout_ms),
+                        extra=fields(queue=self.spec.queue.name, job=settle.args[0], reason="not_replicated"))
 
     def _redis_retry(self, fn: Any) -> Any:
         delay, warned = 0.1, False
@@ -419,7 +487,8 @@ class Worker:
         handler_name = job.meta.get("handler") if isinstance(job.meta.get("handler"), str) else "?"
         ready, started_at = job.meta.get("ready_at") or job.meta.get("enqueued_at"), job.meta.get("started_at")
         wait = (started_at - ready) / 1000.0 if isinstance(ready, (int, float)) and isinstance(started_at, (int, float)) else None
-        self.channel.send("start", job.id, token, handler_name, job.attempts, soft, hard, wait)
+        self.channel.send("start", job.id, token, handler_name, job.attempts, soft, hard, wait,
+                          -1 if self.job_keys.partition is None else self.job_keys.partition)
         self._title(f"job {job.id if JOB_ID.fullmatch(job.id) else _printable(job.id)} {handler_name}")
         self.jobs_run += 1
         started = time.monotonic()
@@ -432,7 +501,7 @@ class Worker:
         except HandlerError as exc:
             self._job_over()
             self.channel.send("end", job.id, exc.reason, time.monotonic() - started)
-            return self.keys.fail(job.id, token, self.id, self._error(job, exc.reason, str(exc)),
+            return self.job_keys.fail(job.id, token, self.id, self._error(job, exc.reason, str(exc)),
                                   "dead", 0, exc.reason, self.settings.retry.max)
         context._enter(JobContext(id=job.id, queue=self.spec.queue.name, handler=payload.handler,
                                   attempt=job.attempts, fencing_token=job.fencing_token,
@@ -451,7 +520,7 @@ class Worker:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._job_over()
             self.channel.send("end", job.id, "throttled", time.monotonic() - started)
-            return self.keys.fail(job.id, token, self.id, None, "throttle",
+            return self.job_keys.fail(job.id, token, self.id, None, "throttle",
                                   max(1, int(exc.retry_after * 1000)), "throttled", self.settings.retry.max)
         except (Exception, SystemExit, SoftTimeLimitExceeded) as exc:
             self._in_job = False
@@ -464,7 +533,7 @@ class Worker:
             error = self._error(job, reason, "".join(traceback.format_exception_only(type(exc), exc)).strip(),
                                 traceback=tb, seconds=round(seconds, 3))
             log.debug("job %s failed: %s", job.id, error["error"])
-            return self.keys.fail(job.id, token, self.id, error, "retry", self._backoff_ms(job.attempts),
+            return self.job_keys.fail(job.id, token, self.id, error, "retry", self._backoff_ms(job.attempts),
                                   reason, self.settings.retry.max)
         seconds = time.monotonic() - started
         self.channel.send("end", job.id, "ok", seconds)
@@ -473,7 +542,7 @@ class Worker:
         if note:
             log.warning("job %s: result not kept: %s", job.id, note,
                         extra=fields(queue=self.spec.queue.name, job=job.id, reason="result_dropped"))
-        return self.keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note,
+        return self.job_keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note,
                              wake=self.spec.rules.global_concurrency > 0)
 
     def _job_over(self) -> None:

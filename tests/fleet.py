@@ -62,6 +62,15 @@ def limited(key):
         fh.write(f"{key} {os.getpid()} {time.time():.6f}\\n")
 
 
+def ordered(key, seq, seconds=0.0):
+    """Records its start and end per ordering key, so per-key order can be checked."""
+    with open(os.path.join(SHARED, "order"), "a") as fh:
+        fh.write(f"start {key} {seq} {os.getpid()} {time.time():.6f}\\n")
+    time.sleep(seconds)
+    with open(os.path.join(SHARED, "order"), "a") as fh:
+        fh.write(f"end {key} {seq} {os.getpid()} {time.time():.6f}\\n")
+
+
 def fence(key, seconds):
     job = governor.current_job()
     with open(os.path.join(SHARED, "fences"), "a") as fh:

@@ -1,4 +1,5 @@
--- KEYS: active, meta, data, done, leases, stats, unique, waiting, wake
+-- KEYS: active, meta, data, done, leases, stats, unique, waiting, wake, delayed, heads,
+--       key lists' prefix
 -- ARGV: id, token, worker, done_ttl_ms, result_json ('' for none), run_ms,
 --       result_note (why a result was not kept: too large, not JSON; '' for none),
 --       wake ('1': the queue has a global_concurrency, and the slot this job held is free now)
@@ -22,6 +23,11 @@ if ARGV[7] and ARGV[7] ~= '' then meta.result_dropped = ARGV[7] end
 redis.call('HSET', KEYS[2], id, cjson.encode(meta))
 redis.call('ZADD', KEYS[4], fmt(now), id)
 redis.call('HINCRBY', KEYS[6], 'done', 1)
+-- the key's next job may start now (partitioned queues)
+if meta.key then
+  key_release({meta = KEYS[2], waiting = KEYS[8], delayed = KEYS[10], heads = KEYS[11],
+               lists = KEYS[12], stats = KEYS[6]}, meta, id, now)
+end
 -- done frees the job's unique key (enqueue.lua), unless a later job already holds it
 -- (pcall: a hash clobbered by something else must never fail a settle)
 if type(meta.unique) == 'string' and redis.pcall('HGET', KEYS[7], meta.unique) == id then

@@ -1,4 +1,5 @@
--- KEYS: meta, data, waiting, delayed, seq, wake, stats, unique
+-- KEYS: meta, data, waiting, delayed, seq, wake, stats, unique, heads, key lists' prefix,
+--       partitioned (exists when the queue is partitioned: every job must have a key)
 -- ARGV: n, then n times: id, payload, meta_json, delay_ms
 -- Returns, per job, 1 if created, 0 if a job with that id already exists, or the
 -- id of the job that holds its unique key (meta.unique) while that job is waiting,
@@ -45,6 +46,12 @@ for i = 0, n - 1 do
   if meta.unique ~= nil and not (type(meta.unique) == 'string' and valid_id(meta.unique)) then
     return bad(i, id, 'a unique key is 1-200 printable ASCII characters without spaces')
   end
+  if meta.key ~= nil and not (type(meta.key) == 'string' and valid_id(meta.key)) then
+    return bad(i, id, 'an ordering key is 1-200 printable ASCII characters without spaces')
+  end
+  if meta.key == nil and redis.call('EXISTS', KEYS[11]) == 1 then
+    return bad(i, id, 'the queue is partitioned: every job needs an ordering key')
+  end
   if meta.unique then any_unique = true end
   metas[i] = meta
 end
@@ -67,7 +74,9 @@ local function holder_of(key)
   if held and live[load_meta(KEYS[1], held).state] then return held end
   return nil
 end
-local created, n_created = {}, 0
+local ks = {meta = KEYS[1], waiting = KEYS[3], delayed = KEYS[4], heads = KEYS[9], lists = KEYS[10],
+            stats = KEYS[7]}
+local created, n_created, n_ready = {}, 0, 0
 for i = 0, n - 1 do
   local b = 2 + i * 4
   local id = ARGV[b]
@@ -84,7 +93,12 @@ for i = 0, n - 1 do
     meta.seq = seq
     meta.enqueued_at = now
     meta.attempts = 0
-    schedule(meta, id, now, tonumber(ARGV[b + 3]), KEYS[3], KEYS[4])
+    if meta.key then
+      if key_enqueue(ks, meta, id, now, tonumber(ARGV[b + 3])) then n_ready = n_ready + 1 end
+    else
+      schedule(meta, id, now, tonumber(ARGV[b + 3]), KEYS[3], KEYS[4])
+      n_ready = n_ready + 1
+    end
     redis.call('HSET', KEYS[2], id, ARGV[b + 1])
     redis.call('HSET', KEYS[1], id, cjson.encode(meta))
     if key then redis.call('HSET', unique_key, key, id) end
@@ -93,6 +107,6 @@ for i = 0, n - 1 do
   end
 end
 -- one token per job; a delayed job wakes an idle worker too, so it re-arms its timer
-wake(KEYS[6], n_created)
+wake(KEYS[6], n_ready)
 if n_created > 0 then redis.call('HINCRBY', KEYS[7], 'enqueued', n_created) end
 return created

@@ -1,4 +1,5 @@
--- KEYS: active, meta, waiting, delayed, dead, leases, wake, stats, unique
+-- KEYS: active, meta, waiting, delayed, dead, leases, wake, stats, unique, heads,
+--       key lists' prefix
 -- ARGV: id, token, worker, error_json, mode, backoff_ms, reason, default_max_retries
 -- mode 'retry': retry after backoff_ms while attempts remain, else dead-letter.
 -- mode 'dead': dead-letter now (bad payload, handler not allowed).
@@ -62,6 +63,11 @@ else
   meta.finished_at = now
   redis.call('ZADD', KEYS[5], fmt(now), id)
   redis.call('HINCRBY', KEYS[8], 'dead', 1)
+  -- dead ends the job's hold on its key: the key's next job may start (partitioned queues)
+  if meta.key then
+    key_release({meta = KEYS[2], waiting = KEYS[3], delayed = KEYS[4], heads = KEYS[10],
+                 lists = KEYS[11], stats = KEYS[8]}, meta, id, now)
+  end
   -- the run's slot is free: a worker waiting for it (global_concurrency) may start the next
   if redis.call('ZCARD', KEYS[3]) > 0 then wake(KEYS[7], 1) end
   -- dead frees the job's unique key (enqueue.lua), unless a later job already holds it

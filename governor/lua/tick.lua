@@ -15,6 +15,7 @@ expire_done(KEYS[6], KEYS[4], KEYS[5], now - tonumber(ARGV[1]), 1000)
 -- The longest-waiting job is the first of some priority band (FIFO within a band), so
 -- looking at the head of each band present is exact and touches a handful of entries.
 local waiting = redis.call('ZCARD', KEYS[1])
+local queued = tonumber(redis.call('HGET', KEYS[9], 'queued') or '0') or 0  -- behind their key's head
 local oldest, floor = -1, '-inf'
 for _ = 1, (waiting > 0 and 101 or 0) do
   local head = redis.call('ZRANGEBYSCORE', KEYS[1], floor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
@@ -42,7 +43,7 @@ for _, id in ipairs(expired) do
   end
 end
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-local out = {promoted, next_due(KEYS[2], now), waiting, redis.call('ZCARD', KEYS[2]),
+local out = {promoted, next_due(KEYS[2], now), waiting + math.max(queued, 0), redis.call('ZCARD', KEYS[2]),
              redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[8]), redis.call('ZCARD', KEYS[6]),
              oldest < 0 and -1 or math.max(0, now - oldest),
              first[2] and math.max(0, tonumber(first[2]) - now) or -1,

@@ -1,0 +1,228 @@
+"""Partition leases: which partitions of each partitioned queue this master serves.
+
+A partitioned queue (``partitions: N``) keeps its jobs in N hash tags, one per
+partition, so it spreads over a Redis Cluster's shards; per-key order is kept
+inside each partition by its Lua scripts (the key's head, lib.lua), whoever
+serves it. Leases spread the partitions over the live masters (about N /
+masters each, at most ``partitions_per_host``) so each host serves a stable
+share: one script in the queue's home slot renews this master's leases,
+hands back what is over its share and takes free ones (partitions.lua). The
+master calls it on its own clock; a SIGTERM'd master hands everything back at
+once; a dead master's leases lapse after ``lease`` and are taken on the next
+pass of another.
+
+Workers learn what their master holds from a shared table (one byte per
+partition in an anonymous shared mapping, written by the master, read by the
+workers before each reserve), as they learn nothing else from the master
+between jobs: no message, no wake-up.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import mmap
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from governor.config import MAX_PARTITIONS
+from governor.log import fields
+from governor.queue import QueueKeys, run
+
+log = logging.getLogger("governor.master")
+
+
+class LeaseState(str, enum.Enum):
+    """A partition as this master sees it; every change goes through ``Partitioned._to``."""
+
+    HELD = "held"        # ours: our workers reserve from it, we tick it
+    UNHELD = "unheld"    # someone else's or nobody's
+
+
+class HeldTable:
+    """One byte per partition, 1 while this master holds it; shared with the workers it forks
+    (an anonymous MAP_SHARED mapping survives fork). Only the master writes it. A job that
+    scribbles on it can at worst make its own worker reserve from a partition another master
+    serves: per-key order does not depend on it."""
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, MAX_PARTITIONS)
+
+    def set(self, partition: int, held: bool) -> None:
+        self._map[partition] = 1 if held else 0
+
+    def held(self, partition: int) -> bool:
+        return self._map[partition] == 1
+
+    def all_held(self, partitions: int) -> list[int]:
+        return [p for p in range(partitions) if self._map[p] == 1]
+
+    def close(self) -> None:
+        self._map.close()
+
+
+@dataclass
+class Partitioned:
+    """One partitioned queue's leases as this master holds them."""
+
+    queue: str
+    partitions: int
+    per_host: int | None
+    table: HeldTable = field(default_factory=HeldTable)
+    state: dict[int, LeaseState] = field(default_factory=dict)
+    holders: dict[int, str] = field(default_factory=dict)  # every held partition -> its master
+    masters: int = 0  # live masters serving the queue, at the last pass
+    registered: bool = False  # the partition count is in Redis (and agrees with ours)
+    error: str | None = None  # why we serve nothing (the count in Redis differs)
+    next_pass: float = 0.0
+
+    def held(self) -> list[int]:
+        return sorted(p for p, s in self.state.items() if s is LeaseState.HELD)
+
+    def _to(self, partition: int, new: LeaseState, why: str) -> None:
+        old = self.state.get(partition, LeaseState.UNHELD)
+        if old is new:
+            return
+        self.state[partition] = new
+        self.table.set(partition, new is LeaseState.HELD)
+        log.info("queue %s: partition %d %s (%s)", self.queue, partition,
+                 "acquired" if new is LeaseState.HELD else "released", why,
+                 extra=fields(queue=self.queue, reason=f"partition_{new.value}"))
+
+    def apply(self, mine: list[int], why: str) -> list[int]:
+        """The leases Redis says we hold now; returns the partitions newly ours."""
+        gained = [p for p in mine if self.state.get(p) is not LeaseState.HELD]
+        for p in self.held():
+            if p not in mine:
+                self._to(p, LeaseState.UNHELD, why)
+        for p in gained:
+            self._to(p, LeaseState.HELD, why)
+        return gained
+
+    def snapshot(self) -> dict[str, Any]:
+        held_by: dict[str, list[int]] = {}
+        for p, m in sorted(self.holders.items()):
+            held_by.setdefault(m, []).append(p)
+        return {"partitions": self.partitions, "per_host": self.per_host, "held": self.held(),
+                "masters": self.masters, "holders": held_by,
+                "unheld": [p for p in range(self.partitions) if p not in self.holders],
+                "error": self.error}
+
+
+class PartitionLeases:
+    """Every partitioned queue's leases for one master; the loop calls ``run`` on its clock."""
+
+    def __init__(self, client: Any, prefix: str, master: str, lease: float) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.master = master  # this master's name in the leases (unique per run)
+        self.lease = lease
+        self.queues: dict[str, Partitioned] = {}
+
+    @property
+    def interval(self) -> float:
+        """How often leases are renewed and rebalanced: a joining master gets its share, and a
+        drained one's partitions are taken, within about two of these."""
+        return min(max(self.lease / 4, 0.25), 1.0)
+
+    def keys(self, queue: str) -> QueueKeys:
+        return QueueKeys(self.prefix, queue)
+
+    def sync(self, pools: Mapping[str, Any]) -> None:
+        """Follows the pools (start, reload): a partitioned queue gets its table before its
+        workers are forked; a removed one hands its leases back."""
+        for name, pool in pools.items():
+            cfg = pool.config
+            if cfg.partitions and name not in self.queues:
+                self.queues[name] = Partitioned(name, cfg.partitions, cfg.partitions_per_host)
+            elif cfg.partitions:
+                self.queues[name].per_host = cfg.partitions_per_host
+        for name in [n for n in self.queues if n not in pools or pools[n].removed]:
+            self._release(self.queues.pop(name), "queue removed")
+
+    def table(self, queue: str) -> HeldTable | None:
+        part = self.queues.get(queue)
+        return part.table if part else None
+
+    def lanes(self, queue: str) -> list[int] | None:
+        """The partitions this master serves, or None for an unpartitioned queue."""
+        part = self.queues.get(queue)
+        return part.held() if part else None
+
+    def next_wakeup(self, now: float) -> float:
+        return min((p.next_pass for p in self.queues.values()), default=now + 60.0)
+
+    def run(self, now: float) -> dict[str, list[int]]:
+        """Renews and rebalances the leases that are due; returns the partitions newly ours per
+        queue (to be looked at at once). Raises what Redis raises: the caller counts outages."""
+        gained: dict[str, list[int]] = {}
+        for part in self.queues.values():
+            if now < part.next_pass:
+                continue
+            part.next_pass = now + self.interval
+            if not part.registered and not self._register(part):
+                continue
+            reply = run(self.redis, self.keys(part.queue).partition_leases(
+                self.master, int(self.lease * 1000), part.partitions, part.per_host or 0))[0]
+            got = self._read(part, reply)
+            if got:
+                gained[part.queue] = got
+        return gained
+
+    def release_all(self, why: str) -> None:
+        """Drain: hands every partition back now, so other masters take them within a pass
+        instead of after the lease (our workers finish their current jobs meanwhile)."""
+        for part in self.queues.values():
+            self._release(part, why)
+
+    def _release(self, part: Partitioned, why: str) -> None:
+        if not part.held():
+            return
+        try:
+            run(self.redis, self.keys(part.queue).partition_leases(
+                self.master, int(self.lease * 1000), part.partitions, 0, release=True))
+        except redis.RedisError as exc:
+            log.warning("queue %s: could not hand partitions back (%s); they lapse after the lease",
+                        part.queue, exc)
+        part.apply([], why)
+        part.next_pass = float("inf")  # never taken again by this master
+
+    def _register(self, part: Partitioned) -> bool:
+        """Writes the partition count for producers (``Client.enqueue(key=...)``) and refuses to
+        serve a queue whose count in Redis differs: moving keys between partitions would let a
+        key's later job overtake an earlier one."""
+        key = self.keys(part.queue).partitions_key
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(key, part.partitions, nx=True)
+        pipe.get(key)
+        _, stored = pipe.execute()
+        if stored is not None and int(stored) != part.partitions:
+            if part.error is None:
+                part.error = (f"Redis holds {int(stored)} partitions for queue {part.queue!r} and the "
+                              f"config says {part.partitions}: changing partitions would break per-key "
+                              f"order; serving none of its partitions (drain the queue and delete "
+                              f"{key} to change it)")
+                log.error("queue %s: %s", part.queue, part.error,
+                          extra=fields(queue=part.queue, reason="partitions_mismatch"))
+            part.next_pass = time.monotonic() + 30.0
+            return False
+        part.error = None
+        part.registered = True
+        return True
+
+    def _read(self, part: Partitioned, reply: Any) -> list[int]:
+        if not (isinstance(reply, list) and len(reply) >= 2 and all(isinstance(x, int) for x in reply[:2])):
+            raise ValueError(f"unexpected reply to partition leases: {reply!r:.80}")
+        live, n = reply[0], reply[1]
+        mine = [int(p) for p in reply[2:2 + n]]
+        pairs = reply[2 + n:]
+        part.masters = live
+        part.holders = {int(pairs[i]): pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
+        return part.apply(mine, f"{len(mine)} of {part.partitions} with {live} master(s)")
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {name: part.snapshot() for name, part in self.queues.items()}
