@@ -191,6 +191,14 @@ def gather_status(cfg: Config) -> dict[str, Any]:
                  "attempts": j.get("attempts"),
                  "error": (j["errors"][-1].get("error") if j["errors"] else None)}
                 for j in client.dead(name, limit=5)]
+            n = client.partitions(name)
+            if n:
+                held = client.partition_holders(name)
+                by_master: dict[str, list[int]] = {}
+                for part, master in sorted(held.items()):
+                    by_master.setdefault(_master_name(master), []).append(part)
+                out["queues"][name]["partitions"] = {
+                    "count": n, "holders": by_master, "unheld": [i for i in range(n) if i not in held]}
             if name in cfg.queues:
                 q = cfg.queues[name]
                 rules = rules_for(cfg.redis.prefix, q, cfg.limiters)
@@ -199,6 +207,23 @@ def gather_status(cfg: Config) -> dict[str, Any]:
     except (redis.RedisError, RedisUnavailable) as exc:
         out["redis_error"] = str(exc)
     return out
+
+
+def _master_name(wid: str) -> str:
+    """``host:boot:pidns:pid:start`` as an operator reads it: ``host:pid``."""
+    parts = wid.split(":")
+    return f"{':'.join(parts[:-4])}:{parts[-2]}" if len(parts) >= 5 else wid
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'"""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and n == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ",".join(out)
 
 
 def _age(seconds: float | None) -> str:
@@ -281,6 +306,13 @@ def render_status(st: dict[str, Any]) -> str:
             if p.get("spawn_error"):
                 note += f", SHORT: {_safe(p['spawn_error'])}"
             lines.append(note)
+    parted = [(q, c["partitions"]) for q, c in st["queues"].items() if c.get("partitions")]
+    if parted:
+        lines.append("")
+        for q, parts in parted:
+            held = "; ".join(f"{_safe(m)} holds {_ranges(ps)}" for m, ps in sorted(parts["holders"].items()))
+            unheld = f"; UNHELD: {_ranges(parts['unheld'])}" if parts["unheld"] else ""
+            lines.append(f"partitions {_safe(q)}: {parts['count']}; {held or 'none held'}{unheld}")
     limited = [(q, c) for q, c in st["queues"].items()
                if c.get("limits") or c.get("global_concurrency") or c.get("throttled_total")]
     if limited:

@@ -393,6 +393,11 @@ class Client:
             n = self._partitions[queue] = int(raw)
         return n
 
+    def partition_holders(self, queue: str) -> dict[int, str]:
+        """partition -> the master holding its lease (``host:boot:pidns:pid:start``)."""
+        raw = self.redis.hgetall(self.keys(queue).home().key("holders"))
+        return {int(p): m.decode(errors="replace") for p, m in raw.items()}
+
     def lanes(self, queue: str) -> list[QueueKeys]:
         """Where the queue's jobs live: its own keys, or each of its partitions' keys."""
         n = self.partitions(queue)

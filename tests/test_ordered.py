@@ -3,9 +3,12 @@ always two or three real masters on one real Redis, killed with real signals."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -201,5 +204,26 @@ def test_enqueue_errors_name_the_queue(tmp_path, redis_server):
         with pytest.raises(ValueError, match="key must be"):
             g.client.enqueue("ordered", "parttasks:ordered", "k", 0, key="a b")
         assert g.client.counts("ordered")["enqueued_total"] == 0
+    finally:
+        fleet.stop()
+
+
+def test_status_shows_holders_and_unheld_partitions(tmp_path, redis_server):
+    """partitions_per_host caps what one master takes: the rest show as UNHELD (an alert)."""
+    fleet = Fleet(tmp_path, redis_server.url)
+    g = fleet.master("a", {"ordered": {"concurrency": 1, "partitions": 4, "partitions_per_host": 3}})
+    try:
+        g.start()
+        wait_for(lambda: len(holders(fleet, "ordered")) == 3, 5, "3 partitions held")
+        out = subprocess.run([sys.executable, "-m", "governor", "status", "-c", str(g.config_path)],
+                             capture_output=True, text=True, timeout=30, cwd=g.dir)
+        assert out.returncode == 0, out.stderr
+        line = next(ln for ln in out.stdout.splitlines() if ln.startswith("partitions ordered"))
+        assert f":{g.proc.pid} holds 0-2" in line and "UNHELD: 3" in line, line
+        data = json.loads(subprocess.run(
+            [sys.executable, "-m", "governor", "status", "--json", "-c", str(g.config_path)],
+            capture_output=True, text=True, timeout=30, cwd=g.dir).stdout)
+        assert data["queues"]["ordered"]["partitions"]["unheld"] == [3]
+        assert g.status()["partitions"]["ordered"]["held"] == [0, 1, 2]
     finally:
         fleet.stop()
