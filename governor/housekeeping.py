@@ -307,8 +307,8 @@ class Housekeeper:
         """Promote due delayed jobs, expire done records, reclaim expired leases."""
         calls = [self.keys(q, part).tick(int(pools[q].config.settings.done_ttl * 1000)) for q, part in lanes]
         for (name, part), reply in zip(lanes, run(self.redis, *calls), strict=True):
-            if not (isinstance(reply, list) and len(reply) >= 11 and len(reply) % 2 == 1
-                    and all(isinstance(x, int) for x in reply[:11])):
+            if not (isinstance(reply, list) and len(reply) >= 12 and len(reply) % 2 == 0
+                    and all(isinstance(x, int) for x in reply[:12])):
                 raise ValueError(f"unexpected reply to tick: {reply!r:.80}")
             next_due, (waiting, delayed, active, dead, done), oldest = reply[1], reply[2:7], reply[7]
             next_expiry, throttled, paused = reply[8], reply[9], reply[10]
@@ -316,8 +316,8 @@ class Housekeeper:
                 "waiting": waiting, "delayed": delayed, "active": active, "dead": dead, "done": done,
                 "at": now, "oldest_age": oldest / 1000.0 if oldest >= 0 else None,
                 "throttled": throttled, "paused": bool(paused)}
-            if part is not None and waiting and not paused:
-                self.on_ready(name, part, waiting)
+            if part is not None and reply[11] and not paused:
+                self.on_ready(name, part, reply[11])
             # An idle-looking queue is still looked at twice per lease: another host may have
             # taken a job since and died with it. A lease seen running out is reclaimed at once.
             interval = TICK_BUSY if (active or waiting or next_due >= 0) else min(TICK_IDLE, self.lease / 2)
@@ -325,7 +325,7 @@ class Housekeeper:
                 if ms >= 0:
                     interval = min(interval, ms / 1000.0 + 0.005)
             self.next_tick[(name, part)] = now + interval
-            expired = reply[11:]
+            expired = reply[12:]
             for i in range(0, len(expired), 2):
                 self._reclaim((name, part), expired[i].decode(errors="surrogateescape"), expired[i + 1],
                               pools)

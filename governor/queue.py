@@ -489,7 +489,8 @@ class Client:
                 chunk = idx[c:c + _BULK_CHUNK]
                 calls.append(keys.part(part).enqueue([prepared[i][:4] for i in chunk]))
                 order.append(chunk)
-        hint = keys.hint({part: len(idx) for part, idx in groups.items()})
+        # a job queued behind its key's head is no job for an idle worker: one hint per key at most
+        hint = keys.hint({part: len({prepared[i][4] for i in idx}) for part, idx in groups.items()})
         if len(calls) == 1:
             results = run(self.redis, calls[0], hint)[:1]
         else:

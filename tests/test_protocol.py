@@ -53,7 +53,7 @@ def test_fencing_a_worker_that_lost_its_lease_cannot_settle(client):
     time.sleep(0.01)
     # the master's tick finds the lease expired and requeues the job
     tick = run(client.redis, keys.tick(3_600_000))[0]
-    expired = dict(zip(tick[11::2], tick[12::2], strict=True))
+    expired = dict(zip(tick[12::2], tick[13::2], strict=True))
     meta = json.loads(expired[job_id.encode()])
     assert run(client.redis, keys.fail(job_id, meta["token"], meta["worker"], {"error": "lease"},
                                        "retry", 0, "lease_expired", 3))[0] == FailOutcome.RETRYING
@@ -126,7 +126,7 @@ def test_lease_lookup_and_renewal(client):
     run(client.redis, keys.renew(60_000, ["host:1", "host:2"]))
     time.sleep(0.6)
     tick = run(client.redis, keys.tick(3_600_000))[0]
-    assert tick[11:] == []  # renewed, so not expired
+    assert tick[12:] == []  # renewed, so not expired
 
 
 def test_idle_worker_blocks_until_enqueue(client, redis_server):

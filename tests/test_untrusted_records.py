@@ -54,7 +54,7 @@ def test_a_lease_on_an_id_with_a_tab_is_renewed_and_released(client):
     assert run(client.redis, keys.renew(60_000, ["host:1"]))[0] == [1]
     time.sleep(0.4)
     tick = run(client.redis, keys.tick(3_600_000))[0]
-    assert tick[11:] == [], "the renewed lease was seen as expired"
+    assert tick[12:] == [], "the renewed lease was seen as expired"
     assert run(client.redis, keys.ack(job_id, "tok", "host:1", 60_000, "", 1))[0] == 1
     assert client.redis.hget(keys.leases, "host:1") is None  # released
     assert client.job(job_id, "q")["state"] == "done"

@@ -5,7 +5,9 @@
 -- Returns {promoted, ms until next due (-1: none), waiting, delayed, active, dead, done,
 --          age in ms of the longest-waiting job (-1: none),
 --          ms until the earliest lease runs out (-1: none active),
---          throttled reserves so far (fleet-wide), 1 if paused else 0, id1, meta1, id2, meta2, ...}
+--          throttled reserves so far (fleet-wide), 1 if paused else 0,
+--          jobs a reserve could start now (waiting less those queued behind their key's head),
+--          id1, meta1, id2, meta2, ...}
 -- An expired job whose record cannot be read (written by something other than
 -- governor) has no token to fence a requeue with: it is dead-lettered here, with
 -- the reason, rather than left in `active` forever.
@@ -47,6 +49,7 @@ local out = {promoted, next_due(KEYS[2], now), waiting + math.max(queued, 0), re
              redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[8]), redis.call('ZCARD', KEYS[6]),
              oldest < 0 and -1 or math.max(0, now - oldest),
              first[2] and math.max(0, tonumber(first[2]) - now) or -1,
-             tonumber(redis.call('HGET', KEYS[9], 'throttled') or '0') or 0, redis.call('EXISTS', KEYS[10])}
+             tonumber(redis.call('HGET', KEYS[9], 'throttled') or '0') or 0, redis.call('EXISTS', KEYS[10]),
+             waiting}
 for _, v in ipairs(reclaim) do table.insert(out, v) end
 return out
