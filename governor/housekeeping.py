@@ -168,6 +168,8 @@ class Housekeeper:
                         held[0], held[1], lost.wid, error, lost.mode, 0, lost.reason,
                         lost.max_retries))[0])
                     log_requeue(lost.queue, held[0], lost.reason, outcome)
+                    if keys.partition is not None and outcome in (FailOutcome.REQUEUED, FailOutcome.RETRYING):
+                        self.on_ready(lost.queue, keys.partition, 1)  # at once, not at the next tick
             except (redis.RedisError, *GARBLED) as exc:
                 self._failed(exc)
                 return
