@@ -130,6 +130,12 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     refused = _undefined_queue(cfg, args, "no worker would take the job", "enqueue", "enqueuing")
     if refused is not None:
         return refused
+    q = cfg.queues.get(args.queue)
+    if q is not None and bool(q.partitions) != bool(args.key):
+        # (the client learns it from Redis, where a master writes it when it starts the queue)
+        return _fail(f"queue {args.queue!r} is partitioned: every job needs --key" if q.partitions else
+                     f"queue {args.queue!r} is not partitioned: --key orders jobs only on a queue with "
+                     f"partitions: N", 2)
     spec = {"handler": args.handler, "args": _json_arg(args.args, "--args", list),
             "kwargs": _json_arg(args.kwargs, "--kwargs", dict), "priority": args.priority,
             "delay": args.delay, "timeout": args.timeout, "max_retries": args.max_retries,
@@ -179,6 +185,7 @@ def gather_status(cfg: Config) -> dict[str, Any]:
     try:
         live = control.request(cfg.state_dir, "status")
         out["master"], out["pools"] = live["master"], live["pools"]
+        out["partitions"] = live.get("partitions", {})  # this master's leases, and why it serves none
     except (OSError, ValueError):
         pass
     try:
@@ -313,6 +320,9 @@ def render_status(st: dict[str, Any]) -> str:
             held = "; ".join(f"{_safe(m)} holds {_ranges(ps)}" for m, ps in sorted(parts["holders"].items()))
             unheld = f"; UNHELD: {_ranges(parts['unheld'])}" if parts["unheld"] else ""
             lines.append(f"partitions {_safe(q)}: {parts['count']}; {held or 'none held'}{unheld}")
+            error = st.get("partitions", {}).get(q, {}).get("error")
+            if error:
+                lines.append(f"  this master serves none: {_safe(error)}")
     limited = [(q, c) for q, c in st["queues"].items()
                if c.get("limits") or c.get("global_concurrency") or c.get("throttled_total")]
     if limited:

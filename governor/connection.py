@@ -100,7 +100,8 @@ def _failover_error(exc: BaseException) -> bool:
     return isinstance(exc, _FAILOVER_CLASSES) or _cluster_unreachable(exc)
 
 
-def ride_out_failover(call: Callable[[], T], window: float) -> T:
+def ride_out_failover(call: Callable[[], T], window: float,
+                      refresh: Callable[[], None] = lambda: None) -> T:
     """``call()``, retried with backoff for up to ``window`` seconds while it fails the way
     a Cluster does during a failover; an unreachable cluster surfaces as ClusterUnavailable.
 
@@ -125,6 +126,7 @@ def ride_out_failover(call: Callable[[], T], window: float) -> T:
                 raise ClusterUnavailable(str(exc)) from exc
             failures += 1
             time.sleep(min(_FAILOVER_BACKOFF.compute(failures), left))
+            refresh()
 
 
 class RedisUnavailable(RuntimeError):
@@ -220,7 +222,17 @@ class FailoverCluster(RedisCluster):
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         call = super().execute_command
-        return ride_out_failover(lambda: call(*args, **kwargs), self.failover_window)
+        return ride_out_failover(lambda: call(*args, **kwargs), self.failover_window, self.refresh)
+
+    def refresh(self) -> None:
+        """Reads the slot map again before a retry. redis-py re-reads it only every few
+        errors, and a map read while the election is still running names the dead primary:
+        a client could go on asking it until the next re-read, which seen from a worker
+        that retries with backoff can be a long time."""
+        try:
+            self.nodes_manager.initialize()
+        except Exception:  # no node answered yet: the next retry asks again
+            pass
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> FailoverPipeline:
         pipe = super().pipeline(transaction, shard_hint)
@@ -228,6 +240,7 @@ class FailoverCluster(RedisCluster):
         # a copy of its constructor call would have to track from release to release
         pipe.__class__ = FailoverPipeline
         pipe.failover_window = self.failover_window
+        pipe.cluster_refresh = self.refresh
         return pipe
 
 
@@ -238,6 +251,7 @@ class FailoverPipeline(ClusterPipeline):
     pipeline that WATCHes is not retried: the retry would run without the watch."""
 
     failover_window: float = CLUSTER_FAILOVER_WINDOW
+    cluster_refresh: Callable[[], None] = staticmethod(lambda: None)
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         strategy = self._execution_strategy
@@ -254,7 +268,7 @@ class FailoverPipeline(ClusterPipeline):
             first = False
             return ClusterPipeline.execute(self, raise_on_error)
 
-        return ride_out_failover(attempt, self.failover_window)
+        return ride_out_failover(attempt, self.failover_window, self.cluster_refresh)
 
 
 def is_cluster(client: Any) -> bool:

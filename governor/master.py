@@ -26,7 +26,7 @@ import redis
 
 from governor import channel, fdbudget, proctree, statedir, worker
 from governor.config import Config, ConfigError, QueueConfig, load_config, mask_url
-from governor.connection import connect, resolve_url, socket_fds
+from governor.connection import connect, is_cluster, resolve_url, socket_fds
 from governor.control import ControlServer
 from governor.embedded import EmbeddedRedis
 from governor.governance import (
@@ -151,6 +151,9 @@ class Master:
                              tls=self.config.redis.tls, socket_connect_timeout=MASTER_REDIS_TIMEOUT)
         probe = connect(self.redis_url, socket_timeout=PROBE_TIMEOUT, name="governor-master-probe",
                         tls=self.config.redis.tls, socket_connect_timeout=PROBE_TIMEOUT)
+        for client, window in ((self.redis, MASTER_REDIS_TIMEOUT), (probe, PROBE_TIMEOUT)):
+            if is_cluster(client):  # ride out a failover in the housekeeper's passes, not in one call
+                client.failover_window = window
         self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease, self.board,
                                  on_lease_lost=self._on_lease_lost, on_thaw=self._on_thaw, probe=probe,
                                  on_error=self.metrics.redis_errors.inc)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from governor.connection import connect
+from governor.connection import connect, is_cluster
 from governor.limits import Rules
 from governor.units import parse_duration
 from governor.untrusted import loads
@@ -86,10 +86,16 @@ def run(client: redis.Redis, *calls: Call, atomic: bool = False) -> list[Any]:
 
 def _execute_atomic(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     pipe = client.pipeline(transaction=True)
+    if is_cluster(client):
+        # a Cluster transaction holds commands of one slot only (SCRIPT LOAD has none): the
+        # scripts go whole, so no NOSCRIPT can split the transaction either
+        for c in calls:
+            pipe.execute_command("EVAL", _SCRIPTS[c.script][0], len(c.keys), *c.keys, *c.args)
+        return pipe.execute(raise_on_error=True)
     for name in dict.fromkeys(c.script for c in calls):
         pipe.script_load(_SCRIPTS[name][0])
     for c in calls:
-        pipe.evalsha(_SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)
+        pipe.execute_command("EVALSHA", _SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)
     results = pipe.execute(raise_on_error=True)
     return results[len(results) - len(calls):]
 
@@ -103,7 +109,8 @@ def _execute(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
             return [exc]
     pipe = client.pipeline(transaction=False)
     for c in calls:
-        pipe.evalsha(_SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)
+        # (execute_command: a Cluster pipeline refuses .evalsha, and routes this by its first key)
+        pipe.execute_command("EVALSHA", _SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)
     return pipe.execute(raise_on_error=False)
 
 
@@ -338,11 +345,6 @@ def partition_of(key: str, partitions: int) -> int:
     """The partition of an ordering key: CRC-32 (IEEE, as zlib computes it) of its UTF-8 bytes,
     modulo the partition count; a producer in another language computes the same."""
     return zlib.crc32(key.encode("utf-8", "surrogateescape")) % partitions
-
-
-def is_cluster(client: Any) -> bool:
-    """A Redis Cluster client: one script or transaction may touch one slot only."""
-    return hasattr(client, "nodes_manager")
 
 
 def _seconds(value: float | str | None, what: str, low: float, high: float) -> float | None:

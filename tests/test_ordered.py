@@ -227,3 +227,18 @@ def test_status_shows_holders_and_unheld_partitions(tmp_path, redis_server):
         assert g.status()["partitions"]["ordered"]["held"] == [0, 1, 2]
     finally:
         fleet.stop()
+
+
+def test_unique_key_is_held_by_a_job_queued_behind_its_key(redis_server):
+    """A job waiting behind its ordering key's head still holds its unique key."""
+    from governor import Client
+
+    client = Client.from_url(redis_server.url, prefix="uq")
+    client.redis.set(client.keys("ordered").partitions_key, 4)  # as the queue's first master does
+    first = client.enqueue("ordered", "m:f", key="acct-1")
+    second = client.enqueue("ordered", "m:f", key="acct-1", unique="rebuild-acct-1")
+    assert client.job(second)["state"] == "queued"
+    again = client.enqueue("ordered", "m:f", key="acct-1", unique="rebuild-acct-1")
+    assert again == second, "a second job was queued under a unique key already held"
+    assert client.counts("ordered")["waiting"] == 2
+    assert first != second

@@ -66,7 +66,7 @@ if any_unique then
 end
 local now = now_ms()
 local seq = redis.call('INCRBY', KEYS[5], n) - n
-local live = {waiting = true, delayed = true, active = true}
+local live = {waiting = true, delayed = true, active = true, queued = true}  -- (queued: behind its key's head)
 -- The job that holds a unique key, or nil when the key is free or its holder is
 -- done, dead or gone.
 local function holder_of(key)
