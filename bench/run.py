@@ -1,6 +1,6 @@
 """governor's performance figures, in one command on a private redis-server.
 
-    .venv/bin/python bench/run.py [--jobs 20000] [--repeat 3]
+    .venv/bin/python bench/run.py [--jobs 20000] [--repeat 3] [--only core,partitions,cluster]
 
 No-op jobs (the body does one Redis INCR), 2 worker processes. Prints:
 enqueue rate one call at a time and in bulk, drain throughput, CPU per job
@@ -8,6 +8,16 @@ enqueue rate one call at a time and in bulk, drain throughput, CPU per job
 commands per second at idle, the master's CPU with 16 and 64 idle workers,
 hard-timeout overshoot over --kills kills, and how soon after crossing
 memory.hard a worker is killed.
+
+Partitioned queues (``partitions``): the same drain with 1,000 ordering keys over 16
+partitions, pickup latency on an idle partitioned queue, and Redis commands per second per
+idle worker with 64 (and 16) partitions; with the script calls per job and the hint tokens
+a drain leaves behind, which show waste the throughput alone would hide.
+Redis Cluster (``cluster``): a local cluster of 3 primaries and 3 replicas (tests/cluster.py),
+the plain and the partitioned drain and pickup through a ``redis+cluster://`` URL; its CPU
+per job counts every redis-server of the cluster. Skipped, with the reason, without redis-cli.
+``--only`` runs some of these groups alone (partitions also runs the plain drain and pickup
+it is compared with).
 The budget these are held to is in shared/design.md ("Performance budget").
 """
 
@@ -24,14 +34,22 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import redis
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 from governor import Client, control  # noqa: E402
+from governor.connection import connect  # noqa: E402
+
+GROUPS = ("core", "partitions", "cluster")
+PARTITIONS = 16  # the partitioned drain's and pickup's queue
+KEYS = 1_000  # ordering keys in the partitioned drain
 
 TASKS = '''
 import os, time, redis
@@ -42,7 +60,12 @@ _conn = None
 def _redis():
     global _conn
     if _conn is None:
-        _conn = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+        url = os.environ["BENCH_REDIS_URL"]
+        if "+cluster://" in url:
+            from governor.connection import connect
+            _conn = connect(url)
+        else:
+            _conn = redis.Redis.from_url(url)
     return _conn
 
 
@@ -95,6 +118,8 @@ def wait_for(pred, timeout: float, what: str, interval: float = 0.01):
 
 
 class Setup:
+    """A private redis-server, and a governor master started on it per measurement."""
+
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -107,6 +132,14 @@ class Setup:
         wait_for(self._ping, 10, "redis-server")
         (workdir / "bench_tasks.py").write_text(textwrap.dedent(TASKS))
         self.master: subprocess.Popen | None = None
+
+    def servers(self) -> list[psutil.Process]:
+        """Every redis-server the jobs' CPU is spent in."""
+        return [psutil.Process(self.redis_proc.pid)]
+
+    def primaries(self) -> list[redis.Redis]:
+        """A plain client per server that takes commands (for INFO)."""
+        return [self.redis]
 
     def _ping(self) -> bool:
         try:
@@ -141,12 +174,60 @@ class Setup:
 
     def processes(self) -> list[psutil.Process]:
         m = psutil.Process(self.master.pid)
-        return [m, *m.children(), psutil.Process(self.redis_proc.pid)]
+        return [m, *m.children(), *self.servers()]
 
     def close(self) -> None:
         self.stop_master()
         self.redis_proc.terminate()
         self.redis_proc.wait(10)
+
+
+class ClusterSetup(Setup):
+    """The same on a local Redis Cluster (tests/cluster.py's LocalCluster, started already):
+    the master, the workers, the job bodies and the bench itself reach it through its
+    ``redis+cluster://`` URL."""
+
+    def __init__(self, workdir: Path, cluster: object) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.cluster = cluster
+        self.url = cluster.url
+        self.redis = connect(self.url)
+        self.nodes = {port: cluster.node(port) for port in cluster.primaries()}
+        (workdir / "bench_tasks.py").write_text(textwrap.dedent(TASKS))
+        self.master = None
+
+    def servers(self) -> list[psutil.Process]:
+        return [psutil.Process(p.pid) for p in self.cluster.procs.values() if p.poll() is None]
+
+    def primaries(self) -> list[redis.Redis]:
+        return list(self.nodes.values())
+
+    def close(self) -> None:
+        self.stop_master()
+        self.cluster.stop()
+
+
+def command_counts(s: Setup) -> Counter:
+    """Commands processed so far, summed over the primaries: ``total`` and per command (calls
+    made inside scripts included). Each call adds one INFO per primary to the next reading."""
+    out: Counter = Counter()
+    for node in s.primaries():
+        info = node.info("all")
+        out["total"] += info["total_commands_processed"]
+        for name, value in info.items():
+            if name.startswith("cmdstat_") and isinstance(value, dict):
+                out[name[len("cmdstat_"):]] += value["calls"]
+    return out
+
+
+def commands_between(s: Setup, before: Counter, after: Counter) -> Counter:
+    """What others sent between two readings: ours (the earlier INFO) taken out."""
+    delta = Counter({k: after[k] - before[k] for k in after})
+    own = len(s.primaries())
+    delta["total"] -= own
+    delta["info"] -= own
+    return delta
 
 
 def cpu_seconds(procs: list[psutil.Process]) -> float:
@@ -176,21 +257,73 @@ def bench_enqueue(s: Setup, n_single: int, n_bulk: int) -> tuple[float, float]:
     return single, bulk
 
 
-def bench_drain(s: Setup, n: int, prefix: str, **queue: object) -> tuple[float, float]:
+@dataclass
+class Drain:
+    """One drain: throughput and CPU, and what Redis did for it (per job, from INFO
+    commandstats on every primary): script calls and blocking pops from the last enqueue's
+    start to the last ack, and the tokens left in the list idle workers block on (the wake
+    list; a partitioned queue's hint list), which they then spend one reserve each on."""
+
+    rate: float
+    cpu_ms: float
+    evalsha: float = 0.0
+    blpop: float = 0.0
+    tokens_left: int = 0
+    tail_evalsha: int = 0  # script calls after the last ack, until no token was left
+    tail_seconds: float = 0.0
+
+
+def wait_partitions_held(c: Client, partitions: int) -> None:
+    """Until the master leases every partition: before that, a producer's hint for a partition
+    finds no holder and its job waits for the holder's first pass."""
+    wait_for(lambda: len(c.partition_holders("bench")) == partitions, 30, "the partition leases")
+
+
+def idle_list(c: Client, partitions: int) -> str:
+    """The list the queue's idle workers block on: its wake list, or its master's hint list."""
+    keys = c.keys("bench")
+    if not partitions:
+        return keys.wake
+    return keys.hint_list(next(iter(c.partition_holders("bench").values())))
+
+
+def bench_drain(s: Setup, n: int, prefix: str, partitions: int = 0, keys: int = KEYS,
+                **queue: object) -> Drain:
+    """``partitions``: the same jobs on a partitioned queue, each with one of ``keys`` ordering
+    keys (every key gets n / keys jobs, run one at a time in enqueue order)."""
     # no recycling here: a recycled worker's CPU would leave the accounting with it
+    if partitions:
+        queue["partitions"] = partitions
     s.start_master(prefix, 2, recycle={"max_jobs": "off"}, **queue)
     c = Client.from_url(s.url, prefix=prefix)
+    if partitions:
+        wait_partitions_held(c, partitions)
+    tokens = idle_list(c, partitions)
     procs = s.processes()
+    before = command_counts(s)
     cpu0 = cpu_seconds(procs)
     t0 = time.perf_counter()
-    c.enqueue_many("bench", [{"handler": "bench_tasks:incr"} for _ in range(n)])
-    wait_for(lambda: c.counts("bench")["done_total"] >= n, 300, "the drain", interval=0.005)
+    if partitions:
+        c.enqueue_many("bench", [{"handler": "bench_tasks:incr", "key": f"k{i % keys}"} for i in range(n)])
+    else:
+        c.enqueue_many("bench", [{"handler": "bench_tasks:incr"} for _ in range(n)])
+    # one GET per look until the last body ran: counts() costs 7 commands per partition
+    wait_for(lambda: int(s.redis.get("bench:counter") or 0) >= n, 300, "the drain", interval=0.005)
+    wait_for(lambda: c.counts("bench")["done_total"] >= n, 30, "the last acks", interval=0.002)
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(procs) - cpu0
+    during = commands_between(s, before, command_counts(s))
+    left = s.redis.llen(tokens)
+    t1 = time.perf_counter()
+    wait_for(lambda: s.redis.llen(tokens) == 0, 120, "the idle workers to spend the tokens left")
+    tail_seconds = time.perf_counter() - t1
+    time.sleep(0.2)  # the reserve after the last token
+    tail = commands_between(s, before, command_counts(s))["evalsha"] - during["evalsha"]
     s.stop_master()
     assert int(s.redis.get("bench:counter")) >= n
     s.redis.flushall()
-    return n / elapsed, cpu / n * 1000
+    return Drain(n / elapsed, cpu / n * 1000, during["evalsha"] / n, during["blpop"] / n, left,
+                 max(tail, 0), tail_seconds)
 
 
 def bench_rate_limit(s: Setup, algorithm: str, limit: int = 50, n: int = 300) -> tuple[int, float]:
@@ -218,26 +351,69 @@ def bench_rate_limit(s: Setup, algorithm: str, limit: int = 50, n: int = 300) ->
     return worst, (n - 1) / (starts[-1] - starts[0])
 
 
-def bench_pickup(s: Setup, samples: int, prefix: str) -> tuple[list[float], float]:
-    s.start_master(prefix, 2)
+def bench_pickup(s: Setup, samples: int, prefix: str, partitions: int = 0,
+                 idle_seconds: float = 30) -> tuple[list[float], float | None]:
+    """Enqueue -> start (ms, sorted) of one job at a time on idle workers; on a partitioned
+    queue each job has a key of its own (so a partition of its own, as the key hashes), and
+    the master holds every partition before the first. Then, unless ``idle_seconds`` is 0,
+    the Redis commands per second with nothing queued."""
+    s.start_master(prefix, 2, **({"partitions": partitions} if partitions else {}))
     c = Client.from_url(s.url, prefix=prefix)
-    c.enqueue("bench", "bench_tasks:pickup", time.time())  # warm up
+    if partitions:
+        wait_partitions_held(c, partitions)
+
+    def key(i: int) -> str | None:
+        return f"p{i}" if partitions else None
+
+    c.enqueue("bench", "bench_tasks:pickup", time.time(), key=key(-1))  # warm up
     wait_for(lambda: s.redis.llen("bench:pickup") == 1, 10, "warm-up job")
     s.redis.delete("bench:pickup")
-    for _ in range(samples):
+    for i in range(samples):
         time.sleep(0.02)  # both workers are idle and blocked in Redis again
-        c.enqueue("bench", "bench_tasks:pickup", time.time())
+        c.enqueue("bench", "bench_tasks:pickup", time.time(), key=key(i))
     wait_for(lambda: s.redis.llen("bench:pickup") == samples, 30, "pickup samples")
     lat = sorted(float(x) * 1000 for x in s.redis.lrange("bench:pickup", 0, -1))
-    # idle Redis traffic: commands processed (those run inside scripts included) in 30 s with
-    # nothing queued, minus our own INFO call; 30 s spans several of the master's idle passes
-    time.sleep(1)
-    before = s.redis.info("stats")["total_commands_processed"]
-    time.sleep(30)
-    after = s.redis.info("stats")["total_commands_processed"]
+    idle = None
+    if idle_seconds:
+        # idle Redis traffic: commands processed (those run inside scripts included) in 30 s with
+        # nothing queued, minus our own INFO call; 30 s spans several of the master's idle passes
+        time.sleep(1)
+        before = s.redis.info("stats")["total_commands_processed"]
+        time.sleep(idle_seconds)
+        after = s.redis.info("stats")["total_commands_processed"]
+        idle = (after - before - 1) / idle_seconds
     s.stop_master()
     s.redis.flushall()
-    return lat, (after - before - 1) / 30
+    return lat, idle
+
+
+@dataclass
+class Idle:
+    """Redis traffic of one master with idle workers on a partitioned queue, per second."""
+
+    per_worker: float
+    total: float
+    evalsha: float  # script calls: the partition-lease pass, the ticks of held partitions
+    blpop: float  # idle workers' blocking waits running out
+
+
+def bench_partitions_idle(s: Setup, prefix: str, partitions: int, workers: int,
+                          seconds: float = 30) -> Idle:
+    """Commands per second with ``workers`` idle workers on a queue of ``partitions``
+    partitions, all held by this master, nothing queued. 30 s holds exactly two of the
+    master's idle passes over each partition (every 15 s) and one timeout of each worker's
+    blocking wait (30 s), so the figure does not depend on where the window falls."""
+    s.start_master(prefix, workers, partitions=partitions)
+    c = Client.from_url(s.url, prefix=prefix)
+    wait_partitions_held(c, partitions)
+    time.sleep(2)  # the first pass over the partitions just taken
+    before = command_counts(s)
+    time.sleep(seconds)
+    delta = commands_between(s, before, command_counts(s))
+    s.stop_master()
+    s.redis.flushall()
+    return Idle(delta["total"] / seconds / workers, delta["total"] / seconds,
+                delta["evalsha"] / seconds, delta["blpop"] / seconds)
 
 
 def bench_master_idle(s: Setup, prefix: str, workers: int, seconds: float = 30, busy: bool = False) -> float:
@@ -289,56 +465,166 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--jobs", type=int, default=20_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--pickups", type=int, default=300)
-    ap.add_argument("--kills", type=int, default=100)
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="governor-bench-") as tmp:
-        s = Setup(Path(tmp))
+Row = tuple[str, str, str]
+
+
+def run_single(s: Setup, args: argparse.Namespace) -> dict:
+    """Every measurement on the private redis-server that ``--only`` asks for."""
+    core, parts = "core" in args.only, "partitions" in args.only
+    res: dict = {"drains": [], "pdrains": [], "singles": [], "bulks": [], "limited": []}
+    for r in range(args.repeat):
+        if core:
+            single, bulk = bench_enqueue(s, 5000, 100_000)
+            res["singles"].append(single)
+            res["bulks"].append(bulk)
+        if core or parts:
+            res["drains"].append(bench_drain(s, args.jobs, f"d{r}"))
+        if parts:
+            res["pdrains"].append(bench_drain(s, args.jobs, f"pd{r}", partitions=PARTITIONS))
+        if core:
+            # the same drain with fleet-wide limits configured that never bind: their cost
+            res["limited"].append(bench_drain(s, args.jobs, f"l{r}", global_concurrency=100,
+                                              rate_limit={"limit": 1_000_000, "per": "1s"}))
+    if core:
+        res["accuracy"] = {a: bench_rate_limit(s, a) for a in ("token_bucket", "sliding_window", "fixed_window")}
+    if core or parts:
+        res["lat"], res["idle_cmds"] = bench_pickup(s, args.pickups, "p", idle_seconds=30 if core else 0)
+    if parts:
+        res["plat"], _ = bench_pickup(s, args.pickups, "pp", partitions=PARTITIONS, idle_seconds=0)
+        res["pidle"] = {n: bench_partitions_idle(s, f"pi{n}", n, 8) for n in (64, 16)}
+    if core:
+        res["master_idle"] = bench_master_idle(s, "m", 16)
+        res["master_busy_64"] = bench_master_idle(s, "m64", 64, seconds=20, busy=True)
+        res["overshoot"] = bench_timeout_overshoot(s, args.kills)
+        res["reaction"] = bench_memory_reaction(s, 10, "500ms")
+        res["reaction_fast"] = bench_memory_reaction(s, 10, "100ms")
+    return res
+
+
+def cluster_missing() -> str | None:
+    """Why no local cluster can be started here, or None."""
+    for binary in ("redis-server", "redis-cli"):
+        if not shutil.which(binary):
+            return f"no {binary} (apt-get install redis-server; redis-cli is in redis-tools)"
+    return None
+
+
+def run_cluster(workdir: Path, args: argparse.Namespace) -> list[Row]:
+    """The plain and the partitioned drain and pickup on a local 3+3 Redis Cluster, started
+    once for all of them; a cluster that cannot start is a row saying why."""
+    name = "Redis Cluster (3 primaries + 3 replicas)"
+    why = cluster_missing()
+    if why is None:
         try:
-            singles, bulks, drains, cpus, limited, limited_cpus = [], [], [], [], [], []
-            for r in range(args.repeat):
-                single, bulk = bench_enqueue(s, 5000, 100_000)
-                singles.append(single)
-                bulks.append(bulk)
-                rate, cpu = bench_drain(s, args.jobs, f"d{r}")
-                drains.append(rate)
-                cpus.append(cpu)
-                # the same drain with fleet-wide limits configured that never bind: their cost
-                rate, cpu = bench_drain(s, args.jobs, f"l{r}", global_concurrency=100,
-                                        rate_limit={"limit": 1_000_000, "per": "1s"})
-                limited.append(rate)
-                limited_cpus.append(cpu)
-            accuracy = {a: bench_rate_limit(s, a) for a in ("token_bucket", "sliding_window", "fixed_window")}
-            lat, idle_cmds = bench_pickup(s, args.pickups, "p")
-            master_idle = bench_master_idle(s, "m", 16)
-            master_busy_64 = bench_master_idle(s, "m64", 64, seconds=20, busy=True)
-            overshoot = bench_timeout_overshoot(s, args.kills)
-            reaction = bench_memory_reaction(s, 10, "500ms")
-            reaction_fast = bench_memory_reaction(s, 10, "100ms")
-        finally:
-            s.close()
+            sys.path.insert(0, str(ROOT / "tests"))
+            from cluster import LocalCluster  # tests/cluster.py: the tests' own cluster
+        except ImportError as exc:
+            why = f"cannot import tests/cluster.py ({exc})"
+    if why is not None:
+        return [(name, f"skipped: {why}", "")]
+    lc = LocalCluster(workdir / "cluster-nodes")
+    try:
+        lc.start()
+    except Exception as exc:  # redis-cli --cluster create failed, a node did not come up...
+        lc.stop()
+        return [(name, f"skipped: the cluster did not start: {str(exc).splitlines()[0]}", "")]
+    cs = ClusterSetup(workdir / "cluster-run", lc)
+    try:
+        drains, pdrains = [], []
+        for r in range(args.repeat):
+            drains.append(bench_drain(cs, args.jobs, f"cd{r}"))
+            pdrains.append(bench_drain(cs, args.jobs, f"cpd{r}", partitions=PARTITIONS))
+        lat, _ = bench_pickup(cs, args.pickups, "cp", idle_seconds=0)
+        plat, _ = bench_pickup(cs, args.pickups, "cpp", partitions=PARTITIONS, idle_seconds=0)
+    finally:
+        cs.close()
+    d, pd = _median_drain(drains), _median_drain(pdrains)
+    return [
+        (f"cluster: drain, {args.jobs:,} no-op jobs, 2 workers", f"{d.rate:,.0f} jobs/s", ""),
+        ("cluster: CPU per job (master+workers+6 redis-servers)", f"{d.cpu_ms:.3f} ms", ""),
+        (f"cluster: partitioned drain, {PARTITIONS} partitions, {KEYS:,} keys", f"{pd.rate:,.0f} jobs/s",
+         "within 20% of the cluster's plain drain"),
+        ("cluster: CPU per job, same", f"{pd.cpu_ms:.3f} ms", ""),
+        ("cluster: EVALSHA per job, plain / partitioned", f"{d.evalsha:.2f} / {pd.evalsha:.2f}", ""),
+        ("cluster: pickup latency p50 / p99", f"{pct(lat, 50):.2f} / {pct(lat, 99):.2f} ms", ""),
+        (f"cluster: partitioned pickup p50 / p99 ({PARTITIONS} partitions)",
+         f"{pct(plat, 50):.2f} / {pct(plat, 99):.2f} ms", ""),
+    ]
+
+
+def _median_drain(drains: list[Drain]) -> Drain:
+    """Each figure's median over the trials."""
     med = statistics.median
-    rows = [
-        ("enqueue, one call at a time", f"{med(singles):,.0f} jobs/s", ">= 6,316 (2x huey)"),
-        ("enqueue, bulk (enqueue_many)", f"{med(bulks):,.0f} jobs/s", "> 50,000"),
-        (f"drain, {args.jobs:,} no-op jobs, 2 workers", f"{med(drains):,.0f} jobs/s", ">= 3,186 (2x huey)"),
-        ("CPU per job (master+workers+redis)", f"{med(cpus):.3f} ms", "<= 0.3 ms"),
-        ("drain with a rate limit + global_concurrency (not binding)", f"{med(limited):,.0f} jobs/s",
-         "within noise of the drain"),
-        ("CPU per job, same", f"{med(limited_cpus):.3f} ms", ""),
-        *((f"{a} 50/s, 4 workers: most starts (Redis time) in 1s, sustained rate", f"{w} / {r:.1f}/s",
-           "<= 50 / >= 47.5")
-          for a, (w, r) in accuracy.items()),
-        ("pickup latency p50 (idle workers)", f"{pct(lat, 50):.2f} ms", "< 1 ms"),
-        ("pickup latency p95", f"{pct(lat, 95):.2f} ms", ""),
-        ("pickup latency p99", f"{pct(lat, 99):.2f} ms", "< 5 ms"),
-        ("Redis commands/s at idle (2 workers)", f"{idle_cmds:.2f}", "< 2"),
-        ("master CPU, 16 idle workers", f"{master_idle:.3f} % of a core", "< 0.1 %"),
-        ("master CPU, 64 busy workers sampled every 0.5s", f"{master_busy_64:.3f} % of a core", "< 1 %"),
+    return Drain(*(med(getattr(d, f) for d in drains) for f in Drain.__dataclass_fields__))
+
+
+def drain_rows(res: dict, args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = []
+    if not res["drains"]:
+        return rows
+    d = _median_drain(res["drains"])
+    rows += [(f"drain, {args.jobs:,} no-op jobs, 2 workers", f"{d.rate:,.0f} jobs/s", ">= 3,186 (2x huey)"),
+             ("CPU per job (master+workers+redis)", f"{d.cpu_ms:.3f} ms", "<= 0.3 ms")]
+    if res["pdrains"]:
+        pd = _median_drain(res["pdrains"])
+        rows += [
+            (f"partitioned drain, {PARTITIONS} partitions, {KEYS:,} keys, 2 workers", f"{pd.rate:,.0f} jobs/s",
+             "within 20% of the plain drain"),
+            ("partitioned drain / plain drain", f"{pd.rate / d.rate:.0%}", ">= 80%"),
+            ("CPU per job, same", f"{pd.cpu_ms:.3f} ms", "within 20% of the plain drain's"),
+            ("EVALSHA per job, plain / partitioned", f"{d.evalsha:.2f} / {pd.evalsha:.2f}", ""),
+            ("BLPOP per job, plain / partitioned", f"{d.blpop:.3f} / {pd.blpop:.3f}", ""),
+            ("wake/hint tokens left at the drain's end, plain / partitioned",
+             f"{d.tokens_left:,.0f} / {pd.tokens_left:,.0f}", ""),
+            ("reserves spent on them, plain / partitioned", f"{d.tail_evalsha:,.0f} / {pd.tail_evalsha:,.0f}", ""),
+            ("time the partitioned queue's workers spent on them", f"{pd.tail_seconds:.2f} s", ""),
+        ]
+    if res["limited"]:
+        lim = _median_drain(res["limited"])
+        rows += [("drain with a rate limit + global_concurrency (not binding)", f"{lim.rate:,.0f} jobs/s",
+                  "within noise of the drain"),
+                 ("CPU per job, same", f"{lim.cpu_ms:.3f} ms", "")]
+    return rows
+
+
+def pickup_rows(res: dict) -> list[Row]:
+    rows: list[Row] = []
+    if "lat" not in res:
+        return rows
+    lat = res["lat"]
+    rows.append(("pickup latency p50 (idle workers)", f"{pct(lat, 50):.2f} ms", "< 1 ms"))
+    if res["idle_cmds"] is not None:
+        rows.append(("pickup latency p95", f"{pct(lat, 95):.2f} ms", ""))
+    rows.append(("pickup latency p99", f"{pct(lat, 99):.2f} ms", "< 5 ms"))
+    if "plat" in res:
+        plat = res["plat"]
+        rows += [(f"partitioned pickup p50 ({PARTITIONS} partitions, a key per job)",
+                  f"{pct(plat, 50):.2f} ms", "< 1 ms"),
+                 ("partitioned pickup p99", f"{pct(plat, 99):.2f} ms", "< 5 ms")]
+    if res["idle_cmds"] is not None:
+        rows.append(("Redis commands/s at idle (2 workers)", f"{res['idle_cmds']:.2f}", "< 2"))
+    for n, idle in res.get("pidle", {}).items():
+        rows += [(f"Redis commands/s per idle worker, {n} partitions, 8 workers", f"{idle.per_worker:.2f}",
+                  "< 2 per worker"),
+                 (f"  all commands / EVALSHA / BLPOP per s, {n} partitions",
+                  f"{idle.total:.1f} / {idle.evalsha:.2f} / {idle.blpop:.2f}", "")]
+    return rows
+
+
+def core_rows(res: dict) -> tuple[list[Row], list[Row], list[Row]]:
+    """(the enqueue rows, the rate limits' rows, the rows after pickup), when the core group ran."""
+    if not res["singles"]:
+        return [], [], []
+    med = statistics.median
+    overshoot, reaction, reaction_fast = res["overshoot"], res["reaction"], res["reaction_fast"]
+    head = [("enqueue, one call at a time", f"{med(res['singles']):,.0f} jobs/s", ">= 6,316 (2x huey)"),
+            ("enqueue, bulk (enqueue_many)", f"{med(res['bulks']):,.0f} jobs/s", "> 50,000")]
+    limits = [(f"{a} 50/s, 4 workers: most starts (Redis time) in 1s, sustained rate", f"{w} / {r:.1f}/s",
+               "<= 50 / >= 47.5")
+              for a, (w, r) in res["accuracy"].items()]
+    tail = [
+        ("master CPU, 16 idle workers", f"{res['master_idle']:.3f} % of a core", "< 0.1 %"),
+        ("master CPU, 64 busy workers sampled every 0.5s", f"{res['master_busy_64']:.3f} % of a core", "< 1 %"),
         (f"hard-timeout overshoot p50 ({len(overshoot)} kills)", f"{pct(overshoot, 50):.1f} ms", ""),
         ("hard-timeout overshoot p99", f"{pct(overshoot, 99):.1f} ms", "< 100 ms"),
         ("hard-timeout overshoot max", f"{overshoot[-1]:.1f} ms", "< 100 ms"),
@@ -346,6 +632,39 @@ def main() -> int:
         ("memory.hard kill after crossing, 0.5s samples, max", f"{reaction[-1]:.0f} ms", "<= 1,000 ms"),
         ("memory.hard kill after crossing, 0.1s samples, max", f"{reaction_fast[-1]:.0f} ms", "<= 200 ms"),
     ]
+    return head, limits, tail
+
+
+def groups(text: str) -> tuple[str, ...]:
+    chosen = tuple(g.strip() for g in text.split(",") if g.strip())
+    unknown = [g for g in chosen if g not in GROUPS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(GROUPS)} (comma-separated)")
+    return chosen
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--pickups", type=int, default=300)
+    ap.add_argument("--kills", type=int, default=100)
+    ap.add_argument("--only", type=groups, default=GROUPS,
+                    help=f"run only these groups of rows, comma-separated: {', '.join(GROUPS)}")
+    args = ap.parse_args()
+    res: dict = {"drains": [], "pdrains": [], "singles": [], "limited": []}
+    cluster: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="governor-bench-") as tmp:
+        if "core" in args.only or "partitions" in args.only:
+            s = Setup(Path(tmp))
+            try:
+                res = run_single(s, args)
+            finally:
+                s.close()
+        if "cluster" in args.only:
+            cluster = run_cluster(Path(tmp), args)
+    head, limits, tail = core_rows(res)
+    rows = [*head, *drain_rows(res, args), *limits, *pickup_rows(res), *tail, *cluster]
     print(f"\ngovernor bench: median of {args.repeat} runs, {os.cpu_count()} cores, "
           f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}")
     w = max(len(r[0]) for r in rows)
