@@ -169,3 +169,32 @@ def test_a_reload_that_shortens_the_lease_still_freezes_in_time(fleet):
     beats = [float(t) for _, _, t in fleet.lines("beats")]
     a.signal(signal.SIGCONT)
     assert max(beats) < paused + LEASE, "the run went on past the (shortened) lease"
+
+
+def test_per_key_order_holds_while_the_runner_is_paused(fleet):
+    """Issue 16 with issue 10: two jobs of one ordering key; the master running the first is
+    paused past the lease, its partitions and the job's lease lapse and another host takes
+    both. The first job runs again there; the second starts only after that run is done, and
+    no two runs of the key ever overlap (the paused host's run is frozen by its sentry)."""
+    queue = {"ordered": {"concurrency": 1, "partitions": 2}}
+    a = fleet.master("a", queue).start()
+    a.client.enqueue_many("ordered", [{"handler": "parttasks:heartbeat", "args": [f"j{i}", 2.0],
+                                       "key": "acct-7"} for i in range(2)])
+    wait_for(lambda: fleet.lines("beats"), 5, "the first job to start on a")
+    fleet.master("b", queue).start()
+    time.sleep(0.3)
+    a.signal(signal.SIGSTOP)
+    wait_for(lambda: len({p for _, p, _ in fleet.lines("beats")}) >= 2, LEASE * 2 + 6,
+             "b to run the key's job", interval=0.05)
+    time.sleep(1.0)
+    a.signal(signal.SIGCONT)
+    wait_for(lambda: {k for k, _ in fleet.lines("done")} == {"j0", "j1"}, 20, "both jobs done", interval=0.1)
+    assert [k for k, _ in fleet.lines("done")] == ["j0", "j1"]
+    spans: dict[tuple[str, str], tuple[float, float]] = {}
+    for key, pid, t in fleet.lines("beats"):
+        first, last = spans.get((key, pid), (float(t), float(t)))
+        spans[(key, pid)] = (min(first, float(t)), max(last, float(t)))
+    _no_overlap(dict(enumerate(spans.values())))
+    assert len([1 for k, _ in spans if k == "j0"]) == 2, "j0 was not taken over by b"
+    assert min(s for (k, _), (s, _) in spans.items() if k == "j1") > \
+        max(e for (k, _), (_, e) in spans.items() if k == "j0"), "j1 started before j0's last run ended"
