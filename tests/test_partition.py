@@ -178,7 +178,7 @@ def test_per_key_order_holds_while_the_runner_is_paused(fleet):
     no two runs of the key ever overlap (the paused host's run is frozen by its sentry)."""
     queue = {"ordered": {"concurrency": 1, "partitions": 2}}
     a = fleet.master("a", queue).start()
-    a.client.enqueue_many("ordered", [{"handler": "parttasks:heartbeat", "args": [f"j{i}", 2.0],
+    a.client.enqueue_many("ordered", [{"handler": "parttasks:heartbeat", "args": [f"j{i}", 4.0 - 3 * i],
                                        "key": "acct-7"} for i in range(2)])
     wait_for(lambda: fleet.lines("beats"), 5, "the first job to start on a")
     fleet.master("b", queue).start()
