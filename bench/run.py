@@ -37,6 +37,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
@@ -46,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from governor import Client, control  # noqa: E402
 from governor.connection import connect  # noqa: E402
+from governor.housekeeping import TICK_IDLE_PARTITION  # noqa: E402
+from governor.queue import run  # noqa: E402
 
 GROUPS = ("core", "partitions", "cluster")
 PARTITIONS = 16  # the partitioned drain's and pickup's queue
@@ -147,8 +150,8 @@ class Setup:
         except redis.ConnectionError:
             return False
 
-    def start_master(self, prefix: str, concurrency: int, **queue: object) -> None:
-        cfg = {"redis": {"url": self.url, "prefix": prefix},
+    def start_master(self, prefix: str, concurrency: int, lease: str = "60s", **queue: object) -> None:
+        cfg = {"redis": {"url": self.url, "prefix": prefix}, "lease": lease,
                "app": {"path": ["."], "preload": ["bench_tasks"], "handlers": ["bench_tasks:*"]},
                "state_dir": str(self.workdir / "state"), "log": {"level": "warning"},
                "queues": {"bench": {"concurrency": concurrency, **queue}}}
@@ -172,10 +175,6 @@ class Setup:
             self.master.send_signal(signal.SIGINT)  # fast stop: no need to wait for sleeping jobs
             self.master.wait(30)
 
-    def processes(self) -> list[psutil.Process]:
-        m = psutil.Process(self.master.pid)
-        return [m, *m.children(), *self.servers()]
-
     def close(self) -> None:
         self.stop_master()
         self.redis_proc.terminate()
@@ -187,7 +186,7 @@ class ClusterSetup(Setup):
     the master, the workers, the job bodies and the bench itself reach it through its
     ``redis+cluster://`` URL."""
 
-    def __init__(self, workdir: Path, cluster: object) -> None:
+    def __init__(self, workdir: Path, cluster: Any) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.cluster = cluster
@@ -204,8 +203,8 @@ class ClusterSetup(Setup):
         return list(self.nodes.values())
 
     def close(self) -> None:
+        """Only the master: the cluster is stopped by whoever started it."""
         self.stop_master()
-        self.cluster.stop()
 
 
 def command_counts(s: Setup) -> Counter:
@@ -266,8 +265,12 @@ class Drain:
 
     rate: float
     cpu_ms: float
+    cpu_master: float = 0.0  # ms per job, of cpu_ms: the master's,
+    cpu_workers: float = 0.0  # its children's (the workers'),
+    cpu_redis: float = 0.0  # every redis-server's
     evalsha: float = 0.0
     blpop: float = 0.0
+    enqueue_s: float = 0.0  # of the drain's time, the enqueue_many call of all its jobs
     tokens_left: int = 0
     tail_evalsha: int = 0  # script calls after the last ack, until no token was left
     tail_seconds: float = 0.0
@@ -299,19 +302,21 @@ def bench_drain(s: Setup, n: int, prefix: str, partitions: int = 0, keys: int = 
     if partitions:
         wait_partitions_held(c, partitions)
     tokens = idle_list(c, partitions)
-    procs = s.processes()
+    master = psutil.Process(s.master.pid)
+    procs = {"master": [master], "workers": master.children(), "redis": s.servers()}
     before = command_counts(s)
-    cpu0 = cpu_seconds(procs)
+    cpu0 = {k: cpu_seconds(v) for k, v in procs.items()}
     t0 = time.perf_counter()
     if partitions:
         c.enqueue_many("bench", [{"handler": "bench_tasks:incr", "key": f"k{i % keys}"} for i in range(n)])
     else:
         c.enqueue_many("bench", [{"handler": "bench_tasks:incr"} for _ in range(n)])
+    enqueued = time.perf_counter() - t0
     # one GET per look until the last body ran: counts() costs 7 commands per partition
     wait_for(lambda: int(s.redis.get("bench:counter") or 0) >= n, 300, "the drain", interval=0.005)
     wait_for(lambda: c.counts("bench")["done_total"] >= n, 30, "the last acks", interval=0.002)
     elapsed = time.perf_counter() - t0
-    cpu = cpu_seconds(procs) - cpu0
+    cpu = {k: (cpu_seconds(v) - cpu0[k]) / n * 1000 for k, v in procs.items()}
     during = commands_between(s, before, command_counts(s))
     left = s.redis.llen(tokens)
     t1 = time.perf_counter()
@@ -322,8 +327,8 @@ def bench_drain(s: Setup, n: int, prefix: str, partitions: int = 0, keys: int = 
     s.stop_master()
     assert int(s.redis.get("bench:counter")) >= n
     s.redis.flushall()
-    return Drain(n / elapsed, cpu / n * 1000, during["evalsha"] / n, during["blpop"] / n, left,
-                 max(tail, 0), tail_seconds)
+    return Drain(n / elapsed, sum(cpu.values()), cpu["master"], cpu["workers"], cpu["redis"],
+                 during["evalsha"] / n, during["blpop"] / n, enqueued, left, max(tail, 0), tail_seconds)
 
 
 def bench_rate_limit(s: Setup, algorithm: str, limit: int = 50, n: int = 300) -> tuple[int, float]:
@@ -388,6 +393,39 @@ def bench_pickup(s: Setup, samples: int, prefix: str, partitions: int = 0,
 
 
 @dataclass
+class Trickle:
+    """Per job, when producers enqueue one job per call while the workers are busy."""
+
+    evalsha: float
+    blpop: float
+    commands: float  # every command, those run inside scripts included
+    tokens_left: int  # wake/hint tokens left when the last job ran (each costs a reserve)
+
+
+def bench_trickle(s: Setup, n: int, prefix: str, partitions: int = 0) -> Trickle:
+    """What Redis does per job when each job comes in a call of its own, as fast as one
+    producer sends them, to 2 workers that are mostly busy. A hint names a partition, and a
+    worker already on it serves the job without it: the hint is left for an idle worker to
+    spend a reserve on. Counted from the first enqueue until the tokens left are spent."""
+    s.start_master(prefix, 2, recycle={"max_jobs": "off"}, **({"partitions": partitions} if partitions else {}))
+    c = Client.from_url(s.url, prefix=prefix)
+    if partitions:
+        wait_partitions_held(c, partitions)
+    tokens = idle_list(c, partitions)
+    before = command_counts(s)
+    for i in range(n):
+        c.enqueue("bench", "bench_tasks:incr", key=f"k{i % KEYS}" if partitions else None)
+    wait_for(lambda: int(s.redis.get("bench:counter") or 0) >= n, 120, "the trickle", interval=0.005)
+    left = s.redis.llen(tokens)
+    wait_for(lambda: s.redis.llen(tokens) == 0, 60, "the idle workers to spend the tokens left")
+    time.sleep(0.2)
+    delta = commands_between(s, before, command_counts(s))
+    s.stop_master()
+    s.redis.flushall()
+    return Trickle(delta["evalsha"] / n, delta["blpop"] / n, delta["total"] / n, left)
+
+
+@dataclass
 class Idle:
     """Redis traffic of one master with idle workers on a partitioned queue, per second."""
 
@@ -400,20 +438,27 @@ class Idle:
 def bench_partitions_idle(s: Setup, prefix: str, partitions: int, workers: int,
                           seconds: float = 30) -> Idle:
     """Commands per second with ``workers`` idle workers on a queue of ``partitions``
-    partitions, all held by this master, nothing queued. 30 s holds exactly two of the
-    master's idle passes over each partition (every 15 s) and one timeout of each worker's
-    blocking wait (30 s), so the figure does not depend on where the window falls."""
-    s.start_master(prefix, workers, partitions=partitions)
+    partitions, all held by this master, nothing queued: the steady state. For two leases
+    after taking a partition the master looks at it twice per lease (a handover may have left
+    a job there), so the lease is 5 s here and the window starts after those 10 s; then an
+    empty partition is looked at every 300 s, or when a producer touches it. A window of
+    30 s holds one timeout of each worker's blocking wait (30 s)."""
+    s.start_master(prefix, workers, lease="5s", partitions=partitions)
     c = Client.from_url(s.url, prefix=prefix)
     wait_partitions_held(c, partitions)
-    time.sleep(2)  # the first pass over the partitions just taken
+    time.sleep(16)  # past the looks at the partitions just taken (every 2.5 s for 10 s)
     before = command_counts(s)
     time.sleep(seconds)
     delta = commands_between(s, before, command_counts(s))
+    # the look at each empty partition every 300 s falls outside the window: its cost, one
+    # tick of an empty partition measured here, is added spread over those 300 s
+    probe = command_counts(s)
+    run(s.redis, c.keys("bench").part(0).tick(3_600_000))
+    tick = commands_between(s, probe, command_counts(s))["total"]
     s.stop_master()
     s.redis.flushall()
-    return Idle(delta["total"] / seconds / workers, delta["total"] / seconds,
-                delta["evalsha"] / seconds, delta["blpop"] / seconds)
+    total = delta["total"] / seconds + partitions * tick / TICK_IDLE_PARTITION
+    return Idle(total / workers, total, delta["evalsha"] / seconds, delta["blpop"] / seconds)
 
 
 def bench_master_idle(s: Setup, prefix: str, workers: int, seconds: float = 30, busy: bool = False) -> float:
@@ -491,7 +536,10 @@ def run_single(s: Setup, args: argparse.Namespace) -> dict:
         res["lat"], res["idle_cmds"] = bench_pickup(s, args.pickups, "p", idle_seconds=30 if core else 0)
     if parts:
         res["plat"], _ = bench_pickup(s, args.pickups, "pp", partitions=PARTITIONS, idle_seconds=0)
-        res["pidle"] = {n: bench_partitions_idle(s, f"pi{n}", n, 8) for n in (64, 16)}
+        res["trickle"] = [bench_trickle(s, 3000, f"t{p}", partitions=p) for p in (0, PARTITIONS)]
+        # 30 s and 15 s after the first pass: two and one of the idle passes (every 15 s)
+        res["pidle"] = {64: bench_partitions_idle(s, "pi64", 64, 8, seconds=30),
+                        16: bench_partitions_idle(s, "pi16", 16, 8, seconds=30)}
     if core:
         res["master_idle"] = bench_master_idle(s, "m", 16)
         res["master_busy_64"] = bench_master_idle(s, "m64", 64, seconds=20, busy=True)
@@ -528,8 +576,9 @@ def run_cluster(workdir: Path, args: argparse.Namespace) -> list[Row]:
     except Exception as exc:  # redis-cli --cluster create failed, a node did not come up...
         lc.stop()
         return [(name, f"skipped: the cluster did not start: {str(exc).splitlines()[0]}", "")]
-    cs = ClusterSetup(workdir / "cluster-run", lc)
+    cs = None
     try:
+        cs = ClusterSetup(workdir / "cluster-run", lc)
         drains, pdrains = [], []
         for r in range(args.repeat):
             drains.append(bench_drain(cs, args.jobs, f"cd{r}"))
@@ -537,14 +586,19 @@ def run_cluster(workdir: Path, args: argparse.Namespace) -> list[Row]:
         lat, _ = bench_pickup(cs, args.pickups, "cp", idle_seconds=0)
         plat, _ = bench_pickup(cs, args.pickups, "cpp", partitions=PARTITIONS, idle_seconds=0)
     finally:
-        cs.close()
+        if cs is not None:
+            cs.close()
+        lc.stop()
     d, pd = _median_drain(drains), _median_drain(pdrains)
     return [
         (f"cluster: drain, {args.jobs:,} no-op jobs, 2 workers", f"{d.rate:,.0f} jobs/s", ""),
         ("cluster: CPU per job (master+workers+6 redis-servers)", f"{d.cpu_ms:.3f} ms", ""),
         (f"cluster: partitioned drain, {PARTITIONS} partitions, {KEYS:,} keys", f"{pd.rate:,.0f} jobs/s",
          "within 20% of the cluster's plain drain"),
+        ("cluster: partitioned drain / plain drain", f"{pd.rate / d.rate:.0%}", ">= 80%"),
         ("cluster: CPU per job, same", f"{pd.cpu_ms:.3f} ms", ""),
+        ("cluster: CPU per job in master / workers / redis-servers, plain",
+         f"{d.cpu_master:.3f} / {d.cpu_workers:.3f} / {d.cpu_redis:.3f} ms", ""),
         ("cluster: EVALSHA per job, plain / partitioned", f"{d.evalsha:.2f} / {pd.evalsha:.2f}", ""),
         ("cluster: pickup latency p50 / p99", f"{pct(lat, 50):.2f} / {pct(lat, 99):.2f} ms", ""),
         (f"cluster: partitioned pickup p50 / p99 ({PARTITIONS} partitions)",
@@ -564,7 +618,9 @@ def drain_rows(res: dict, args: argparse.Namespace) -> list[Row]:
         return rows
     d = _median_drain(res["drains"])
     rows += [(f"drain, {args.jobs:,} no-op jobs, 2 workers", f"{d.rate:,.0f} jobs/s", ">= 3,186 (2x huey)"),
-             ("CPU per job (master+workers+redis)", f"{d.cpu_ms:.3f} ms", "<= 0.3 ms")]
+             ("CPU per job (master+workers+redis)", f"{d.cpu_ms:.3f} ms", "<= 0.3 ms"),
+             ("  in master / workers / redis-server",
+              f"{d.cpu_master:.3f} / {d.cpu_workers:.3f} / {d.cpu_redis:.3f} ms", "")]
     if res["pdrains"]:
         pd = _median_drain(res["pdrains"])
         rows += [
@@ -572,12 +628,23 @@ def drain_rows(res: dict, args: argparse.Namespace) -> list[Row]:
              "within 20% of the plain drain"),
             ("partitioned drain / plain drain", f"{pd.rate / d.rate:.0%}", ">= 80%"),
             ("CPU per job, same", f"{pd.cpu_ms:.3f} ms", "within 20% of the plain drain's"),
+            ("of the drain's time, enqueue_many, plain / partitioned",
+             f"{d.enqueue_s:.2f} / {pd.enqueue_s:.2f} s", ""),
             ("EVALSHA per job, plain / partitioned", f"{d.evalsha:.2f} / {pd.evalsha:.2f}", ""),
             ("BLPOP per job, plain / partitioned", f"{d.blpop:.3f} / {pd.blpop:.3f}", ""),
             ("wake/hint tokens left at the drain's end, plain / partitioned",
              f"{d.tokens_left:,.0f} / {pd.tokens_left:,.0f}", ""),
             ("reserves spent on them, plain / partitioned", f"{d.tail_evalsha:,.0f} / {pd.tail_evalsha:,.0f}", ""),
             ("time the partitioned queue's workers spent on them", f"{pd.tail_seconds:.2f} s", ""),
+        ]
+    if res.get("trickle"):
+        t, pt = res["trickle"]
+        rows += [
+            ("one job per enqueue call, busy workers: EVALSHA per job, plain / partitioned",
+             f"{t.evalsha:.2f} / {pt.evalsha:.2f}", ""),
+            ("  BLPOP per job, same", f"{t.blpop:.3f} / {pt.blpop:.3f}", ""),
+            ("  all Redis commands per job, same", f"{t.commands:.1f} / {pt.commands:.1f}", ""),
+            ("  wake/hint tokens left when the last job ran, same", f"{t.tokens_left:,} / {pt.tokens_left:,}", ""),
         ]
     if res["limited"]:
         lim = _median_drain(res["limited"])

@@ -31,6 +31,9 @@ log = logging.getLogger("governor.master")
 
 TICK_BUSY = 1.0   # seconds between passes over a queue with waiting, delayed or active jobs
 TICK_IDLE = 15.0  # ... and over an empty one (keeps an idle host well under 1 Redis command/s)
+# ... and over an empty partition held a while: only its holder's workers take its jobs, and
+# producers' hints mark it touched (see look_now), so nothing arrives there unseen
+TICK_IDLE_PARTITION = 300.0
 # What a call to Redis can raise besides RedisError when the connection carries garbage
 # (a reply that is not the one asked for: wrong type, wrong length).
 GARBLED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
@@ -86,6 +89,9 @@ class Housekeeper:
         self.next_renew = 0.0
         self.lane_stats: dict[Lane, dict[str, Any]] = {}
         self.lanes: dict[str, list[int | None]] = {}  # per queue, the lanes ticked (set by run)
+        # partitions acquired lately: until then, another master's worker may still have taken
+        # a job there (a handover), so they are looked at twice per lease like a queue
+        self.fresh_until: dict[Lane, float] = {}
         self.on_ready: Callable[[str, int, int], None] = lambda queue, partition, waiting: None
         self.down_since: float | None = None
         self.last_ok = 0.0  # monotonic time of the last Redis call that succeeded
@@ -227,16 +233,21 @@ class Housekeeper:
         return min([now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
                    + ([now + 1.0] if self.lost else []))
 
-    def touch(self, queue: str, now: float) -> None:
-        """Something happened in this queue: look at it within TICK_BUSY, not TICK_IDLE."""
-        for part in self.lanes.get(queue, [None]):
+    def touch(self, queue: str, now: float, partition: int | None = None) -> None:
+        """Something happened in this queue (in this partition of it, if known): look at it
+        within TICK_BUSY, not TICK_IDLE."""
+        parts = [partition] if partition is not None else self.lanes.get(queue, [None])
+        for part in parts:
             lane = (queue, part)
             self.next_tick[lane] = min(self.next_tick.get(lane, now), now + TICK_BUSY)
 
-    def look_now(self, queue: str, partitions: list[int]) -> None:
-        """Partitions just acquired: ticked on the next pass (which hints idle workers to them)."""
+    def look_now(self, queue: str, partitions: list[int], fresh: bool = False) -> None:
+        """Partitions just acquired (``fresh``) or touched by producers: ticked on the next
+        pass, which hints idle workers to what is ready there."""
         for part in partitions:
             self.next_tick[(queue, part)] = 0.0
+            if fresh:
+                self.fresh_until[(queue, part)] = time.monotonic() + 2 * self.lease
 
     def check(self) -> None:
         """A direct PING, for /healthz when the last pass is too old to vouch for Redis
@@ -322,7 +333,11 @@ class Housekeeper:
                 self.on_ready(name, part, reply[11])
             # An idle-looking queue is still looked at twice per lease: another host may have
             # taken a job since and died with it. A lease seen running out is reclaimed at once.
-            interval = TICK_BUSY if (active or waiting or next_due >= 0) else min(TICK_IDLE, self.lease / 2)
+            idle = min(TICK_IDLE, self.lease / 2)
+            if part is not None and self.fresh_until.get((name, part), 0.0) < now:
+                self.fresh_until.pop((name, part), None)
+                idle = TICK_IDLE_PARTITION
+            interval = TICK_BUSY if (active or waiting or next_due >= 0) else idle
             for ms in (next_due, next_expiry):
                 if ms >= 0:
                     interval = min(interval, ms / 1000.0 + 0.005)

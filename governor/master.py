@@ -595,11 +595,12 @@ class Master:
         now = time.monotonic()
         pool = self.pools.get(wp.queue)
         for msg in messages:
+            part = wp.job.partition if wp.job else None  # ('end' forgets the job)
             wp.on_message(msg, now)
             if msg[0] == "start" and len(msg) > 7 and isinstance(msg[7], (int, float)):
                 self.metrics.wait.labels(wp.queue).observe(max(0.0, msg[7]))
             elif msg[0] == "end":
-                self.house.touch(wp.queue, now)
+                self.house.touch(wp.queue, now, part)
                 self.finished += 1
                 self.last_progress = now
                 self.metrics.jobs.labels(wp.queue, str(msg[2])).inc()
@@ -719,8 +720,11 @@ class Master:
                 log.error("%s", exc)
         if self.house.redis_ok and not self.stopping:
             try:
-                for queue, gained in self.partitions.run(now).items():
-                    self.house.look_now(queue, gained)
+                gained, touched = self.partitions.run(now)
+                for queue, parts in gained.items():
+                    self.house.look_now(queue, parts, fresh=True)
+                for queue, parts in touched.items():
+                    self.house.look_now(queue, parts)
             except (redis.RedisError, *GARBLED) as exc:
                 self.house.failed(exc)
         self.house.run(now, self.pools, {name: self.partitions.lanes(name) if p.config.partitions

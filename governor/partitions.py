@@ -5,8 +5,9 @@ partition, so it spreads over a Redis Cluster's shards; per-key order is kept
 inside each partition by its Lua scripts (the key's head, lib.lua), whoever
 serves it. Leases spread the partitions over the live masters (about N /
 masters each, at most ``partitions_per_host``) so each host serves a stable
-share: one script in the queue's home slot renews this master's leases,
-hands back what is over its share and takes free ones (partitions.lua). The
+share: one script in the queue's home slot renews this master's leases (a
+partition's lease is its holder's: one write a pass), hands back what is over
+its share and takes free ones (partitions.lua). The
 master calls it on its own clock; a SIGTERM'd master hands everything back at
 once; a dead master's leases lapse after ``lease`` and are taken on the next
 pass of another.
@@ -127,7 +128,7 @@ class PartitionLeases:
     def interval(self) -> float:
         """How often leases are renewed and rebalanced: a joining master gets its share, and a
         drained one's partitions are taken, within about two of these."""
-        return min(max(self.lease / 4, 0.25), 1.0)
+        return min(max(self.lease / 4, 0.25), 1.5)
 
     def keys(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
@@ -156,10 +157,12 @@ class PartitionLeases:
     def next_wakeup(self, now: float) -> float:
         return min((p.next_pass for p in self.queues.values()), default=now + 60.0)
 
-    def run(self, now: float) -> dict[str, list[int]]:
-        """Renews and rebalances the leases that are due; returns the partitions newly ours per
-        queue (to be looked at at once). Raises what Redis raises: the caller counts outages."""
+    def run(self, now: float) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """Renews and rebalances the leases that are due. Returns, per queue, the partitions
+        newly ours and the held ones producers touched since the last pass: both to be looked
+        at now. Raises what Redis raises: the caller counts outages."""
         gained: dict[str, list[int]] = {}
+        touched: dict[str, list[int]] = {}
         for part in self.queues.values():
             if now < part.next_pass:
                 continue
@@ -168,10 +171,12 @@ class PartitionLeases:
                 continue
             reply = run(self.redis, self.keys(part.queue).partition_leases(
                 self.master, int(self.lease * 1000), part.partitions, part.per_host or 0))[0]
-            got = self._read(part, reply)
+            got, poked = self._read(part, reply)
             if got:
                 gained[part.queue] = got
-        return gained
+            if poked:
+                touched[part.queue] = poked
+        return gained, touched
 
     def release_all(self, why: str) -> None:
         """Drain: hands every partition back now, so other masters take them within a pass
@@ -214,15 +219,18 @@ class PartitionLeases:
         part.registered = True
         return True
 
-    def _read(self, part: Partitioned, reply: Any) -> list[int]:
-        if not (isinstance(reply, list) and len(reply) >= 2 and all(isinstance(x, int) for x in reply[:2])):
+    def _read(self, part: Partitioned, reply: Any) -> tuple[list[int], list[int]]:
+        if not (isinstance(reply, list) and len(reply) >= 3 and all(isinstance(x, int) for x in reply[:2])):
             raise ValueError(f"unexpected reply to partition leases: {reply!r:.80}")
         live, n = reply[0], reply[1]
         mine = [int(p) for p in reply[2:2 + n]]
-        pairs = reply[2 + n:]
+        held = int(reply[2 + n])
+        pairs = reply[3 + n:3 + n + 2 * held]
+        touched = [int(p) for p in reply[3 + n + 2 * held:]]
         part.masters = live
         part.holders = {int(pairs[i]): pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
-        return part.apply(mine, f"{len(mine)} of {part.partitions} with {live} master(s)")
+        gained = part.apply(mine, f"{len(mine)} of {part.partitions} with {live} master(s)")
+        return gained, [p for p in touched if p in mine]
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {name: part.snapshot() for name, part in self.queues.items()}

@@ -252,8 +252,7 @@ class QueueKeys:
     def partition_leases(self, master: str, lease_ms: int, partitions: int, per_host: int,
                          release: bool = False) -> Call:
         h = self.home()
-        return Call("partitions", (h.key("holders"), h.key("holders:expiry"), h.key("masters"),
-                                   h.key("hint:")),
+        return Call("partitions", (h.key("holders"), h.key("masters"), h.key("hint:"), h.key("touched:")),
                     (master, lease_ms, partitions, per_host, "release" if release else "hold"))
 
     def hint(self, counts: Mapping[int, int]) -> Call:
@@ -261,7 +260,7 @@ class QueueKeys:
         args: list[Any] = []
         for p, n in counts.items():
             args += [p, n]
-        return Call("hint", (h.key("holders"), h.key("hint:")), args)
+        return Call("hint", (h.key("holders"), h.key("hint:"), h.key("touched:")), args)
 
 
 class NotReplicated(RuntimeError):

@@ -242,7 +242,7 @@ class Worker:
                 reply = self._settle_and_reserve(pending, lane=lane)
                 pending = None
                 if reply[0] != 1 and self.partitions:
-                    self.current = None  # this partition has nothing for us now: the next hint
+                    self._leave_partition()
                     continue
                 if reply[0] == 0:
                     self._wait_for_work(reply[1])
@@ -309,6 +309,16 @@ class Worker:
             return self.keys.part(self.current)
         self.current = None
         return None
+
+    def _leave_partition(self) -> None:
+        """Our partition has nothing for us now. The hints for it still queued are stale (we
+        took those jobs ourselves, or they are behind their key's head): dropped, or each
+        would cost an idle worker a wake-up and an empty reserve. A job enqueued in between
+        loses its hint, not its place: its partition is marked touched, and the master sends
+        an idle worker at its next lease pass."""
+        part, self.current = self.current, None
+        if part is not None:
+            self._redis_retry(lambda: self.redis.lrem(self.spec.hint_key, 0, str(part)))
 
     def _wait_for_hint(self) -> None:
         """Blocks on our master's hint list until a producer (or the master) names a partition

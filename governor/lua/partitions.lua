@@ -1,72 +1,80 @@
--- KEYS: holders (hash partition -> master), expiry (zset partition -> lease end ms),
---       masters (zset master -> lease end ms), hint lists' prefix
+-- KEYS: holders (hash partition -> master), masters (zset master -> lease end ms),
+--       hint lists' prefix, touched sets' prefix
 -- ARGV: master, lease_ms, partitions, per_host (0: no cap), mode ('hold' or 'release')
 -- One master's pass over a partitioned queue's leases, all in the queue's home slot so one
--- script sees every lease and every live master. 'hold' renews the master's own leases and
--- moves it toward its share: masters sorted by name, the first (partitions mod masters) take
--- one more than the rest, capped by per_host; over its share it hands the extra back, under
--- it takes free ones (a dead master's lapse after lease_ms). 'release' hands every one back
--- at once (drain). Leases balance load; they never guard order, which the per-key heads in
--- each partition keep whoever serves it.
--- Returns {live masters, n mine, mine..., then partition, holder pairs for every held one}.
+-- script sees every lease and every live master. A partition's lease is its holder's: a
+-- master renews all of its partitions by renewing itself (one write a pass, however many
+-- it holds), and when it stops renewing, every partition it held is free once its lease
+-- ends. 'hold' moves the master toward its share: masters sorted by name, the first
+-- (partitions mod masters) take one more than the rest, capped by per_host; over its share
+-- it hands the extra back, under it takes free ones. 'release' hands every one back at once
+-- (drain). Leases balance load; they never guard order, which the per-key heads in each
+-- partition keep whoever serves it.
+-- Returns {live masters, n mine, mine..., n held, (partition, holder) per held partition,
+--          then the partitions producers touched since the last pass (to look at now)}.
 local now = now_ms()
 local me, lease, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local cap, mode = tonumber(ARGV[4]), ARGV[5]
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
-for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', fmt(now))) do
-  redis.call('ZREM', KEYS[2], p)
-  redis.call('HDEL', KEYS[1], p)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
+if mode == 'release' then
+  redis.call('ZREM', KEYS[2], me)
+else
+  redis.call('ZADD', KEYS[2], fmt(now + lease), me)
 end
+local masters = redis.call('ZRANGE', KEYS[2], 0, -1)
+local alive = {}
+for _, m in ipairs(masters) do alive[m] = true end
 local flat = redis.call('HGETALL', KEYS[1])
 local holder = {}
-for i = 1, #flat, 2 do holder[tonumber(flat[i])] = flat[i + 1] end
+for i = 1, #flat, 2 do
+  local p = tonumber(flat[i])
+  if p and p < n and alive[flat[i + 1]] then holder[p] = flat[i + 1] end  -- else its lease is over
+end
 local mine, free = {}, {}
 for p = 0, n - 1 do
   if holder[p] == me then table.insert(mine, p)
   elseif not holder[p] then table.insert(free, p) end
 end
-local function drop(p)
-  redis.call('HDEL', KEYS[1], tostring(p))
-  redis.call('ZREM', KEYS[2], tostring(p))
-  holder[p] = nil
-end
-local live = 0
-if mode == 'release' then
-  for _, p in ipairs(mine) do drop(p) end
-  mine = {}
-  redis.call('ZREM', KEYS[3], me)
-  redis.call('DEL', KEYS[4] .. me)
-  live = redis.call('ZCARD', KEYS[3])
-else
-  redis.call('ZADD', KEYS[3], fmt(now + lease), me)
-  local masters = redis.call('ZRANGE', KEYS[3], 0, -1)
+local target = 0
+if mode ~= 'release' then
   table.sort(masters)
-  live = #masters
   local rank = 0
   for i, m in ipairs(masters) do if m == me then rank = i - 1 end end
-  local target = math.floor(n / live) + ((rank < n % live) and 1 or 0)
+  target = math.floor(n / #masters) + ((rank < n % #masters) and 1 or 0)
   if cap > 0 then target = math.min(target, cap) end
-  while #mine > target do drop(table.remove(mine)) end
-  local i = 1
-  while #mine < target and free[i] do
-    table.insert(mine, free[i])
-    holder[free[i]] = me
-    i = i + 1
-  end
-  table.sort(mine)
-  for _, p in ipairs(mine) do
-    redis.call('HSET', KEYS[1], tostring(p), me)
-    redis.call('ZADD', KEYS[2], fmt(now + lease), tostring(p))
-  end
-  -- the hint list of a master that stopped renewing goes with its leases
-  redis.call('PEXPIRE', KEYS[4] .. me, fmt(lease * 2))
 end
-local out = {live, #mine}
+while #mine > target do
+  local p = table.remove(mine)
+  redis.call('HDEL', KEYS[1], tostring(p))
+  holder[p] = nil
+end
+local i = 1
+while #mine < target and free[i] do
+  redis.call('HSET', KEYS[1], tostring(free[i]), me)
+  holder[free[i]] = me
+  table.insert(mine, free[i])
+  i = i + 1
+end
+table.sort(mine)
+local touched = {}
+if mode == 'release' then
+  redis.call('DEL', KEYS[3] .. me, KEYS[4] .. me)
+else
+  touched = redis.call('SMEMBERS', KEYS[4] .. me)
+  if #touched > 0 then redis.call('DEL', KEYS[4] .. me) end
+  -- the hint list of a master that stopped renewing goes away with its leases
+  redis.call('PEXPIRE', KEYS[3] .. me, fmt(lease * 2))
+end
+local out = {#masters, #mine}
 for _, p in ipairs(mine) do table.insert(out, p) end
+local held = {}
 for p = 0, n - 1 do
   if holder[p] then
-    table.insert(out, p)
-    table.insert(out, holder[p])
+    table.insert(held, p)
+    table.insert(held, holder[p])
   end
 end
+table.insert(out, #held / 2)
+for _, v in ipairs(held) do table.insert(out, v) end
+for _, p in ipairs(touched) do table.insert(out, tonumber(p)) end
 return out
