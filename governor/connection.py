@@ -121,6 +121,7 @@ def ride_out_failover(call: Callable[[], T], window: float,
                 raise
             left = deadline - time.monotonic()
             if left <= 0:
+                refresh()  # so the caller's next try asks the right node
                 if isinstance(exc, redis.RedisError):
                     raise
                 raise ClusterUnavailable(str(exc)) from exc
@@ -264,7 +265,11 @@ class FailoverPipeline(ClusterPipeline):
             nonlocal first
             if not first:
                 for args, options in queued:
-                    strategy.execute_command(*args, **dict(options))
+                    options = dict(options)
+                    if "target_nodes" in options and str(args[0]).upper() in ("EVAL", "EVALSHA"):
+                        # routed by its first key: to whichever node serves that slot now
+                        options["target_nodes"] = self.get_node_from_key(args[3])
+                    strategy.execute_command(*args, **options)
             first = False
             return ClusterPipeline.execute(self, raise_on_error)
 

@@ -282,11 +282,10 @@ class Housekeeper:
                 if w.state is State.STOPPING:
                     continue
                 job = self.board.read(w.slot)[0] if w.slot >= 0 else 0
-                if w.job is None and pool.config.partitions:
-                    continue  # its 'start' (naming the partition) not read yet: a lease just taken
                 if job or w.job is not None:
-                    # a worker reserves from one partition at a time: its lease is where its job is
-                    part = w.job.partition if w.job is not None else None
+                    # a worker reserves from one partition at a time: its lease is where its job
+                    # is, as the worker wrote it with the job (a 'start' message may lag behind)
+                    part = self.board.partition(w.slot) if job else (w.job.partition if w.job else None)
                     by_lane.setdefault((pool.name, part), []).append((w, job))
         calls, batches = [], []
         for (name, part), holders in by_lane.items():

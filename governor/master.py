@@ -66,6 +66,12 @@ def _watchdog_interval() -> float:
     return int(usec) / 2e6
 
 
+def _likely_first(known: int | None, lanes: list[int | None]) -> tuple[int | None, ...]:
+    """Where a dead worker's lease may be: the partition of its last known job first, then
+    every other (it may have taken a job since that we did not hear of)."""
+    return tuple(sorted(lanes, key=lambda p: p != known))
+
+
 def _settings_key(q: QueueConfig, cfg: Config) -> Any:
     """What a worker was forked with; when this changes, its workers are replaced."""
     return (q.settings, cfg.app, cfg.lease, cfg.redis, rules_for(cfg.redis.prefix, q, _limiters(cfg)))
@@ -686,8 +692,8 @@ class Master:
                                  mode="requeue" if reason == "shutdown" else "retry",
                                  seconds=seconds, known=known, max_retries=max_retries,
                                  detail={k: v for k, v in detail.items() if v is not None},
-                                 partitions=(wp.job.partition,) if wp.job and wp.job.partition is not None
-                                 else tuple(all_lanes(pool.config)) if pool else (None,)))
+                                 partitions=_likely_first(wp.job.partition if wp.job else None,
+                                                          all_lanes(pool.config) if pool else [None])))
         # Crash-loop backoff is for workers that die before taking a job (a broken import, a
         # bad deploy). One that died running a job is that job's fault: the job is charged
         # (retried, then dead-lettered as a poison job) and the worker replaced at once.
@@ -720,7 +726,9 @@ class Master:
                 log.error("%s", exc)
         if self.house.redis_ok and not self.stopping:
             try:
-                gained, touched = self.partitions.run(now)
+                serving = {name for name, p in self.pools.items()
+                           if any(w.state in (State.IDLE, State.BUSY) for w in p)}
+                gained, touched = self.partitions.run(now, serving)
                 for queue, parts in gained.items():
                     self.house.look_now(queue, parts, fresh=True)
                 for queue, parts in touched.items():

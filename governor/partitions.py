@@ -80,6 +80,7 @@ class Partitioned:
     registered: bool = False  # the partition count is in Redis (and agrees with ours)
     error: str | None = None  # why we serve nothing (the count in Redis differs)
     next_pass: float = 0.0
+    joined: bool = False  # counted among the queue's live masters (a hold pass went through)
 
     def held(self) -> list[int]:
         return sorted(p for p, s in self.state.items() if s is LeaseState.HELD)
@@ -157,8 +158,10 @@ class PartitionLeases:
     def next_wakeup(self, now: float) -> float:
         return min((p.next_pass for p in self.queues.values()), default=now + 60.0)
 
-    def run(self, now: float) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-        """Renews and rebalances the leases that are due. Returns, per queue, the partitions
+    def run(self, now: float, serving: set[str]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """Renews and rebalances the leases that are due. ``serving``: the queues whose pool
+        has a worker ready; a pool with none (backing off, a broken deploy) hands its
+        partitions to hosts that can run their jobs. Returns, per queue, the partitions
         newly ours and the held ones producers touched since the last pass: both to be looked
         at now. Raises what Redis raises: the caller counts outages."""
         gained: dict[str, list[int]] = {}
@@ -168,9 +171,14 @@ class PartitionLeases:
                 continue
             part.next_pass = now + self.interval
             if not part.registered and not self._register(part):
+                continue  # (producers need the count even before our workers are up)
+            if part.queue not in serving:
+                self._release(part, "no worker ready to take its jobs")
+                part.next_pass = now + 0.1  # (no Redis call while we hold nothing)
                 continue
             reply = run(self.redis, self.keys(part.queue).partition_leases(
                 self.master, int(self.lease * 1000), part.partitions, part.per_host or 0))[0]
+            part.joined = True
             got, poked = self._read(part, reply)
             if got:
                 gained[part.queue] = got
@@ -185,26 +193,38 @@ class PartitionLeases:
             self._release(part, why)
 
     def _release(self, part: Partitioned, why: str) -> None:
-        if not part.held():
+        """Hands every partition back and leaves the queue's live masters (also holding none:
+        counted as live, we would hold the others' shares down until our lease ran out)."""
+        if not part.joined:
             return
         try:
             run(self.redis, self.keys(part.queue).partition_leases(
                 self.master, int(self.lease * 1000), part.partitions, 0, release=True))
+            part.joined = False
         except redis.RedisError as exc:
             log.warning("queue %s: could not hand partitions back (%s); they lapse after the lease",
                         part.queue, exc)
         part.apply([], why)
-        part.next_pass = float("inf")  # never taken again by this master
 
     def _register(self, part: Partitioned) -> bool:
         """Writes the partition count for producers (``Client.enqueue(key=...)``) and refuses to
         serve a queue whose count in Redis differs: moving keys between partitions would let a
         key's later job overtake an earlier one."""
-        key = self.keys(part.queue).partitions_key
+        home = self.keys(part.queue)
+        key = home.partitions_key
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(key, part.partitions, nx=True)
         pipe.get(key)
-        _, stored = pipe.execute()
+        pipe.zcard(home.waiting)
+        pipe.zcard(home.delayed)
+        _, stored, *stray = pipe.execute()
+        if sum(stray):
+            # enqueued without a key before any master had marked the queue partitioned (or
+            # while it was not): no worker of a partitioned queue looks there
+            log.error("queue %s: %d job(s) sit in the queue's unpartitioned keys, where no worker "
+                      "of a partitioned queue takes them (enqueued without a key before a master "
+                      "had started the partitioned queue); re-enqueue them with keys", part.queue,
+                      sum(stray), extra=fields(queue=part.queue, reason="stray_jobs"))
         if stored is not None and int(stored) != part.partitions:
             if part.error is None:
                 part.error = (f"Redis holds {int(stored)} partitions for queue {part.queue!r} and the "

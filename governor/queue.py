@@ -108,9 +108,13 @@ def _execute(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
         except redis.exceptions.NoScriptError as exc:
             return [exc]
     pipe = client.pipeline(transaction=False)
+    cluster = is_cluster(client)
     for c in calls:
-        # (execute_command: a Cluster pipeline refuses .evalsha, and routes this by its first key)
-        pipe.execute_command("EVALSHA", _SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)
+        # execute_command: a Cluster pipeline refuses .evalsha; and there it is sent to the
+        # node of its first key, named here: else redis-py asks a node (COMMAND GETKEYS) for
+        # every script of every pipeline, one round trip each, before sending it
+        route = {"target_nodes": client.get_node_from_key(c.keys[0])} if cluster else {}
+        pipe.execute_command("EVALSHA", _SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args, **route)
     return pipe.execute(raise_on_error=False)
 
 

@@ -93,11 +93,19 @@ class Scoreboard:
 
     def clear(self, slot: int) -> None:
         _SLOT.pack_into(self.mm, self._at(slot), 0, 0.0, 0.0)
+        struct.pack_into("=q", self.mm, self._at(slot) + _SLOT.size, -1)
 
-    def begin(self, slot: int, job: int, deadline: float) -> None:
-        """The worker got job number ``job`` (> 0), leased until at least ``deadline``."""
+    def begin(self, slot: int, job: int, deadline: float, partition: int = -1) -> None:
+        """The worker got job number ``job`` (> 0), leased until at least ``deadline``, in
+        ``partition`` of a partitioned queue (-1: none), where its lease is renewed."""
         struct.pack_into("=d", self.mm, self._at(slot) + 8, deadline)  # before the job number:
-        struct.pack_into("=q", self.mm, self._at(slot), job)  # a reader of the job sees its deadline
+        struct.pack_into("=q", self.mm, self._at(slot) + _SLOT.size, partition)  # a reader of the
+        struct.pack_into("=q", self.mm, self._at(slot), job)  # job sees its deadline and partition
+
+    def partition(self, slot: int) -> int | None:
+        """The partition of the job in the slot (written with it), or None."""
+        part = struct.unpack_from("=q", self.mm, self._at(slot) + _SLOT.size)[0]
+        return part if part >= 0 else None
 
     def end(self, slot: int) -> None:
         """The handler returned: nothing of the job runs any more (its settle is fenced)."""

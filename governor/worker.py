@@ -57,6 +57,7 @@ _IDLE_WAIT_MAX = 30.0  # seconds a blocked idle worker waits before re-checking 
 _MAX_TRACEBACK = 16 * 1024
 _OURS = FORWARDED_SIGNALS | {signal.SIGALRM, signal.SIGCHLD}  # unblocked again after every job
 _REAP_EVERY = 64  # jobs between two looks for adopted zombies (and before every idle wait)
+_TURN = 16  # jobs in a row a worker takes from one partition before it lets others have a turn
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class Worker:
         self.keys = QueueKeys(spec.prefix, spec.queue.name)
         self.partitions = spec.queue.partitions if spec.held is not None else None
         self.current: int | None = None  # the partition we reserve from (partitioned queues)
+        self._in_a_row = 0  # jobs taken from it since we came to it
         self.job_keys = self.keys  # where the job we run lives: its settle goes there
         self.registry = HandlerRegistry(spec.app.handlers)
         self.settings = spec.queue.settings
@@ -305,10 +307,31 @@ class Worker:
         while our master still holds it."""
         if not self.partitions:
             return self.keys
+        if self.current is not None and self._in_a_row >= _TURN:
+            self._take_turns()
         if self.current is not None and self.spec.held.held(self.current):
             return self.keys.part(self.current)
         self.current = None
         return None
+
+    def _take_turns(self) -> None:
+        """A busy partition must not starve the others this worker could serve: after a run
+        of jobs from it, it goes to the back of the hint list and the oldest hint is next (our
+        own partition again when nobody else waits)."""
+        part = str(self.current)
+
+        def rotate() -> Any:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.rpush(self.spec.hint_key, part)
+            pipe.lpop(self.spec.hint_key)
+            return pipe.execute()[1]
+
+        self._in_a_row = 0
+        nxt = self._redis_retry(rotate)
+        try:
+            self.current = int(nxt) if nxt is not None else None
+        except ValueError:
+            self.current = None
 
     def _leave_partition(self) -> None:
         """Our partition has nothing for us now. The hints for it still queued are stale (we
@@ -342,10 +365,12 @@ class Worker:
             except ValueError:
                 return
             if 0 <= part < self.partitions and self.spec.held.held(part):
-                self.current = part
+                self.current, self._in_a_row = part, 0
 
     def _connect(self) -> redis.Redis:
-        return connect(self.spec.redis_url, socket_timeout=None, tls=self.spec.tls,
+        # No command of ours takes longer than the longest idle wait: a Redis (or a Cluster
+        # primary) that hangs without closing the socket is given up on, not waited for forever.
+        return connect(self.spec.redis_url, socket_timeout=_IDLE_WAIT_MAX + 5.0, tls=self.spec.tls,
                        name=f"governor-worker-{self.spec.queue.name}-{self.spec.index}")
 
     # -- recycling ------------------------------------------------------------
@@ -401,10 +426,12 @@ class Worker:
             reply = list(reply)
             reply.append(token)
             self.job_keys = lane
+            self._in_a_row += 1
             if self.spec.board is not None:
                 # the sentry freezes this job's tree if no renewal is confirmed by then
                 self.spec.board.begin(self.spec.slot, self.jobs_run + 1, sent + self.lease_ms / 1000.0
-                                      - margin(self.spec.lease))
+                                      - margin(self.spec.lease),
+                                      -1 if lane.partition is None else lane.partition)
         return reply
 
     def _wait_replicas(self, settle: Call) -> None:

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import pytest
 import redis
+import yaml
 
 from governor.queue import partition_of
 
@@ -242,3 +243,70 @@ def test_unique_key_is_held_by_a_job_queued_behind_its_key(redis_server):
     assert again == second, "a second job was queued under a unique key already held"
     assert client.counts("ordered")["waiting"] == 2
     assert first != second
+
+
+def keys_in(partition: int, n: int, partitions: int, prefix: str = "k") -> list[str]:
+    return [k for k in (f"{prefix}{i}" for i in range(100_000)) if partition_of(k, partitions) == partition][:n]
+
+
+def test_a_busy_partition_does_not_starve_the_others(tmp_path, redis_server):
+    """One worker, a backlog in partition 0: a job of partition 1 still gets its turn long
+    before the backlog is done (a worker takes turns between the partitions it serves)."""
+    fleet = Fleet(tmp_path, redis_server.url)
+    g = fleet.master("a", {"ordered": {"concurrency": 1, "partitions": 4}})
+    try:
+        g.start()
+        hot = keys_in(0, 20, 4, "hot")
+        g.client.enqueue_many("ordered", [{"handler": "parttasks:ordered", "args": [k, s, 0.01], "key": k}
+                                          for s in range(10) for k in hot])
+        wait_for(lambda: fleet.lines("order"), 10, "the backlog to start")
+        cold = keys_in(1, 1, 4, "cold")[0]
+        g.client.enqueue("ordered", "parttasks:ordered", cold, 0, key=cold)
+        wait_for(lambda: ends(fleet) >= 201, 30, "every job")
+        starts = [e for e in sorted(fleet.lines("order"), key=lambda e: float(e[4])) if e[0] == "start"]
+        position = next(i for i, e in enumerate(starts) if e[1] == cold)
+        assert position < 60, f"the cold partition's job waited for {position} jobs of the hot one"
+    finally:
+        fleet.stop()
+
+
+def test_a_host_that_cannot_start_workers_holds_no_partitions(tmp_path, redis_server):
+    """A broken deploy on one host (its workers die at import) must not strand its share of
+    the partitions: the healthy host serves them all."""
+    fleet = Fleet(tmp_path, redis_server.url)
+    queues = {"ordered": {"concurrency": 2, "partitions": 8}}
+    broken = fleet.master("broken", queues)
+    cfg = yaml.safe_load(broken.config_path.read_text())
+    cfg["app"]["imports"] = ["no_such_module_anywhere"]
+    broken.config_path.write_text(yaml.safe_dump(cfg))
+    good = fleet.master("good", queues)
+    try:
+        broken.start(wait=False)
+        good.start()
+        keys = {f"k{i}": 3 for i in range(16)}
+        good.client.enqueue_many("ordered", [{"handler": "parttasks:ordered", "args": [k, s], "key": k}
+                                             for s in range(3) for k in keys])
+        wait_for(lambda: ends(fleet) >= 48, 20, "every job, on the healthy host")
+        check_order(fleet, keys)
+        assert set(held_by_pid(fleet, "ordered")) == {good.proc.pid}
+        assert "backing off" in broken.log() or "respawning" in broken.log()
+    finally:
+        fleet.stop()
+
+
+def test_a_drained_master_holding_nothing_leaves_at_once(tmp_path, redis_server):
+    """A master that holds no partition (more masters than partitions) still leaves the live
+    masters when drained: the others' shares grow at their next pass, not after the lease."""
+    fleet = Fleet(tmp_path, redis_server.url)
+    queues = {"ordered": {"concurrency": 1, "partitions": 2}}
+    masters = [fleet.master(n, queues).start() for n in ("a", "b", "c")]
+    try:
+        r = redis.Redis.from_url(fleet.redis_url)
+        key = f"{{{fleet.prefix}:ordered}}:masters"
+        wait_for(lambda: r.zcard(key) == 3 and len(holders(fleet, "ordered")) == 2, 10, "three live masters")
+        idle = next(g for g in masters if g.proc.pid not in held_by_pid(fleet, "ordered"))
+        idle.signal(signal.SIGTERM)
+        wait_for(lambda: r.zcard(key) == 2, 2.0, "the drained master to leave")
+        assert idle.wait_exit() == 0
+    finally:
+        fleet.stop()
