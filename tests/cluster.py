@@ -358,10 +358,11 @@ def _cluster_state_ok(client: redis.Redis) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """One cluster for the whole session, for tests that read and write; a test that kills or
-    restarts nodes takes ``private_cluster`` instead. Starting takes about 2 s, most of it
+    """One cluster per test module, for tests that read and write (stopped after the module:
+    six idle servers would otherwise weigh on the timing of every later test); a test that
+    kills or restarts nodes takes ``private_cluster`` instead. Starting takes about 2 s, most of it
     Redis holding a new primary back (2 s from its start) before it serves."""
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
     try:
