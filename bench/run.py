@@ -45,10 +45,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from governor import Client, control  # noqa: E402
-from governor.connection import connect  # noqa: E402
-from governor.housekeeping import TICK_IDLE_PARTITION  # noqa: E402
-from governor.queue import run  # noqa: E402
+from governor import Client  # noqa: E402
+from governor.ops import control  # noqa: E402
+from governor.protocol.connection import connect  # noqa: E402
+from governor.protocol.queue import run  # noqa: E402
+from governor.supervise.housekeeping import TICK_IDLE_PARTITION  # noqa: E402
 
 GROUPS = ("core", "partitions", "cluster")
 PARTITIONS = 16  # the partitioned drain's and pickup's queue
@@ -65,7 +66,7 @@ def _redis():
     if _conn is None:
         url = os.environ["BENCH_REDIS_URL"]
         if "+cluster://" in url:
-            from governor.connection import connect
+            from governor.protocol.connection import connect
             _conn = connect(url)
         else:
             _conn = redis.Redis.from_url(url)

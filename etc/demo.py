@@ -25,11 +25,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")
     args = parser.parse_args()
 
-    from governor import control
     from governor.cli import gather_status, render_status
     from governor.config import load_config
-    from governor.connection import resolve_url
-    from governor.queue import Client
+    from governor.ops import control
+    from governor.protocol.connection import resolve_url
+    from governor.protocol.queue import Client
 
     cfg = load_config(CONFIG)
     master = subprocess.Popen([sys.executable, "-m", "governor", "run", "-c", CONFIG],

@@ -35,7 +35,6 @@ def hog(mb=300):
 def stuck(seconds=30):
     """Ignores its soft time limit and overruns the hard one: the master kills it (timeout_hard)."""
     from governor import SoftTimeLimitExceeded
-
     try:
         time.sleep(seconds)
     except SoftTimeLimitExceeded:

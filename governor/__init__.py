@@ -2,8 +2,8 @@
 
 from governor.context import JobContext, current_job
 from governor.errors import SoftTimeLimitExceeded
-from governor.limits import RateLimited, limit
-from governor.queue import Client
+from governor.protocol.limits import RateLimited, limit
+from governor.protocol.queue import Client
 
 __all__ = ["Client", "JobContext", "RateLimited", "SoftTimeLimitExceeded", "__version__", "current_job",
            "limit"]

@@ -19,9 +19,9 @@ import redis
 import yaml
 
 from governor.config import Config, ConfigError, load_config, mask_url
-from governor.connection import RedisUnavailable, resolve_url
-from governor.limits import rules_for, usage
-from governor.queue import DEFAULT_PRIORITY, Client, NotReplicated
+from governor.protocol.connection import RedisUnavailable, resolve_url
+from governor.protocol.limits import rules_for, usage
+from governor.protocol.queue import DEFAULT_PRIORITY, Client, NotReplicated
 from governor.units import format_duration, format_size
 
 DEFAULT_CONFIG = os.environ.get("GOVERNOR_CONFIG", "/etc/governor/governor.yaml")
@@ -41,9 +41,9 @@ def _load(path: str, find_master: bool = False) -> Config:
     if find_master and not cfg.explicit_state_dir:
         # an operator's shell lacks the service's RUNTIME_DIRECTORY: look where a master would be
         from governor.config import state_dir_candidates
-        from governor.connection import EMBEDDED_SOCKET
-        from governor.control import SOCKET_NAME
-        from governor.statedir import trusted
+        from governor.ops.control import SOCKET_NAME
+        from governor.protocol.connection import EMBEDDED_SOCKET
+        from governor.supervise.statedir import trusted
 
         candidates = state_dir_candidates(cfg.source)
         for candidate in candidates:
@@ -73,7 +73,7 @@ def _client(cfg: Config) -> Client:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from governor.log import setup_logging
-    from governor.master import Master
+    from governor.supervise.master import Master
 
     cfg = _load(args.config)
     setup_logging(cfg.log, args.log_level)
@@ -179,8 +179,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 def gather_status(cfg: Config) -> dict[str, Any]:
     """Queues from Redis and, when a master runs, its pools and workers from the control socket."""
-    from governor import control
-
+    from governor.ops import control
     out: dict[str, Any] = {"config": cfg.source, "master": None, "pools": [], "queues": {}}
     try:
         live = control.request(cfg.state_dir, "status")

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from governor import redisurl
 from governor.units import format_duration, format_size, parse_duration, parse_size
 
 
@@ -237,8 +238,6 @@ def mask_url(url: str) -> str:
 
     Rendered from the same parse that connects (governor.redisurl), so the two cannot
     disagree about where a password ends."""
-    from governor import redisurl
-
     return redisurl.mask(url)
 
 
@@ -565,10 +564,6 @@ def _partitioning(q: _Section, limited: bool) -> tuple[int | None, int | None]:
     return partitions, per_host
 
 
-def _is_cluster(url: str) -> bool:
-    return url.startswith(("redis+cluster://", "rediss+cluster://"))
-
-
 def _named_limiters(raw: Any, env: Mapping[str, str]) -> dict[str, tuple[RateLimit, ...]]:
     """The top-level ``limiters:``: name -> limits, shared by queues and ``governor.limit()``."""
     if raw is None:
@@ -700,8 +695,6 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     )
     red.done()
     if not redis.embedded:
-        from governor import redisurl
-
         try:
             redisurl.parse(redis.url)  # what check accepts, redis-py reads the same way
         except redisurl.RedisURLError as exc:
@@ -752,7 +745,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
         settings = _settings(q, defaults)
         rate_limits, q_limiters, global_concurrency = _queue_limits(q, named_limiters)
         partitions, per_host = _partitioning(q, bool(rate_limits or q_limiters or global_concurrency))
-        if q_limiters and _is_cluster(redis.url):
+        if q_limiters and redisurl.is_cluster(redis.url):
             raise ConfigError(q.sub("limiters"), "on Redis Cluster a queue's starts cannot count against a "
                                                  "named limiter (it lives in another slot than the queue): "
                                                  "give the queue its own rate_limit, or call "

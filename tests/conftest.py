@@ -26,7 +26,8 @@ import pytest
 import redis
 import yaml
 
-from governor import Client, control
+from governor import Client
+from governor.ops import control
 
 
 def free_port() -> int:
@@ -316,7 +317,7 @@ class Governor:
         alive = []
         for c in psutil.Process(self.proc.pid).children():
             try:
-                cmd = " ".join(c.cmdline())  # not its Redis, nor its sentry (governor/proctree.py)
+                cmd = " ".join(c.cmdline())  # not its Redis, nor its sentry (governor/supervise/proctree.py)
                 if c.status() != psutil.STATUS_ZOMBIE and "redis-server" not in cmd and "proctree.py" not in cmd:
                     alive.append(c)
             except psutil.NoSuchProcess:

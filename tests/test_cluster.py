@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from governor.queue import partition_of
+from governor.protocol.queue import partition_of
 
 from conftest import Governor, wait_for
 

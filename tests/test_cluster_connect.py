@@ -18,7 +18,7 @@ import redis
 
 from governor import redisurl
 from governor.config import ConfigError, TlsConfig, mask_url, parse_config
-from governor.connection import (
+from governor.protocol.connection import (
     ClusterUnavailable,
     connect,
     disconnect,
@@ -26,7 +26,7 @@ from governor.connection import (
     is_transient,
     socket_fds,
 )
-from governor.queue import Client, run
+from governor.protocol.queue import Client, run
 
 from conftest import free_port
 

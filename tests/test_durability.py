@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from governor import Client
-from governor.queue import NotReplicated
+from governor.protocol.queue import NotReplicated
 
 from conftest import RedisServer, wait_for
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from governor.handlers import HandlerError, HandlerRegistry, Payload
+from governor.supervise.handlers import HandlerError, HandlerRegistry, Payload
 
 
 @pytest.fixture

@@ -360,7 +360,7 @@ def test_a_record_with_1e999_does_not_strand_its_job(governor):
 # -- weaknesses -------------------------------------------------------------------------------
 
 def test_a_dead_hosts_job_on_an_idle_queue_comes_back_at_its_lease(governor):
-    from governor.queue import run
+    from governor.protocol.queue import run
 
     governor.start({"w": {"concurrency": 0}}, lease="2s")
     time.sleep(1.2)  # the master has looked at the empty queue: its next idle tick is due later

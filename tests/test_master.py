@@ -201,7 +201,7 @@ def test_workers_die_with_the_master_and_carry_a_telling_title(governor):
 
 
 def test_a_dead_hosts_job_comes_back_when_its_lease_expires(governor):
-    from governor.queue import run
+    from governor.protocol.queue import run
 
     c = governor.client
     job = c.enqueue("work", "tasks:record", "orphan")

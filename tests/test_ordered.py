@@ -17,7 +17,7 @@ import pytest
 import redis
 import yaml
 
-from governor.queue import partition_of
+from governor.protocol.queue import partition_of
 
 from conftest import wait_for
 from fleet import LEASE, Fleet
@@ -233,7 +233,6 @@ def test_status_shows_holders_and_unheld_partitions(tmp_path, redis_server):
 def test_unique_key_is_held_by_a_job_queued_behind_its_key(redis_server):
     """A job waiting behind its ordering key's head still holds its unique key."""
     from governor import Client
-
     client = Client.from_url(redis_server.url, prefix="uq")
     client.redis.set(client.keys("ordered").partitions_key, 4)  # as the queue's first master does
     first = client.enqueue("ordered", "m:f", key="acct-1")

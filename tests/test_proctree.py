@@ -13,7 +13,7 @@ import time
 import psutil
 import yaml
 
-from governor import proctree
+from governor.supervise import proctree
 
 from conftest import wait_for
 
@@ -273,7 +273,7 @@ def test_a_clean_stop_leaves_no_sentry_behind(governor):
 # session of its own, handed to the sentry while the test holds the sentry stopped; then it dies.
 FAKE_MASTER = """
 import os, signal, subprocess, sys, time
-from governor import proctree
+from governor.supervise import proctree
 records = sys.argv[1]
 sentry = proctree.Sentry()
 assert sentry.start() is None

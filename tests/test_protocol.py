@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from governor.queue import FailOutcome, QueueKeys, Reserved, run
+from governor.protocol.queue import FailOutcome, QueueKeys, Reserved, run
 
 
 def reserve(client, queue, worker="w1", token="t1", lease_ms=60_000):
@@ -117,7 +117,7 @@ def test_done_records_expire_after_ttl(client):
 
 
 def test_lease_lookup_and_renewal(client):
-    from governor.queue import lease_of
+    from governor.protocol.queue import lease_of
 
     keys = client.keys("q")
     job_id = client.enqueue("q", "m:f")
@@ -136,7 +136,7 @@ def test_idle_worker_blocks_until_enqueue(client, redis_server):
     woke = []
 
     def waiter():
-        from governor.connection import connect
+        from governor.protocol.connection import connect
         conn = connect(redis_server.url, socket_timeout=None)
         woke.append(conn.blpop([keys.wake], timeout=5))
 

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from governor import control
+from governor.ops import control
 
 from conftest import free_port, wait_for
 
@@ -200,7 +200,7 @@ def test_control_replies_one_json_document_to_one_line(governor):
 
 EMFILE_SCRIPT = textwrap.dedent('''
     import json, os, resource, selectors, socket, time
-    from governor.httpd import HttpServer
+    from governor.ops.httpd import HttpServer
 
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     selector = selectors.DefaultSelector()

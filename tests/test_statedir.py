@@ -17,7 +17,7 @@ import psutil
 import pytest
 import yaml
 
-from governor import control
+from governor.ops import control
 
 from conftest import wait_for
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from governor import Client
-from governor.queue import FailOutcome, Reserved, run
+from governor.protocol.queue import FailOutcome, Reserved, run
 
 from conftest import free_port, wait_for
 from fleet import Fleet

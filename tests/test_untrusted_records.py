@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from governor.queue import QueueKeys, Reserved, lease_of, run
+from governor.protocol.queue import QueueKeys, Reserved, lease_of, run
 
 
 def _reserve(client, queue, worker="w1", token="t1", lease_ms=60_000):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from governor.serving import Server
+from governor.ops.serving import Server
 
 Handler = Callable[[], tuple[int, str, bytes]]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}

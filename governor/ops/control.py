@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from governor.serving import Server
+from governor.ops.serving import Server
 
 SOCKET_NAME = "control.sock"
 

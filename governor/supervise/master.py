@@ -24,29 +24,29 @@ from typing import Any
 
 import redis
 
-from governor import channel, fdbudget, proctree, statedir, worker
 from governor.config import Config, ConfigError, QueueConfig, load_config, mask_url
-from governor.connection import connect, is_cluster, resolve_url, socket_fds
-from governor.control import ControlServer
-from governor.embedded import EmbeddedRedis
-from governor.governance import (
+from governor.identity import worker_id
+from governor.log import fields
+from governor.ops.control import ControlServer
+from governor.ops.httpd import HttpServer
+from governor.ops.metrics import CONTENT_TYPE, Metrics
+from governor.ops.systemd import Notifier
+from governor.protocol.connection import connect, is_cluster, resolve_url, socket_fds
+from governor.protocol.limits import rules_for
+from governor.protocol.queue import run
+from governor.supervise import channel, fdbudget, proctree, statedir, worker
+from governor.supervise.embedded import EmbeddedRedis
+from governor.supervise.governance import (
     enforce_hard_deadlines,
     jittered_limits,
     max_concurrent_recycles,
     sample_memory,
 )
-from governor.housekeeping import GARBLED, Housekeeper, LostJob, all_lanes
-from governor.httpd import HttpServer
-from governor.identity import worker_id
-from governor.limits import rules_for
-from governor.log import fields
-from governor.metrics import CONTENT_TYPE, Metrics
-from governor.partitions import PartitionLeases
-from governor.pool import Pool
-from governor.process import State, WorkerProcess, describe_exit
-from governor.queue import run
-from governor.scoreboard import Scoreboard, margin
-from governor.systemd import Notifier
+from governor.supervise.housekeeping import GARBLED, Housekeeper, LostJob, all_lanes
+from governor.supervise.partitions import PartitionLeases
+from governor.supervise.pool import Pool
+from governor.supervise.process import State, WorkerProcess, describe_exit
+from governor.supervise.scoreboard import Scoreboard, margin
 
 log = logging.getLogger("governor.master")
 

@@ -103,7 +103,7 @@ def bind(client: Any, prefix: str, limiters: Mapping[str, Sequence[Any]]) -> Non
 def limit(name: str) -> None:
     """Takes one start from the named limiter (``limiters:`` in the YAML), fleet-wide, or raises
     ``RateLimited(retry_after)``. Call it right before the rate-limited call (an API request)."""
-    from governor.queue import Call, run
+    from governor.protocol.queue import Call, run
 
     if _binding is None:
         raise RuntimeError("governor.limit() works inside a handler run by a governor worker")

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from governor.proctree import kill_tree
+from governor.supervise.proctree import kill_tree
 
 
 class State(str, enum.Enum):

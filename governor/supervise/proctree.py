@@ -246,7 +246,7 @@ class Sentry:
     def start(self, board_fd: int = -1, check: float = 1.0) -> str | None:
         """Starts a sentry and waits (``SENTRY_START`` at most) until it is watching the master;
         returns None when it is, or why not. ``board_fd`` is the scoreboard's memfd: the sentry
-        then also freezes a worker whose lease deadline passed (see governor/scoreboard.py),
+        then also freezes a worker whose lease deadline passed (see governor/supervise/scoreboard.py),
         looking at least every ``check`` seconds."""
         import socket
         import subprocess

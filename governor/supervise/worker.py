@@ -26,17 +26,16 @@ from typing import Any, NoReturn
 import redis
 from setproctitle import setproctitle
 
-from governor import context, limits, proctree
-from governor.channel import WorkerEnd
+from governor import context
 from governor.config import AppConfig, QueueConfig, TlsConfig
-from governor.connection import connect, disconnect, is_transient
 from governor.context import JobContext
 from governor.errors import SoftTimeLimitExceeded
-from governor.handlers import HandlerError, HandlerRegistry, Payload
 from governor.identity import worker_id
-from governor.limits import RateLimited, Rules
 from governor.log import fields
-from governor.queue import (
+from governor.protocol import limits
+from governor.protocol.connection import connect, disconnect, is_transient
+from governor.protocol.limits import RateLimited, Rules
+from governor.protocol.queue import (
     DEFAULT_MAX_PAYLOAD,
     JOB_ID,
     NO_RULES,
@@ -48,7 +47,10 @@ from governor.queue import (
     run,
     wait_replicas,
 )
-from governor.scoreboard import Scoreboard, margin
+from governor.supervise import proctree
+from governor.supervise.channel import WorkerEnd
+from governor.supervise.handlers import HandlerError, HandlerRegistry, Payload
+from governor.supervise.scoreboard import Scoreboard, margin
 
 log = logging.getLogger("governor.worker")
 

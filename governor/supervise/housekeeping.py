@@ -17,13 +17,13 @@ from typing import Any
 
 import redis
 
-from governor.connection import disconnect, is_transient
 from governor.identity import is_local_and_dead, pid_of
 from governor.log import fields
-from governor.pool import Pool
-from governor.process import State, WorkerProcess
-from governor.queue import FailOutcome, QueueKeys, lease_of, parse_lease, run
-from governor.scoreboard import Scoreboard, margin
+from governor.protocol.connection import disconnect, is_transient
+from governor.protocol.queue import FailOutcome, QueueKeys, lease_of, parse_lease, run
+from governor.supervise.pool import Pool
+from governor.supervise.process import State, WorkerProcess
+from governor.supervise.scoreboard import Scoreboard, margin
 from governor.units import format_size
 from governor.untrusted import loads
 

@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 
 import redis
 
-from governor.connection import connect, is_cluster
-from governor.limits import Rules
+from governor.protocol.connection import connect, is_cluster
+from governor.protocol.limits import Rules
 from governor.units import parse_duration
 from governor.untrusted import loads
 
@@ -39,7 +39,7 @@ MAX_RETRIES = 1_000_000
 
 
 def _load_scripts() -> dict[str, tuple[str, str]]:
-    pkg = resources.files("governor") / "lua"
+    pkg = resources.files("governor.protocol") / "lua"
     prelude = (pkg / "lib.lua").read_text()
     scripts = {}
     for name in ("enqueue", "reserve", "ack", "fail", "tick", "renew", "limit", "partitions", "hint"):

@@ -32,7 +32,7 @@ import redis
 
 from governor.config import MAX_PARTITIONS
 from governor.log import fields
-from governor.queue import QueueKeys, run
+from governor.protocol.queue import QueueKeys, run
 
 log = logging.getLogger("governor.master")
 

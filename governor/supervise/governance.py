@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from governor.config import MemoryLimits, RecyclePolicy
 from governor.log import fields
-from governor.pool import Pool
-from governor.process import State, rss_bytes
-from governor.proctree import descendants
+from governor.supervise.pool import Pool
+from governor.supervise.process import State, rss_bytes
+from governor.supervise.proctree import descendants
 from governor.units import format_size
 
 log = logging.getLogger("governor.master")

@@ -16,8 +16,8 @@ import time
 
 import redis
 
-from governor import statedir
-from governor.connection import EMBEDDED_SOCKET
+from governor.protocol.connection import EMBEDDED_SOCKET
+from governor.supervise import statedir
 
 log = logging.getLogger("governor.embedded")
 
@@ -50,7 +50,7 @@ class EmbeddedRedis:
         if not binary:
             raise RuntimeError(INSTALL_HINT)
         # redis-server creates its socket, log and append-only file by name, following
-        # symlinks: safe only in directories nobody else can write in (see governor.statedir)
+        # symlinks: safe only in directories nobody else can write in (see governor.supervise.statedir)
         statedir.prepare(self.state_dir, "state_dir")
         statedir.prepare(self.data_dir, "data_dir")
         if os.path.exists(self.socket):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from governor.config import QueueConfig
-from governor.process import TAKING_WORK, State, WorkerProcess
+from governor.supervise.process import TAKING_WORK, State, WorkerProcess
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
