@@ -1,9 +1,10 @@
-"""Prometheus metrics, kept in the master: workers report over their channels, the master counts.
+"""Prometheus metrics, kept in the master: workers count their runs in their scoreboard slot,
+the master adds up what grew.
 
 No per-process metric files (prometheus-client's multiprocess mode): the master
-already hears about every job start and end, every exit and every sample, so
-one registry in one process is the whole truth. Counters and histograms are
-updated as events arrive; gauges (queue depth, workers by state, memory) are
+reads every worker's counters (runs by outcome, run-time and wait histograms)
+on its own clock, sees every exit and every sample, so one registry in one
+process is the whole truth. Gauges (queue depth, workers by state, memory) are
 read from the master's state at scrape time by ``_StateCollector``.
 """
 
@@ -12,12 +13,48 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class SummedHistogram(Collector):
+    """A histogram per queue fed with bucket counts added up elsewhere (the workers' reports),
+    as well as with single observations (runs the master ended itself, by a kill)."""
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.name, self.doc, self.buckets = name, doc, buckets
+        self._series: dict[str, list[float]] = {}  # queue -> per-bucket counts (last: +Inf), then sum
+
+    def labels(self, queue: str) -> list[float]:
+        return self._series.setdefault(queue, [0.0] * (len(self.buckets) + 2))
+
+    def add(self, queue: str, counts: list[int], seconds: float) -> None:
+        series = self.labels(queue)
+        for i, n in enumerate(counts):
+            series[i] += n
+        series[-1] += seconds
+
+    def observe(self, queue: str, seconds: float) -> None:
+        counts = [0] * (len(self.buckets) + 1)
+        counts[next((i for i, b in enumerate(self.buckets) if seconds <= b), len(self.buckets))] = 1
+        self.add(queue, counts, seconds)
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=["queue"])
+        for queue, series in self._series.items():
+            cumulative, running = [], 0.0
+            for bound, n in zip((*(repr(float(b)) for b in self.buckets), "+Inf"), series[:-1], strict=True):
+                running += n
+                cumulative.append((bound, running))
+            family.add_metric([queue], cumulative, sum_value=series[-1])
+        yield family
 
 
 class _StateCollector(Collector):
@@ -84,10 +121,10 @@ class Metrics:
         self.jobs = Counter("governor_jobs", "Jobs that finished a run, by queue and outcome "
                             "(ok, exception, timeout_soft, memory_hard, timeout_hard, crashed, ...)",
                             ["queue", "outcome"], registry=r)
-        self.duration = Histogram("governor_job_duration_seconds", "How long a job's run took",
-                                  ["queue"], buckets=_DURATION_BUCKETS, registry=r)
-        self.wait = Histogram("governor_queue_wait_seconds", "From enqueue (or due time) to start of a run",
-                              ["queue"], buckets=_DURATION_BUCKETS, registry=r)
+        self.duration = SummedHistogram("governor_job_duration_seconds", "How long a job's run took")
+        self.wait = SummedHistogram("governor_queue_wait_seconds", "From enqueue (or due time) to start of a run")
+        r.register(self.duration)
+        r.register(self.wait)
         self.exits = Counter("governor_worker_exits", "Worker exits by queue and reason (kills, recycles, "
                              "drains, crashes)", ["queue", "reason"], registry=r)
         self.redis_errors = Counter("governor_redis_errors", "Redis calls by the master that failed",

@@ -2,8 +2,8 @@
 
 Every state change of a job is one script (see ``governor/lua``), so a crash
 between two commands can never lose or duplicate a job. Scripts are sent as
-EVALSHA, batched in one pipeline when a worker settles one job and reserves
-the next, so a job costs a single round trip in steady state.
+EVALSHA; a worker settles one job and reserves the next in one script call
+(``settle_and_reserve``), so a job costs a single round trip in steady state.
 """
 
 from __future__ import annotations
@@ -38,12 +38,26 @@ MAX_TIMEOUT = 365 * 86400.0
 MAX_RETRIES = 1_000_000
 
 
+# Each of these files defines one transition as a function of its KEYS and ARGV, so that one
+# text serves both its own script and settle_reserve, which runs a settle and a reserve in turn.
+_TRANSITIONS = ("ack", "fail", "reserve")
+
+
 def _load_scripts() -> dict[str, tuple[str, str]]:
+    """name -> (source, SHA1): lib.lua, the shared prelude, then the script's own text."""
     pkg = resources.files("governor.protocol") / "lua"
     prelude = (pkg / "lib.lua").read_text()
+
+    def text(name: str) -> str:
+        return (pkg / f"{name}.lua").read_text()
+
+    bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint")}
+    for name in _TRANSITIONS:
+        bodies[name] = f"{text(name)}\nreturn {name}(KEYS, ARGV)\n"
+    bodies["settle_reserve"] = "\n".join(text(name) for name in (*_TRANSITIONS, "settle_reserve"))
     scripts = {}
-    for name in ("enqueue", "reserve", "ack", "fail", "tick", "renew", "limit", "partitions", "hint"):
-        src = prelude + "\n" + (pkg / f"{name}.lua").read_text()
+    for name, body in bodies.items():
+        src = prelude + "\n" + body
         scripts[name] = (src, hashlib.sha1(src.encode()).hexdigest())
     return scripts
 
@@ -116,6 +130,48 @@ def _execute(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
         route = {"target_nodes": client.get_node_from_key(c.keys[0])} if cluster else {}
         pipe.execute_command("EVALSHA", _SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args, **route)
     return pipe.execute(raise_on_error=False)
+
+
+def hash_tag(key: str) -> str:
+    """The part of a key Redis Cluster hashes to pick its slot: the first ``{...}`` holding at
+    least one character, else the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
+
+
+def settle_and_reserve(settle: Call, reserve: Call) -> Call:
+    """One script call that runs ``settle`` (an ack or a fail) and then ``reserve``: a worker's
+    steady state in one round trip and one script run, instead of two scripts in a pipeline.
+
+    Both are built as for running alone (``QueueKeys.ack``/``fail`` and ``reserve``), and must
+    be of one lane: the settle's keys and the reserve's queue keys under one hash tag (one
+    queue, or one partition of a partitioned queue), which on a Cluster is one slot. The
+    reserve's rate-limit keys go as the reserve alone has them. Raises ValueError otherwise
+    (a job of one partition settled as the worker reserves from another: send the two calls).
+
+    The reply is ``[settle_reply, reserve_reply]``, each exactly what ack.lua or fail.lua, and
+    reserve.lua, return alone. The settle's fencing is unchanged: a stale token makes it 0
+    (lost) and the reserve runs all the same. Re-sending the call after a lost reply (same
+    tokens) is safe: a settled run answers as it did, and the reserve hands back the job it
+    leased to this worker under that token, so nothing is lost or done twice.
+
+    Layout: KEYS are the settle's keys then the reserve's; ARGV is the settle's script name,
+    its key count, its argument count, then the settle's arguments and the reserve's."""
+    if settle.script not in ("ack", "fail") or reserve.script != "reserve":
+        raise ValueError(f"settle_and_reserve takes an ack or a fail, then a reserve; got "
+                         f"{settle.script!r} and {reserve.script!r}")
+    n_limits = int(reserve.args[5])  # reserve.lua's ARGV[6]; its last n_limits keys are the limits'
+    lane = reserve.keys[:len(reserve.keys) - n_limits]
+    tags = {hash_tag(k) for k in (*settle.keys, *lane)}
+    if len(tags) != 1:
+        raise ValueError(f"a settle and a reserve run as one script only within one hash tag; "
+                         f"these keys span {', '.join(sorted(tags))}")
+    return Call("settle_reserve", (*settle.keys, *reserve.keys),
+                (settle.script, len(settle.keys), len(settle.args), *settle.args, *reserve.args))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from governor.identity import worker_id
 from governor.log import fields
 from governor.ops.control import ControlServer
 from governor.ops.httpd import HttpServer
-from governor.ops.metrics import CONTENT_TYPE, Metrics
+from governor.ops.metrics import CONTENT_TYPE, DURATION_BUCKETS, Metrics
 from governor.ops.systemd import Notifier
 from governor.protocol.connection import connect, is_cluster, resolve_url, socket_fds
 from governor.protocol.limits import rules_for
@@ -46,6 +46,7 @@ from governor.supervise.housekeeping import GARBLED, Housekeeper, LostJob, all_l
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess, describe_exit
+from governor.supervise.reports import WorkerReports
 from governor.supervise.scoreboard import Scoreboard, margin
 
 log = logging.getLogger("governor.master")
@@ -54,6 +55,7 @@ log = logging.getLogger("governor.master")
 
 LATE_MEMORY = 10.0  # seconds /healthz keeps reporting a late loop, so a probe can see it
 SENTRY_RETRY = 5.0  # seconds between attempts to start a sentry that could not be started
+SPAWN_SLICE = 0.02  # seconds of forking per pass of the loop before it looks at its timers again
 MASTER_REDIS_TIMEOUT = 1.0  # seconds; a healthy Redis answers the master's calls in milliseconds
 PROBE_TIMEOUT = 0.2  # seconds; "is Redis back?" asked while it is away, once a second
 
@@ -123,7 +125,10 @@ class Master:
         self.state_lock = statedir.MasterLock(config.state_dir)
         self.sentry = proctree.Sentry()  # kills every worker's tree if this master dies
         self.next_sentry_try = 0.0
-        self.board = Scoreboard()  # per-worker lease deadlines, guarded by the sentry
+        # per worker: lease deadlines (guarded by the sentry) and its report (read on our clock)
+        self.board = Scoreboard(buckets=DURATION_BUCKETS)
+        self.spawn_pending = False  # a burst of spawns was cut short: the loop comes back at once
+        self.reports = WorkerReports(self.board, self.metrics, self._on_finished)
 
     # -- start and stop ---------------------------------------------------------
 
@@ -287,7 +292,9 @@ class Master:
         return line + (f", backing off: {', '.join(backing_off)}" if backing_off else "")
 
     def _next_wakeup(self, now: float) -> float:
-        times = [self.house.next_wakeup(now), self.partitions.next_wakeup(now)]
+        times = [self.house.next_wakeup(now), self.partitions.next_wakeup(now), self.reports.next_scan]
+        if self.spawn_pending:
+            times.append(now)
         if self.stopping == "graceful" and self.stop_deadline > now:
             times.append(self.stop_deadline)
         if self.watchdog_interval and self._ready_sent:
@@ -404,6 +411,9 @@ class Master:
     # -- reconcile: desired minus actual, per pool -----------------------------------
 
     def _reconcile(self, now: float) -> None:
+        # Forks are the loop's slowest work (ms each): a burst of respawns (after a wave of
+        # kills) is cut into slices, so the hard limits and samples due meanwhile come first.
+        self.spawn_pending = False
         for name, pool in list(self.pools.items()):
             if self.stopping:
                 for w in pool.taking_work():
@@ -418,6 +428,9 @@ class Master:
                         pool.respawn_at = now + pool.backoff
                     else:
                         for _ in range(delta):
+                            if time.monotonic() - now > SPAWN_SLICE:
+                                self.spawn_pending = True  # the rest on the next pass, at once
+                                break
                             if not self._spawn(pool, now):
                                 break  # out of descriptors or memory: retried in a second
                 elif delta < 0:
@@ -601,19 +614,9 @@ class Master:
         now = time.monotonic()
         pool = self.pools.get(wp.queue)
         for msg in messages:
-            part = wp.job.partition if wp.job else None  # ('end' forgets the job)
             wp.on_message(msg, now)
-            if msg[0] == "start" and len(msg) > 7 and isinstance(msg[7], (int, float)):
-                self.metrics.wait.labels(wp.queue).observe(max(0.0, msg[7]))
-            elif msg[0] == "end":
-                self.house.touch(wp.queue, now, part)
-                self.finished += 1
-                self.last_progress = now
-                self.metrics.jobs.labels(wp.queue, str(msg[2])).inc()
-                self.metrics.duration.labels(wp.queue).observe(float(msg[3]))
-            if msg[0] == "end" and pool and pool.backoff:
-                log.info("queue %s: a worker finished a job; crash backoff reset", wp.queue)
-                pool.backoff, pool.respawn_at, pool.last_error = 0.0, 0.0, None
+            if msg[0] == "busy":
+                self.reports.ring()
             elif msg[0] == "recycle" and pool:
                 self._answer_recycle(pool, wp, str(msg[1]))
         if closed:
@@ -624,6 +627,16 @@ class Master:
                             extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid,
                                          queue=wp.queue, reason="channel_lost",
                                          job=wp.job.id if wp.job else None))
+
+    def _on_finished(self, pool: Pool, wp: WorkerProcess, runs: int, partition: int | None) -> None:
+        """A look at the reports found runs that ended (workers count them; no message)."""
+        now = time.monotonic()
+        self.house.touch(wp.queue, now, partition)
+        self.finished += runs
+        self.last_progress = now
+        if pool.backoff:
+            log.info("queue %s: a worker finished a job; crash backoff reset", wp.queue)
+            pool.backoff, pool.respawn_at, pool.last_error = 0.0, 0.0, None
 
     def _answer_recycle(self, pool: Pool, wp: WorkerProcess, reason: str) -> None:
         """Grants a retirement unless too many of the pool's workers are already recycling."""
@@ -655,6 +668,10 @@ class Master:
             self.selector.unregister(wp.sock)
         self.selector.unregister(wp.pidfd)
         wp.close()
+        pool = self.pools.get(wp.queue)
+        if pool:  # its last words: the runs it finished, and the job it died running (exactly)
+            self.reports.observe(pool, wp)
+        self.reports.forget(wp)
         self.board.release(wp.slot)
         self._kill_strays()
         pool = self.pools.get(wp.queue)
@@ -678,7 +695,7 @@ class Master:
         if wp.job is not None:  # the run ended with its worker: count it under the kill's reason
             self.finished += 1
             self.metrics.jobs.labels(wp.queue, reason).inc()
-            self.metrics.duration.labels(wp.queue).observe(now - wp.job.since)
+            self.metrics.duration.observe(wp.queue, now - wp.job.since)
         log_fn = log.warning if crashed or reason in ("memory_hard", "timeout_hard") else log.info
         log_fn("worker %r exited (%s), reason %s%s", wp, description, reason,
                "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if killed else "",
@@ -709,6 +726,8 @@ class Master:
     def _timers(self, now: float) -> None:
         if self.stopping == "graceful" and now >= self.stop_deadline:
             self._kill_all(warn="still busy at shutdown_timeout; killing it")
+        if now >= self.reports.next_scan:
+            self.reports.scan(self.pools, now)  # before the limits: what runs, since when
         enforce_hard_deadlines(self.pools.values(), now)
         if not self.sentry.alive and self.sentry.fileno() < 0 and now >= self.next_sentry_try \
                 and not self.stopping:
@@ -770,6 +789,7 @@ class Master:
                 "redis_ok": self.house.redis_ok}
 
     def _serve_metrics(self) -> tuple[int, str, bytes]:
+        self.reports.scan(self.pools, time.monotonic())  # counters as of now
         return 200, CONTENT_TYPE, self.metrics.render()
 
     def _serve_health(self) -> tuple[int, str, bytes]:
@@ -794,6 +814,7 @@ class Master:
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
+        self.reports.scan(self.pools, now)  # each worker's job as of now
         return {
             "master": {"pid": self.pid, "host": socket.gethostname(), "uptime": round(now - self.started, 3),
                        "config": self.config.source, "stopping": self.stopping,

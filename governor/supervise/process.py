@@ -47,6 +47,7 @@ class CurrentJob:
     soft: float | None
     hard: float | None
     partition: int | None = None  # of a partitioned queue: where the job (and its lease) is
+    run: int = 0  # the worker's number for this run (its scoreboard report names it)
 
 
 class WorkerProcess:
@@ -87,24 +88,24 @@ class WorkerProcess:
         kind = msg[0]
         if kind == "ready" and self.state is State.STARTING:
             self._to(State.IDLE)
-        elif kind == "start" and len(msg) >= 7:
-            part = msg[8] if len(msg) > 8 and isinstance(msg[8], int) and msg[8] >= 0 else None
-            self.job = CurrentJob(id=str(msg[1]), token=str(msg[2]), handler=str(msg[3]),
-                                  attempt=int(msg[4]), since=now, soft=msg[5], hard=msg[6],
-                                  partition=part)
-            if self.state in (State.IDLE, State.STARTING):
-                self._to(State.BUSY)
-        elif kind == "end":
-            self.jobs_done += 1
-            self.job = None
-            if self.state is State.BUSY:
-                self._to(State.IDLE)
         elif kind == "exit":
             if self.state in TAKING_WORK:
                 self.stop_reason = str(msg[1])
                 self._to(State.DRAINING)
         elif kind == "fatal":
             self.fatal = str(msg[1])
+
+    # -- what its scoreboard report says (read by the master on its own clock) ----
+
+    def on_start(self, job: CurrentJob) -> None:
+        self.job = job
+        if self.state in (State.IDLE, State.STARTING):
+            self._to(State.BUSY)
+
+    def on_end(self) -> None:
+        self.job = None
+        if self.state is State.BUSY:
+            self._to(State.IDLE)
 
     # -- what we do to it ------------------------------------------------------
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from time import monotonic as time_monotonic
+from typing import NamedTuple
 
 _SLOT = struct.Struct("=qdd")  # job, deadline, frozen
 # One page per slot: a worker maps only its own page (``narrow``), so no job can write another
@@ -44,11 +46,120 @@ def margin(lease: float) -> float:
     return min(max(0.2 * lease, 0.25), 5.0)
 
 
-class Scoreboard:
+# -- the worker's report: what it runs and what it ran, read by the master on its own clock --
+#
+# Written only by the worker, under a sequence number (a seqlock: odd while writing), so the
+# master reads a consistent copy without a lock or a message: a job's start and end cost the
+# worker a few stores and the master nothing until it looks (every 50 ms while a worker is
+# busy). Counters only grow; the master turns their growth into metrics.
+
+OUTCOMES = ("ok", "exception", "timeout_soft", "throttled", "import_error", "not_allowed",
+            "unknown_handler", "malformed", "other")
+_OUTCOME_INDEX = {name: i for i, name in enumerate(OUTCOMES)}
+_REPORT_AT = 32
+# seq, run (the job number the run fields describe; 0: none), started (monotonic), soft, hard,
+# attempt, partition, jobs finished, run seconds summed, wait seconds summed
+_REPORT = struct.Struct("=qqdddqqqdd")
+_COUNTS_AT = _REPORT_AT + _REPORT.size
+_TEXT_AT = 1024  # id, token, handler: a length byte pair and up to 255 bytes each
+_TEXT = struct.Struct("=H255sH255sH255s")
+
+
+class Report(NamedTuple):
+    run: int
+    started: float
+    soft: float
+    hard: float
+    attempt: int
+    partition: int
+    finished: int
+    run_seconds: float
+    wait_seconds: float
+    counts: tuple[int, ...]  # per outcome, then the run-time buckets, then the wait buckets
+    job_id: str
+    token: str
+    handler: str
+
+
+def _text(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")[:255]
+
+
+def _bucket(buckets: tuple[float, ...], seconds: float) -> int:
+    for i, bound in enumerate(buckets):
+        if seconds <= bound:
+            return i
+    return len(buckets)
+
+
+class _ReportMixin:
+    """Scoreboard methods for the report (kept apart from the lease fields above)."""
+
+    mm: mmap.mmap
+    buckets: tuple[float, ...]
+    _counts: struct.Struct
+
+    def _at(self, slot: int) -> int:  # (defined by Scoreboard)
+        raise NotImplementedError
+
+    def _write(self, slot: int, fields: tuple, counts: tuple | None = None, text: bytes | None = None) -> None:
+        at = self._at(slot)
+        seq = struct.unpack_from("=q", self.mm, at + _REPORT_AT)[0]
+        struct.pack_into("=q", self.mm, at + _REPORT_AT, seq + 1)  # odd: being written
+        if text is not None:
+            self.mm[at + _TEXT_AT:at + _TEXT_AT + len(text)] = text
+        if counts is not None:
+            self._counts.pack_into(self.mm, at + _COUNTS_AT, *counts)
+        _REPORT.pack_into(self.mm, at + _REPORT_AT, seq + 2, *fields)
+
+    def start_run(self, slot: int, run: int, job_id: str, token: str, handler: str, attempt: int,
+                  soft: float | None, hard: float | None, partition: int | None,
+                  wait: float | None) -> None:
+        """The worker starts running job number ``run`` (a handler is about to be called)."""
+        old = self.report(slot, text=False)
+        counts = list(old.counts)
+        if wait is not None:
+            counts[len(OUTCOMES) + len(self.buckets) + 1 + _bucket(self.buckets, wait)] += 1
+        jid, tok, hdl = _text(job_id), _text(token), _text(handler)
+        text = _TEXT.pack(len(jid), jid, len(tok), tok, len(hdl), hdl)
+        self._write(slot, (run, time_monotonic(), soft or 0.0, hard or 0.0, attempt,
+                           -1 if partition is None else partition, old.finished, old.run_seconds,
+                           old.wait_seconds + (wait or 0.0)), tuple(counts), text)
+
+    def finish_run(self, slot: int, outcome: str, seconds: float) -> None:
+        """The run ended with ``outcome`` after ``seconds``: counted, and no job is running."""
+        old = self.report(slot, text=False)
+        counts = list(old.counts)
+        counts[_OUTCOME_INDEX.get(outcome, _OUTCOME_INDEX["other"])] += 1
+        counts[len(OUTCOMES) + _bucket(self.buckets, seconds)] += 1
+        self._write(slot, (0, old.started, old.soft, old.hard, old.attempt, old.partition,
+                           old.finished + 1, old.run_seconds + seconds, old.wait_seconds), tuple(counts))
+
+    def report(self, slot: int, text: bool = True) -> Report:
+        """A consistent copy of the slot's report (retried while the worker is writing it)."""
+        at = self._at(slot)
+        for _ in range(1000):
+            fields = _REPORT.unpack_from(self.mm, at + _REPORT_AT)
+            counts = self._counts.unpack_from(self.mm, at + _COUNTS_AT)
+            raw = _TEXT.unpack_from(self.mm, at + _TEXT_AT) if text and fields[1] else None
+            if fields[0] % 2 == 0 and struct.unpack_from("=q", self.mm, at + _REPORT_AT)[0] == fields[0]:
+                break
+        strings = ("", "", "")
+        if raw is not None:
+            strings = tuple(raw[i + 1][:raw[i]].decode("utf-8", "surrogateescape") for i in (0, 2, 4))
+        return Report(*fields[1:], counts, *strings)
+
+
+class Scoreboard(_ReportMixin):
     """The shared mapping. Created by the master (before any fork: workers inherit the mapping)
     and opened by the sentry from the memfd it is handed."""
 
-    def __init__(self, slots: int = DEFAULT_SLOTS, fd: int | None = None) -> None:
+    def __init__(self, slots: int = DEFAULT_SLOTS, fd: int | None = None,
+                 buckets: tuple[float, ...] = ()) -> None:
+        """``buckets``: upper bounds of the run-time and wait histograms workers keep in their
+        slot (the master's metrics' buckets); the sentry, which reads leases only, passes none."""
+        self.buckets = buckets
+        self._counts = struct.Struct(f"={len(OUTCOMES) + 2 * (len(buckets) + 1)}q")
         size = slots * SLOT_SIZE
         if fd is None:
             fd = os.memfd_create("governor-scoreboard")
@@ -92,8 +203,10 @@ class Scoreboard:
         return _SLOT.unpack_from(self.mm, self._at(slot))
 
     def clear(self, slot: int) -> None:
-        _SLOT.pack_into(self.mm, self._at(slot), 0, 0.0, 0.0)
-        struct.pack_into("=q", self.mm, self._at(slot) + _SLOT.size, -1)
+        at = self._at(slot)
+        self.mm[at:at + _TEXT_AT + _TEXT.size] = bytes(_TEXT_AT + _TEXT.size)  # the report too
+        _SLOT.pack_into(self.mm, at, 0, 0.0, 0.0)
+        struct.pack_into("=q", self.mm, at + _SLOT.size, -1)
 
     def begin(self, slot: int, job: int, deadline: float, partition: int = -1) -> None:
         """The worker got job number ``job`` (> 0), leased until at least ``deadline``, in
@@ -128,3 +241,4 @@ class Scoreboard:
     def close(self) -> None:
         self.mm.close()
         os.close(self.fd)
+

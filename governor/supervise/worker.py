@@ -45,6 +45,7 @@ from governor.protocol.queue import (
     QueueKeys,
     Reserved,
     run,
+    settle_and_reserve,
     wait_replicas,
 )
 from governor.supervise import proctree
@@ -189,6 +190,7 @@ class Worker:
         self._tokens = 0
         self.draining = False
         self._idle = False
+        self._rang = False  # told the master we are busy since we last waited for work
         self._in_job = False
         self.jobs_run = 0
         self.started = time.monotonic()
@@ -324,9 +326,10 @@ class Worker:
 
         def rotate() -> Any:
             pipe = self.redis.pipeline(transaction=False)
+            pipe.lrem(self.spec.hint_key, 0, part)  # (hints for it ahead of the others: ours now)
             pipe.rpush(self.spec.hint_key, part)
             pipe.lpop(self.spec.hint_key)
-            return pipe.execute()[1]
+            return pipe.execute()[2]
 
         self._in_a_row = 0
         nxt = self._redis_retry(rotate)
@@ -348,6 +351,7 @@ class Worker:
     def _wait_for_hint(self) -> None:
         """Blocks on our master's hint list until a producer (or the master) names a partition
         with jobs ready; hints for partitions our master no longer holds are passed over."""
+        self._rang = False
         timeout = _IDLE_WAIT_MAX
         if self.spec.max_age:
             timeout = min(timeout, self.spec.max_age - (time.monotonic() - self.started))
@@ -403,7 +407,9 @@ class Worker:
 
     def _settle_and_reserve(self, pending: Call | None, reserve: bool = True,
                             lane: QueueKeys | None = None) -> list[Any]:
-        """Settles the last job and reserves the next in one round trip; rides out Redis outages."""
+        """Settles the last job and reserves the next in one script call (one round trip; two
+        calls in one pipeline when they are in different slots: another partition); rides out
+        Redis outages. Re-sent after a lost reply, it settles and reserves nothing twice."""
         if pending is not None and reserve and pending.script == "ack" and pending.args[-1]:
             # our own reserve takes the slot this ack frees: waking a waiter for it would only
             # cost it a wasted reserve
@@ -416,7 +422,11 @@ class Worker:
         # Before the first attempt: a reserve re-sent after a lost reply returns the job the first
         # one leased, whose lease in Redis runs from then, so the lease is counted from here.
         sent = time.monotonic()
-        results = self._redis_retry(lambda: run(self.redis, *calls))
+        if len(calls) == 2 and calls[0].keys[0].split("}")[0] == calls[1].keys[0].split("}")[0]:
+            combined = settle_and_reserve(calls[0], calls[1])
+            results = self._redis_retry(lambda: run(self.redis, combined)[0])
+        else:
+            results = self._redis_retry(lambda: run(self.redis, *calls))
         if pending is not None:
             self._log_settle(pending, results[0])
             if self.spec.wait[0]:
@@ -486,6 +496,7 @@ class Worker:
         """Sleeps until the start the reserve set aside for us, on our own clock: Redis resolves
         blocking timeouts on its 10 Hz timer, up to 100 ms late, and a late start under a token
         bucket is throughput lost for good. Not a poll: the start is ours when we wake."""
+        self._rang = False
         # aim a little early: the start is good from grace before its time, and the round trip
         # to claim it takes a while
         seconds = min(max(ms - self.spec.rules.grace_ms / 2, 0) / 1000.0, _IDLE_WAIT_MAX)
@@ -502,6 +513,7 @@ class Worker:
     def _wait_for_work(self, next_due_ms: int, why: str = "idle") -> None:
         """Blocks in Redis until a job is enqueued (or a delayed one falls due, or it is time
         to recycle); no polling."""
+        self._rang = False
         timeout = _IDLE_WAIT_MAX if next_due_ms < 0 else next_due_ms / 1000.0
         if self.spec.max_age:
             timeout = min(timeout, self.spec.max_age - (time.monotonic() - self.started))
@@ -526,8 +538,7 @@ class Worker:
         handler_name = job.meta.get("handler") if isinstance(job.meta.get("handler"), str) else "?"
         ready, started_at = job.meta.get("ready_at") or job.meta.get("enqueued_at"), job.meta.get("started_at")
         wait = (started_at - ready) / 1000.0 if isinstance(ready, (int, float)) and isinstance(started_at, (int, float)) else None
-        self.channel.send("start", job.id, token, handler_name, job.attempts, soft, hard, wait,
-                          -1 if self.job_keys.partition is None else self.job_keys.partition)
+        self._report_start(job, token, handler_name, soft, hard, wait)
         self._title(f"job {job.id if JOB_ID.fullmatch(job.id) else _printable(job.id)} {handler_name}")
         self.jobs_run += 1
         started = time.monotonic()
@@ -539,7 +550,7 @@ class Worker:
             func = self.registry.resolve(payload.handler)
         except HandlerError as exc:
             self._job_over()
-            self.channel.send("end", job.id, exc.reason, time.monotonic() - started)
+            self._report_end(exc.reason, time.monotonic() - started)
             return self.job_keys.fail(job.id, token, self.id, self._error(job, exc.reason, str(exc)),
                                   "dead", 0, exc.reason, self.settings.retry.max)
         context._enter(JobContext(id=job.id, queue=self.spec.queue.name, handler=payload.handler,
@@ -558,7 +569,7 @@ class Worker:
             self._in_job = False
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._job_over()
-            self.channel.send("end", job.id, "throttled", time.monotonic() - started)
+            self._report_end("throttled", time.monotonic() - started)
             return self.job_keys.fail(job.id, token, self.id, None, "throttle",
                                   max(1, int(exc.retry_after * 1000)), "throttled", self.settings.retry.max)
         except (Exception, SystemExit, SoftTimeLimitExceeded) as exc:
@@ -567,7 +578,7 @@ class Worker:
             self._job_over()
             seconds = time.monotonic() - started
             reason = "timeout_soft" if isinstance(exc, SoftTimeLimitExceeded) else "exception"
-            self.channel.send("end", job.id, reason, seconds)
+            self._report_end(reason, seconds)
             tb = traceback.format_exc()[-_MAX_TRACEBACK:]
             error = self._error(job, reason, "".join(traceback.format_exception_only(type(exc), exc)).strip(),
                                 traceback=tb, seconds=round(seconds, 3))
@@ -575,7 +586,7 @@ class Worker:
             return self.job_keys.fail(job.id, token, self.id, error, "retry", self._backoff_ms(job.attempts),
                                   reason, self.settings.retry.max)
         seconds = time.monotonic() - started
-        self.channel.send("end", job.id, "ok", seconds)
+        self._report_end("ok", seconds)
         log.debug("job %s done in %.3fs", job.id, seconds)
         text, note = _result_json(result, self.spec.max_result)
         if note:
@@ -583,6 +594,24 @@ class Worker:
                         extra=fields(queue=self.spec.queue.name, job=job.id, reason="result_dropped"))
         return self.job_keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note,
                              wake=self.spec.rules.global_concurrency > 0)
+
+    def _report_start(self, job: Reserved, token: str, handler: str, soft: float | None,
+                      hard: float | None, wait: float | None) -> None:
+        """What the master must know of the run (to enforce its hard limit, requeue it if we
+        die, show it): written to our scoreboard slot, which the master reads on its own clock.
+        No message, so no wake-up of the master per job; only a worker that was idle rings
+        (the master then looks every 50 ms while any worker is busy)."""
+        if self.spec.board is None:
+            return
+        self.spec.board.start_run(self.spec.slot, self.jobs_run + 1, job.id, token, handler, job.attempts,
+                                  soft, hard, self.job_keys.partition, wait)
+        if not self._rang:
+            self._rang = True
+            self.channel.send("busy")
+
+    def _report_end(self, outcome: str, seconds: float) -> None:
+        if self.spec.board is not None:
+            self.spec.board.finish_run(self.spec.slot, outcome, seconds)
 
     def _job_over(self) -> None:
         """Nothing of the job runs any more: its lease no longer needs guarding (the settle that

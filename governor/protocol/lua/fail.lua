@@ -8,75 +8,87 @@
 -- mode 'throttle': back as delayed by backoff_ms, the attempt not counted, the record
 --   counting it as `throttled` (its handler met an exhausted governor.limit()).
 -- Returns 0 lease lost, 1 requeued, 2 retry scheduled, 3 dead-lettered.
-local now = now_ms()
-local id, mode = ARGV[1], ARGV[5]
-local meta = load_meta(KEYS[2], id)
-if meta.state ~= 'active' and meta.settled_by == ARGV[2] then return tonumber(meta.settled_code) or 0 end  -- a retried settle
--- decode before the first write: a script that fails after writing leaves its writes
-local entry = nil
-if ARGV[4] ~= '' then
-  local ok, decoded = pcall(cjson.decode, ARGV[4])
-  entry = (ok and type(decoded) == 'table') and decoded or {error = ARGV[4]}
-end
-if not leased(meta, ARGV[2]) then
-  -- A run stopped because its lease was lost (another host has the job now): not ours to
-  -- settle, but the job's history says what happened to that run.
-  if ARGV[7] == 'lease_lost' and entry and not meta.malformed then
+-- A function of its KEYS and ARGV (they shadow the script's own): fail.lua run alone is
+-- `return fail(KEYS, ARGV)`, and settle_reserve.lua calls it with its share of a combined
+-- call's keys and arguments (queue.py `_load_scripts` composes the texts).
+-- `nxt`: the ARGV (worker, token, ...) of the reserve that follows in one call
+-- (settle_reserve.lua), else nil. The job this settle put back at once may be active again,
+-- leased by that very reserve: re-sent, the call is still a retried settle.
+local function fail(KEYS, ARGV, nxt)
+  local now = now_ms()
+  local id, mode = ARGV[1], ARGV[5]
+  local meta = load_meta(KEYS[2], id)
+  -- a retried settle (a master may settle a run too, with its token: a reclaimed lease)
+  local again = nxt and meta.worker == nxt[1] and leased(meta, nxt[2])
+  if meta.settled_by == ARGV[2] and (meta.state ~= 'active' or again) then
+    return tonumber(meta.settled_code) or 0
+  end
+  -- decode before the first write: a script that fails after writing leaves its writes
+  local entry = nil
+  if ARGV[4] ~= '' then
+    local ok, decoded = pcall(cjson.decode, ARGV[4])
+    entry = (ok and type(decoded) == 'table') and decoded or {error = ARGV[4]}
+  end
+  if not leased(meta, ARGV[2]) then
+    -- A run stopped because its lease was lost (another host has the job now): not ours to
+    -- settle, but the job's history says what happened to that run.
+    if ARGV[7] == 'lease_lost' and entry and not meta.malformed then
+      entry.at = now
+      if type(meta.errors) ~= 'table' then meta.errors = {} end
+      table.insert(meta.errors, entry)
+      redis.call('HSET', KEYS[2], id, cjson.encode(meta))
+    end
+    return 0
+  end
+  redis.call('ZREM', KEYS[1], id)
+  release(KEYS[6], ARGV[3], id)
+  meta.token = nil
+  meta.settled_by = ARGV[2]
+  if entry then
     entry.at = now
     if type(meta.errors) ~= 'table' then meta.errors = {} end
     table.insert(meta.errors, entry)
-    redis.call('HSET', KEYS[2], id, cjson.encode(meta))
   end
-  return 0
+  local max_retries = tonumber(meta.max_retries) or tonumber(ARGV[8])
+  local result
+  if mode == 'requeue' or mode == 'throttle' then
+    meta.attempts = math.max(0, (tonumber(meta.attempts) or 1) - 1)
+    local delay = 0
+    if mode == 'throttle' then
+      delay = tonumber(ARGV[6])
+      meta.throttled = (tonumber(meta.throttled) or 0) + 1
+      meta.retry_after = delay / 1000
+      redis.call('HINCRBY', KEYS[8], 'throttled_jobs', 1)
+    end
+    schedule(meta, id, now, delay, KEYS[3], KEYS[4])
+    wake(KEYS[7], 1)
+    result = 1
+  elseif mode == 'retry' and (tonumber(meta.attempts) or 1) <= max_retries then
+    schedule(meta, id, now, tonumber(ARGV[6]), KEYS[3], KEYS[4])
+    wake(KEYS[7], 1)
+    redis.call('HINCRBY', KEYS[8], 'retried', 1)
+    result = 2
+  else
+    meta.state = 'dead'
+    meta.reason = ARGV[7]
+    meta.finished_at = now
+    redis.call('ZADD', KEYS[5], fmt(now), id)
+    redis.call('HINCRBY', KEYS[8], 'dead', 1)
+    -- dead ends the job's hold on its key: the key's next job may start (partitioned queues)
+    if meta.key then
+      key_release({meta = KEYS[2], waiting = KEYS[3], delayed = KEYS[4], heads = KEYS[10],
+                   lists = KEYS[11], stats = KEYS[8]}, meta, id, now)
+    end
+    -- the run's slot is free: a worker waiting for it (global_concurrency) may start the next
+    if redis.call('ZCARD', KEYS[3]) > 0 then wake(KEYS[7], 1) end
+    -- dead frees the job's unique key (enqueue.lua), unless a later job already holds it
+    -- (pcall: a hash clobbered by something else must never fail a settle)
+    if type(meta.unique) == 'string' and redis.pcall('HGET', KEYS[9], meta.unique) == id then
+      redis.call('HDEL', KEYS[9], meta.unique)
+    end
+    result = 3
+  end
+  meta.settled_code = result
+  redis.call('HSET', KEYS[2], id, cjson.encode(meta))
+  return result
 end
-redis.call('ZREM', KEYS[1], id)
-release(KEYS[6], ARGV[3], id)
-meta.token = nil
-meta.settled_by = ARGV[2]
-if entry then
-  entry.at = now
-  if type(meta.errors) ~= 'table' then meta.errors = {} end
-  table.insert(meta.errors, entry)
-end
-local max_retries = tonumber(meta.max_retries) or tonumber(ARGV[8])
-local result
-if mode == 'requeue' or mode == 'throttle' then
-  meta.attempts = math.max(0, (tonumber(meta.attempts) or 1) - 1)
-  local delay = 0
-  if mode == 'throttle' then
-    delay = tonumber(ARGV[6])
-    meta.throttled = (tonumber(meta.throttled) or 0) + 1
-    meta.retry_after = delay / 1000
-    redis.call('HINCRBY', KEYS[8], 'throttled_jobs', 1)
-  end
-  schedule(meta, id, now, delay, KEYS[3], KEYS[4])
-  wake(KEYS[7], 1)
-  result = 1
-elseif mode == 'retry' and (tonumber(meta.attempts) or 1) <= max_retries then
-  schedule(meta, id, now, tonumber(ARGV[6]), KEYS[3], KEYS[4])
-  wake(KEYS[7], 1)
-  redis.call('HINCRBY', KEYS[8], 'retried', 1)
-  result = 2
-else
-  meta.state = 'dead'
-  meta.reason = ARGV[7]
-  meta.finished_at = now
-  redis.call('ZADD', KEYS[5], fmt(now), id)
-  redis.call('HINCRBY', KEYS[8], 'dead', 1)
-  -- dead ends the job's hold on its key: the key's next job may start (partitioned queues)
-  if meta.key then
-    key_release({meta = KEYS[2], waiting = KEYS[3], delayed = KEYS[4], heads = KEYS[10],
-                 lists = KEYS[11], stats = KEYS[8]}, meta, id, now)
-  end
-  -- the run's slot is free: a worker waiting for it (global_concurrency) may start the next
-  if redis.call('ZCARD', KEYS[3]) > 0 then wake(KEYS[7], 1) end
-  -- dead frees the job's unique key (enqueue.lua), unless a later job already holds it
-  -- (pcall: a hash clobbered by something else must never fail a settle)
-  if type(meta.unique) == 'string' and redis.pcall('HGET', KEYS[9], meta.unique) == id then
-    redis.call('HDEL', KEYS[9], meta.unique)
-  end
-  result = 3
-end
-meta.settled_code = result
-redis.call('HSET', KEYS[2], id, cjson.encode(meta))
-return result

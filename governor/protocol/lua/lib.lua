@@ -187,17 +187,18 @@ local function limit_record(algo, key, limit, per, burst, grace, x, now, member)
   end
 end
 
--- The earliest time >= t that every limit allows. Limits are given as ARGV from `base`:
--- n, then n times (algorithm, limit, per_ms, burst), with their keys in KEYS from `kbase`.
-local function limits_earliest(base, kbase, grace, t)
-  local n = tonumber(ARGV[base])
+-- The earliest time >= t that every limit allows. Limits are given in `argv` from `base`:
+-- n, then n times (algorithm, limit, per_ms, burst), with their keys in `keys` from `kbase`.
+-- (`argv` and `keys`: the script's ARGV and KEYS, or a combined call's share of them.)
+local function limits_earliest(argv, keys, base, kbase, grace, t)
+  local n = tonumber(argv[base])
   local x = t
   for _ = 1, 16 do
     local moved = false
     for i = 0, n - 1 do
       local a = base + 1 + i * 4
-      local xi = limit_earliest(ARGV[a], KEYS[kbase + i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
-                                tonumber(ARGV[a + 3]), grace, x)
+      local xi = limit_earliest(argv[a], keys[kbase + i], tonumber(argv[a + 1]), tonumber(argv[a + 2]),
+                                tonumber(argv[a + 3]), grace, x)
       if xi > x then x = xi; moved = true end
     end
     if not moved then return x end
@@ -205,12 +206,12 @@ local function limits_earliest(base, kbase, grace, t)
   return x
 end
 
-local function limits_record(base, kbase, grace, x, now, member)
-  local n = tonumber(ARGV[base])
+local function limits_record(argv, keys, base, kbase, grace, x, now, member)
+  local n = tonumber(argv[base])
   for i = 0, n - 1 do
     local a = base + 1 + i * 4
-    limit_record(ARGV[a], KEYS[kbase + i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
-                 tonumber(ARGV[a + 3]), grace, x, now, member)
+    limit_record(argv[a], keys[kbase + i], tonumber(argv[a + 1]), tonumber(argv[a + 2]),
+                 tonumber(argv[a + 3]), grace, x, now, member)
   end
 end
 

@@ -3,7 +3,7 @@
 -- governor.limit(name) from inside a handler: takes one start now if every limit allows it.
 -- Returns 0 when taken, else the ms until one will be allowed (nothing is counted then).
 local now = now_ms()
-local x = limits_earliest(1, 1, 0, now)
+local x = limits_earliest(ARGV, KEYS, 1, 1, 0, now)
 if x > now then return fmt(math.ceil(x - now)) end  -- never 0: 0 means taken
-limits_record(1, 1, 0, now, now, ARGV[#ARGV])
+limits_record(ARGV, KEYS, 1, 1, 0, now, now, ARGV[#ARGV])
 return 0
