@@ -16,6 +16,12 @@ a drain leaves behind, which show waste the throughput alone would hide.
 Redis Cluster (``cluster``): a local cluster of 3 primaries and 3 replicas (tests/cluster.py),
 the plain and the partitioned drain and pickup through a ``redis+cluster://`` URL; its CPU
 per job counts every redis-server of the cluster. Skipped, with the reason, without redis-cli.
+Scale on one host (``scale``): the drain with 16 and with 64 workers and the master's CPU
+share during it; 64 workers running 200 ms jobs, the master's CPU with memory.interval 0.5 s
+and 0.1 s (what sampling each busy worker's RSS costs); how late hard-timeout kills land
+when 64 workers' deadlines fall together, a wave at a time (against 4 workers) and in
+waves that interleave with the respawns, and how soon 64 workers crossing memory.hard
+together are killed (with the master's time on a CPU, and waiting for one, meanwhile).
 ``--only`` runs some of these groups alone (partitions also runs the plain drain and pickup
 it is compared with).
 The budget these are held to is in shared/design.md ("Performance budget").
@@ -51,7 +57,7 @@ from governor.protocol.connection import connect  # noqa: E402
 from governor.protocol.queue import run  # noqa: E402
 from governor.supervise.housekeeping import TICK_IDLE_PARTITION  # noqa: E402
 
-GROUPS = ("core", "partitions", "cluster")
+GROUPS = ("core", "partitions", "scale", "cluster")
 PARTITIONS = 16  # the partitioned drain's and pickup's queue
 KEYS = 1_000  # ordering keys in the partitioned drain
 
@@ -77,8 +83,9 @@ def sleep(seconds):
     time.sleep(seconds)
 
 
-def hog(mb, limit_mb):
-    """Allocates past limit_mb, recording the moment its RSS crossed it."""
+def hog(mb, limit_mb, tag=None):
+    """Allocates past limit_mb, recording the moment its RSS crossed it (under ``tag`` in
+    bench:crossed_at when many hog at once, else pushed on bench:crossed)."""
     chunks, crossed = [], False
     for _ in range(mb // 10):
         chunks.append(b"x" * (10 << 20))
@@ -86,7 +93,10 @@ def hog(mb, limit_mb):
             with open("/proc/self/statm") as fh:
                 if int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") > limit_mb << 20:
                     crossed = True
-                    _redis().rpush("bench:crossed", time.time())
+                    if tag is None:
+                        _redis().rpush("bench:crossed", time.time())
+                    else:
+                        _redis().hset("bench:crossed_at", tag, time.time())
         time.sleep(0.005)
     time.sleep(30)
 
@@ -161,15 +171,20 @@ class Setup:
         env = dict(os.environ, BENCH_REDIS_URL=self.url)
         self.master = subprocess.Popen([sys.executable, "-m", "governor", "run", "-c", str(path)], env=env,
                                        cwd=self.workdir)
+        wait_for(lambda: self.idle_workers() == concurrency, 60, "workers to be idle")
 
-        def ready():
-            try:
-                st = control.request(str(self.workdir / "state"), "status")
-            except OSError:
-                return False
-            return sum(1 for w in st["pools"][0]["workers"] if w["state"] == "idle") == concurrency
+    def idle_workers(self) -> int:
+        """How many of the master's workers are idle, as its status says (0 before it answers)."""
+        try:
+            st = control.request(str(self.workdir / "state"), "status")
+        except OSError:
+            return 0
+        return sum(1 for w in st["pools"][0]["workers"] if w["state"] == "idle")
 
-        wait_for(ready, 60, "workers to be idle")
+    def master_exit(self) -> int | None:
+        """The master's exit status once it has exited (a bug that kills it ends a wait for
+        its work at once, and is reported, rather than timing out), else None."""
+        return self.master.poll() if self.master else None
 
     def stop_master(self) -> None:
         if self.master and self.master.poll() is None:
@@ -292,13 +307,13 @@ def idle_list(c: Client, partitions: int) -> str:
 
 
 def bench_drain(s: Setup, n: int, prefix: str, partitions: int = 0, keys: int = KEYS,
-                **queue: object) -> Drain:
+                workers: int = 2, **queue: object) -> Drain:
     """``partitions``: the same jobs on a partitioned queue, each with one of ``keys`` ordering
     keys (every key gets n / keys jobs, run one at a time in enqueue order)."""
     # no recycling here: a recycled worker's CPU would leave the accounting with it
     if partitions:
         queue["partitions"] = partitions
-    s.start_master(prefix, 2, recycle={"max_jobs": "off"}, **queue)
+    s.start_master(prefix, workers, recycle={"max_jobs": "off"}, **queue)
     c = Client.from_url(s.url, prefix=prefix)
     if partitions:
         wait_partitions_held(c, partitions)
@@ -507,6 +522,155 @@ def bench_memory_reaction(s: Setup, samples: int, interval: str) -> list[float]:
     return sorted(out)
 
 
+# -- scale on one host ------------------------------------------------------------------
+
+SCALE_WORKERS = (16, 64)  # the drains' pools
+SCALE_KILL_WAVES = 3  # waves of timeout kills at 64 workers (a job per worker each)
+KILL_LIMIT = 0.5  # seconds: timeout.hard in the kill bench
+
+
+def bench_busy_master(s: Setup, prefix: str, workers: int, interval: str, seconds: float = 15,
+                      job: float = 0.2) -> float:
+    """The master's CPU (% of a core) while every worker runs ``job``-second jobs from a backlog
+    that outlasts the window: reading the scoreboard every SCAN_BUSY, turning each run into
+    metrics, and sampling each busy worker's RSS every memory.interval. Counted from the
+    master's own cpu_times, so others' load on the host (a CPU shared with them) does not
+    enter it, only the ticks' 10 ms resolution (0.07 % of a core over 15 s)."""
+    s.start_master(prefix, workers, recycle={"max_jobs": "off"}, memory={"interval": interval})
+    c = Client.from_url(s.url, prefix=prefix)
+    n = int(workers * (seconds + 5) / job)
+    c.enqueue_many("bench", [{"handler": "bench_tasks:sleep", "args": [job]} for _ in range(n)])
+    m = psutil.Process(s.master.pid)
+    time.sleep(2)  # every worker busy, its first reports read
+    c0, t0 = cpu_seconds([m]), time.perf_counter()
+    time.sleep(seconds)
+    cpu, elapsed = cpu_seconds([m]) - c0, time.perf_counter() - t0
+    left = c.counts("bench")["waiting"]
+    s.stop_master()
+    s.redis.flushall()
+    if not left:
+        raise SystemExit(f"bench: the backlog of {job:g} s jobs ran out inside the window")
+    return cpu / elapsed * 100
+
+
+@dataclass
+class Kills:
+    """Kills at a limit, in ms late, each sorted. Hard timeouts: ``late`` from the job's own
+    record (its error's ``seconds``, start to the master reaping the worker, minus the limit:
+    what a user sees); ``sent`` when the master sent the SIGKILL (the error's ``overshoot``),
+    which tells a loop late to look at its deadlines from one slow to reap and settle.
+    memory.hard: ``late`` from crossing it to the job settled, no ``sent``."""
+
+    late: list[float]
+    sent: list[float]
+    asked: int  # the kills set up: more than len(late) if the master died before the rest
+    died: int | None = None  # the master's exit status, if it died
+    # the master from the first enqueue to the last kill settled, in ms: on a CPU, runnable
+    # but waiting for one (what a host busy with others, or with the workers, costs it), wall
+    use: tuple[float, float, float] | None = None  # None: not known (it died, or no schedstat)
+
+
+def sched_ms(pid: int) -> tuple[float, float, float] | None:
+    """(ms on a CPU, ms runnable but waiting for one, since it started; now, in ms) of a
+    process, from the kernel's /proc/PID/schedstat; None if it is gone or there is none."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            on_cpu, waiting = (int(x) / 1e6 for x in fh.read().split()[:2])
+    except (OSError, ValueError):
+        return None
+    return on_cpu, waiting, time.perf_counter() * 1000
+
+
+def settled_errors(s: Setup, c: Client, ids: list[str], want: int, timeout: float, what: str,
+                   since: tuple[float, float, float] | None
+                   ) -> tuple[list[tuple[int, dict]], int | None, tuple[float, float, float] | None]:
+    """Waits until ``want`` jobs are dead, or the master dies; then (the index among ``ids`` and
+    the first error of every dead job, the master's exit status if it died, its use of the
+    CPU since ``since``, a sched_ms reading)."""
+    wait_for(lambda: s.master_exit() is not None or c.counts("bench")["dead"] >= want, timeout, what,
+             interval=0.05)
+    died = s.master_exit()
+    now = sched_ms(s.master.pid)  # (a master that died is gone: its reading with it)
+    use = tuple(b - a for a, b in zip(since, now, strict=True)) if since and now and died is None else None
+    s.stop_master()
+    out = []
+    for n, i in enumerate(ids):
+        job = c.job(i, "bench") or {}
+        if job.get("state") == "dead" and job.get("errors"):
+            out.append((n, job["errors"][0]))
+    s.redis.flushall()
+    return out, died, use
+
+
+def bench_kill_lateness(s: Setup, prefix: str, workers: int, waves: int, interleave: bool) -> Kills:
+    """``waves`` x ``workers`` jobs that sleep 30 s under timeout.hard KILL_LIMIT, retry max 0,
+    on ``workers`` idle workers. Each wave's jobs start together, so their deadlines fall
+    together. ``interleave``: all enqueued at once, so every later wave starts as the
+    respawned workers come up and its kills interleave with the respawns of the wave before;
+    else a wave is enqueued when the pool is whole and idle again."""
+    s.start_master(prefix, workers, timeout={"soft": "off", "hard": f"{KILL_LIMIT * 1000:.0f}ms"},
+                   retry={"max": 0}, recycle={"max_jobs": "off"})
+    c = Client.from_url(s.url, prefix=prefix)
+    spec = {"handler": "bench_tasks:sleep", "args": [30]}
+    kills = waves * workers
+    since = sched_ms(s.master.pid)
+    if interleave:
+        ids = c.enqueue_many("bench", [spec] * kills)
+    else:
+        ids = []
+        for wave in range(waves):
+            if wave:
+                wait_for(lambda n=wave * workers: s.master_exit() is not None
+                         or c.counts("bench")["dead"] >= n, 60, "a wave of timeout kills", interval=0.05)
+                wait_for(lambda: s.master_exit() is not None or s.idle_workers() == workers, 60,
+                         "the pool to be whole again", interval=0.05)
+            ids += c.enqueue_many("bench", [spec] * workers)
+    errors, died, use = settled_errors(s, c, ids, kills, 120, "the timeout kills", since)
+    errors = [e for _, e in errors if e.get("reason") == "timeout_hard"]
+    return Kills(sorted((e["seconds"] - KILL_LIMIT) * 1000 for e in errors),
+                 sorted(e.get("overshoot", 0.0) * 1000 for e in errors), kills, died, use)
+
+
+def bench_memory_scale(s: Setup, prefix: str, workers: int, interval: str = "100ms",
+                       hard_mb: int = 80, hog_mb: int = 130) -> Kills:
+    """Time from each worker's RSS crossing memory.hard to its job being settled as killed
+    (ms, sorted, in ``late``), with every worker allocating past it at once (one job each,
+    retry max 0): the sampling pass that finds them all over must kill them all before
+    anything else. A job records its crossing after each 10 MB chunk: one killed while its
+    chunk is still being written (the master saw the crossing first) has no record, and is
+    left out (``asked`` counts it)."""
+    s.start_master(prefix, workers, memory={"soft": "off", "hard": f"{hard_mb}MiB", "interval": interval},
+                   retry={"max": 0}, recycle={"max_jobs": "off"})
+    c = Client.from_url(s.url, prefix=prefix)
+    since = sched_ms(s.master.pid)
+    ids = c.enqueue_many("bench", [{"handler": "bench_tasks:hog", "args": [hog_mb, hard_mb, i]}
+                                   for i in range(workers)])
+    wait_for(lambda: s.master_exit() is not None or c.counts("bench")["dead"] >= workers, 60,
+             "the memory kills", interval=0.05)
+    crossed = {int(k): float(v) for k, v in s.redis.hgetall("bench:crossed_at").items()}
+    errors, died, use = settled_errors(s, c, ids, workers, 10, "the memory kills", since)
+    late = sorted((e["at"] / 1000 - crossed[n]) * 1000 for n, e in errors
+                  if n in crossed and e.get("reason") == "memory_hard")
+    return Kills(late, [], workers, died, use)
+
+
+def run_scale(s: Setup, args: argparse.Namespace) -> dict:
+    """The ``scale`` group, on the private redis-server: drains repeated --repeat times (their
+    median), the rest once (long windows, or many kills pooled)."""
+    res: dict = {"drains": {n: [] for n in SCALE_WORKERS}}
+    for r in range(args.repeat):
+        for n in SCALE_WORKERS:
+            res["drains"][n].append(bench_drain(s, args.jobs, f"sd{n}-{r}", workers=n))
+    res["busy"] = {iv: bench_busy_master(s, f"sb{iv}", 64, iv) for iv in ("500ms", "100ms")}
+    res["kills"] = {
+        "64 workers, waves 1 by 1": bench_kill_lateness(s, "skw", 64, SCALE_KILL_WAVES, interleave=False),
+        "64 workers, waves interleaved": bench_kill_lateness(s, "ski", 64, SCALE_KILL_WAVES, interleave=True),
+        "4 workers, waves 1 by 1": bench_kill_lateness(s, "sk4", 4, 16, interleave=False),
+    }
+    res["memory"] = bench_memory_scale(s, "sm", 64)
+    return res
+
+
 def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
@@ -703,6 +867,61 @@ def core_rows(res: dict) -> tuple[list[Row], list[Row], list[Row]]:
     return head, limits, tail
 
 
+def died(k: Kills) -> str:
+    """What a row says of a master that died before all its kills."""
+    return "" if k.died is None else f"MASTER DIED (exit {k.died}) after {len(k.late)} of {k.asked}"
+
+
+def use_row(k: Kills) -> Row:
+    """How the master spent the kills' time: a loop waiting for a CPU is late for all it does."""
+    name = "  the master meanwhile: on a CPU / waiting for one / wall"
+    if k.use is None:
+        return (name, "not known", "")
+    on_cpu, waiting, wall = k.use
+    return (name, f"{on_cpu:,.0f} / {waiting:,.0f} / {wall:,.0f} ms", "")
+
+
+def scale_rows(res: dict, args: argparse.Namespace) -> list[Row]:
+    """The ``scale`` group's rows, when it ran."""
+    if not res:
+        return []
+    med = statistics.median
+    rows: list[Row] = []
+    for n, drains in res["drains"].items():
+        d = _median_drain(drains)
+        # ms of the master's CPU per job times jobs/s: ms per s, a tenth of a % of a core
+        share = med(x.cpu_master * x.rate / 10 for x in drains)
+        rows += [(f"drain, {n} workers ({args.jobs:,} no-op jobs)", f"{d.rate:,.0f} jobs/s", ""),
+                 ("  master CPU during it", f"{share:.2f} % of a core", "")]
+    slow, fast = res["busy"]["500ms"], res["busy"]["100ms"]
+    # 64 workers sampled 10 times a second instead of 2: 512 more samples a second
+    sample_us = (fast - slow) / 100 / (64 * (10 - 2)) * 1e6
+    rows += [("master CPU, 64 workers running 200 ms jobs, memory.interval 0.5s", f"{slow:.2f} % of a core", "< 5 %"),
+             ("  same, memory.interval 0.1s", f"{fast:.2f} % of a core", "< 5 %"),
+             ("  one RSS sample of a busy worker (from the difference)", f"{sample_us:.0f} us", "")]
+    for name, k in res["kills"].items():
+        if not k.late:
+            rows.append((f"hard-timeout kill lateness, {name}", "no kill settled", died(k)))
+            continue
+        rows += [(f"hard-timeout kill lateness, {name}, {len(k.late)} kills at {KILL_LIMIT:g}s: p50 / p90",
+                  f"{pct(k.late, 50):.1f} / {pct(k.late, 90):.1f} ms", died(k)),
+                 ("  p99 / max", f"{pct(k.late, 99):.1f} / {k.late[-1]:.1f} ms",
+                  "p99 < 50 ms" if name.startswith("64") else ""),
+                 ("  of it, SIGKILL sent after the deadline p50 / p99 / max",
+                  f"{pct(k.sent, 50):.1f} / {pct(k.sent, 99):.1f} / {k.sent[-1]:.1f} ms", ""),
+                 use_row(k)]
+    mem = res["memory"]
+    name = f"memory.hard kill after crossing, {mem.asked} workers at once, 0.1s samples"
+    if mem.late:
+        rows += [(f"{name}, p50 / max ({len(mem.late)} kills seen crossing)",
+                  f"{pct(mem.late, 50):.0f} / {mem.late[-1]:.0f} ms", "<= 200 ms"), use_row(mem)]
+    else:
+        rows.append((name, "no kill settled", died(mem)))
+    if mem.late and mem.died is not None:
+        rows.append(("  (the master died)", "", died(mem)))
+    return rows
+
+
 def groups(text: str) -> tuple[str, ...]:
     chosen = tuple(g.strip() for g in text.split(",") if g.strip())
     unknown = [g for g in chosen if g not in GROUPS]
@@ -721,18 +940,22 @@ def main() -> int:
                     help=f"run only these groups of rows, comma-separated: {', '.join(GROUPS)}")
     args = ap.parse_args()
     res: dict = {"drains": [], "pdrains": [], "singles": [], "limited": []}
+    scale: dict = {}
     cluster: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="governor-bench-") as tmp:
-        if "core" in args.only or "partitions" in args.only:
+        if {"core", "partitions", "scale"} & set(args.only):
             s = Setup(Path(tmp))
             try:
-                res = run_single(s, args)
+                if "core" in args.only or "partitions" in args.only:
+                    res = run_single(s, args)
+                if "scale" in args.only:
+                    scale = run_scale(s, args)
             finally:
                 s.close()
         if "cluster" in args.only:
             cluster = run_cluster(Path(tmp), args)
     head, limits, tail = core_rows(res)
-    rows = [*head, *drain_rows(res, args), *limits, *pickup_rows(res), *tail, *cluster]
+    rows = [*head, *drain_rows(res, args), *limits, *pickup_rows(res), *tail, *scale_rows(scale, args), *cluster]
     print(f"\ngovernor bench: median of {args.repeat} runs, {os.cpu_count()} cores, "
           f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}")
     w = max(len(r[0]) for r in rows)

@@ -4,6 +4,7 @@ never seen torn; counters that only grow."""
 from __future__ import annotations
 
 import os
+import time
 
 from governor.supervise.scoreboard import OUTCOMES, Scoreboard
 
@@ -55,3 +56,24 @@ def test_a_reused_slot_starts_from_zero():
     assert again == slot
     r = board.report(again)
     assert r.finished == 0 and not any(r.counts) and r.job_id == "" and board.partition(again) is None
+
+
+def test_workers_started_into_a_backlog_are_seen_busy_before_ready(governor):
+    """A worker forked into a backlog can run a job before the master has read its 'ready':
+    its report shows it busy first (review finding: that transition crashed the master)."""
+
+    for i in range(200):
+        governor.client.enqueue("q", "tasks:sleep_then_record", f"j{i}", 0.02)
+    governor.start({"q": 16}, wait=False)
+    states = set()
+    deadline = time.monotonic() + 30
+    while len(set(governor.lines("done"))) < 200 and time.monotonic() < deadline:
+        try:
+            states |= {w["state"] for w in governor.workers("q", ("starting", "idle", "busy"))}
+        except ValueError:
+            pass
+        governor.assert_running()
+    assert len(set(governor.lines("done"))) == 200
+    governor.assert_running()
+    assert "busy" in states
+    assert "illegal transition" not in governor.log()

@@ -27,7 +27,8 @@ class State(str, enum.Enum):
 
 
 _ALLOWED = {
-    State.STARTING: {State.IDLE, State.DRAINING, State.STOPPING},
+    # (BUSY: its scoreboard report can show a run before its 'ready' message is read)
+    State.STARTING: {State.IDLE, State.BUSY, State.DRAINING, State.STOPPING},
     State.IDLE: {State.BUSY, State.DRAINING, State.STOPPING},
     State.BUSY: {State.IDLE, State.DRAINING, State.STOPPING},
     State.DRAINING: {State.STOPPING},
