@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from governor.config import MemoryLimits, RecyclePolicy
 from governor.log import fields
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, rss_bytes
-from governor.supervise.proctree import descendants
+from governor.supervise.proctree import descendants, stop_now
 from governor.units import format_size
 
 log = logging.getLogger("governor.master")
@@ -91,12 +92,19 @@ IDLE_SAMPLE = 5.0  # seconds between memory samples of an idle worker (busy ones
 
 def enforce_hard_deadlines(pools: Iterable[Pool], now: float) -> None:
     """Hard time limits, from the master's own clock: a worker stuck in C code or with
-    signals blocked is killed all the same."""
+    signals blocked is killed all the same. Deadlines that fall together (a wave of stuck
+    jobs) are stopped all at once first, so no kill waits for the ones before it to freeze;
+    the clock is read per worker, so one that fell due during the pass is not left over."""
+    due = []
     for pool in pools:
         for w in pool:
             deadline = w.hard_deadline()
-            if deadline is not None and now >= deadline:
-                w.kill("timeout_hard", limit=w.job.hard, overshoot=round(now - deadline, 4))
+            if deadline is not None and time.monotonic() >= deadline:
+                due.append((w, deadline))
+    for w, _ in due:
+        stop_now(w.pid, w.pidfd)
+    for w, deadline in due:
+        w.kill("timeout_hard", limit=w.job.hard, overshoot=round(time.monotonic() - deadline, 4))
 
 
 def sample_memory(pool: Pool, now: float) -> None:

@@ -110,6 +110,13 @@ def kill_tree(pid: int, pidfd: int | None = None, settle: float = SETTLE) -> lis
     return found
 
 
+def stop_now(pid: int, pidfd: int | None = None) -> None:
+    """SIGSTOP a worker and its process group, without waiting: a caller about to kill many
+    trees stops them all first, so each has stopped by the time ``kill_tree`` waits for it."""
+    if _send(pid, signal.SIGSTOP, pidfd):
+        _killpg(pid, signal.SIGSTOP)
+
+
 def thaw_tree(pid: int, pidfd: int | None = None) -> None:
     """SIGCONT a tree ``freeze_tree`` stopped (its lease was provably still ours after all).
     Children first: the worker, once running again, must find them running too."""
