@@ -44,6 +44,7 @@ from governor.protocol.queue import (
     NotReplicated,
     QueueKeys,
     Reserved,
+    hash_tag,
     run,
     settle_and_reserve,
     wait_replicas,
@@ -422,7 +423,7 @@ class Worker:
         # Before the first attempt: a reserve re-sent after a lost reply returns the job the first
         # one leased, whose lease in Redis runs from then, so the lease is counted from here.
         sent = time.monotonic()
-        if len(calls) == 2 and calls[0].keys[0].split("}")[0] == calls[1].keys[0].split("}")[0]:
+        if len(calls) == 2 and hash_tag(calls[0].keys[0]) == hash_tag(calls[1].keys[0]):
             combined = settle_and_reserve(calls[0], calls[1])
             results = self._redis_retry(lambda: run(self.redis, combined)[0])
         else:

@@ -11,6 +11,12 @@
 -- call with an error that names it and nothing is half-committed. (The client
 -- checks the same rules; this is the line for producers that bypass it.)
 local n = tonumber(ARGV[1])
+-- whether the queue is partitioned, asked once per call (and only if a job has no key)
+local is_partitioned = nil
+local function partitioned()
+  if is_partitioned == nil then is_partitioned = redis.call('EXISTS', KEYS[11]) == 1 end
+  return is_partitioned
+end
 local metas = {}
 local any_unique = false
 local function bad(i, id, what)
@@ -49,7 +55,7 @@ for i = 0, n - 1 do
   if meta.key ~= nil and not (type(meta.key) == 'string' and valid_id(meta.key)) then
     return bad(i, id, 'an ordering key is 1-200 printable ASCII characters without spaces')
   end
-  if meta.key == nil and redis.call('EXISTS', KEYS[11]) == 1 then
+  if meta.key == nil and partitioned() then
     return bad(i, id, 'the queue is partitioned: every job needs an ordering key')
   end
   if meta.unique then any_unique = true end
