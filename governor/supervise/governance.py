@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from governor.config import MemoryLimits, RecyclePolicy
 from governor.log import fields
 from governor.supervise.pool import Pool
-from governor.supervise.process import State, rss_bytes
-from governor.supervise.proctree import descendants, stop_now
+from governor.supervise.process import State, WorkerProcess, rss_bytes
+from governor.supervise.proctree import descendants
 from governor.units import format_size
 
 log = logging.getLogger("governor.master")
@@ -100,19 +100,22 @@ def enforce_hard_deadlines(pools: Iterable[Pool], now: float) -> None:
         for w in pool:
             deadline = w.hard_deadline()
             if deadline is not None and time.monotonic() >= deadline:
+                w.stop_now()
                 due.append((w, deadline))
-    for w, _ in due:
-        stop_now(w.pid, w.pidfd)
     for w, deadline in due:
-        w.kill("timeout_hard", limit=w.job.hard, overshoot=round(time.monotonic() - deadline, 4))
+        w.kill("timeout_hard", limit=w.job.hard, overshoot=round(w.killed_at - deadline, 4))
 
 
 def sample_memory(pool: Pool, now: float) -> None:
-    """One sampling pass over a pool, when its interval has come: kill over hard, recycle over soft."""
+    """One sampling pass over a pool, when its interval has come: kill over hard, recycle over
+    soft. A worker found over memory.hard is stopped at once, and killed when the pass is
+    over: a wave of them (a shared input that is too big) is frozen as fast as it is read,
+    and no reading waits for a kill."""
     if pool.next_sample > now:
         return
     limits = pool.config.settings.memory
     pool.next_sample = now + limits.interval
+    kills: list[tuple[WorkerProcess, Verdict]] = []
     for w in pool:
         if w.state is State.STOPPING:
             continue
@@ -125,7 +128,8 @@ def sample_memory(pool: Pool, now: float) -> None:
         if verdict is None:
             continue
         if verdict.action == "kill":
-            w.kill(verdict.reason, memory=verdict.measured, limit=verdict.limit)
+            w.stop_now()
+            kills.append((w, verdict))
         elif w.state is not State.DRAINING:
             if w.jobs_done == 0 and w.job is None:
                 # a fresh worker already over the limit would be replaced forever
@@ -141,3 +145,5 @@ def sample_memory(pool: Pool, now: float) -> None:
                      extra=fields(worker=f"{w.queue}[{w.index}]", worker_pid=w.pid, queue=w.queue,
                                   reason=verdict.reason))
             w.drain(verdict.reason)
+    for w, verdict in kills:
+        w.kill(verdict.reason, memory=verdict.measured, limit=verdict.limit)

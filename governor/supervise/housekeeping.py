@@ -20,7 +20,7 @@ import redis
 from governor.identity import is_local_and_dead, pid_of
 from governor.log import fields
 from governor.protocol.connection import disconnect, is_transient
-from governor.protocol.queue import FailOutcome, QueueKeys, lease_of, parse_lease, run
+from governor.protocol.queue import FailOutcome, QueueKeys, parse_lease, run
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess
 from governor.supervise.scoreboard import Scoreboard, margin
@@ -39,6 +39,9 @@ TICK_IDLE_PARTITION = 300.0
 GARBLED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
 
 Lane = tuple[str, "int | None"]  # a queue, or one partition of a partitioned queue
+
+
+SETTLE_BATCH = 100  # lost jobs requeued per pair of round trips (a bounded pipeline)
 
 
 @dataclass
@@ -149,37 +152,48 @@ class Housekeeper:
             self.settle_lost()
 
     def lose(self, lost: LostJob) -> None:
+        """Takes the job of a worker that died; the master's next pass requeues it, with every
+        other one that died in the same batch of exits (``settle_lost``)."""
         self.lost.append(lost)
-        if self.down_since is None:  # else the next pass that finds Redis back settles it
-            self.settle_lost()
 
     def settle_lost(self) -> None:
-        """Requeues the jobs of dead workers; what Redis refuses now is tried again later."""
+        """Requeues the jobs of dead workers, a batch in two round trips however many died
+        together (a wave of kills); what Redis refuses now is tried again later. Safe to
+        repeat: a fail already applied under the same token answers as before."""
         while self.lost:
-            lost = self.lost[0]
+            batch = self.lost[:SETTLE_BATCH]
             try:
                 # Redis knows the lease even when the worker died before telling us its job
-                keys, held = self.keys(lost.queue, lost.partitions[0]), None
-                for part in lost.partitions:
-                    held = lease_of(self.redis, self.keys(lost.queue, part), lost.wid)
+                where = [(lost, part) for lost in batch for part in lost.partitions]
+                pipe = self.redis.pipeline(transaction=False)
+                for lost, part in where:
+                    pipe.hget(self.keys(lost.queue, part).leases, lost.wid)
+                found = dict.fromkeys(id(lost) for lost in batch)
+                for (lost, part), raw in zip(where, pipe.execute(), strict=True):
+                    if raw and found[id(lost)] is None:
+                        found[id(lost)] = (part, parse_lease(raw))
+                settles = []
+                for lost in batch:
+                    part, held = found[id(lost)] or (lost.partitions[0], None)
+                    held = held or lost.known
                     if held:
                         keys = self.keys(lost.queue, part)
-                        break
-                held = held or lost.known
-                if held:
-                    error = {"reason": lost.reason, "worker": lost.wid, "seconds": lost.seconds,
-                             "error": f"worker pid {lost.pid} {lost.description} ({lost.why()}) "
-                                      "while running the job", **lost.detail}
-                    outcome = _expect_outcome(run(self.redis, keys.fail(
-                        held[0], held[1], lost.wid, error, lost.mode, 0, lost.reason,
-                        lost.max_retries))[0])
+                        error = {"reason": lost.reason, "worker": lost.wid, "seconds": lost.seconds,
+                                 "error": f"worker pid {lost.pid} {lost.description} ({lost.why()}) "
+                                          "while running the job", **lost.detail}
+                        settles.append((lost, keys, held, keys.fail(
+                            held[0], held[1], lost.wid, error, lost.mode, 0, lost.reason,
+                            lost.max_retries)))
+                replies = run(self.redis, *(c for *_, c in settles)) if settles else []
+                for (lost, keys, held, _), reply in zip(settles, replies, strict=True):
+                    outcome = _expect_outcome(reply)
                     log_requeue(lost.queue, held[0], lost.reason, outcome)
                     if keys.partition is not None and outcome in (FailOutcome.REQUEUED, FailOutcome.RETRYING):
                         self.on_ready(lost.queue, keys.partition, 1)  # at once, not at the next tick
             except (redis.RedisError, *GARBLED) as exc:
                 self._failed(exc)
                 return
-            self.lost.pop(0)
+            del self.lost[:len(batch)]
 
     # -- the periodic pass -------------------------------------------------------------
 

@@ -128,6 +128,7 @@ class Master:
         # per worker: lease deadlines (guarded by the sentry) and its report (read on our clock)
         self.board = Scoreboard(buckets=DURATION_BUCKETS)
         self.spawn_pending = False  # a burst of spawns was cut short: the loop comes back at once
+        self.strays_due = False  # a worker was reaped: what its tree left re-parented to us dies
         self.reports = WorkerReports(self.board, self.metrics, self._on_finished)
 
     # -- start and stop ---------------------------------------------------------
@@ -259,6 +260,9 @@ class Master:
                     self._on_sentry_exit()
                 elif kind == "serve":  # the control socket, the metrics port, their connections
                     wp.on_event(key.fileobj, mask)
+            if self.strays_due:  # once per batch of exits; their jobs are requeued on the next pass
+                self.strays_due = False
+                self._kill_strays()
 
     def _kill_all(self, warn: str | None = None) -> None:
         """SIGKILL every worker not already dying; their jobs are requeued as they are reaped."""
@@ -673,7 +677,7 @@ class Master:
             self.reports.observe(pool, wp)
         self.reports.forget(wp)
         self.board.release(wp.slot)
-        self._kill_strays()
+        self.strays_due = True  # killed once the batch of exits is read, before any requeue
         pool = self.pools.get(wp.queue)
         if pool:
             pool.workers.pop(wp.pid, None)
@@ -692,10 +696,11 @@ class Master:
         self.metrics.exits.labels(wp.queue, reason).inc()
         self.house.touch(wp.queue, now)
         self.last_progress = now
-        if wp.job is not None:  # the run ended with its worker: count it under the kill's reason
+        ran = wp.run_time(now)
+        if ran is not None:  # the run ended with its worker: count it under the kill's reason
             self.finished += 1
             self.metrics.jobs.labels(wp.queue, reason).inc()
-            self.metrics.duration.observe(wp.queue, now - wp.job.since)
+            self.metrics.duration.observe(wp.queue, ran)
         log_fn = log.warning if crashed or reason in ("memory_hard", "timeout_hard") else log.info
         log_fn("worker %r exited (%s), reason %s%s", wp, description, reason,
                "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if killed else "",
@@ -703,7 +708,7 @@ class Master:
                             reason=reason, job=wp.job.id if wp.job else None))
         max_retries = pool.config.settings.retry.max if pool else 0
         known = (wp.job.id, wp.job.token) if wp.job else None
-        seconds = round(now - wp.job.since, 3) if wp.job else None
+        seconds = round(ran, 3) if ran is not None else None
         self.house.lose(LostJob(queue=wp.queue, wid=wp.wid, pid=wp.pid, reason=reason,
                                  description=description,
                                  mode="requeue" if reason == "shutdown" else "retry",

@@ -12,10 +12,11 @@ import enum
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from governor.supervise.proctree import kill_tree
+from governor.supervise.proctree import kill_tree, stop_now
 
 
 class State(str, enum.Enum):
@@ -74,6 +75,7 @@ class WorkerProcess:
         self.peak_rss = 0
         self.sampled = -1e9  # monotonic time of the last memory sample
         self.slot = -1  # its slot in the master's scoreboard
+        self.killed_at: float | None = None  # monotonic: when its run was stopped (SIGSTOP, SIGKILL)
 
     def __repr__(self) -> str:
         return f"{self.queue}[{self.index}] pid {self.pid}"
@@ -152,7 +154,24 @@ class WorkerProcess:
         self.stop_reason = reason
         self.stop_detail = detail
         self._to(State.STOPPING)
+        # the run ends here, not when the master gets round to reaping it: its job's time
+        # and a limit's lateness are counted to this instant (a caller that stopped the
+        # tree before, all at once with others, has set it already)
+        self.killed_at = self.killed_at or time.monotonic()
         kill_tree(self.pid, pidfd=self.pidfd)
+
+    def stop_now(self) -> None:
+        """SIGSTOP it and its process group without waiting (its run ends now): a caller about
+        to kill many stops them all first, so no kill waits for the ones before it."""
+        if self.state is not State.STOPPING and self.killed_at is None:
+            self.killed_at = time.monotonic()
+            stop_now(self.pid, self.pidfd)
+
+    def run_time(self, now: float) -> float | None:
+        """How long its current job ran: to the kill that stopped it, else to ``now``."""
+        if self.job is None:
+            return None
+        return (self.killed_at or now) - self.job.since
 
     def close(self) -> None:
         self.sock.close()

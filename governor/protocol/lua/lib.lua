@@ -3,9 +3,15 @@
 -- Times are Redis server milliseconds, so hosts with skewed clocks agree.
 -- Numbers are handed to redis.call as '%.0f' strings: Lua's default number
 -- formatting keeps only 14 digits, which would corrupt scores.
+-- Read once per script run: Redis's clock, shared by every host; a run that settles a job and
+-- reserves the next (settle_reserve.lua) sees one instant, and pays for TIME once.
+local now_cached
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not now_cached then
+    local t = redis.call('TIME')
+    now_cached = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_cached
 end
 
 local function fmt(n)
