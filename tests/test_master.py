@@ -215,3 +215,21 @@ def test_a_dead_hosts_job_comes_back_when_its_lease_expires(governor):
     record = c.job(job)
     assert record["attempts"] == 2 and record["errors"][0]["reason"] == "lease_expired"
     assert "otherhost:4242" in record["errors"][0]["error"]
+
+
+def test_the_master_outranks_its_workers_for_the_cpu_and_jobs_keep_the_operators_priority(governor):
+    """With more busy workers than cores a master at their priority waits behind them all, and
+    every hard limit is late by that wait: it raises its own (tests run as root, which may);
+    the workers go back to the priority governor was started with, the operator's."""
+    import os
+
+    import psutil
+    from governor.supervise.master import MASTER_BOOST
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    governor.start({"work": {"concurrency": 2}})
+    governor.client.enqueue("work", "tasks:sleep_then_record", "niced", 5)
+    busy = wait_for(lambda: governor.workers("work", ("busy",)), 5, "a busy worker")[0]
+    assert psutil.Process(governor.proc.pid).nice() == max(-20, base - MASTER_BOOST)
+    assert {psutil.Process(w["pid"]).nice() for w in governor.workers("work")} == {base}
+    assert psutil.Process(busy["pid"]).nice() == base

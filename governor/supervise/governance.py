@@ -14,6 +14,7 @@ suspicion, confirmed from ``smaps_rollup`` (milliseconds, so only then).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Iterable
@@ -94,15 +95,29 @@ def enforce_hard_deadlines(pools: Iterable[Pool], now: float) -> None:
     """Hard time limits, from the master's own clock: a worker stuck in C code or with
     signals blocked is killed all the same. Deadlines that fall together (a wave of stuck
     jobs) are stopped all at once first, so no kill waits for the ones before it to freeze;
-    the clock is read per worker, so one that fell due during the pass is not left over."""
-    due = []
-    for pool in pools:
-        for w in pool:
+    a deadline that falls while the kills go on is stopped before the next kill, so none
+    waits for the pass to end."""
+    workers = [w for pool in pools for w in pool]
+    stopped: list[tuple[WorkerProcess, float]] = []
+
+    def stop_due() -> float:
+        """SIGSTOPs every worker past its deadline; returns the next deadline to fall."""
+        upcoming = math.inf
+        for w in workers:
             deadline = w.hard_deadline()
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is None or w.killed_at is not None:
+                continue
+            if time.monotonic() >= deadline:
                 w.stop_now()
-                due.append((w, deadline))
-    for w, deadline in due:
+                stopped.append((w, deadline))
+            else:
+                upcoming = min(upcoming, deadline)
+        return upcoming
+
+    upcoming = stop_due()
+    for w, deadline in stopped:  # (grows while it runs)
+        if time.monotonic() >= upcoming:
+            upcoming = stop_due()
         w.kill("timeout_hard", limit=w.job.hard, overshoot=round(w.killed_at - deadline, 4))
 
 

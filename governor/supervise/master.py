@@ -55,6 +55,7 @@ log = logging.getLogger("governor.master")
 
 LATE_MEMORY = 10.0  # seconds /healthz keeps reporting a late loop, so a probe can see it
 SENTRY_RETRY = 5.0  # seconds between attempts to start a sentry that could not be started
+MASTER_BOOST = 10  # nice levels the master raises itself above its workers, where it may
 SPAWN_SLICE = 0.02  # seconds of forking per pass of the loop before it looks at its timers again
 MASTER_REDIS_TIMEOUT = 1.0  # seconds; a healthy Redis answers the master's calls in milliseconds
 PROBE_TIMEOUT = 0.2  # seconds; "is Redis back?" asked while it is away, once a second
@@ -127,6 +128,7 @@ class Master:
         self.next_sentry_try = 0.0
         # per worker: lease deadlines (guarded by the sentry) and its report (read on our clock)
         self.board = Scoreboard(buckets=DURATION_BUCKETS)
+        self.nice: int | None = None  # the priority we were started with: the workers' (ours is raised)
         self.spawn_pending = False  # a burst of spawns was cut short: the loop comes back at once
         self.strays_due = False  # a worker was reaped: what its tree left re-parented to us dies
         self.reports = WorkerReports(self.board, self.metrics, self._on_finished)
@@ -154,6 +156,12 @@ class Master:
         # as the adoptive parent of what a dead worker's jobs leave running, the master can kill
         # it before the job runs again elsewhere (see _kill_strays)
         proctree.become_subreaper()
+        # before the sentry is forked: it guards leases on the master's priority
+        self.nice, boosted = proctree.raise_priority(MASTER_BOOST)
+        if not boosted:
+            log.info("running at the workers' priority (nice %d): not allowed to raise its own (root "
+                     "or CAP_SYS_NICE, e.g. systemd's Nice=, AmbientCapabilities=); with more "
+                     "busy workers than cores, limits are enforced late by the wait for a CPU", self.nice)
         self._start_sentry()  # also as pid 1: besides the trees of a dead master, it guards leases
         self._prepare_app(self.config)
         if self.embedded:
@@ -254,6 +262,9 @@ class Master:
                     self._on_channel(wp)
                 elif kind == "exit":
                     self._on_exit(wp)
+                    # a wave of kills is reaped one by one: deadlines that fall meanwhile are
+                    # not left until the whole wave is read
+                    enforce_hard_deadlines(self.pools.values(), time.monotonic())
                 elif kind == "signal":
                     self._on_signals()
                 elif kind == "sentry":
@@ -482,7 +493,8 @@ class Master:
                                  limiters=_limiters(self.config),
                                  held=self.partitions.table(pool.name),
                                  hint_key=self.house.keys(pool.name).hint_list(self.partitions.master),
-                                 wait=(self.config.redis.wait_replicas, self.config.redis.wait_timeout))
+                                 wait=(self.config.redis.wait_replicas, self.config.redis.wait_timeout),
+                                 nice=self.nice)
         inherited = self._owned_fds() + [master_end.fileno()]
         # Until the child has its own handlers, a signal sent to it would run the master's
         # (and land in the master's wakeup fd): keep them blocked across fork; the worker

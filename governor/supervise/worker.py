@@ -90,6 +90,7 @@ class WorkerSpec:
     held: Any = None  # partitioned queues: the partitions our master holds (partitions.HeldTable)
     hint_key: str = ""  # ... and the list our master's hints for them arrive on
     wait: tuple[int, float] = (0, 0.0)  # redis.wait: replicas each settle waits for, and how long
+    nice: int | None = None  # the scheduling priority governor was started with (the master's is raised)
 
 
 class _Interrupted(BaseException):
@@ -124,6 +125,8 @@ def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
     if spec.board is not None:
         spec.board.narrow(spec.slot)  # (before its descriptor is closed below)
     signal.set_wakeup_fd(-1)  # else our signals would wake the master's loop
+    if spec.nice is not None:
+        proctree.restore_priority(spec.nice)  # jobs run at the operator's priority, not the master's
     try:
         os.setpgid(0, 0)  # own process group: the master can kill us with our grandchildren
     except OSError:
