@@ -185,6 +185,7 @@ def gather_status(cfg: Config) -> dict[str, Any]:
         live = control.request(cfg.state_dir, "status")
         out["master"], out["pools"] = live["master"], live["pools"]
         out["partitions"] = live.get("partitions", {})  # this master's leases, and why it serves none
+        out["adaptive"] = live.get("adaptive", {})  # what its pass over the run times learnt
     except (OSError, ValueError):
         pass
     try:
@@ -311,6 +312,16 @@ def render_status(st: dict[str, Any]) -> str:
                          f"{_safe(b['last_error'])}")
             if p.get("spawn_error"):
                 note += f", SHORT: {_safe(p['spawn_error'])}"
+            scale = p.get("autoscale")
+            if scale:
+                note += f", elastic {scale['min']}-{scale['max']}"
+                if scale.get("held"):
+                    note += f", held: {_safe(scale['held'])}"
+                last = (scale.get("history") or [None])[-1]
+                if last:
+                    why = ", ".join(f"{_safe(k)} {_safe(v)}" for k, v in last["signals"].items())
+                    note += (f", last {last['direction']} {last['from']}->{last['to']} "
+                             f"({_safe(last['reason'])}: {why}) {_age(time.time() - last['at'])} ago")
             lines.append(note)
     parted = [(q, c["partitions"]) for q, c in st["queues"].items() if c.get("partitions")]
     if parted:
@@ -338,6 +349,18 @@ def render_status(st: dict[str, Any]) -> str:
             parts.append(f"throttled {c.get('throttled_total', 0)} reserves, "
                          f"{c.get('throttled_jobs_total', 0)} jobs")
             lines.append(f"limits {_safe(q)}: " + "; ".join(parts))
+    learnt = [(q, h, t) for q, handlers in st.get("adaptive", {}).items() for h, t in sorted(handlers.items())]
+    if learnt:
+        lines.append("")
+        for q, h, t in learnt:
+            if t["fallback"]:
+                limit = f"FALLEN BACK to {format_duration(t['configured'])} ({t['kills']} adaptive kills)"
+            elif t["limit"]:
+                limit = f"limit {format_duration(t['limit'])} (learnt)"
+            else:
+                limit = f"limit {format_duration(t['configured'])} (configured: too few runs)"
+            lines.append(f"adaptive {_safe(q)} {_safe(h)}: {limit}; {t['samples']} runs, p50/p95/p99 "
+                         f"{t['p50']:.3f}/{t['p95']:.3f}/{t['p99']:.3f}s")
     dead = [(q, d) for q, c in st["queues"].items() for d in c.get("recent_dead", [])]
     if dead:
         rows = [["DEAD IN", "JOB", "HANDLER", "REASON", "ATTEMPTS", "LAST ERROR"]]

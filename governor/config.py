@@ -45,9 +45,24 @@ class MemoryLimits:
 
 
 @dataclass(frozen=True)
+class AdaptiveTimeout:
+    """``timeout.adaptive``: the hard limit learnt from the handler's own successful runs,
+    fleet-wide: clamp(p<percentile> * factor, min, max) once ``samples`` runs are known."""
+
+    percentile: float = 95.0
+    factor: float = 3.0
+    min: float = 5.0
+    max: float = 600.0
+    samples: int = 50
+    max_kills: int = 3  # adaptive kills of one handler within `window` that make it fall
+    window: float = 600.0  # back to the configured limit (until they age out of the window)
+
+
+@dataclass(frozen=True)
 class TimeoutLimits:
     soft: float | None = 50.0
     hard: float | None = 60.0
+    adaptive: AdaptiveTimeout | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,28 @@ class RetryPolicy:
     max: int = 3
     backoff: float = 2.0
     max_backoff: float = 600.0
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    """An elastic pool (``concurrency: {min, max}`` and ``autoscale:``): up on the oldest
+    waiting job's age or the depth per worker, down by retiring workers idle this long."""
+
+    min: int
+    max: int
+    up_wait: float | None = 5.0  # the oldest waiting job has waited longer than this
+    up_depth: int | None = 100  # more than this many jobs wait per worker
+    down_idle: float = 60.0
+    up_cooldown: float = 10.0
+    down_cooldown: float = 120.0
+
+
+@dataclass(frozen=True)
+class HostGuards:
+    """``host:``: what every step up on this host must leave free (psutil's readings)."""
+
+    min_available_memory: int | None = None
+    max_cpu: float | None = None  # % of all cores busy over the last 10 s
 
 
 @dataclass(frozen=True)
@@ -101,6 +138,7 @@ class QueueConfig:
     global_concurrency: int | None = None  # at most this many of its jobs running, fleet-wide
     partitions: int | None = None  # per-key ordered: jobs carry a key, spread over this many hash tags
     partitions_per_host: int | None = None  # a master leases at most this many (None: no cap)
+    autoscale: Autoscale | None = None  # elastic: `concurrency` is its max, the autoscaler moves within
 
 
 @dataclass(frozen=True)
@@ -167,6 +205,7 @@ class Config:
     user: str | None = None
     group: str | None = None
     limiters: Mapping[str, tuple[RateLimit, ...]] = field(default_factory=dict)
+    host: HostGuards = field(default_factory=HostGuards)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config, as YAML-ready data with units spelled out."""
@@ -177,7 +216,8 @@ class Config:
                            "measure": s.memory.measure, "interval": format_duration(s.memory.interval),
                            "rlimit": s.memory.rlimit},
                 "timeout": {"soft": format_duration(s.timeout.soft),
-                            "hard": format_duration(s.timeout.hard)},
+                            "hard": format_duration(s.timeout.hard),
+                            **({"adaptive": _adaptive_dict(s.timeout.adaptive)} if s.timeout.adaptive else {})},
                 "recycle": {"max_jobs": s.recycle.max_jobs,
                             "max_age": format_duration(s.recycle.max_age),
                             "jitter": s.recycle.jitter,
@@ -206,13 +246,30 @@ class Config:
             "health": {"redis_grace": format_duration(self.health.redis_grace),
                        "max_loop_lag": format_duration(self.health.max_loop_lag)},
             "limiters": {name: _limits_dict(limits) for name, limits in self.limiters.items()},
-            "queues": {q.name: {"concurrency": q.concurrency, "user": q.user, "group": q.group,
+            "host": {"min_available_memory": format_size(self.host.min_available_memory),
+                     "max_cpu": f"{self.host.max_cpu:g}%" if self.host.max_cpu is not None else None},
+            "queues": {q.name: {"concurrency": ({"min": q.autoscale.min, "max": q.autoscale.max}
+                                                if q.autoscale else q.concurrency),
+                                **({"autoscale": _autoscale_dict(q.autoscale)} if q.autoscale else {}),
+                                "user": q.user, "group": q.group,
                                 "rate_limit": _limits_dict(q.rate_limits), "limiters": list(q.limiters),
                                 "global_concurrency": q.global_concurrency,
                                 "partitions": q.partitions, "partitions_per_host": q.partitions_per_host,
                                 **settings(q.settings)}
                        for q in self.queues.values()},
         }
+
+
+def _adaptive_dict(a: AdaptiveTimeout) -> dict[str, Any]:
+    return {"percentile": a.percentile, "factor": a.factor, "min": format_duration(a.min),
+            "max": format_duration(a.max), "samples": a.samples, "max_kills": a.max_kills,
+            "window": format_duration(a.window)}
+
+
+def _autoscale_dict(a: Autoscale) -> dict[str, Any]:
+    return {"up_wait": format_duration(a.up_wait), "up_depth": a.up_depth,
+            "down_idle": format_duration(a.down_idle), "up_cooldown": format_duration(a.up_cooldown),
+            "down_cooldown": format_duration(a.down_cooldown)}
 
 
 def _limits_dict(limits: tuple[RateLimit, ...]) -> list[dict[str, Any]]:
@@ -564,6 +621,116 @@ def _partitioning(q: _Section, limited: bool) -> tuple[int | None, int | None]:
     return partitions, per_host
 
 
+def _positive_duration(v: Any) -> float:
+    d = parse_duration(v)
+    if d <= 0:
+        raise ValueError(f"expected a duration above zero, got {v!r}")
+    return d
+
+
+def _adaptive(tmo: _Section, base: AdaptiveTimeout | None) -> AdaptiveTimeout | None:
+    """``timeout.adaptive``: ``off`` (none), ``on`` (the defaults), or a mapping over ``base``."""
+    raw = tmo.data.get("adaptive")
+    if raw is False or (isinstance(raw, str) and raw.strip().lower() in ("off", "none", "false", "no")):
+        tmo.raw("adaptive")
+        return None
+    if raw is True or (isinstance(raw, str) and raw.strip().lower() in ("on", "true", "yes")):
+        tmo.raw("adaptive")
+        return base or AdaptiveTimeout()
+    a = tmo.section("adaptive").expect("percentile", "factor", "min", "max", "samples", "max_kills", "window")
+    base = base or AdaptiveTimeout()
+    out = AdaptiveTimeout(
+        percentile=a.get("percentile", _percent("a percentile", open_range=True), base.percentile),
+        factor=a.get("factor", _number_at_least(1.0, "the factor"), base.factor),
+        min=a.get("min", _positive_duration, base.min),
+        max=a.get("max", _positive_duration, base.max),
+        samples=a.get("samples", _int(1), base.samples),
+        max_kills=a.get("max_kills", _int(1), base.max_kills),
+        window=a.get("window", _positive_duration, base.window),
+    )
+    a.done()
+    if out.min > out.max:
+        raise ConfigError(a.path, f"min ({format_duration(out.min)}) is above max ({format_duration(out.max)})")
+    return out
+
+
+def _percent(what: str, open_range: bool = False) -> Callable[[Any], float]:
+    """A percentage: 95, 95% or '95%'; strictly between 0 and 100 with ``open_range``."""
+
+    def parse(v: Any) -> float:
+        x = v
+        if isinstance(x, str) and x.strip().endswith("%"):
+            x = x.strip()[:-1]
+        try:
+            if isinstance(x, bool):
+                raise ValueError
+            x = float(x)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected {what} such as 95 or 95%, got {v!r}") from None
+        ok = 0 < x < 100 if open_range else 0 < x <= 100
+        if not ok or x != x:
+            span = "between 0 and 100 (both excluded)" if open_range else "above 0 and at most 100"
+            raise ValueError(f"expected {what} {span}, got {v!r}")
+        return x
+
+    return parse
+
+
+def _number_at_least(low: float, what: str) -> Callable[[Any], float]:
+    def parse(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= low or v == float("inf"):
+            raise ValueError(f"expected {what} as a number >= {low:g}, got {v!r}")
+        return float(v)
+
+    return parse
+
+
+_AUTOSCALE_KEYS = ("up_wait", "up_depth", "down_idle", "up_cooldown", "down_cooldown")
+
+
+def _elastic(q: _Section) -> tuple[int, Autoscale | None]:
+    """A queue's ``concurrency`` (a count, or ``{min, max}``) and ``autoscale``: the count
+    to size it by (an elastic pool's max) and its thresholds, if elastic."""
+    raw = q.data.get("concurrency")
+    if not isinstance(raw, dict):
+        if "autoscale" in q.data:
+            raise ConfigError(q.sub("autoscale"), "an elastic pool needs concurrency: {min: N, max: M}")
+        return q.get("concurrency", _int(0), 1), None
+    c = q.section("concurrency").expect("min", "max")
+    low = c.get("min", _int(0), None)
+    high = c.get("max", _int(1), None)
+    c.done()
+    if low is None or high is None:
+        raise ConfigError(c.sub("min" if low is None else "max"), "an elastic pool needs both min and max")
+    if low > high:
+        raise ConfigError(c.path, f"min ({low}) is above max ({high})")
+    a = q.section("autoscale").expect(*_AUTOSCALE_KEYS)
+    d = Autoscale(min=low, max=high)
+    scale = Autoscale(
+        min=low, max=high,
+        up_wait=a.get("up_wait", _optional(_positive_duration), d.up_wait),
+        up_depth=a.get("up_depth", _optional(_int(1)), d.up_depth),
+        down_idle=a.get("down_idle", parse_duration, d.down_idle),
+        up_cooldown=a.get("up_cooldown", parse_duration, d.up_cooldown),
+        down_cooldown=a.get("down_cooldown", parse_duration, d.down_cooldown),
+    )
+    for key in ("down_idle", "up_cooldown", "down_cooldown"):
+        if getattr(scale, key) < 0:
+            raise ConfigError(a.sub(key), f"expected a duration >= 0, got {format_duration(getattr(scale, key))}")
+    a.done()
+    if scale.up_wait is None and scale.up_depth is None:
+        raise ConfigError(a.path, "up_wait and up_depth are both off: nothing would ever scale the pool up")
+    return high, scale
+
+
+def _host(top: _Section) -> HostGuards:
+    h = top.section("host").expect("min_available_memory", "max_cpu")
+    guards = HostGuards(min_available_memory=h.get("min_available_memory", _optional(parse_size), None),
+                        max_cpu=h.get("max_cpu", _percent("a CPU share"), None))
+    h.done()
+    return guards
+
+
 def _named_limiters(raw: Any, env: Mapping[str, str]) -> dict[str, tuple[RateLimit, ...]]:
     """The top-level ``limiters:``: name -> limits, shared by queues and ``governor.limit()``."""
     if raw is None:
@@ -596,12 +763,19 @@ def _settings(sec: _Section, base: QueueSettings) -> QueueSettings:
     if memory.soft and memory.hard and memory.soft > memory.hard:
         raise ConfigError(mem.path, f"soft ({format_size(memory.soft)}) is above hard ({format_size(memory.hard)})")
 
-    tmo = sec.section("timeout").expect("soft", "hard")
+    tmo = sec.section("timeout").expect("soft", "hard", "adaptive")
+    adaptive = base.timeout.adaptive
+    if "adaptive" in tmo.data:
+        adaptive = _adaptive(tmo, adaptive)
     timeout = TimeoutLimits(
         soft=tmo.get("soft", _optional(parse_duration), base.timeout.soft),
         hard=tmo.get("hard", _optional(parse_duration), base.timeout.hard),
+        adaptive=adaptive,
     )
     tmo.done()
+    if adaptive and not timeout.hard:
+        raise ConfigError(tmo.sub("adaptive"), "an adaptive limit replaces the hard limit once learnt, "
+                                               "and falls back to it: set timeout.hard too")
     if timeout.soft and timeout.hard and timeout.soft > timeout.hard:
         raise ConfigError(tmo.path, f"soft ({format_duration(timeout.soft)}) is above hard ({format_duration(timeout.hard)})")
 
@@ -675,7 +849,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     top = _Section(data, "", env).expect(
         "redis", "app", "defaults", "queues", "shutdown_timeout", "lease", "state_dir", "data_dir",
         "log", "metrics",
-        "limits", "user", "group", "health", "limiters")
+        "limits", "user", "group", "health", "limiters", "host")
     base_dir = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
 
     red = top.section("redis").expect("url", "prefix", "tls", "wait")
@@ -738,8 +912,9 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
             raise ConfigError(path, "queue names are 1-64 letters, digits or _.-")
         if isinstance(body, int) and not isinstance(body, bool):
             body = {"concurrency": body}
-        q = _Section(body, path, env).expect("concurrency", "user", "group", *_SETTING_KEYS, *_PER_QUEUE_KEYS)
-        concurrency = q.get("concurrency", _int(0), 1)
+        q = _Section(body, path, env).expect("concurrency", "autoscale", "user", "group", *_SETTING_KEYS,
+                                             *_PER_QUEUE_KEYS)
+        concurrency, autoscale = _elastic(q)
         q_user = q.get("user", _user, user)
         q_group = q.get("group", _group, group)
         settings = _settings(q, defaults)
@@ -758,7 +933,8 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
         queues[name] = QueueConfig(name=name, concurrency=concurrency, settings=settings,
                                    user=q_user, group=q_group, rate_limits=rate_limits,
                                    limiters=q_limiters, global_concurrency=global_concurrency,
-                                   partitions=partitions, partitions_per_host=per_host)
+                                   partitions=partitions, partitions_per_host=per_host,
+                                   autoscale=autoscale)
 
     shutdown_timeout = top.get("shutdown_timeout", parse_duration, 30.0)
     lease = top.get("lease", parse_duration, 60.0)
@@ -786,6 +962,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     health = HealthConfig(redis_grace=he.get("redis_grace", parse_duration, 30.0),
                           max_loop_lag=he.get("max_loop_lag", parse_duration, 5.0))
     he.done()
+    host = _host(top)
     top.done()
 
     return Config(source=source, redis=redis, app=app, queues=queues,
@@ -793,7 +970,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
                   explicit_state_dir=explicit_state_dir, data_dir=data_dir,
                   log=log, metrics=metrics, health=health, max_payload=max_payload,
                   max_result=max_result, user=user,
-                  group=group, limiters=named_limiters)
+                  group=group, limiters=named_limiters, host=host)
 
 
 MAX_CONFIG_BYTES = 1024 * 1024

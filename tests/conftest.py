@@ -281,6 +281,7 @@ class Governor:
         cfg = yaml.safe_load(self.config_path.read_text())
         for name, q in cfg["queues"].items():
             n = q["concurrency"] if isinstance(q, dict) else q
+            n = n["min"] if isinstance(n, dict) else n  # an elastic pool starts at its min
             self.wait_workers(name, n, states=("idle",))
         return self
 

@@ -91,8 +91,15 @@ class _StateCollector(Collector):
             limit.add_metric([queue], n)
         workers = GaugeMetricFamily("governor_workers", "Worker processes, per queue and state",
                                     labels=["queue", "state"])
-        desired = GaugeMetricFamily("governor_pool_desired_workers", "Configured concurrency, per queue",
+        desired = GaugeMetricFamily("governor_pool_desired_workers", "Workers the pool should have, per "
+                                    "queue: its concurrency, or an elastic pool's current target",
                                     labels=["queue"])
+        actual = GaugeMetricFamily("governor_pool_actual_workers", "Workers taking work (starting, idle or "
+                                   "busy), per queue", labels=["queue"])
+        low = GaugeMetricFamily("governor_pool_min_workers", "The fewest workers the pool may have (a "
+                                "fixed pool: its concurrency)", labels=["queue"])
+        high = GaugeMetricFamily("governor_pool_max_workers", "The most workers the pool may have (a "
+                                 "fixed pool: its concurrency)", labels=["queue"])
         backoff = GaugeMetricFamily("governor_pool_backoff_seconds",
                                     "Crash-loop backoff in force, per queue (0: none)", labels=["queue"])
         rss = GaugeMetricFamily("governor_worker_memory_bytes",
@@ -100,6 +107,10 @@ class _StateCollector(Collector):
         for pool in st["pools"]:
             q = pool["queue"]
             desired.add_metric([q], pool["desired"])
+            actual.add_metric([q], pool["actual"])
+            scale = pool.get("autoscale") or {"min": pool["desired"], "max": pool["desired"]}
+            low.add_metric([q], scale["min"])
+            high.add_metric([q], scale["max"])
             backoff.add_metric([q], (pool["backoff"] or {}).get("seconds", 0.0))
             by_state = dict.fromkeys(("starting", "idle", "busy", "draining", "stopping"), 0)
             for w in pool["workers"]:
@@ -108,9 +119,26 @@ class _StateCollector(Collector):
                     rss.add_metric([q, str(w["index"])], w["rss"])
             for state, n in by_state.items():
                 workers.add_metric([q, state], n)
+        times = GaugeMetricFamily("governor_handler_run_seconds", "Successful run times of each handler, "
+                                  "fleet-wide, per queue (queues with timeout.adaptive)",
+                                  labels=["queue", "handler", "quantile"])
+        learnt = GaugeMetricFamily("governor_handler_timeout_seconds", "The hard limit a handler's jobs run "
+                                   "under: learnt (timeout.adaptive), or the configured one",
+                                   labels=["queue", "handler", "adaptive"])
+        fallback = GaugeMetricFamily("governor_handler_adaptive_fallback", "1 while a handler is back on its "
+                                     "configured limit after too many adaptive kills", labels=["queue", "handler"])
+        for queue, handlers in st.get("adaptive", {}).items():
+            for handler, t in handlers.items():
+                for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
+                    times.add_metric([queue, handler, q], t[key])
+                limit = t["limit"] or t["configured"]
+                if limit:
+                    learnt.add_metric([queue, handler, "true" if t["limit"] else "false"], limit)
+                fallback.add_metric([queue, handler], 1.0 if t["fallback"] else 0.0)
         up = GaugeMetricFamily("governor_redis_up", "1 when the master's last Redis call succeeded")
         up.add_metric([], 1.0 if st["redis_ok"] else 0.0)
-        yield from (depth, oldest, throttled, paused, limit, workers, desired, backoff, rss, up)
+        yield from (depth, oldest, throttled, paused, limit, workers, desired, actual, low, high, backoff, rss,
+                    times, learnt, fallback, up)
 
 
 class Metrics:
@@ -135,6 +163,10 @@ class Metrics:
         self.lease_frozen = Counter("governor_lease_frozen", "Runs frozen at their lease deadline "
                                     "(no renewal confirmed in time) that went on once it was",
                                     ["queue"], registry=r)
+        self.scale_decisions = Counter("governor_scale_decisions", "Elastic pools' scaling decisions, by "
+                                       "queue, direction (up, down, held: a host guard refused a step "
+                                       "up) and reason (oldest_wait, depth, idle, memory, cpu)",
+                                       ["queue", "direction", "reason"], registry=r)
         self.loop_lag = Gauge("governor_master_loop_lag_seconds",
                               "How late the master's loop woke up, last pass", registry=r)
         r.register(_StateCollector(snapshot))

@@ -51,7 +51,8 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
     def text(name: str) -> str:
         return (pkg / f"{name}.lua").read_text()
 
-    bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint")}
+    bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint", "adaptive",
+                                                "censor")}
     for name in _TRANSITIONS:
         bodies[name] = f"{text(name)}\nreturn {name}(KEYS, ARGV)\n"
     bodies["settle_reserve"] = "\n".join(text(name) for name in (*_TRANSITIONS, "settle_reserve"))
@@ -63,6 +64,9 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
 
 
 _SCRIPTS = _load_scripts()
+
+
+ACK_WAKE = 7  # in an ack's arguments: whether it wakes a waiting worker (ack.lua's ARGV[8])
 
 
 class Call(NamedTuple):
@@ -279,13 +283,48 @@ class QueueKeys:
                     (worker, token, lease_ms, *rules.argv()))
 
     def ack(self, job_id: str, token: str, worker: str, done_ttl_ms: int, result: str,
-            run_ms: int, result_note: str = "", wake: bool = False) -> Call:
+            run_ms: int, result_note: str = "", wake: bool = False, runtimes: tuple[str, int] | None = None) -> Call:
         """``result_note`` says why a result is not kept (too large, not JSON); ``wake``: the
-        queue has a global_concurrency, so the freed slot wakes one waiting worker."""
-        return Call("ack", (self.active, self.meta, self.data, self.done, self.leases, self.stats,
-                            self.unique, self.waiting, self.wake, self.delayed, self.heads,
-                            self.key_lists),
-                    (job_id, token, worker, done_ttl_ms, result, run_ms, result_note, "1" if wake else ""))
+        queue has a global_concurrency, so the freed slot wakes one waiting worker; ``runtimes``:
+        (handler, how many to keep) when the queue learns its limits (timeout.adaptive): the
+        run time is kept among the handler's samples."""
+        keys = (self.active, self.meta, self.data, self.done, self.leases, self.stats, self.unique,
+                self.waiting, self.wake, self.delayed, self.heads, self.key_lists)
+        args = (job_id, token, worker, done_ttl_ms, result, run_ms, result_note, "1" if wake else "")
+        if runtimes:
+            keys = (*keys, self.runtimes(runtimes[0]), self.adaptive_handlers)
+            args = (*args, runtimes[1], runtimes[0])
+        return Call("ack", keys, args)
+
+    # -- adaptive timeouts: per handler, in each lane ------------------------------------
+
+    @property
+    def adaptive(self) -> str:
+        """handler -> its learnt hard limit in ms (absent: the configured limit applies)."""
+        return self.key("adaptive")
+
+    @property
+    def adaptive_handlers(self) -> str:
+        """The handlers with run times kept in this lane (ack.lua adds; adaptive.lua reads)."""
+        return self.key("adaptive_handlers")
+
+    def runtimes(self, handler: str) -> str:
+        return self.key(f"runtimes:{handler}")
+
+    def adaptive_kills(self, handler: str) -> str:
+        return self.key(f"adaptive_kills:{handler}")
+
+    def censor(self, handler: str, limit_ms: int, keep: int, job_id: str) -> Call:
+        return Call("censor", (self.runtimes(handler), self.adaptive_handlers, self.adaptive_kills(handler)),
+                    (limit_ms, keep, handler, job_id))
+
+    def learn(self, handlers: Sequence[str], percentile: float, factor: float, min_ms: int, max_ms: int,
+              samples: int, max_kills: int, window_ms: int) -> Call:
+        keys = [self.adaptive]
+        for h in handlers:
+            keys += [self.runtimes(h), self.adaptive_kills(h)]
+        return Call("adaptive", tuple(keys), (percentile, factor, min_ms, max_ms, samples, max_kills,
+                                              window_ms, *handlers))
 
     def fail(self, job_id: str, token: str, worker: str, error: dict | None, mode: str,
              backoff_ms: int, reason: str, default_max_retries: int) -> Call:

@@ -118,7 +118,8 @@ def enforce_hard_deadlines(pools: Iterable[Pool], now: float) -> None:
     for w, deadline in stopped:  # (grows while it runs)
         if time.monotonic() >= upcoming:
             upcoming = stop_due()
-        w.kill("timeout_hard", limit=w.job.hard, overshoot=round(w.killed_at - deadline, 4))
+        learnt = {"adaptive": True, "limit_s": w.job.hard} if w.job.adaptive else {}
+        w.kill("timeout_hard", limit=w.job.hard, overshoot=round(w.killed_at - deadline, 4), **learnt)
 
 
 def sample_memory(pool: Pool, now: float) -> None:

@@ -60,6 +60,8 @@ class LostJob:
     detail: dict[str, Any]  # measured figures: peak memory, limit, signal or exit code
     partitions: tuple[int | None, ...] = (None,)  # where its lease may be: the job's partition if
     # known, else every partition of its queue
+    handler: str | None = None  # the job's handler, when known
+    keep: int = 0  # killed at a learnt limit (timeout.adaptive): run times kept, its sample among them
 
     def why(self) -> str:
         """The reason with its measured figure, as an operator reads it in `governor status`."""
@@ -185,6 +187,9 @@ class Housekeeper:
                             held[0], held[1], lost.wid, error, lost.mode, 0, lost.reason,
                             lost.max_retries)))
                 replies = run(self.redis, *(c for *_, c in settles)) if settles else []
+                censored = [(lost, keys, held) for lost, keys, held, _ in settles if lost.keep and lost.handler]
+                if censored:
+                    self._censor(censored)
                 for (lost, keys, held, _), reply in zip(settles, replies, strict=True):
                     outcome = _expect_outcome(reply)
                     log_requeue(lost.queue, held[0], lost.reason, outcome)
@@ -195,7 +200,14 @@ class Housekeeper:
                 return
             del self.lost[:len(batch)]
 
-    # -- the periodic pass -------------------------------------------------------------
+    def _censor(self, killed: list[tuple[LostJob, QueueKeys, tuple[str, str]]]) -> None:
+        """Runs killed at their learnt limit: each is a censored sample of its handler's run
+        time (it needed at least the limit: adaptive.lua counts it there, so the limit cannot
+        ratchet itself down) and a kill in the window that makes the handler fall back."""
+        run(self.redis, *(keys.censor(lost.handler, int(float(lost.detail.get("limit_s") or 0) * 1000),
+                                      lost.keep, held[0]) for lost, keys, held in killed))
+
+        # -- the periodic pass -------------------------------------------------------------
 
     def _reachable(self, now: float) -> bool:
         """While Redis is known to be away: one short probe per TICK_BUSY, no real call."""

@@ -35,6 +35,8 @@ from governor.protocol.connection import connect, is_cluster, resolve_url, socke
 from governor.protocol.limits import rules_for
 from governor.protocol.queue import run
 from governor.supervise import channel, fdbudget, proctree, statedir, worker
+from governor.supervise.adaptive import AdaptiveLimits, runtimes_kept
+from governor.supervise.autoscale import Autoscaler
 from governor.supervise.embedded import EmbeddedRedis
 from governor.supervise.governance import (
     enforce_hard_deadlines,
@@ -128,6 +130,7 @@ class Master:
         self.next_sentry_try = 0.0
         # per worker: lease deadlines (guarded by the sentry) and its report (read on our clock)
         self.board = Scoreboard(buckets=DURATION_BUCKETS)
+        self.scaler = Autoscaler(config.host, on_decision=self._on_scale)
         self.nice: int | None = None  # the priority we were started with: the workers' (ours is raised)
         self.spawn_pending = False  # a burst of spawns was cut short: the loop comes back at once
         self.strays_due = False  # a worker was reaped: what its tree left re-parented to us dies
@@ -178,6 +181,7 @@ class Master:
                                  on_lease_lost=self._on_lease_lost, on_thaw=self._on_thaw, probe=probe,
                                  on_error=self.metrics.redis_errors.inc)
         self.house.on_ready = self._hint_idle
+        self.adaptive = AdaptiveLimits(self.redis, self.house.keys)
         self.partitions = PartitionLeases(self.redis, self.config.redis.prefix, worker_id(self.pid),
                                           self.config.lease)
         self._install_signals()
@@ -195,7 +199,8 @@ class Master:
         self.house.recover_predecessor(self.pools)
         log.info("governor master %d starting: redis %s, queues %s", self.pid,
                  mask_url(self.config.redis.url),
-                 ", ".join(f"{q.name}={q.concurrency}" for q in self.config.queues.values()))
+                 ", ".join(f"{q.name}={q.autoscale.min}-{q.autoscale.max}" if q.autoscale
+                           else f"{q.name}={q.concurrency}" for q in self.config.queues.values()))
 
     def _prepare_app(self, cfg: Config) -> None:
         for path in reversed(cfg.app.path):
@@ -307,7 +312,8 @@ class Master:
         return line + (f", backing off: {', '.join(backing_off)}" if backing_off else "")
 
     def _next_wakeup(self, now: float) -> float:
-        times = [self.house.next_wakeup(now), self.partitions.next_wakeup(now), self.reports.next_scan]
+        times = [self.house.next_wakeup(now), self.partitions.next_wakeup(now), self.reports.next_scan,
+                 self.scaler.next_wakeup(now, self.pools), self.adaptive.next_wakeup()]
         if self.spawn_pending:
             times.append(now)
         if self.stopping == "graceful" and self.stop_deadline > now:
@@ -403,19 +409,25 @@ class Master:
             if pool is None:
                 self.pools[q.name] = Pool(q, _settings_key(q, new))
                 self.metrics.prime(q.name)
-                log.info("reload: queue %s added with %d worker(s)", q.name, q.concurrency)
+                log.info("reload: queue %s added with %d worker(s)", q.name, self.pools[q.name].desired())
                 continue
-            before = pool.desired()
+            before, range_before = pool.desired(), pool.config.autoscale and (pool.config.autoscale.min,
+                                                                              pool.config.autoscale.max)
             if pool.update(q, _settings_key(q, new)):
                 log.info("reload: queue %s settings changed; replacing its workers as they finish", q.name)
-            if before != q.concurrency:
-                log.info("reload: queue %s concurrency %d -> %d", q.name, before, q.concurrency)
+            if q.autoscale and range_before != (q.autoscale.min, q.autoscale.max):
+                log.info("reload: queue %s elastic, %d to %d workers (now %d)", q.name, q.autoscale.min,
+                         q.autoscale.max, pool.desired())
+            elif before != pool.desired():
+                log.info("reload: queue %s concurrency %d -> %d", q.name, before, pool.desired())
         for name, pool in self.pools.items():
             if name not in new.queues and not pool.removed:
                 pool.removed = True
                 log.info("reload: queue %s removed; draining its workers", name)
         self.partitions.sync(self.pools)
         self.partitions.lease = new.lease
+        self.scaler.guards = new.host
+        self.adaptive.forget()
         self.config = new
         self.house.lease = new.lease
         if new.lease != old.lease:  # renew at once under the new lease, and guard it as tightly
@@ -450,7 +462,7 @@ class Master:
                                 break  # out of descriptors or memory: retried in a second
                 elif delta < 0:
                     for w in pool.excess(-delta):
-                        w.drain("drain")
+                        w.drain("scale_down" if pool.config.autoscale else "drain")
                 if pool.delta() <= 0:
                     pool.spawn_error = None
             if pool.removed and not pool.workers:
@@ -658,7 +670,7 @@ class Master:
         """Grants a retirement unless too many of the pool's workers are already recycling."""
         recycling = sum(1 for w in pool if w.state is State.DRAINING
                         and w.stop_reason in ("max_jobs", "max_age"))
-        limit = max_concurrent_recycles(pool.config.settings.recycle, pool.config.concurrency)
+        limit = max_concurrent_recycles(pool.config.settings.recycle, pool.desired())
         granted = recycling < limit or self.stopping is not None
         try:
             wp.sock.send(b"go" if granted else b"later")
@@ -727,7 +739,11 @@ class Master:
                                  seconds=seconds, known=known, max_retries=max_retries,
                                  detail={k: v for k, v in detail.items() if v is not None},
                                  partitions=_likely_first(wp.job.partition if wp.job else None,
-                                                          all_lanes(pool.config) if pool else [None])))
+                                                          all_lanes(pool.config) if pool else [None]),
+                                 handler=wp.job.handler if wp.job else None,
+                                 keep=runtimes_kept(pool.config.settings.timeout.adaptive)
+                                 if pool and wp.job and wp.job.adaptive and reason == "timeout_hard"
+                                 and pool.config.settings.timeout.adaptive else 0))
         # Crash-loop backoff is for workers that die before taking a job (a broken import, a
         # bad deploy). One that died running a job is that job's fault: the job is charged
         # (retried, then dead-lettered as a poison job) and the worker replaced at once.
@@ -771,8 +787,16 @@ class Master:
                     self.house.look_now(queue, parts)
             except (redis.RedisError, *GARBLED) as exc:
                 self.house.failed(exc)
-        self.house.run(now, self.pools, {name: self.partitions.lanes(name) if p.config.partitions
-                                         else all_lanes(p.config) for name, p in self.pools.items()})
+        lanes = {name: self.partitions.lanes(name) if p.config.partitions else all_lanes(p.config)
+                 for name, p in self.pools.items()}
+        self.house.run(now, self.pools, lanes)
+        if self.house.redis_ok and not self.stopping and now >= self.adaptive.next_run:
+            try:
+                self.adaptive.run(now, self.pools, lanes)
+            except (redis.RedisError, *GARBLED) as exc:
+                self.house.failed(exc)
+        # on the figures just read; what it changes (a pool's desired size) _reconcile carries out
+        self.scaler.run(now, self.pools, self.house.stats, stopping=bool(self.stopping))
 
     def _hint_idle(self, queue: str, partition: int, waiting: int) -> None:
         """A partition we hold has jobs waiting: send idle workers to it. (Hints from producers
@@ -802,8 +826,15 @@ class Master:
         return {"queues": {name: self.house.stats(name, now) for name in self.pools},
                 "global_concurrency": {p.name: p.config.global_concurrency for p in self.pools.values()
                                        if p.config.global_concurrency},
-                "pools": [p.snapshot(now) for p in self.pools.values()],
+                "pools": self._pool_snapshots(now),
+                "adaptive": self.adaptive.snapshot(),
                 "redis_ok": self.house.redis_ok}
+
+    def _pool_snapshots(self, now: float) -> list[dict[str, Any]]:
+        return [{**p.snapshot(now), "autoscale": self.scaler.snapshot(p)} for p in self.pools.values()]
+
+    def _on_scale(self, queue: str, direction: str, reason: str) -> None:
+        self.metrics.scale_decisions.labels(queue, direction, reason).inc()
 
     def _serve_metrics(self) -> tuple[int, str, bytes]:
         self.reports.scan(self.pools, time.monotonic())  # counters as of now
@@ -837,6 +868,7 @@ class Master:
                        "config": self.config.source, "stopping": self.stopping,
                        "redis": mask_url(self.config.redis.url),
                        "redis_ok": self.house.redis_ok},
-            "pools": [p.snapshot(now) for p in self.pools.values()],
+            "pools": self._pool_snapshots(now),
             "partitions": self.partitions.snapshot(),
+            "adaptive": self.adaptive.snapshot(),
         }

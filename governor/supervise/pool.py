@@ -39,6 +39,9 @@ class Pool:
         self.spawn_error: str | None = None  # why the pool is short (fork or fd limit failed)
         self.next_sample = 0.0  # monotonic time of the next memory sampling pass
         self.exits: Counter[str] = Counter()  # worker exits by reason, for status and metrics
+        # an elastic pool's desired size: the autoscaler moves it within [min, max], and the
+        # reconcile loop does the rest as for any change of desired
+        self.target = config.autoscale.min if config.autoscale else config.concurrency
 
     @property
     def name(self) -> str:
@@ -54,10 +57,15 @@ class Pool:
             self.generation += 1
         self.backoff = 0.0  # an operator's reload is a fresh start
         self.respawn_at = 0.0
+        scale = config.autoscale
+        if scale:  # a new range: the pool moves into it, never by interrupting a job
+            self.target = min(max(self.target, scale.min), scale.max)
+        else:
+            self.target = config.concurrency
         return changed
 
     def desired(self) -> int:
-        return 0 if self.removed else self.config.concurrency
+        return 0 if self.removed else self.target
 
     def taking_work(self) -> list[WorkerProcess]:
         return [w for w in self.workers.values() if w.state in TAKING_WORK]
@@ -72,11 +80,17 @@ class Pool:
         return self.desired() - len(self.current())
 
     def excess(self, n: int) -> list[WorkerProcess]:
-        """The n workers to drain first: not yet started, then idle, then the busy ones
-        whose job started last (they have the least work to lose... and to wait for)."""
+        """The n workers to drain first: not yet started, then idle (the longest idle first:
+        what an elastic pool scales down), then the busy ones whose job started last (they
+        have the least work to lose... and to wait for)."""
         order = {State.STARTING: 0, State.IDLE: 1, State.BUSY: 2}
-        ranked = sorted(self.current(),
-                        key=lambda w: (order[w.state], -(w.job.since if w.job else w.started)))
+
+        def rank(w: WorkerProcess) -> tuple[int, float]:
+            if w.state is State.IDLE:
+                return order[w.state], w.idle_since
+            return order[w.state], -(w.job.since if w.job else w.started)
+
+        ranked = sorted(self.current(), key=rank)
         return ranked[:n]
 
     def free_index(self) -> int:
@@ -122,6 +136,7 @@ class Pool:
         return {
             "queue": self.name,
             "desired": self.desired(),
+            "actual": len(self.current()),
             "workers": [w.snapshot(now) for w in sorted(self.workers.values(), key=lambda w: w.index)],
             "backoff": {"seconds": self.backoff, "respawn_in": round(max(0.0, self.respawn_at - now), 3),
                         "last_error": self.last_error} if self.backoff else None,

@@ -50,6 +50,7 @@ class CurrentJob:
     hard: float | None
     partition: int | None = None  # of a partitioned queue: where the job (and its lease) is
     run: int = 0  # the worker's number for this run (its scoreboard report names it)
+    adaptive: bool = False  # its hard limit was learnt from its handler's runs (timeout.adaptive)
 
 
 class WorkerProcess:
@@ -75,6 +76,7 @@ class WorkerProcess:
         self.peak_rss = 0
         self.sampled = -1e9  # monotonic time of the last memory sample
         self.slot = -1  # its slot in the master's scoreboard
+        self.idle_since = now  # monotonic: when it last became idle (an elastic pool retires the longest idle)
         self.killed_at: float | None = None  # monotonic: when its run was stopped (SIGSTOP, SIGKILL)
 
     def __repr__(self) -> str:
@@ -83,6 +85,8 @@ class WorkerProcess:
     def _to(self, new: State) -> None:
         if new is not self.state and new not in _ALLOWED[self.state]:
             raise RuntimeError(f"worker {self!r}: illegal transition {self.state.value} -> {new.value}")
+        if new is State.IDLE and self.state is not State.IDLE:
+            self.idle_since = time.monotonic()
         self.state = new
 
     # -- what the worker tells us --------------------------------------------

@@ -58,7 +58,8 @@ class WorkerReports:
             r = self.board.report(w.slot)
             w.on_start(CurrentJob(id=r.job_id, token=r.token, handler=r.handler, attempt=r.attempt,
                                   since=r.started, soft=r.soft or None, hard=r.hard or None,
-                                  partition=r.partition if r.partition >= 0 else None, run=r.run))
+                                  partition=r.partition if r.partition >= 0 else None, run=r.run,
+                                  adaptive=bool(r.adaptive)))
         elif not r.run and w.job is not None:
             if w.state is State.STOPPING:
                 w.job = None  # killed between two runs: it died running nothing

@@ -58,8 +58,9 @@ OUTCOMES = ("ok", "exception", "timeout_soft", "throttled", "import_error", "not
 _OUTCOME_INDEX = {name: i for i, name in enumerate(OUTCOMES)}
 _REPORT_AT = 32
 # seq, run (the job number the run fields describe; 0: none), started (monotonic), soft, hard,
-# attempt, partition, jobs finished, run seconds summed, wait seconds summed
-_REPORT = struct.Struct("=qqdddqqqdd")
+# attempt, partition, jobs finished, run seconds summed, wait seconds summed, adaptive (1: the
+# hard limit is one learnt from the handler's runs, timeout.adaptive)
+_REPORT = struct.Struct("=qqdddqqqddq")
 _COUNTS_AT = _REPORT_AT + _REPORT.size
 _TEXT_AT = 1024  # id, token, handler: a length byte pair and up to 255 bytes each
 _TEXT = struct.Struct("=H255sH255sH255s")
@@ -75,6 +76,7 @@ class Report(NamedTuple):
     finished: int
     run_seconds: float
     wait_seconds: float
+    adaptive: int
     counts: tuple[int, ...]  # per outcome, then the run-time buckets, then the wait buckets
     job_id: str
     token: str
@@ -114,7 +116,7 @@ class _ReportMixin:
 
     def start_run(self, slot: int, run: int, job_id: str, token: str, handler: str, attempt: int,
                   soft: float | None, hard: float | None, partition: int | None,
-                  wait: float | None) -> None:
+                  wait: float | None, adaptive: bool = False) -> None:
         """The worker starts running job number ``run`` (a handler is about to be called)."""
         old = self.report(slot, text=False)
         counts = list(old.counts)
@@ -124,7 +126,7 @@ class _ReportMixin:
         text = _TEXT.pack(len(jid), jid, len(tok), tok, len(hdl), hdl)
         self._write(slot, (run, time_monotonic(), soft or 0.0, hard or 0.0, attempt,
                            -1 if partition is None else partition, old.finished, old.run_seconds,
-                           old.wait_seconds + (wait or 0.0)), tuple(counts), text)
+                           old.wait_seconds + (wait or 0.0), int(adaptive)), tuple(counts), text)
 
     def finish_run(self, slot: int, outcome: str, seconds: float) -> None:
         """The run ended with ``outcome`` after ``seconds``: counted, and no job is running."""
@@ -133,7 +135,8 @@ class _ReportMixin:
         counts[_OUTCOME_INDEX.get(outcome, _OUTCOME_INDEX["other"])] += 1
         counts[len(OUTCOMES) + _bucket(self.buckets, seconds)] += 1
         self._write(slot, (0, old.started, old.soft, old.hard, old.attempt, old.partition,
-                           old.finished + 1, old.run_seconds + seconds, old.wait_seconds), tuple(counts))
+                           old.finished + 1, old.run_seconds + seconds, old.wait_seconds, old.adaptive),
+                    tuple(counts))
 
     def report(self, slot: int, text: bool = True) -> Report:
         """A consistent copy of the slot's report (retried while the worker is writing it)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -36,6 +37,7 @@ from governor.protocol import limits
 from governor.protocol.connection import connect, disconnect, is_transient
 from governor.protocol.limits import RateLimited, Rules
 from governor.protocol.queue import (
+    ACK_WAKE,
     DEFAULT_MAX_PAYLOAD,
     JOB_ID,
     NO_RULES,
@@ -50,6 +52,7 @@ from governor.protocol.queue import (
     wait_replicas,
 )
 from governor.supervise import proctree
+from governor.supervise.adaptive import ADAPTIVE_REFRESH, runtimes_kept
 from governor.supervise.channel import WorkerEnd
 from governor.supervise.handlers import HandlerError, HandlerRegistry, Payload
 from governor.supervise.scoreboard import Scoreboard, margin
@@ -186,6 +189,7 @@ class Worker:
         self.current: int | None = None  # the partition we reserve from (partitioned queues)
         self._in_a_row = 0  # jobs taken from it since we came to it
         self.job_keys = self.keys  # where the job we run lives: its settle goes there
+        self._adaptive: dict[str, tuple[float, dict[str, float]]] = {}  # lane -> (read at, learnt limits)
         self.registry = HandlerRegistry(spec.app.handlers)
         self.settings = spec.queue.settings
         self.lease_ms = int(spec.lease * 1000)
@@ -414,10 +418,12 @@ class Worker:
         """Settles the last job and reserves the next in one script call (one round trip; two
         calls in one pipeline when they are in different slots: another partition); rides out
         Redis outages. Re-sent after a lost reply, it settles and reserves nothing twice."""
-        if pending is not None and reserve and pending.script == "ack" and pending.args[-1]:
+        if pending is not None and reserve and pending.script == "ack" and pending.args[ACK_WAKE]:
             # our own reserve takes the slot this ack frees: waking a waiter for it would only
             # cost it a wasted reserve
-            pending = pending._replace(args=(*pending.args[:-1], ""))
+            args = list(pending.args)
+            args[ACK_WAKE] = ""
+            pending = pending._replace(args=tuple(args))
         calls = [c for c in (pending,) if c is not None]
         token = self._next_token()
         lane = lane or self.keys
@@ -538,11 +544,11 @@ class Worker:
         """Runs the job and returns the script call that settles it."""
         token = reply[-1]
         job = Reserved.from_reply(reply[:4], token)
-        soft, hard = self._limits(job)
         handler_name = job.meta.get("handler") if isinstance(job.meta.get("handler"), str) else "?"
+        soft, hard, adaptive = self._limits(job, handler_name)
         ready, started_at = job.meta.get("ready_at") or job.meta.get("enqueued_at"), job.meta.get("started_at")
         wait = (started_at - ready) / 1000.0 if isinstance(ready, (int, float)) and isinstance(started_at, (int, float)) else None
-        self._report_start(job, token, handler_name, soft, hard, wait)
+        self._report_start(job, token, handler_name, soft, hard, wait, adaptive)
         self._title(f"job {job.id if JOB_ID.fullmatch(job.id) else _printable(job.id)} {handler_name}")
         self.jobs_run += 1
         started = time.monotonic()
@@ -596,11 +602,13 @@ class Worker:
         if note:
             log.warning("job %s: result not kept: %s", job.id, note,
                         extra=fields(queue=self.spec.queue.name, job=job.id, reason="result_dropped"))
+        learning = self.settings.timeout.adaptive
         return self.job_keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note,
-                             wake=self.spec.rules.global_concurrency > 0)
+                                 wake=self.spec.rules.global_concurrency > 0,
+                                 runtimes=(payload.handler, runtimes_kept(learning)) if learning else None)
 
     def _report_start(self, job: Reserved, token: str, handler: str, soft: float | None,
-                      hard: float | None, wait: float | None) -> None:
+                      hard: float | None, wait: float | None, adaptive: bool = False) -> None:
         """What the master must know of the run (to enforce its hard limit, requeue it if we
         die, show it): written to our scoreboard slot, which the master reads on its own clock.
         No message, so no wake-up of the master per job; only a worker that was idle rings
@@ -608,7 +616,7 @@ class Worker:
         if self.spec.board is None:
             return
         self.spec.board.start_run(self.spec.slot, self.jobs_run + 1, job.id, token, handler, job.attempts,
-                                  soft, hard, self.job_keys.partition, wait)
+                                  soft, hard, self.job_keys.partition, wait, adaptive)
         if not self._rang:
             self._rang = True
             self.channel.send("busy")
@@ -624,14 +632,36 @@ class Worker:
         if self.spec.board is not None:
             self.spec.board.end(self.spec.slot)
 
-    def _limits(self, job: Reserved) -> tuple[float | None, float | None]:
-        """(soft, hard) seconds. A per-job timeout replaces the hard limit and scales the soft one."""
+    def _limits(self, job: Reserved, handler: str) -> tuple[float | None, float | None, bool]:
+        """(soft, hard seconds, whether hard was learnt). A per-job timeout replaces the hard
+        limit and scales the soft one; else a limit learnt from the handler's runs
+        (timeout.adaptive) does the same; else the configured ones apply."""
         soft, hard = self.settings.timeout.soft, self.settings.timeout.hard
         override = job.meta.get("timeout")
+        learnt = False
+        if not (isinstance(override, (int, float)) and override > 0) and self.settings.timeout.adaptive:
+            override = self._learnt(handler)
+            learnt = override is not None
         if isinstance(override, (int, float)) and override > 0:
             soft = override * (soft / hard) if soft and hard else None
             hard = float(override)
-        return soft, hard
+            return soft, hard, learnt
+        return soft, hard, False
+
+    def _learnt(self, handler: str) -> float | None:
+        """The handler's learnt hard limit in this lane, in seconds, as the masters last wrote
+        it (adaptive.lua); read again at most every ADAPTIVE_REFRESH, and only while jobs
+        run. None: not learnt yet (too few samples), fallen back, or Redis did not answer."""
+        lane = self.job_keys.adaptive
+        at, limits = self._adaptive.get(lane, (-math.inf, {}))
+        if time.monotonic() - at >= ADAPTIVE_REFRESH:
+            try:
+                raw = self.redis.hgetall(lane)
+                limits = {k.decode(errors="replace"): int(v) / 1000.0 for k, v in raw.items() if v.isdigit()}
+            except (redis.RedisError, ValueError):
+                pass  # the limits known before (or the configured ones) until the next look
+            self._adaptive[lane] = (time.monotonic(), limits)
+        return limits.get(handler) or None
 
     def _backoff_ms(self, attempts: int) -> int:
         """Capped exponential backoff with equal jitter, so retries of a burst spread out."""

@@ -1,0 +1,172 @@
+"""Elastic pools end to end: a real master scaling real workers on a real backlog."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+
+import pytest
+from test_config import BASE, check
+
+from conftest import free_port, http_get, wait_for
+
+ELASTIC = {"up_wait": "1s", "up_cooldown": "1s", "down_idle": "2s", "down_cooldown": "1s"}
+
+
+def pool_status(governor, queue: str) -> dict:
+    return next(p for p in governor.status()["pools"] if p["queue"] == queue)
+
+
+def scale(governor, queue: str) -> dict:
+    return pool_status(governor, queue)["autoscale"]
+
+
+def jobs(n: int, seconds: float, tag: str = "j") -> list[dict]:
+    return [{"handler": "tasks:sleep_then_record", "args": [f"{tag}{i}", seconds]} for i in range(n)]
+
+
+def test_a_backlog_scales_the_pool_to_max_and_idleness_brings_it_back_to_min(governor):
+    listen = f"127.0.0.1:{free_port()}"
+    governor.start({"media": {"concurrency": {"min": 1, "max": 6}, "autoscale": ELASTIC,
+                              "recycle": {"max_jobs": "off"}}}, metrics={"listen": listen})
+    c = governor.client
+    c.enqueue_many("media", jobs(60, 0.5))
+    formed = time.monotonic()
+    wait_for(lambda: len(governor.workers("media")) == 6, 5, "the pool to reach 6 workers")
+    up = time.monotonic() - formed
+    wait_for(lambda: len(governor.workers("media", ("idle", "busy"))) == 6, 5, "6 workers up")
+    wait_for(lambda: c.counts("media")["done_total"] == 60, 30, "the backlog to drain", interval=0.1)
+    drained = time.monotonic()
+    wait_for(lambda: scale(governor, "media")["desired"] == 1 and len(governor.workers("media")) == 1,
+             20, "the pool back at min", interval=0.1)
+    down = time.monotonic() - drained
+    runs = collections.Counter(governor.lines("done"))
+    assert len(runs) == 60 and set(runs.values()) == {1}
+    assert c.counts("media")["retried_total"] == 0  # no job interrupted by a scale-down
+    st = scale(governor, "media")
+    steps = [(d["direction"], d["from"], d["to"], d["reason"]) for d in st["history"]]
+    ups = [s for s in steps if s[0] == "up"]
+    downs = [s for s in steps if s[0] == "down"]
+    assert ups[0][1] == 1 and ups[-1][2] == 6 and all(s[3] in ("oldest_wait", "depth") for s in ups)
+    assert [s[2] - s[1] for s in ups] == [1, 2, 2]  # steps double while the overload lasts (capped at max)
+    assert downs == [("down", n, n - 1, "idle") for n in range(6, 1, -1)]  # one at a time, idle ones
+    assert all("oldest_wait" in d["signals"] and "waiting" in d["signals"] for d in st["history"])
+    assert pool_status(governor, "media")["exits"].get("scale_down") == 5
+    times = [d["at"] for d in st["history"] if d["direction"] == "down"]
+    assert all(b - a >= 0.9 for a, b in zip(times, times[1:])), times  # down_cooldown between steps
+    log = governor.log()
+    assert "scaling up 1 -> 2 (oldest_wait" in log and "scaling down 2 -> 1 (idle" in log
+    print(f"\nscale-up to 6 in {up:.1f}s after the backlog formed; back to 1 in {down:.1f}s after it drained")
+    status, body = http_get(f"http://{listen}/metrics")
+    text = body.decode()
+    assert 'governor_scale_decisions_total{direction="up",queue="media",reason="oldest_wait"}' in text
+    assert 'governor_scale_decisions_total{direction="down",queue="media",reason="idle"} 5.0' in text
+    assert 'governor_pool_max_workers{queue="media"} 6.0' in text
+    assert 'governor_pool_min_workers{queue="media"} 1.0' in text
+
+
+def test_a_host_memory_guard_holds_the_pool_at_min_and_status_says_why(governor):
+    governor.start({"media": {"concurrency": {"min": 1, "max": 4}, "autoscale": ELASTIC}},
+                   host={"min_available_memory": "100000GiB"})
+    c = governor.client
+    c.enqueue_many("media", jobs(8, 0.5))
+    wait_for(lambda: scale(governor, "media")["held"] == "host memory", 6, "the guard to hold the pool")
+    seen = set()
+    while c.counts("media")["done_total"] < 8:
+        seen.add(len(governor.workers("media")))
+        time.sleep(0.1)
+    assert seen == {1}
+    assert scale(governor, "media")["desired"] == 1
+    log = governor.log()
+    assert "not scaling up (held: host memory)" in log and "min_available_memory 100000GiB" in log
+
+
+def test_status_shows_an_elastic_pool_and_why_it_is_held(governor):
+    governor.start({"media": {"concurrency": {"min": 1, "max": 4}, "autoscale": ELASTIC}},
+                   host={"min_available_memory": "100000GiB"})
+    governor.client.enqueue_many("media", jobs(6, 1.0))
+    wait_for(lambda: scale(governor, "media")["held"] == "host memory", 6, "the guard to hold the pool")
+    out = governor_status_text(governor)
+    assert "elastic 1-4" in out and "held: host memory" in out, out
+
+
+def governor_status_text(governor) -> str:
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "governor", "status", "-c", str(governor.config_path)],
+                          capture_output=True, text=True, timeout=30).stdout
+
+
+def test_a_backlog_that_comes_and_goes_does_not_make_the_pool_flap(governor):
+    governor.start({"media": {"concurrency": {"min": 1, "max": 4},
+                              "autoscale": {"up_wait": "500ms", "up_cooldown": "1s", "down_idle": "1s",
+                                            "down_cooldown": "10s"}}})
+    c = governor.client
+    t0 = time.monotonic()
+    for burst in range(6):  # every 2 s for 12 s: 6 jobs of 0.4 s, a backlog for one worker
+        c.enqueue_many("media", jobs(6, 0.4, tag=f"b{burst}-"))
+        time.sleep(max(0.0, t0 + 2 * (burst + 1) - time.monotonic()))
+    wait_for(lambda: c.counts("media")["done_total"] == 36, 20, "the bursts to finish")
+    history = scale(governor, "media")["history"]
+    downs = [d for d in history if d["direction"] == "down"]
+    ups = [d for d in history if d["direction"] == "up"]
+    assert len(ups) <= 3  # 1 -> 4 takes at most three steps, and it never has to climb again...
+    assert len(downs) <= 2  # ...because a step down waits 10 s after any step
+    turns = sum(1 for a, b in zip(history, history[1:]) if a["direction"] != b["direction"])
+    assert turns <= 1, history
+
+
+def test_sighup_moves_the_pool_into_a_new_range_without_interrupting_a_job(governor):
+    queue = {"concurrency": {"min": 1, "max": 6}, "autoscale": ELASTIC}
+    governor.start({"media": queue})
+    c = governor.client
+    long_job = c.enqueue("media", "tasks:sleep_then_record", "long", 3)
+    wait_for(lambda: governor.lines("start") == ["long"], 5, "the long job to start")
+    governor.write({"media": {**queue, "concurrency": {"min": 3, "max": 4}}})
+    governor.signal(signal.SIGHUP)
+    wait_for(lambda: len(governor.workers("media", ("idle", "busy"))) == 3, 10, "the pool at its new min")
+    assert scale(governor, "media")["min"] == 3 and scale(governor, "media")["max"] == 4
+    governor.write({"media": {**queue, "concurrency": {"min": 1, "max": 2}}})
+    governor.signal(signal.SIGHUP)
+    wait_for(lambda: len(governor.workers("media")) == 2, 10, "the pool under its new max")
+    wait_for(lambda: governor.lines("done") == ["long"], 10, "the long job to finish")
+    record = c.job(long_job)
+    assert record["state"] == "done" and record["attempts"] == 1  # never interrupted
+    assert "elastic, 3 to 4 workers" in governor.log()
+
+
+@pytest.mark.parametrize("queue, path, words", [
+    ("{concurrency: {min: 5, max: 2}}", "queues.email.concurrency", "min (5) is above max (2)"),
+    ("{concurrency: {min: 1}}", "queues.email.concurrency.max", "both min and max"),
+    ("{concurrency: 3, autoscale: {up_wait: 1s}}", "queues.email.autoscale", "concurrency: {min: N, max: M}"),
+    ("{concurrency: {min: 1, max: 3}, autoscale: {up_wait: -1s}}", "queues.email.autoscale.up_wait", "'-1s'"),
+    ("{concurrency: {min: 1, max: 3}, autoscale: {up_depth: -5}}", "queues.email.autoscale.up_depth", "-5"),
+    ("{concurrency: {min: 1, max: 3}, autoscale: {down_cooldown: -1m}}", "queues.email.autoscale.down_cooldown", "'-1m'"),
+    ("{concurrency: {min: 1, max: 3}, autoscale: {up_wait: off, up_depth: off}}", "queues.email.autoscale", "both off"),
+    ("{concurrency: {min: 1, max: 3}, autoscale: {up_wiat: 1s}}", "queues.email.autoscale.up_wiat", "did you mean 'up_wait'"),
+    ("{concurrency: 1, timeout: {adaptive: {percentile: 100}}}", "queues.email.timeout.adaptive.percentile", "between 0 and 100"),
+    ("{concurrency: 1, timeout: {adaptive: {percentile: 0}}}", "queues.email.timeout.adaptive.percentile", "between 0 and 100"),
+    ("{concurrency: 1, timeout: {adaptive: {factor: 0.5}}}", "queues.email.timeout.adaptive.factor", ">= 1"),
+    ("{concurrency: 1, timeout: {adaptive: {min: 10m, max: 1m}}}", "queues.email.timeout.adaptive", "min (10m) is above max (1m)"),
+    ("{concurrency: 1, timeout: {hard: off, adaptive: on}}", "queues.email.timeout.adaptive", "set timeout.hard"),
+])
+def test_check_rejects_bad_elastic_and_adaptive_settings_naming_the_path(tmp_path, queue, path, words):
+    out = check(tmp_path, BASE.replace("{concurrency: 3}", queue))
+    assert out.returncode == 2, out.stdout
+    assert f"{path}:" in out.stderr and words in out.stderr, out.stderr
+
+
+def test_check_rejects_a_bad_host_guard(tmp_path):
+    out = check(tmp_path, BASE + "host: {max_cpu: 150%}\n")
+    assert out.returncode == 2 and "host.max_cpu:" in out.stderr and "150%" in out.stderr
+
+
+def test_a_reload_with_a_bad_range_keeps_the_old_one(governor):
+    queue = {"concurrency": {"min": 2, "max": 4}, "autoscale": ELASTIC}
+    governor.start({"media": queue})
+    governor.write({"media": {**queue, "concurrency": {"min": 5, "max": 3}}})
+    governor.signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in governor.log(), 5, "the reload to fail")
+    assert "queues.media.concurrency: min (5) is above max (3)" in governor.log()
+    assert scale(governor, "media")["min"] == 2 and len(governor.workers("media")) == 2
