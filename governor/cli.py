@@ -20,6 +20,7 @@ import yaml
 
 from governor.config import Config, ConfigError, load_config, mask_url
 from governor.protocol.connection import RedisUnavailable, resolve_url
+from governor.protocol.fleet import fleet
 from governor.protocol.limits import rules_for, usage
 from governor.protocol.queue import DEFAULT_PRIORITY, Client, NotReplicated
 from governor.units import format_duration, format_size
@@ -177,19 +178,29 @@ def cmd_pause(args: argparse.Namespace) -> int:
     return 0
 
 
-def gather_status(cfg: Config) -> dict[str, Any]:
-    """Queues from Redis and, when a master runs, its pools and workers from the control socket."""
+def gather_status(cfg: Config, host: str | None = None) -> dict[str, Any]:
+    """Queues and the fleet's masters from Redis and, when a master runs here, its pools and
+    workers from its control socket (fresher than its record in Redis). ``host``: show that
+    master's pools and workers instead (a host name, or ``host:pid`` when several run there)."""
     from governor.ops import control
-    out: dict[str, Any] = {"config": cfg.source, "master": None, "pools": [], "queues": {}}
+    out: dict[str, Any] = {"config": cfg.source, "master": None, "pools": [], "queues": {}, "fleet": []}
     try:
-        live = control.request(cfg.state_dir, "status")
-        out["master"], out["pools"] = live["master"], live["pools"]
-        out["partitions"] = live.get("partitions", {})  # this master's leases, and why it serves none
-        out["adaptive"] = live.get("adaptive", {})  # what its pass over the run times learnt
+        if host is None:
+            live = control.request(cfg.state_dir, "status")
+            out["master"], out["pools"] = live["master"], live["pools"]
+            out["partitions"] = live.get("partitions", {})  # this master's leases, and why it serves none
+            out["adaptive"] = live.get("adaptive", {})  # what its pass over the run times learnt
     except (OSError, ValueError):
         pass
     try:
         client = _client(cfg)
+        out["fleet"] = fleet(client.redis, cfg.redis.prefix)
+        if host is not None:
+            out["fleet"] = [m for m in out["fleet"] if _is_host(m, host)]
+            if out["fleet"]:
+                record = out["fleet"][0]
+                out["master"], out["pools"] = record.get("master"), record.get("pools", [])
+                out["adaptive"] = record.get("adaptive", {})
         names = sorted(set(cfg.queues) | set(client.queues()))
         for name in names:
             out["queues"][name] = client.counts(name)
@@ -214,6 +225,12 @@ def gather_status(cfg: Config) -> dict[str, Any]:
     except (redis.RedisError, RedisUnavailable) as exc:
         out["redis_error"] = str(exc)
     return out
+
+
+def _is_host(record: dict[str, Any], host: str) -> bool:
+    """``--host NAME``: the master's host name, or ``host:pid`` to pick one of several."""
+    m = record.get("master") or {}
+    return host in (m.get("host"), f"{m.get('host')}:{m.get('pid')}", _master_name(record.get("id", "")))
 
 
 def _master_name(wid: str) -> str:
@@ -283,6 +300,8 @@ def render_status(st: dict[str, Any]) -> str:
                      f"redis {_safe(m['redis'])}"
                      + ("" if m["redis_ok"] else " (UNREACHABLE)")
                      + (f", stopping ({_safe(m['stopping'])})" if m["stopping"] else ""))
+    elif st.get("host"):
+        lines.append(f"no live master on host {_safe(st['host'])} in this fleet")
     else:
         lines.append("no master running for this config (showing what Redis holds)")
     if st.get("redis_error"):
@@ -323,6 +342,21 @@ def render_status(st: dict[str, Any]) -> str:
                     note += (f", last {last['direction']} {last['from']}->{last['to']} "
                              f"({_safe(last['reason'])}: {why}) {_age(time.time() - last['at'])} ago")
             lines.append(note)
+    if st.get("fleet"):
+        rows = [["MASTER", "VERSION", "UP", "POOLS", "WORKERS", "BUSY", "PARTITIONS", "LEASE LEFT"]]
+        total = busy_total = 0
+        for rec in st["fleet"]:
+            m = rec.get("master") or {}
+            pools = rec.get("pools") or []
+            workers = [w for p in pools for w in p.get("workers", [])]
+            busy = sum(1 for w in workers if w.get("state") == "busy")
+            total, busy_total = total + len(workers), busy_total + busy
+            held = sum(len(p.get("held", [])) for p in (rec.get("partitions") or {}).values())
+            rows.append([f"{m.get('host', '?')}:{m.get('pid', '?')}", str(m.get("version", "?")),
+                         _age(m.get("uptime")),
+                         " ".join(f"{p['queue']}={p.get('actual', '?')}/{p.get('desired', '?')}" for p in pools) or "-",
+                         str(len(workers)), str(busy), str(held), _age(rec.get("expires_in"))])
+        lines += ["", _table(rows), f"fleet: {len(st['fleet'])} master(s), {total} worker(s), {busy_total} busy"]
     parted = [(q, c["partitions"]) for q, c in st["queues"].items() if c.get("partitions")]
     if parted:
         lines.append("")
@@ -375,7 +409,9 @@ def render_status(st: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config, find_master=True)
     while True:
-        st = gather_status(cfg)
+        st = gather_status(cfg, args.host)
+        if args.host:
+            st["host"] = args.host
         text = json.dumps(st, indent=2) if args.json else render_status(st)
         if not args.watch:
             print(text)
@@ -430,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--watch", action="store_true", help="refresh in place")
     s.add_argument("--interval", type=float, default=1.0)
+    s.add_argument("--host", metavar="NAME", help="one master's pools and workers, from the fleet registry "
+                                                  "(its host name, or host:pid)")
     s.set_defaults(func=cmd_status)
     return p
 

@@ -135,10 +135,20 @@ class _StateCollector(Collector):
                 if limit:
                     learnt.add_metric([queue, handler, "true" if t["limit"] else "false"], limit)
                 fallback.add_metric([queue, handler], 1.0 if t["fallback"] else 0.0)
+        unheld = GaugeMetricFamily("governor_partitions_unheld", "Partitions of a partitioned queue that no "
+                                   "master holds (their jobs wait until one does)", labels=["queue"])
+        for queue, part in st.get("partitions", {}).items():
+            unheld.add_metric([queue], len(part.get("unheld", [])))
+        masters = GaugeMetricFamily("governor_fleet_masters", "Masters with a live heartbeat in Redis, as of "
+                                    "this master's last heartbeat")
+        masters.add_metric([], st.get("fleet", {}).get("masters", 0))
+        beat = GaugeMetricFamily("governor_master_heartbeat_timestamp_seconds", "Unix time of this master's "
+                                 "last heartbeat Redis took (alert when it stops advancing)")
+        beat.add_metric([], st.get("fleet", {}).get("last_beat") or 0.0)
         up = GaugeMetricFamily("governor_redis_up", "1 when the master's last Redis call succeeded")
         up.add_metric([], 1.0 if st["redis_ok"] else 0.0)
         yield from (depth, oldest, throttled, paused, limit, workers, desired, actual, low, high, backoff, rss,
-                    times, learnt, fallback, up)
+                    times, learnt, fallback, unheld, masters, beat, up)
 
 
 class Metrics:

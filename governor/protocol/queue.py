@@ -52,7 +52,7 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
         return (pkg / f"{name}.lua").read_text()
 
     bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint", "adaptive",
-                                                "censor")}
+                                                "censor", "fleet")}
     for name in _TRANSITIONS:
         bodies[name] = f"{text(name)}\nreturn {name}(KEYS, ARGV)\n"
     bodies["settle_reserve"] = "\n".join(text(name) for name in (*_TRANSITIONS, "settle_reserve"))

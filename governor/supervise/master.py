@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from governor import __version__
 from governor.config import Config, ConfigError, QueueConfig, load_config, mask_url
 from governor.identity import worker_id
 from governor.log import fields
@@ -48,6 +49,7 @@ from governor.supervise.housekeeping import GARBLED, Housekeeper, LostJob, all_l
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess, describe_exit
+from governor.supervise.registry import FleetRegistry
 from governor.supervise.reports import WorkerReports
 from governor.supervise.scoreboard import Scoreboard, margin
 
@@ -125,6 +127,7 @@ class Master:
         self.http: HttpServer | None = None
         self.house: Housekeeper | None = None
         self.partitions: PartitionLeases | None = None
+        self.registry: FleetRegistry | None = None
         self.state_lock = statedir.MasterLock(config.state_dir)
         self.sentry = proctree.Sentry()  # kills every worker's tree if this master dies
         self.next_sentry_try = 0.0
@@ -182,6 +185,8 @@ class Master:
                                  on_error=self.metrics.redis_errors.inc)
         self.house.on_ready = self._hint_idle
         self.adaptive = AdaptiveLimits(self.redis, self.house.keys)
+        self.registry = FleetRegistry(self.redis, self.config.redis.prefix, worker_id(self.pid), self.config.lease,
+                                      self._fleet_record)
         self.partitions = PartitionLeases(self.redis, self.config.redis.prefix, worker_id(self.pid),
                                           self.config.lease)
         self._install_signals()
@@ -226,6 +231,11 @@ class Master:
         self._kill_all()
         if self.partitions:
             self.partitions.release_all("master stopped")
+        if self.registry and self.house and self.house.redis_ok:
+            try:
+                self.registry.leave()
+            except (redis.RedisError, *GARBLED):
+                pass  # our record expires with the lease instead
         if self.sentry.fileno() >= 0:  # workers gone (or SIGKILLed, tree and all): nothing to guard
             self.selector.unregister(self.sentry.fileno())
             self.sentry.close()
@@ -313,7 +323,8 @@ class Master:
 
     def _next_wakeup(self, now: float) -> float:
         times = [self.house.next_wakeup(now), self.partitions.next_wakeup(now), self.reports.next_scan,
-                 self.scaler.next_wakeup(now, self.pools), self.adaptive.next_wakeup()]
+                 self.scaler.next_wakeup(now, self.pools), self.adaptive.next_wakeup(),
+                 self.registry.next_wakeup()]
         if self.spawn_pending:
             times.append(now)
         if self.stopping == "graceful" and self.stop_deadline > now:
@@ -428,6 +439,7 @@ class Master:
         self.partitions.lease = new.lease
         self.scaler.guards = new.host
         self.adaptive.forget()
+        self.registry.lease = new.lease
         self.config = new
         self.house.lease = new.lease
         if new.lease != old.lease:  # renew at once under the new lease, and guard it as tightly
@@ -790,6 +802,11 @@ class Master:
         lanes = {name: self.partitions.lanes(name) if p.config.partitions else all_lanes(p.config)
                  for name, p in self.pools.items()}
         self.house.run(now, self.pools, lanes)
+        if self.house.redis_ok and now >= self.registry.next_beat:
+            try:
+                self.registry.run(now)
+            except (redis.RedisError, *GARBLED) as exc:
+                self.house.failed(exc)
         if self.house.redis_ok and not self.stopping and now >= self.adaptive.next_run:
             try:
                 self.adaptive.run(now, self.pools, lanes)
@@ -828,7 +845,15 @@ class Master:
                                        if p.config.global_concurrency},
                 "pools": self._pool_snapshots(now),
                 "adaptive": self.adaptive.snapshot(),
+                "partitions": self.partitions.snapshot(),
+                "fleet": {"masters": self.registry.masters, "last_beat": self.registry.last_beat},
                 "redis_ok": self.house.redis_ok}
+
+    def _fleet_record(self) -> dict[str, Any]:
+        """What the fleet sees of this master: ``status``, plus when it started (wall clock)."""
+        st = self.status()
+        st["master"].update(version=__version__, started=round(time.time() - st["master"]["uptime"], 3))
+        return st
 
     def _pool_snapshots(self, now: float) -> list[dict[str, Any]]:
         return [{**p.snapshot(now), "autoscale": self.scaler.snapshot(p)} for p in self.pools.values()]

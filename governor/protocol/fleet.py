@@ -1,0 +1,45 @@
+"""The fleet registry's keys and calls: every master's record in Redis, alive while it beats.
+
+One hash of records and one sorted set of expiries (on Redis's clock), under one hash tag
+so that a Cluster keeps them in one slot; fleet.lua does every transition."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from governor.protocol.queue import Call, run
+from governor.untrusted import loads
+
+
+class FleetKeys:
+    def __init__(self, prefix: str) -> None:
+        self.records = f"{{{prefix}:fleet}}:masters"
+        self.alive = f"{{{prefix}:fleet}}:alive"
+
+    def beat(self, master: str, lease_ms: int, record: dict[str, Any]) -> Call:
+        return Call("fleet", (self.records, self.alive),
+                    ("beat", master, lease_ms, json.dumps(record, separators=(",", ":"), default=str)))
+
+    def leave(self, master: str) -> Call:
+        return Call("fleet", (self.records, self.alive), ("leave", master))
+
+    def read(self) -> Call:
+        return Call("fleet", (self.records, self.alive), ("read",))
+
+
+def fleet(client: Any, prefix: str) -> list[dict[str, Any]]:
+    """Every live master's last record (``id``: its name in the registry, ``expires_in``: seconds until it
+    drops out without another heartbeat); records that do not decode are shown as such."""
+    reply = run(client, FleetKeys(prefix).read())[0]
+    out = []
+    for i in range(0, len(reply), 3):
+        name = reply[i].decode(errors="replace")
+        try:
+            record = loads(reply[i + 1], "a master's fleet record")
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            record = {"error": f"unreadable record: {exc}"}
+        out.append({**record, "id": name, "expires_in": int(reply[i + 2]) / 1000.0})
+    return out
