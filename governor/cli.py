@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -176,6 +177,113 @@ def cmd_pause(args: argparse.Namespace) -> int:
     print(f"queue {_safe(args.queue)} {state}" if changed else
           f"queue {_safe(args.queue)} was already {'paused' if pause else 'running'}")
     return 0
+
+
+def _job_op(args: argparse.Namespace, op: Callable[[Client], int]) -> int:
+    """Runs one job operation against the config's Redis; a bad id, queue or state is a clear
+    error (exit 2) that changed nothing."""
+    cfg = _load(args.config, find_master=True)
+    try:
+        return op(_client(cfg))
+    except ValueError as exc:
+        return _fail(str(exc), code=2)
+    except RedisUnavailable as exc:
+        return _fail(str(exc))
+    except redis.RedisError as exc:
+        return _fail(f"Redis at {mask_url(cfg.redis.url)}: {exc}")
+
+
+def _job_line(j: dict[str, Any]) -> list[str]:
+    last = (j.get("errors") or [{}])[-1]
+    err = str(last.get("error") or "-").split("\n", 1)[0][:80]
+    when = j.get("finished_at") or j.get("started_at") or j.get("enqueued_at")
+    return [str(j.get("id")), str(j.get("state")), str(j.get("handler")), str(j.get("attempts", 0)),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "-",
+            str(j.get("reason") or "-"), err]
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    def op(client: Client) -> int:
+        jobs, cursor = client.jobs(args.queue, args.state, args.limit, args.cursor, args.handler, args.search)
+        if args.json:
+            print(json.dumps({"jobs": jobs, "next": cursor}, indent=2, default=str))
+            return 0
+        rows = [["ID", "STATE", "HANDLER", "ATTEMPTS", "AT", "REASON", "LAST ERROR"]]
+        print(_table(rows + [_job_line(j) for j in jobs]))
+        if cursor:
+            print(f"more: --cursor {cursor}")
+        return 0
+
+    return _job_op(args, op)
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    def op(client: Client) -> int:
+        record = client.job(args.id, args.queue)
+        if record is None:
+            raise ValueError(f"no such job: {args.id}" + (f" in queue {args.queue!r}" if args.queue else ""))
+        if args.json:
+            print(json.dumps(record, indent=2, default=str))
+            return 0
+        for key in ("id", "queue", "handler", "state", "attempts", "reason", "priority", "key", "unique",
+                    "enqueued_at", "started_at", "finished_at", "due_at", "run_ms", "args", "kwargs", "result"):
+            if record.get(key) not in (None, [], {}):
+                value = record[key]
+                if key.endswith("_at"):
+                    value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+                print(f"{key}: {_safe(json.dumps(value) if isinstance(value, (list, dict)) else value)}")
+        for n, e in enumerate(record.get("errors", []), 1):
+            detail = ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("error", "traceback"))
+            print(f"error {n}: {_safe(e.get('error'))} ({_safe(detail)})")
+            if e.get("traceback"):
+                print("  " + _safe(e["traceback"]).replace("\\n", "\n  ").rstrip())
+        return 0
+
+    return _job_op(args, op)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    def op(client: Client) -> int:
+        n = client.retry(args.queue, args.ids, all=args.all, handler=args.handler, search=args.search)
+        print(f"{n} job(s) of {_safe(args.queue)} back to waiting")
+        return 0
+
+    if not (args.ids or args.all or args.handler or args.search):
+        return _fail("name the jobs to retry: their ids, --all, or --handler/--search", code=2)
+    return _job_op(args, op)
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    def op(client: Client) -> int:
+        if args.state == "active":
+            raise ValueError("active jobs are running: they cannot be purged")
+        client.known_queue(args.queue)
+        n = client.counts(args.queue).get(args.state, 0)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise ValueError(f"purge deletes {n} {args.state} job(s) of {args.queue!r} for good: "
+                                 "confirm with --yes")
+            answer = input(f"delete {n} {args.state} job(s) of {_safe(args.queue)} for good? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        print(f"{client.purge(args.queue, args.state)} {args.state} job(s) of {_safe(args.queue)} deleted")
+        return 0
+
+    return _job_op(args, op)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    def op(client: Client) -> int:
+        record = client.job(args.id, args.queue)
+        if record is None:
+            raise ValueError(f"no such job: {args.id}")
+        queue = args.queue or record.get("queue") or ""
+        client.cancel(queue, args.id)
+        print(f"job {_safe(args.id)} cancelled")
+        return 0
+
+    return _job_op(args, op)
 
 
 def gather_status(cfg: Config, host: str | None = None) -> dict[str, Any]:
@@ -461,6 +569,37 @@ def build_parser() -> argparse.ArgumentParser:
         pr.add_argument("queue")
         pr.add_argument("--force", action="store_true", help=f"{name} even a queue this config does not define")
         pr.set_defaults(func=cmd_pause)
+
+    j = with_config(sub.add_parser("jobs", help="list a queue's jobs in one state, newest first"))
+    j.add_argument("queue")
+    j.add_argument("--state", default="dead", choices=["waiting", "delayed", "active", "dead", "done"])
+    j.add_argument("--limit", type=int, default=20)
+    j.add_argument("--cursor", help="the next page (printed after a full page)")
+    j.add_argument("--handler", help="only this handler's jobs")
+    j.add_argument("--search", help="only jobs whose arguments or errors contain this text")
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(func=cmd_jobs)
+    jb = with_config(sub.add_parser("job", help="one job's record: state, attempts, errors, result"))
+    jb.add_argument("id")
+    jb.add_argument("--queue")
+    jb.add_argument("--json", action="store_true")
+    jb.set_defaults(func=cmd_job)
+    rt = with_config(sub.add_parser("retry", help="dead jobs back to waiting (attempts reset, errors kept)"))
+    rt.add_argument("queue")
+    rt.add_argument("ids", nargs="*")
+    rt.add_argument("--all", action="store_true", help="every dead job of the queue")
+    rt.add_argument("--handler", help="the dead jobs of this handler")
+    rt.add_argument("--search", help="the dead jobs whose arguments or errors contain this text")
+    rt.set_defaults(func=cmd_retry)
+    pg = with_config(sub.add_parser("purge", help="delete every job of a state, for good"))
+    pg.add_argument("queue")
+    pg.add_argument("--state", required=True, choices=["waiting", "delayed", "dead", "done", "active"])
+    pg.add_argument("--yes", action="store_true", help="do not ask")
+    pg.set_defaults(func=cmd_purge)
+    cn = with_config(sub.add_parser("cancel", help="remove a waiting or delayed job before it runs"))
+    cn.add_argument("id")
+    cn.add_argument("--queue")
+    cn.set_defaults(func=cmd_cancel)
 
     s = with_config(sub.add_parser("status", help="queues, pools and workers"))
     s.add_argument("--json", action="store_true")

@@ -54,7 +54,7 @@ def test_a_backlog_scales_the_pool_to_max_and_idleness_brings_it_back_to_min(gov
     assert all("oldest_wait" in d["signals"] and "waiting" in d["signals"] for d in st["history"])
     assert pool_status(governor, "media")["exits"].get("scale_down") == 5
     times = [d["at"] for d in st["history"] if d["direction"] == "down"]
-    assert all(b - a >= 0.9 for a, b in zip(times, times[1:])), times  # down_cooldown between steps
+    assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False)), times  # down_cooldown between steps
     log = governor.log()
     assert "scaling up 1 -> 2 (oldest_wait" in log and "scaling down 2 -> 1 (idle" in log
     print(f"\nscale-up to 6 in {up:.1f}s after the backlog formed; back to 1 in {down:.1f}s after it drained")
@@ -113,7 +113,7 @@ def test_a_backlog_that_comes_and_goes_does_not_make_the_pool_flap(governor):
     ups = [d for d in history if d["direction"] == "up"]
     assert len(ups) <= 3  # 1 -> 4 takes at most three steps, and it never has to climb again...
     assert len(downs) <= 2  # ...because a step down waits 10 s after any step
-    turns = sum(1 for a, b in zip(history, history[1:]) if a["direction"] != b["direction"])
+    turns = sum(1 for a, b in zip(history, history[1:], strict=False) if a["direction"] != b["direction"])
     assert turns <= 1, history
 
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 import yaml
-from fleet import LEASE, Fleet
 
 from conftest import wait_for
+from fleet import LEASE, Fleet
 
 
 @pytest.fixture

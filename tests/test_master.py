@@ -224,6 +224,7 @@ def test_the_master_outranks_its_workers_for_the_cpu_and_jobs_keep_the_operators
     import os
 
     import psutil
+
     from governor.supervise.master import MASTER_BOOST
 
     base = os.getpriority(os.PRIO_PROCESS, 0)

@@ -52,7 +52,8 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
         return (pkg / f"{name}.lua").read_text()
 
     bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint", "adaptive",
-                                                "censor", "fleet")}
+                                                "censor", "fleet", "jobs", "retry",
+                                                "cancel", "purge")}
     for name in _TRANSITIONS:
         bodies[name] = f"{text(name)}\nreturn {name}(KEYS, ARGV)\n"
     bodies["settle_reserve"] = "\n".join(text(name) for name in (*_TRANSITIONS, "settle_reserve"))
@@ -66,6 +67,7 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
 _SCRIPTS = _load_scripts()
 
 
+JOB_STATES = ("waiting", "delayed", "active", "dead", "done")
 ACK_WAKE = 7  # in an ack's arguments: whether it wakes a waiting worker (ack.lua's ARGV[8])
 
 
@@ -296,6 +298,30 @@ class QueueKeys:
             args = (*args, runtimes[1], runtimes[0])
         return Call("ack", keys, args)
 
+    # -- operations on jobs (an operator's, from the CLI, the Client or the web page) -------
+
+    def state_key(self, state: str) -> str:
+        if state not in JOB_STATES:
+            raise ValueError(f"state must be one of {', '.join(JOB_STATES)}, got {state!r}")
+        return {"waiting": self.waiting, "delayed": self.delayed, "active": self.active, "dead": self.dead,
+                "done": self.done}[state]
+
+    def list_jobs(self, state: str, offset: int, want: int, budget: int, handler: str = "",
+                  text: str = "") -> Call:
+        return Call("jobs", (self.state_key(state), self.meta, self.data), (offset, want, budget, handler, text))
+
+    def retry(self, ids: Sequence[str], strict: bool = True) -> Call:
+        return Call("retry", (self.dead, self.meta, self.waiting, self.delayed, self.wake, self.stats,
+                              self.heads, self.key_lists), ("strict" if strict else "any", *ids))
+
+    def cancel(self, ids: Sequence[str]) -> Call:
+        return Call("cancel", (self.waiting, self.delayed, self.meta, self.done, self.unique, self.stats,
+                               self.heads, self.key_lists), tuple(ids))
+
+    def purge(self, state: str, limit: int) -> Call:
+        return Call("purge", (self.state_key(state), self.meta, self.data, self.unique, self.stats, self.heads,
+                              self.key_lists, self.waiting, self.delayed), (state, limit))
+
     # -- adaptive timeouts: per handler, in each lane ------------------------------------
 
     @property
@@ -439,6 +465,16 @@ def lease_of(client: redis.Redis, keys: QueueKeys, worker: str) -> tuple[str, st
     return parse_lease(held) if held else None
 
 
+def _cursor(cursor: str | None, lanes: int) -> tuple[int, int]:
+    """A page cursor of ``Client.jobs``: 'lane.offset'."""
+    if not cursor:
+        return 0, 0
+    lane, _, offset = cursor.partition(".")
+    if not (lane.isdigit() and offset.isdigit()) or int(lane) >= lanes:
+        raise ValueError(f"not a cursor from a previous page: {cursor!r}")
+    return int(lane), int(offset)
+
+
 def partition_of(key: str, partitions: int) -> int:
     """The partition of an ordering key: CRC-32 (IEEE, as zlib computes it) of its UTF-8 bytes,
     modulo the partition count; a producer in another language computes the same."""
@@ -458,6 +494,39 @@ def _seconds(value: float | str | None, what: str, low: float, high: float) -> f
 
 
 _TIME_FIELDS = ("enqueued_at", "started_at", "finished_at", "due_at")
+OPS_BATCH = 500  # jobs per script call of an operation over many (retry --all, purge): bounded work
+
+
+def _record(queue: str, job_id: str, meta: bytes, payload: bytes | None) -> dict[str, Any]:
+    """A job's record as a user reads it: times in seconds, the result and arguments decoded;
+    one that does not decode is shown as such (a worker dead-letters it)."""
+    try:
+        record = loads(meta, "the job's record")
+        if not isinstance(record, dict):
+            raise ValueError("the job's record is not a JSON object")
+    except ValueError as exc:  # not written by governor; a worker will dead-letter it
+        record = {"id": job_id, "queue": queue, "state": "unknown", "malformed": str(exc)}
+    record.setdefault("id", job_id)
+    if "result_json" in record:
+        try:
+            record["result"] = loads(record.pop("result_json"), "the result")
+        except (ValueError, TypeError) as exc:
+            record["result_error"] = str(exc)
+    for name in _TIME_FIELDS:
+        if not isinstance(record.get(name), (int, float)) or isinstance(record.get(name), bool):
+            record.pop(name, None)
+        else:
+            record[name] = record[name] / 1000.0
+    if not isinstance(record.get("errors"), list):
+        record["errors"] = []
+    record["errors"] = [e if isinstance(e, dict) else {"error": str(e)} for e in record["errors"]]
+    try:
+        body = loads(payload, "the payload") if payload else {}
+    except ValueError:
+        body = {}
+    record["args"] = body.get("args", []) if isinstance(body, dict) else []
+    record["kwargs"] = body.get("kwargs", {}) if isinstance(body, dict) else {}
+    return record
 
 
 class Client:
@@ -672,34 +741,8 @@ class Client:
         replies = pipe.execute()
         for i, (q, _) in enumerate(lanes):
             meta, payload = replies[2 * i], replies[2 * i + 1]
-            if meta is None:
-                continue
-            try:
-                record = loads(meta, "the job's record")
-                if not isinstance(record, dict):
-                    raise ValueError("the job's record is not a JSON object")
-            except ValueError as exc:  # not written by governor; a worker will dead-letter it
-                record = {"id": job_id, "queue": q, "state": "unknown", "malformed": str(exc)}
-            if "result_json" in record:
-                try:
-                    record["result"] = loads(record.pop("result_json"), "the result")
-                except (ValueError, TypeError) as exc:
-                    record["result_error"] = str(exc)
-            for name in _TIME_FIELDS:
-                if not isinstance(record.get(name), (int, float)) or isinstance(record.get(name), bool):
-                    record.pop(name, None)
-                else:
-                    record[name] = record[name] / 1000.0
-            if not isinstance(record.get("errors"), list):
-                record["errors"] = []
-            record["errors"] = [e if isinstance(e, dict) else {"error": str(e)} for e in record["errors"]]
-            try:
-                body = loads(payload, "the payload") if payload else {}
-            except ValueError:
-                body = {}
-            record["args"] = body.get("args", []) if isinstance(body, dict) else []
-            record["kwargs"] = body.get("kwargs", {}) if isinstance(body, dict) else {}
-            return record
+            if meta is not None:
+                return _record(q, job_id, meta, payload)
         return None
 
     def counts(self, queue: str) -> dict[str, Any]:
@@ -780,6 +823,126 @@ class Client:
 
     def paused(self, queue: str) -> bool:
         return bool(self.redis.exists(self.lanes(queue)[0].paused))
+
+    # -- operations on jobs ---------------------------------------------------------
+
+    def known_queue(self, queue: str) -> None:
+        """Raises ValueError naming the queue unless some client or master has used it."""
+        known = self.queues()
+        if queue not in known:
+            raise ValueError(f"no queue named {queue!r} under prefix {self.prefix!r} (known: "
+                             f"{', '.join(known) or 'none'})")
+
+    def jobs(self, queue: str, state: str = "dead", limit: int = 20, cursor: str | None = None,
+             handler: str | None = None, search: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a queue's jobs in ``state``, newest first, and the cursor of the next page
+        (None: the last). ``handler`` keeps one handler's; ``search`` a case-insensitive text
+        in the arguments or the errors. Filtered in Redis, at most OPS_BATCH jobs looked at per
+        call, so a million dead jobs never block it."""
+        self.known_queue(queue)
+        if not 1 <= limit <= 10_000:
+            raise ValueError(f"limit must be from 1 to 10000, got {limit}")
+        lanes = self.lanes(queue)
+        lane, offset = _cursor(cursor, len(lanes))
+        out: list[dict[str, Any]] = []
+        while lane < len(lanes) and len(out) < limit:
+            reply = run(self.redis, lanes[lane].list_jobs(state, offset, limit - len(out), OPS_BATCH,
+                                                          handler or "", search or ""))[0]
+            for i in range(1, len(reply), 3):
+                out.append(_record(queue, reply[i].decode(errors="surrogateescape"), reply[i + 1], reply[i + 2]))
+            offset = int(reply[0])
+            if offset < 0:
+                lane, offset = lane + 1, 0
+        return out, (f"{lane}.{offset}" if lane < len(lanes) else None)
+
+    def _lanes_of(self, queue: str, ids: Sequence[str]) -> dict[int, list[str]]:
+        """Each job's lane (index into ``lanes``), found by its record; unknown ids under -1."""
+        lanes = self.lanes(queue)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            for lane in lanes:
+                pipe.hexists(lane.meta, job_id)
+        found = pipe.execute()
+        out: dict[int, list[str]] = {}
+        for i, job_id in enumerate(ids):
+            where = [n for n in range(len(lanes)) if found[i * len(lanes) + n]]
+            out.setdefault(where[0] if where else -1, []).append(job_id)
+        return out
+
+    def retry(self, queue: str, ids: Sequence[str] = (), all: bool = False, handler: str | None = None,
+              search: str | None = None) -> int:
+        """Dead jobs back to waiting, attempts reset, their errors kept; returns how many.
+        By id: every one must be dead, else ValueError names those that are not and nothing
+        changes. Else every dead job (``all``), or those ``handler``/``search`` select, in
+        batches of OPS_BATCH (each batch atomic)."""
+        self.known_queue(queue)
+        lanes = self.lanes(queue)
+        if ids:
+            by_lane = self._lanes_of(queue, list(ids))
+            if -1 in by_lane:
+                raise ValueError(f"no such job in queue {queue!r}: {', '.join(by_lane[-1][:10])}")
+            codes = {}
+            for n, group in by_lane.items():  # checked everywhere before anything changes
+                for job_id in group:
+                    codes[job_id] = self.redis.zscore(lanes[n].dead, job_id) is not None
+            bad = [i for i, dead in codes.items() if not dead]
+            if bad:
+                states = {i: (self.job(i, queue) or {}).get("state") for i in bad[:10]}
+                raise ValueError("only dead jobs can be retried; not dead: "
+                                 + ", ".join(f"{i} ({s})" for i, s in states.items()))
+            done = 0
+            for n, group in by_lane.items():
+                reply = run(self.redis, lanes[n].retry(group, strict=True))[0]
+                if not reply[0]:
+                    raise ValueError(f"jobs changed state meanwhile; nothing retried in this batch: {group[:10]}")
+                done += sum(1 for c in reply[1:] if c == 1)
+            return done
+        if not (all or handler or search):
+            raise ValueError("name the jobs: ids, all=True, or a handler/search filter")
+        done = 0
+        for lane in lanes:
+            # the ids first, scanned in bounded calls; then retried in batches (each atomic): a
+            # job retried meanwhile by someone else is skipped, never retried twice
+            ids_found, offset = [], 0
+            while offset >= 0:
+                reply = run(self.redis, lane.list_jobs("dead", offset, OPS_BATCH, OPS_BATCH, handler or "",
+                                                       search or ""))[0]
+                ids_found += [reply[i].decode(errors="surrogateescape") for i in range(1, len(reply), 3)]
+                offset = int(reply[0])
+            for i in range(0, len(ids_found), OPS_BATCH):
+                reply = run(self.redis, lane.retry(ids_found[i:i + OPS_BATCH], strict=False))[0]
+                done += sum(1 for c in reply[1:] if c == 1)
+        return done
+
+    def cancel(self, queue: str, job_id: str) -> None:
+        """A waiting or delayed job is removed before it runs (state ``cancelled``); anything
+        else raises ValueError saying why, and nothing changes."""
+        self.known_queue(queue)
+        by_lane = self._lanes_of(queue, [job_id])
+        if -1 in by_lane:
+            raise ValueError(f"no such job in queue {queue!r}: {job_id}")
+        (n, _), = by_lane.items()
+        if run(self.redis, self.lanes(queue)[n].cancel([job_id]))[0][0] != 1:
+            state = (self.job(job_id, queue) or {}).get("state")
+            raise ValueError(f"job {job_id} is {state}: only a waiting or delayed job can be cancelled")
+
+    def purge(self, queue: str, state: str) -> int:
+        """Deletes every job of ``state`` (dead, waiting, delayed or done) and its record, in
+        batches of OPS_BATCH; returns how many. Never ``active`` (running) jobs."""
+        self.known_queue(queue)
+        if state == "active":
+            raise ValueError("active jobs are running: they cannot be purged (cancel waiting ones, or "
+                             "let the running ones finish)")
+        if state not in JOB_STATES:
+            raise ValueError(f"state must be one of waiting, delayed, dead, done; got {state!r}")
+        total = 0
+        for lane in self.lanes(queue):
+            while True:
+                purged, left = run(self.redis, lane.purge(state, OPS_BATCH))[0]
+                total += purged
+                if not left or not purged:
+                    break
+        return total
 
     def dead(self, queue: str, limit: int = 20) -> list[dict[str, Any]]:
         """The most recently dead-lettered jobs of a queue, newest first."""

@@ -1,0 +1,36 @@
+-- Lists jobs of one state of a lane, newest first, filtered on the server in bounded steps.
+-- KEYS: the state's sorted set (waiting, delayed, active, dead or done), meta, data
+-- ARGV: offset (rank from the newest to start at), how many matches at most, how many
+--       entries to look at at most (the bound on this call's work), handler ('' for any),
+--       text ('' for any: a case-insensitive substring of the arguments or of an error)
+-- Returns {next offset (-1: the end was reached), id, record, payload, id, record, ...}.
+local offset, want, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local handler, text = ARGV[4], string.lower(ARGV[5])
+local ids = redis.call('ZREVRANGE', KEYS[1], offset, offset + budget - 1)
+local out = {0}
+local found, i = 0, 0
+for _, id in ipairs(ids) do
+  i = i + 1
+  local raw = redis.call('HGET', KEYS[2], id)
+  if raw then
+    local payload = redis.call('HGET', KEYS[3], id) or ''
+    local ok = true
+    if handler ~= '' then
+      local okd, meta = pcall(cjson.decode, raw)
+      ok = okd and type(meta) == 'table' and meta.handler == handler
+    end
+    if ok and text ~= '' then
+      ok = string.find(string.lower(payload), text, 1, true) ~= nil
+        or string.find(string.lower(raw), text, 1, true) ~= nil
+    end
+    if ok then
+      out[#out + 1] = id
+      out[#out + 1] = raw
+      out[#out + 1] = payload
+      found = found + 1
+      if found >= want then break end
+    end
+  end
+end
+if i < #ids or #ids == budget then out[1] = offset + i else out[1] = -1 end
+return out

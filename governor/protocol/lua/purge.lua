@@ -1,0 +1,29 @@
+-- Deletes up to ARGV[2] jobs of one state (dead, waiting, delayed or done) and their records:
+-- bounded work per call, so a million dead jobs never block Redis; call again while it
+-- returns more left. Jobs that are running (active) are never purged.
+-- KEYS: the state's sorted set, meta, data, unique, stats, heads, key lists' prefix, waiting,
+--       delayed
+-- ARGV: the state, how many at most
+-- Returns {purged, left in the state}.
+local state, limit = ARGV[1], tonumber(ARGV[2])
+if state == 'active' then
+  return redis.error_reply('ERR governor: active jobs are running: they cannot be purged (cancel or wait)')
+end
+local now = now_ms()
+local ks = {meta = KEYS[2], waiting = KEYS[8], delayed = KEYS[9], heads = KEYS[6], lists = KEYS[7],
+            stats = KEYS[5]}
+local ids = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
+for _, id in ipairs(ids) do
+  local meta = load_meta(KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+  if type(meta.unique) == 'string' and redis.pcall('HGET', KEYS[4], meta.unique) == id then
+    redis.call('HDEL', KEYS[4], meta.unique)
+  end
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+  if (state == 'waiting' or state == 'delayed') and type(meta.key) == 'string' then
+    key_release(ks, meta, id, now)  -- its key's next job becomes the head (purged in turn)
+  end
+end
+if #ids > 0 then redis.call('HINCRBY', KEYS[5], 'purged', #ids) end
+return {#ids, redis.call('ZCARD', KEYS[1])}
