@@ -297,7 +297,7 @@ def gather_status(cfg: Config, host: str | None = None) -> dict[str, Any]:
             live = control.request(cfg.state_dir, "status")
             out["master"], out["pools"] = live["master"], live["pools"]
             out["partitions"] = live.get("partitions", {})  # this master's leases, and why it serves none
-            out["adaptive"] = live.get("adaptive", {})  # what its pass over the run times learnt
+            out["handlers"] = live.get("handlers", {})  # per handler: counts, run times, limits
     except (OSError, ValueError):
         pass
     try:
@@ -308,7 +308,7 @@ def gather_status(cfg: Config, host: str | None = None) -> dict[str, Any]:
             if out["fleet"]:
                 record = out["fleet"][0]
                 out["master"], out["pools"] = record.get("master"), record.get("pools", [])
-                out["adaptive"] = record.get("adaptive", {})
+                out["handlers"] = record.get("handlers", {})
         names = sorted(set(cfg.queues) | set(client.queues()))
         for name in names:
             out["queues"][name] = client.counts(name)
@@ -491,18 +491,20 @@ def render_status(st: dict[str, Any]) -> str:
             parts.append(f"throttled {c.get('throttled_total', 0)} reserves, "
                          f"{c.get('throttled_jobs_total', 0)} jobs")
             lines.append(f"limits {_safe(q)}: " + "; ".join(parts))
-    learnt = [(q, h, t) for q, handlers in st.get("adaptive", {}).items() for h, t in sorted(handlers.items())]
-    if learnt:
-        lines.append("")
-        for q, h, t in learnt:
+    handlers = [(q, h, t) for q, hs in st.get("handlers", {}).items() for h, t in sorted(hs.items())]
+    if handlers:
+        rows = [["QUEUE", "HANDLER", "DONE", "FAILED", "DEAD", "P50", "P95", "P99", "HARD LIMIT", "FAILURES"]]
+        for q, h, t in handlers:
             if t["fallback"]:
-                limit = f"FALLEN BACK to {format_duration(t['configured'])} ({t['kills']} adaptive kills)"
+                limit = f"{format_duration(t['configured'])} (FALLEN BACK: {t['kills']} adaptive kills)"
             elif t["limit"]:
-                limit = f"limit {format_duration(t['limit'])} (learnt)"
+                limit = f"{format_duration(t['limit'])} (learnt)"
             else:
-                limit = f"limit {format_duration(t['configured'])} (configured: too few runs)"
-            lines.append(f"adaptive {_safe(q)} {_safe(h)}: {limit}; {t['samples']} runs, p50/p95/p99 "
-                         f"{t['p50']:.3f}/{t['p95']:.3f}/{t['p99']:.3f}s")
+                limit = format_duration(t["configured"]) + (" (too few runs)" if t["adaptive"] else "")
+            failures = " ".join(f"{k}={v}" for k, v in sorted(t["reasons"].items())) or "-"
+            rows.append([q, h, str(t["done"]), str(t["failed"]), str(t["dead"]),
+                         *(f"{t[p]:.3f}s" if t["samples"] else "-" for p in ("p50", "p95", "p99")), limit, failures])
+        lines += ["", _table(rows)]
     dead = [(q, d) for q, c in st["queues"].items() for d in c.get("recent_dead", [])]
     if dead:
         rows = [["DEAD IN", "JOB", "HANDLER", "REASON", "ATTEMPTS", "LAST ERROR"]]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from governor.protocol.queue import run
-from governor.supervise.adaptive import ADAPTIVE_EVERY, ADAPTIVE_REFRESH
+from governor.supervise.handlerstats import ADAPTIVE_REFRESH
+from governor.supervise.handlerstats import STATS_EVERY as ADAPTIVE_EVERY
 
 from conftest import wait_for
 
@@ -49,7 +50,7 @@ def test_censored_kills_raise_the_limit_and_too_many_fall_back(client):
 
 
 def adaptive(governor, queue="api"):
-    return governor.status().get("adaptive", {}).get(queue, {}).get(HANDLER) or {}
+    return governor.status().get("handlers", {}).get(queue, {}).get(HANDLER) or {}
 
 
 def test_a_slow_run_is_killed_at_the_learnt_limit_and_a_fresh_handler_keeps_the_configured_one(governor):

@@ -83,6 +83,15 @@ def test_dead_jobs_are_listed_retried_after_a_fix_and_purged(governor):
     wait_for(lambda: len(governor.lines("fixed")) == 30, 20, "the 30 retried jobs to run")
     counts = c.counts("mail")
     assert counts["dead"] == 0 and counts["done"] == 30
+
+    def flaky() -> dict:  # per-handler figures, fleet-wide, as status shows them
+        return governor.status()["handlers"].get("mail", {}).get("ops:flaky", {})
+
+    wait_for(lambda: flaky().get("done") == 30, 10, "the handler's figures")
+    f = flaky()
+    assert (f["failed"], f["dead"], f["reasons"]) == (30, 30, {"exception": 30})
+    assert f["samples"] == 30 and 0 <= f["p50"] <= f["p95"] <= f["p99"] < 1
+    assert "ops:flaky" in gov(governor, "status").stdout
     again = c.job(listed["jobs"][0]["id"])
     assert again["state"] == "done" and again["attempts"] == 1 and len(again["errors"]) == 1  # history kept
 

@@ -119,22 +119,31 @@ class _StateCollector(Collector):
                     rss.add_metric([q, str(w["index"])], w["rss"])
             for state, n in by_state.items():
                 workers.add_metric([q, state], n)
-        times = GaugeMetricFamily("governor_handler_run_seconds", "Successful run times of each handler, "
-                                  "fleet-wide, per queue (queues with timeout.adaptive)",
-                                  labels=["queue", "handler", "quantile"])
+        times = GaugeMetricFamily("governor_handler_run_seconds", "Run time of each handler's last successful "
+                                  "runs (up to 1000 per queue lane), fleet-wide", labels=["queue", "handler", "quantile"])
+        runs = CounterMetricFamily("governor_handler_runs", "Runs of each handler by how they ended (done, "
+                                   "failed, dead, and each failure's reason), fleet-wide: every master reports "
+                                   "the same totals, so aggregate with max, not sum",
+                                   labels=["queue", "handler", "outcome"])
         learnt = GaugeMetricFamily("governor_handler_timeout_seconds", "The hard limit a handler's jobs run "
                                    "under: learnt (timeout.adaptive), or the configured one",
                                    labels=["queue", "handler", "adaptive"])
         fallback = GaugeMetricFamily("governor_handler_adaptive_fallback", "1 while a handler is back on its "
                                      "configured limit after too many adaptive kills", labels=["queue", "handler"])
-        for queue, handlers in st.get("adaptive", {}).items():
+        for queue, handlers in st.get("handlers", {}).items():
             for handler, t in handlers.items():
-                for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
-                    times.add_metric([queue, handler, q], t[key])
+                if t["samples"]:
+                    for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
+                        times.add_metric([queue, handler, q], t[key])
+                for outcome in ("done", "failed", "dead"):
+                    runs.add_metric([queue, handler, outcome], t[outcome])
+                for reason, n in t["reasons"].items():
+                    runs.add_metric([queue, handler, f"failed_{reason}"], n)
                 limit = t["limit"] or t["configured"]
                 if limit:
                     learnt.add_metric([queue, handler, "true" if t["limit"] else "false"], limit)
-                fallback.add_metric([queue, handler], 1.0 if t["fallback"] else 0.0)
+                if t["adaptive"]:
+                    fallback.add_metric([queue, handler], 1.0 if t["fallback"] else 0.0)
         unheld = GaugeMetricFamily("governor_partitions_unheld", "Partitions of a partitioned queue that no "
                                    "master holds (their jobs wait until one does)", labels=["queue"])
         for queue, part in st.get("partitions", {}).items():
@@ -148,7 +157,7 @@ class _StateCollector(Collector):
         up = GaugeMetricFamily("governor_redis_up", "1 when the master's last Redis call succeeded")
         up.add_metric([], 1.0 if st["redis_ok"] else 0.0)
         yield from (depth, oldest, throttled, paused, limit, workers, desired, actual, low, high, backoff, rss,
-                    times, learnt, fallback, unheld, masters, beat, up)
+                    times, runs, learnt, fallback, unheld, masters, beat, up)
 
 
 class Metrics:

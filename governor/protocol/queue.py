@@ -51,7 +51,7 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
     def text(name: str) -> str:
         return (pkg / f"{name}.lua").read_text()
 
-    bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint", "adaptive",
+    bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint", "handlers",
                                                 "censor", "fleet", "jobs", "retry",
                                                 "cancel", "purge")}
     for name in _TRANSITIONS:
@@ -288,13 +288,13 @@ class QueueKeys:
             run_ms: int, result_note: str = "", wake: bool = False, runtimes: tuple[str, int] | None = None) -> Call:
         """``result_note`` says why a result is not kept (too large, not JSON); ``wake``: the
         queue has a global_concurrency, so the freed slot wakes one waiting worker; ``runtimes``:
-        (handler, how many to keep) when the queue learns its limits (timeout.adaptive): the
-        run time is kept among the handler's samples."""
+        (handler, how many run times to keep): the run is counted as the handler's, and its
+        time kept among the handler's last ones (its percentiles, its adaptive limit)."""
         keys = (self.active, self.meta, self.data, self.done, self.leases, self.stats, self.unique,
                 self.waiting, self.wake, self.delayed, self.heads, self.key_lists)
         args = (job_id, token, worker, done_ttl_ms, result, run_ms, result_note, "1" if wake else "")
         if runtimes:
-            keys = (*keys, self.runtimes(runtimes[0]), self.adaptive_handlers)
+            keys = (*keys, self.runtimes(runtimes[0]), self.handler_counts)
             args = (*args, runtimes[1], runtimes[0])
         return Call("ack", keys, args)
 
@@ -330,9 +330,10 @@ class QueueKeys:
         return self.key("adaptive")
 
     @property
-    def adaptive_handlers(self) -> str:
-        """The handlers with run times kept in this lane (ack.lua adds; adaptive.lua reads)."""
-        return self.key("adaptive_handlers")
+    def handler_counts(self) -> str:
+        """'<handler>|<outcome>' -> runs, in this lane: done, failed, dead and each failure's
+        reason (ack.lua and fail.lua count; handlers.lua and status read)."""
+        return self.key("handler_counts")
 
     def runtimes(self, handler: str) -> str:
         return self.key(f"runtimes:{handler}")
@@ -341,7 +342,7 @@ class QueueKeys:
         return self.key(f"adaptive_kills:{handler}")
 
     def censor(self, handler: str, limit_ms: int, keep: int, job_id: str) -> Call:
-        return Call("censor", (self.runtimes(handler), self.adaptive_handlers, self.adaptive_kills(handler)),
+        return Call("censor", (self.runtimes(handler), self.handler_counts, self.adaptive_kills(handler)),
                     (limit_ms, keep, handler, job_id))
 
     def learn(self, handlers: Sequence[str], percentile: float, factor: float, min_ms: int, max_ms: int,
@@ -349,7 +350,7 @@ class QueueKeys:
         keys = [self.adaptive]
         for h in handlers:
             keys += [self.runtimes(h), self.adaptive_kills(h)]
-        return Call("adaptive", tuple(keys), (percentile, factor, min_ms, max_ms, samples, max_kills,
+        return Call("handlers", tuple(keys), (percentile, factor, min_ms, max_ms, samples, max_kills,
                                               window_ms, *handlers))
 
     def fail(self, job_id: str, token: str, worker: str, error: dict | None, mode: str,
@@ -357,7 +358,7 @@ class QueueKeys:
         """mode: ``retry`` (if attempts remain), ``dead`` (now) or ``requeue`` (attempt not counted)."""
         return Call("fail", (self.active, self.meta, self.waiting, self.delayed, self.dead,
                              self.leases, self.wake, self.stats, self.unique, self.heads,
-                             self.key_lists),
+                             self.key_lists, self.handler_counts),
                     (job_id, token, worker, json.dumps(error) if error else "", mode, backoff_ms,
                      reason, default_max_retries))
 

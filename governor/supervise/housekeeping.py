@@ -202,7 +202,7 @@ class Housekeeper:
 
     def _censor(self, killed: list[tuple[LostJob, QueueKeys, tuple[str, str]]]) -> None:
         """Runs killed at their learnt limit: each is a censored sample of its handler's run
-        time (it needed at least the limit: adaptive.lua counts it there, so the limit cannot
+        time (it needed at least the limit: handlers.lua counts it there, so the limit cannot
         ratchet itself down) and a kill in the window that makes the handler fall back."""
         run(self.redis, *(keys.censor(lost.handler, int(float(lost.detail.get("limit_s") or 0) * 1000),
                                       lost.keep, held[0]) for lost, keys, held in killed))

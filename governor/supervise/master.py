@@ -36,7 +36,6 @@ from governor.protocol.connection import connect, is_cluster, resolve_url, socke
 from governor.protocol.limits import rules_for
 from governor.protocol.queue import run
 from governor.supervise import channel, fdbudget, proctree, statedir, worker
-from governor.supervise.adaptive import AdaptiveLimits, runtimes_kept
 from governor.supervise.autoscale import Autoscaler
 from governor.supervise.embedded import EmbeddedRedis
 from governor.supervise.governance import (
@@ -45,6 +44,7 @@ from governor.supervise.governance import (
     max_concurrent_recycles,
     sample_memory,
 )
+from governor.supervise.handlerstats import HandlerStats, runtimes_kept
 from governor.supervise.housekeeping import GARBLED, Housekeeper, LostJob, all_lanes
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
@@ -184,7 +184,7 @@ class Master:
                                  on_lease_lost=self._on_lease_lost, on_thaw=self._on_thaw, probe=probe,
                                  on_error=self.metrics.redis_errors.inc)
         self.house.on_ready = self._hint_idle
-        self.adaptive = AdaptiveLimits(self.redis, self.house.keys)
+        self.handlers = HandlerStats(self.redis, self.house.keys)
         self.registry = FleetRegistry(self.redis, self.config.redis.prefix, worker_id(self.pid), self.config.lease,
                                       self._fleet_record)
         self.partitions = PartitionLeases(self.redis, self.config.redis.prefix, worker_id(self.pid),
@@ -323,7 +323,7 @@ class Master:
 
     def _next_wakeup(self, now: float) -> float:
         times = [self.house.next_wakeup(now), self.partitions.next_wakeup(now), self.reports.next_scan,
-                 self.scaler.next_wakeup(now, self.pools), self.adaptive.next_wakeup(),
+                 self.scaler.next_wakeup(now, self.pools), self.handlers.next_wakeup(),
                  self.registry.next_wakeup()]
         if self.spawn_pending:
             times.append(now)
@@ -438,7 +438,7 @@ class Master:
         self.partitions.sync(self.pools)
         self.partitions.lease = new.lease
         self.scaler.guards = new.host
-        self.adaptive.forget()
+        self.handlers.forget()
         self.registry.lease = new.lease
         self.config = new
         self.house.lease = new.lease
@@ -807,9 +807,10 @@ class Master:
                 self.registry.run(now)
             except (redis.RedisError, *GARBLED) as exc:
                 self.house.failed(exc)
-        if self.house.redis_ok and not self.stopping and now >= self.adaptive.next_run:
+        if self.house.redis_ok and not self.stopping and now >= self.handlers.next_run:
             try:
-                self.adaptive.run(now, self.pools, lanes)
+                self.handlers.run(now, self.pools, lanes, lambda q: tuple(
+                    self.house.stats(q, now).get(k) for k in ("done", "dead", "active")))
             except (redis.RedisError, *GARBLED) as exc:
                 self.house.failed(exc)
         # on the figures just read; what it changes (a pool's desired size) _reconcile carries out
@@ -844,7 +845,7 @@ class Master:
                 "global_concurrency": {p.name: p.config.global_concurrency for p in self.pools.values()
                                        if p.config.global_concurrency},
                 "pools": self._pool_snapshots(now),
-                "adaptive": self.adaptive.snapshot(),
+                "handlers": self.handlers.snapshot(),
                 "partitions": self.partitions.snapshot(),
                 "fleet": {"masters": self.registry.masters, "last_beat": self.registry.last_beat},
                 "redis_ok": self.house.redis_ok}
@@ -895,5 +896,5 @@ class Master:
                        "redis_ok": self.house.redis_ok},
             "pools": self._pool_snapshots(now),
             "partitions": self.partitions.snapshot(),
-            "adaptive": self.adaptive.snapshot(),
+            "handlers": self.handlers.snapshot(),
         }

@@ -52,9 +52,9 @@ from governor.protocol.queue import (
     wait_replicas,
 )
 from governor.supervise import proctree
-from governor.supervise.adaptive import ADAPTIVE_REFRESH, runtimes_kept
 from governor.supervise.channel import WorkerEnd
 from governor.supervise.handlers import HandlerError, HandlerRegistry, Payload
+from governor.supervise.handlerstats import ADAPTIVE_REFRESH, runtimes_kept
 from governor.supervise.scoreboard import Scoreboard, margin
 
 log = logging.getLogger("governor.worker")
@@ -605,7 +605,7 @@ class Worker:
         learning = self.settings.timeout.adaptive
         return self.job_keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note,
                                  wake=self.spec.rules.global_concurrency > 0,
-                                 runtimes=(payload.handler, runtimes_kept(learning)) if learning else None)
+                                 runtimes=(payload.handler, runtimes_kept(learning)))
 
     def _report_start(self, job: Reserved, token: str, handler: str, soft: float | None,
                       hard: float | None, wait: float | None, adaptive: bool = False) -> None:
@@ -650,7 +650,7 @@ class Worker:
 
     def _learnt(self, handler: str) -> float | None:
         """The handler's learnt hard limit in this lane, in seconds, as the masters last wrote
-        it (adaptive.lua); read again at most every ADAPTIVE_REFRESH, and only while jobs
+        it (handlers.lua); read again at most every ADAPTIVE_REFRESH, and only while jobs
         run. None: not learnt yet (too few samples), fallen back, or Redis did not answer."""
         lane = self.job_keys.adaptive
         at, limits = self._adaptive.get(lane, (-math.inf, {}))

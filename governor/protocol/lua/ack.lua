@@ -3,9 +3,9 @@
 -- ARGV: id, token, worker, done_ttl_ms, result_json ('' for none), run_ms,
 --       result_note (why a result was not kept: too large, not JSON; '' for none),
 --       wake ('1': the queue has a global_concurrency, and the slot this job held is free now),
---       and, when the queue learns its limits (timeout.adaptive): how many run times to keep
---       in KEYS[13], the handler's run-times list, and the handler, added to KEYS[14], the
---       lane's set of handlers that have run times (adaptive.lua)
+--       then how many run times to keep in KEYS[13], the handler's run-times list, and the
+--       handler, whose done count goes up in KEYS[14], the lane's per-handler counts
+--       (handlers.lua reads both)
 -- Returns 1 when settled, 0 when the lease was lost (the job is someone else's now).
 -- A function of its KEYS and ARGV (they shadow the script's own): ack.lua run alone is
 -- `return ack(KEYS, ARGV)`, and settle_reserve.lua calls it with its share of a combined
@@ -30,10 +30,10 @@ local function ack(KEYS, ARGV)
   redis.call('HSET', KEYS[2], id, cjson.encode(meta))
   redis.call('ZADD', KEYS[4], fmt(now), id)
   redis.call('HINCRBY', KEYS[6], 'done', 1)
-  if KEYS[14] and tonumber(ARGV[9]) then  -- a successful run time: a sample for adaptive.lua
+  if KEYS[14] and tonumber(ARGV[9]) then  -- a successful run: counted, and its time kept
     redis.call('LPUSH', KEYS[13], ARGV[6])
     redis.call('LTRIM', KEYS[13], 0, tonumber(ARGV[9]) - 1)
-    redis.call('SADD', KEYS[14], ARGV[10])
+    redis.call('HINCRBY', KEYS[14], ARGV[10] .. '|done', 1)
   end
   -- the key's next job may start now (partitioned queues)
   if meta.key then

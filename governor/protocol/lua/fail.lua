@@ -1,5 +1,5 @@
 -- KEYS: active, meta, waiting, delayed, dead, leases, wake, stats, unique, heads,
---       key lists' prefix
+--       key lists' prefix, the lane's per-handler counts (handlers.lua)
 -- ARGV: id, token, worker, error_json, mode, backoff_ms, reason, default_max_retries
 -- mode 'retry': retry after backoff_ms while attempts remain, else dead-letter.
 -- mode 'dead': dead-letter now (bad payload, handler not allowed).
@@ -90,5 +90,11 @@ local function fail(KEYS, ARGV, nxt)
   end
   meta.settled_code = result
   redis.call('HSET', KEYS[2], id, cjson.encode(meta))
+  -- per handler: a failed run, and why (a job put back unharmed is not a failure)
+  if KEYS[12] and result ~= 1 and type(meta.handler) == 'string' then
+    redis.call('HINCRBY', KEYS[12], meta.handler .. '|failed', 1)
+    redis.call('HINCRBY', KEYS[12], meta.handler .. '|' .. ARGV[7], 1)
+    if result == 3 then redis.call('HINCRBY', KEYS[12], meta.handler .. '|dead', 1) end
+  end
   return result
 end

@@ -1,9 +1,11 @@
--- Learns each handler's hard limit from its successful runs (timeout.adaptive), in one lane
--- of a queue (the queue, or one partition of it): run by the masters that tick the lane.
+-- Each handler's run-time percentiles in one lane of a queue (the queue, or one partition of
+-- it), from its last successful runs; with timeout.adaptive also its learnt hard limit. Run
+-- by the masters that tick the lane.
 -- KEYS: the lane's adaptive hash (handler -> limit in ms, read by workers), then per handler
 --       its run-times list (ack.lua pushes ms; a run killed at an adaptive limit is pushed as
 --       'c<limit ms>', a censored sample: it ran at least that long) and its kills zset
--- ARGV: percentile, factor, min_ms, max_ms, samples, max_kills, window_ms, then the handlers
+-- ARGV: percentile, factor, min_ms, max_ms, samples (0: the queue learns no limits),
+--       max_kills, window_ms, then the handlers
 -- Returns per handler {samples, p50, p95, p99, p<percentile>, limit ms (0: the configured
 -- limit applies), adaptive kills within the window, 1 if they made it fall back}.
 -- A censored sample counts at its limit: the limit it was killed at is at most what that run
@@ -30,7 +32,9 @@ for i = 8, #ARGV do
   local kills = redis.call('ZCARD', KEYS[3 + k])
   local fallback = kills >= max_kills
   local limit = 0
-  if #runs >= need and not fallback then
+  if need == 0 then
+    fallback = false  -- (not adaptive: nothing to learn, nothing written)
+  elseif #runs >= need and not fallback then
     limit = math.floor(math.min(math.max(rank(runs, pct) * factor, lo), hi))
     redis.call('HSET', KEYS[1], handler, fmt(limit))
   else
