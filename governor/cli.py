@@ -303,6 +303,11 @@ def gather_status(cfg: Config, host: str | None = None) -> dict[str, Any]:
     try:
         client = _client(cfg)
         out["fleet"] = fleet(client.redis, cfg.redis.prefix)
+        here = out["master"]
+        if here:  # this host's master from its socket: fresher than its last heartbeat
+            out["fleet"] = [m if (m.get("master") or {}).get("pid") != here.get("pid")
+                            or (m.get("master") or {}).get("host") != here.get("host")
+                            else {**m, "master": here, "pools": out["pools"]} for m in out["fleet"]]
         if host is not None:
             out["fleet"] = [m for m in out["fleet"] if _is_host(m, host)]
             if out["fleet"]:

@@ -181,6 +181,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The page at ``/`` on metrics.listen: read-only unless ``token`` is set; its actions
+    (retry, delete, pause, resume) are POSTs carrying that token."""
+
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     redis_grace: float = 30.0  # /healthz fails once Redis has been unreachable this long
     max_loop_lag: float = 5.0  # ... or when the master's loop woke up this late
@@ -206,6 +214,7 @@ class Config:
     group: str | None = None
     limiters: Mapping[str, tuple[RateLimit, ...]] = field(default_factory=dict)
     host: HostGuards = field(default_factory=HostGuards)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config, as YAML-ready data with units spelled out."""
@@ -243,6 +252,7 @@ class Config:
             "data_dir": self.data_dir,
             "log": {"level": self.log.level, "format": self.log.format},
             "metrics": {"listen": self.metrics.listen},
+            "web": {"token": "***" if self.web.token else None},
             "health": {"redis_grace": format_duration(self.health.redis_grace),
                        "max_loop_lag": format_duration(self.health.max_loop_lag)},
             "limiters": {name: _limits_dict(limits) for name, limits in self.limiters.items()},
@@ -723,6 +733,18 @@ def _elastic(q: _Section) -> tuple[int, Autoscale | None]:
     return high, scale
 
 
+def _token(v: Any) -> str | None:
+    """web.token: empty (e.g. an unset ${VAR:-}) means read-only; else 16 printable characters
+    at least, so it cannot be guessed in the time a master answers requests."""
+    text = _string(v).strip()
+    if not text:
+        return None
+    if len(text) < 16 or not text.isprintable() or " " in text:
+        raise ValueError("expected at least 16 printable characters without spaces (e.g. from "
+                         "`openssl rand -hex 16`), or empty for a read-only page")
+    return text
+
+
 def _host(top: _Section) -> HostGuards:
     h = top.section("host").expect("min_available_memory", "max_cpu")
     guards = HostGuards(min_available_memory=h.get("min_available_memory", _optional(parse_size), None),
@@ -849,7 +871,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     top = _Section(data, "", env).expect(
         "redis", "app", "defaults", "queues", "shutdown_timeout", "lease", "state_dir", "data_dir",
         "log", "metrics",
-        "limits", "user", "group", "health", "limiters", "host")
+        "limits", "user", "group", "health", "limiters", "host", "web")
     base_dir = Path(source).resolve().parent if source and not source.startswith("<") else Path.cwd()
 
     red = top.section("redis").expect("url", "prefix", "tls", "wait")
@@ -963,6 +985,11 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
                           max_loop_lag=he.get("max_loop_lag", parse_duration, 5.0))
     he.done()
     host = _host(top)
+    wb = top.section("web").expect("token")
+    web = WebConfig(token=wb.get("token", _token, None))
+    wb.done()
+    if web.token and not metrics.listen:
+        raise ConfigError("web.token", "the page is served on metrics.listen: set that too")
     top.done()
 
     return Config(source=source, redis=redis, app=app, queues=queues,
@@ -970,7 +997,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
                   explicit_state_dir=explicit_state_dir, data_dir=data_dir,
                   log=log, metrics=metrics, health=health, max_payload=max_payload,
                   max_result=max_result, user=user,
-                  group=group, limiters=named_limiters, host=host)
+                  group=group, limiters=named_limiters, host=host, web=web)
 
 
 MAX_CONFIG_BYTES = 1024 * 1024

@@ -318,9 +318,9 @@ class QueueKeys:
         return Call("cancel", (self.waiting, self.delayed, self.meta, self.done, self.unique, self.stats,
                                self.heads, self.key_lists), tuple(ids))
 
-    def purge(self, state: str, limit: int) -> Call:
+    def purge(self, state: str, limit: int, ids: Sequence[str] = ()) -> Call:
         return Call("purge", (self.state_key(state), self.meta, self.data, self.unique, self.stats, self.heads,
-                              self.key_lists, self.waiting, self.delayed), (state, limit))
+                              self.key_lists, self.waiting, self.delayed), (state, limit, *ids))
 
     # -- adaptive timeouts: per handler, in each lane ------------------------------------
 
@@ -926,6 +926,17 @@ class Client:
         if run(self.redis, self.lanes(queue)[n].cancel([job_id]))[0][0] != 1:
             state = (self.job(job_id, queue) or {}).get("state")
             raise ValueError(f"job {job_id} is {state}: only a waiting or delayed job can be cancelled")
+
+    def delete(self, queue: str, job_id: str) -> None:
+        """Deletes one dead job and its record, for good; anything else raises ValueError."""
+        self.known_queue(queue)
+        by_lane = self._lanes_of(queue, [job_id])
+        if -1 in by_lane:
+            raise ValueError(f"no such job in queue {queue!r}: {job_id}")
+        (n, _), = by_lane.items()
+        if run(self.redis, self.lanes(queue)[n].purge("dead", 1, [job_id]))[0][0] != 1:
+            state = (self.job(job_id, queue) or {}).get("state")
+            raise ValueError(f"job {job_id} is {state}: only a dead job can be deleted")
 
     def purge(self, queue: str, state: str) -> int:
         """Deletes every job of ``state`` (dead, waiting, delayed or done) and its record, in

@@ -32,9 +32,10 @@ from governor.ops.control import ControlServer
 from governor.ops.httpd import HttpServer
 from governor.ops.metrics import CONTENT_TYPE, DURATION_BUCKETS, Metrics
 from governor.ops.systemd import Notifier
+from governor.ops.web import WebPage
 from governor.protocol.connection import connect, is_cluster, resolve_url, socket_fds
 from governor.protocol.limits import rules_for
-from governor.protocol.queue import run
+from governor.protocol.queue import Client, run
 from governor.supervise import channel, fdbudget, proctree, statedir, worker
 from governor.supervise.autoscale import Autoscaler
 from governor.supervise.embedded import EmbeddedRedis
@@ -128,6 +129,7 @@ class Master:
         self.house: Housekeeper | None = None
         self.partitions: PartitionLeases | None = None
         self.registry: FleetRegistry | None = None
+        self.web: WebPage | None = None
         self.state_lock = statedir.MasterLock(config.state_dir)
         self.sentry = proctree.Sentry()  # kills every worker's tree if this master dies
         self.next_sentry_try = 0.0
@@ -193,8 +195,13 @@ class Master:
         self.control = ControlServer(self.config.state_dir, {"status": self.status})
         self.control.attach(self.selector)
         if self.config.metrics.listen:
+            self.web = WebPage(Client(self.redis, self.config.redis.prefix), self.config.web.token,
+                               lambda: list(self.pools),
+                               lambda: {name: self.house.stats(name, time.monotonic()) for name in self.pools},
+                               (worker_id(self.pid), self._fleet_record))
             self.http = HttpServer(self.config.metrics.listen,
-                                   {"/metrics": self._serve_metrics, "/healthz": self._serve_health})
+                                   {"/metrics": self._serve_metrics, "/healthz": self._serve_health,
+                                    "/": self.web.page}, posts={"/action": self.web.action})
             self.http.attach(self.selector)
             log.info("metrics on http://%s/metrics", self.config.metrics.listen)
         for q in self.config.queues.values():
@@ -438,6 +445,8 @@ class Master:
         self.partitions.sync(self.pools)
         self.partitions.lease = new.lease
         self.scaler.guards = new.host
+        if self.web:
+            self.web.token = new.web.token  # (a token set or changed takes effect at once)
         self.handlers.forget()
         self.registry.lease = new.lease
         self.config = new

@@ -3,7 +3,8 @@
 -- returns more left. Jobs that are running (active) are never purged.
 -- KEYS: the state's sorted set, meta, data, unique, stats, heads, key lists' prefix, waiting,
 --       delayed
--- ARGV: the state, how many at most
+-- ARGV: the state, how many at most, then (optional) the only ids to delete (those of them
+--       that are in the state; a delete of single jobs)
 -- Returns {purged, left in the state}.
 local state, limit = ARGV[1], tonumber(ARGV[2])
 if state == 'active' then
@@ -12,7 +13,14 @@ end
 local now = now_ms()
 local ks = {meta = KEYS[2], waiting = KEYS[8], delayed = KEYS[9], heads = KEYS[6], lists = KEYS[7],
             stats = KEYS[5]}
-local ids = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
+local ids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do
+    if redis.call('ZSCORE', KEYS[1], ARGV[i]) then ids[#ids + 1] = ARGV[i] end
+  end
+else
+  ids = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
+end
 for _, id in ipairs(ids) do
   local meta = load_meta(KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)

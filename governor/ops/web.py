@@ -1,0 +1,251 @@
+"""The fleet's page at ``/`` on metrics.listen: what ``governor status`` shows, for a browser.
+
+Server-rendered HTML, no external asset (it works offline, on a phone), refreshing itself
+every REFRESH seconds; every value is HTML-escaped, because job arguments and errors are
+text anyone who can enqueue controls. Read-only unless ``web.token`` is set: then retry and
+delete (a dead job), pause and resume (a queue) are POSTs to ``/action`` carrying the token
+(compared in constant time); no token configured, or a wrong one, is 403 and changes
+nothing. The token field is the page's one piece of JavaScript: it keeps what the operator
+typed (sessionStorage, this tab only) across the refreshes and copies it into the form sent.
+
+Rendering reads Redis from the master's loop, so the view is built at most once a second
+(CACHE) however many browsers look, each in a few pipelined round trips.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from html import escape
+from typing import Any
+from urllib.parse import parse_qs
+
+from governor.ops.httpd import Request
+from governor.protocol.fleet import fleet
+from governor.protocol.queue import Client
+from governor.units import format_size
+
+REFRESH = 5  # seconds between the page's own reloads
+CACHE = 1.0  # seconds a gathered view is reused
+DEAD_SHOWN = 20  # dead jobs listed per queue
+HTML = "text/html; charset=utf-8"
+OPS = ("retry", "delete", "pause", "resume")
+
+
+def _e(value: Any) -> str:
+    return escape("-" if value is None else str(value), quote=True)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s"
+    return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class WebPage:
+    def __init__(self, client: Client, token: str | None, queues: Callable[[], list[str]],
+                 local: Callable[[], dict[str, Any]], me: tuple[str, Callable[[], dict[str, Any]]]) -> None:
+        """``queues``: the queues this master's config names; ``local``: this master's own
+        figures (oldest wait per queue, from its last pass); ``me``: this master's name in the
+        fleet registry and its live record (fresher than the one it last wrote there)."""
+        self.client = client
+        self.token = token
+        self.queues = queues
+        self.local = local
+        self.me = me
+        self._view: tuple[float, dict[str, Any]] | None = None
+
+    # -- the view ------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._view and now - self._view[0] < CACHE:
+            return self._view[1]
+        c = self.client
+        names = sorted(set(self.queues()) | set(c.queues()))
+        local = self.local()
+        queues = {}
+        for name in names:
+            counts = c.counts(name)
+            counts["oldest_age"] = (local.get(name) or {}).get("oldest_age")
+            counts["dead_jobs"] = c.jobs(name, "dead", DEAD_SHOWN)[0] if counts["dead"] else []
+            n = c.partitions(name)
+            if n:
+                held = c.partition_holders(name)
+                counts["partitions"] = {"count": n, "unheld": [p for p in range(n) if p not in held],
+                                        "holders": sorted(set(held.values()))}
+            queues[name] = counts
+        name, live = self.me
+        masters = [m for m in fleet(c.redis, c.prefix) if m.get("id") != name]
+        view = {"queues": queues, "fleet": [{**live(), "id": name}, *masters], "at": time.time()}
+        self._view = (now, view)
+        return view
+
+    # -- GET / -------------------------------------------------------------------------
+
+    def page(self) -> tuple[int, str, bytes]:
+        try:
+            v = self.view()
+        except Exception as exc:  # Redis away: say so, the page keeps refreshing
+            return 503, HTML, self._frame(f"<p class=bad>Redis did not answer: {_e(exc)}</p>").encode()
+        body = [self._summary(v), self._queues(v), self._hosts(v), self._dead(v)]
+        return 200, HTML, self._frame("".join(body)).encode()
+
+    def _frame(self, body: str) -> str:
+        token = ("<p class=token><label>token <input id=token type=password autocomplete=off "
+                 "placeholder='web.token, for actions'></label></p>") if self.token else (
+            "<p class=muted>read-only: set web.token in the config to retry, delete, pause and resume</p>")
+        return f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8>
+<meta name=viewport content="width=device-width, initial-scale=1">
+<meta http-equiv=refresh content="{REFRESH}">
+<title>governor</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:0 auto;padding:8px;max-width:1200px;color:#222}}
+h1{{font-size:20px;margin:4px 0}} h2{{font-size:16px;margin:16px 0 4px}}
+.scroll{{overflow-x:auto}} table{{border-collapse:collapse;width:100%}}
+th,td{{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top;white-space:nowrap}}
+td.err{{white-space:pre-wrap;word-break:break-word;max-width:420px;font-family:monospace;font-size:12px}}
+.num{{text-align:right}} .bad{{color:#b00020;font-weight:600}} .muted{{color:#777}}
+form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
+</style></head><body>
+<h1>governor</h1>
+{token}
+{body}
+<script>
+(function () {{
+  var field = document.getElementById('token');
+  if (!field) return;
+  field.value = sessionStorage.getItem('governor-token') || '';
+  field.addEventListener('input', function () {{ sessionStorage.setItem('governor-token', field.value); }});
+  document.querySelectorAll('form.action').forEach(function (form) {{
+    form.addEventListener('submit', function () {{ form.elements.token.value = field.value; }});
+  }});
+}})();
+</script>
+</body></html>"""
+
+    def _action(self, op: str, queue: str, job: str = "") -> str:
+        if not self.token:
+            return ""
+        jid = f"<input type=hidden name=id value='{_e(job)}'>" if job else ""
+        return (f"<form class=action method=post action=/action><input type=hidden name=token>"
+                f"<input type=hidden name=op value={op}><input type=hidden name=queue value='{_e(queue)}'>"
+                f"{jid}<button type=submit data-op={op}>{op}</button></form>")
+
+    @staticmethod
+    def _summary(v: dict[str, Any]) -> str:
+        masters = v["fleet"]
+        workers = [w for m in masters for p in m.get("pools", []) for w in p.get("workers", [])]
+        busy = sum(1 for w in workers if w.get("state") == "busy")
+        waiting = sum(q["waiting"] for q in v["queues"].values())
+        dead = sum(q["dead"] for q in v["queues"].values())
+        return (f"<p id=summary>{len(masters)} master(s), {len(workers)} worker(s), {busy} busy; "
+                f"{waiting} waiting, {dead} dead; as of {_e(time.strftime('%H:%M:%S', time.localtime(v['at'])))}</p>")
+
+    def _queues(self, v: dict[str, Any]) -> str:
+        rows = []
+        for name, q in v["queues"].items():
+            parts = q.get("partitions")
+            part = "-"
+            if parts:
+                part = f"{parts['count']}, held by {len(parts['holders'])}"
+                if parts["unheld"]:
+                    part += f", <span class=bad>{len(parts['unheld'])} unheld</span>"
+            toggle = self._action("resume" if q["paused"] else "pause", name)
+            rows.append(
+                f"<tr data-queue='{_e(name)}'><td>{_e(name)}</td>"
+                + "".join(f"<td class='num {k}'>{_e(q[k])}</td>" for k in ("waiting", "delayed", "active", "dead",
+                                                                           "done_total"))
+                + f"<td>{_e(_age(q.get('oldest_age')))}</td>"
+                + f"<td>{'<span class=bad>paused</span>' if q['paused'] else 'no'}</td><td>{part}</td>"
+                + f"<td>{toggle}</td></tr>")
+        return ("<h2>Queues</h2><div class=scroll><table id=queues><tr><th>queue</th><th>waiting</th>"
+                "<th>delayed</th><th>active</th><th>dead</th><th>done</th><th>oldest wait</th><th>paused</th>"
+                "<th>partitions</th><th></th></tr>" + "".join(rows) + "</table></div>")
+
+    @staticmethod
+    def _hosts(v: dict[str, Any]) -> str:
+        rows = []
+        for rec in v["fleet"]:
+            m = rec.get("master") or {}
+            pools = rec.get("pools") or []
+            workers = [w for p in pools for w in p.get("workers", [])]
+            jobs = [f"{w['job']['handler']} {w['job']['id']}" for w in workers if w.get("job")]
+            sizes = " ".join(f"{p.get('queue')}={p.get('actual')}/{p.get('desired')}" for p in pools)
+            rows.append(
+                f"<tr><td>{_e(m.get('host'))}:{_e(m.get('pid'))}</td><td>{_e(m.get('version'))}</td>"
+                f"<td>{_e(_age(m.get('uptime')))}</td><td>{_e(sizes)}</td>"
+                f"<td class=num>{len(workers)}</td><td class=num>{sum(1 for w in workers if w.get('job'))}</td>"
+                f"<td class=num>{_e(format_size(sum(w.get('rss') or 0 for w in workers)))}</td>"
+                f"<td class=err>{_e(chr(10).join(jobs) or '-')}</td></tr>")
+        return ("<h2>Hosts</h2><div class=scroll><table id=hosts><tr><th>master</th><th>version</th><th>up</th>"
+                "<th>pools</th><th>workers</th><th>busy</th><th>memory</th><th>running</th></tr>"
+                + "".join(rows) + "</table></div>")
+
+    def _dead(self, v: dict[str, Any]) -> str:
+        rows = []
+        for name, q in v["queues"].items():
+            for j in q["dead_jobs"]:
+                err = (j.get("errors") or [{}])[-1].get("error")
+                rows.append(
+                    f"<tr class=dead data-job='{_e(j['id'])}'><td>{_e(name)}</td><td>{_e(j['id'])}</td>"
+                    f"<td>{_e(j.get('handler'))}</td><td>{_e(j.get('reason'))}</td><td class=num>{_e(j.get('attempts'))}</td>"
+                    f"<td class=err>{_e(err)}</td><td>{self._action('retry', name, j['id'])}"
+                    f"{self._action('delete', name, j['id'])}</td></tr>")
+        if not rows:
+            return "<h2>Dead jobs</h2><p class=muted>none</p>"
+        return ("<h2>Dead jobs</h2><div class=scroll><table id=dead><tr><th>queue</th><th>job</th><th>handler</th>"
+                "<th>reason</th><th>attempts</th><th>last error</th><th></th></tr>" + "".join(rows) + "</table></div>")
+
+    # -- POST /action --------------------------------------------------------------------
+
+    def action(self, req: Request) -> tuple[int, str, bytes]:
+        """One action from a form: the token first, then the fields; any refusal says why and
+        changes nothing."""
+        if not self.token:
+            return self._answer(403, "read-only: no web.token is configured, so no action is allowed")
+        if not req.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            return self._answer(400, "expected a form (application/x-www-form-urlencoded)")
+        try:
+            form = {k: v[0] for k, v in parse_qs(req.body.decode("utf-8"), strict_parsing=True,
+                                                  max_num_fields=8).items()}
+        except (ValueError, UnicodeDecodeError):
+            return self._answer(400, "malformed form")
+        if not hmac.compare_digest(form.get("token", "").encode(), self.token.encode()):
+            return self._answer(403, "wrong or missing token: nothing changed")
+        op, queue, job = form.get("op", ""), form.get("queue", ""), form.get("id", "")
+        if op not in OPS:
+            return self._answer(400, f"unknown action {op!r} (expected {', '.join(OPS)})")
+        try:
+            self.client.known_queue(queue)
+            if op in ("retry", "delete") and not job:
+                raise ValueError(f"{op} needs a job id")
+            if op == "retry":
+                self.client.retry(queue, [job])
+                said = f"job {job} retried"
+            elif op == "delete":
+                self.client.delete(queue, job)
+                said = f"job {job} deleted"
+            elif op == "pause":
+                self.client.pause(queue)
+                said = f"queue {queue} paused"
+            else:
+                self.client.resume(queue)
+                said = f"queue {queue} resumed"
+        except ValueError as exc:
+            return self._answer(400, str(exc))
+        self._view = None  # the next page shows it
+        return self._answer(200, said)
+
+    @staticmethod
+    def _answer(status: int, message: str) -> tuple[int, str, bytes]:
+        page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
+                f"content='width=device-width, initial-scale=1'><meta http-equiv=refresh content='1; url=/'>"
+                f"<title>governor</title></head><body><p id=result class={'ok' if status == 200 else 'bad'}>"
+                f"{_e(message)}</p><p><a href=/>back</a></p></body></html>")
+        return status, HTML, page.encode()
