@@ -21,10 +21,11 @@ from html import escape
 from typing import Any
 from urllib.parse import parse_qs
 
+from governor.config import QueueConfig
 from governor.ops.httpd import Request
 from governor.protocol.fleet import fleet
 from governor.protocol.queue import Client
-from governor.units import format_size
+from governor.units import format_duration, format_size
 
 REFRESH = 5  # seconds between the page's own reloads
 CACHE = 1.0  # seconds a gathered view is reused
@@ -37,6 +38,17 @@ def _e(value: Any) -> str:
     return escape("-" if value is None else str(value), quote=True)
 
 
+def limits_text(q: QueueConfig | None) -> str:
+    """A queue's fleet-wide limits, as its config states them."""
+    if q is None:
+        return ""
+    parts = [f"{r.limit}/{format_duration(r.per)} {r.algorithm}" for r in q.rate_limits]
+    parts += [f"limiter {name}" for name in q.limiters]
+    if q.global_concurrency:
+        parts.append(f"at most {q.global_concurrency} running")
+    return "; ".join(parts)
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -47,9 +59,9 @@ def _age(seconds: float | None) -> str:
 
 
 class WebPage:
-    def __init__(self, client: Client, token: str | None, queues: Callable[[], list[str]],
+    def __init__(self, client: Client, token: str | None, queues: Callable[[], list[QueueConfig]],
                  local: Callable[[], dict[str, Any]], me: tuple[str, Callable[[], dict[str, Any]]]) -> None:
-        """``queues``: the queues this master's config names; ``local``: this master's own
+        """``queues``: the queues this master's config defines; ``local``: this master's own
         figures (oldest wait per queue, from its last pass); ``me``: this master's name in the
         fleet registry and its live record (fresher than the one it last wrote there)."""
         self.client = client
@@ -58,6 +70,7 @@ class WebPage:
         self.local = local
         self.me = me
         self._view: tuple[float, dict[str, Any]] | None = None
+        self._done: dict[str, tuple[float, int]] = {}  # queue -> (when, done_total) at the last view
 
     # -- the view ------------------------------------------------------------------
 
@@ -66,12 +79,18 @@ class WebPage:
         if self._view and now - self._view[0] < CACHE:
             return self._view[1]
         c = self.client
-        names = sorted(set(self.queues()) | set(c.queues()))
+        configured = {q.name: q for q in self.queues()}
+        names = sorted(set(configured) | set(c.queues()))
         local = self.local()
         queues = {}
         for name in names:
             counts = c.counts(name)
             counts["oldest_age"] = (local.get(name) or {}).get("oldest_age")
+            counts["limits"] = limits_text(configured.get(name))
+            then, before = self._done.get(name, (now, counts["done_total"]))
+            counts["rate"] = (counts["done_total"] - before) / (now - then) if now - then > 0.5 else None
+            if now - then > 0.5 or name not in self._done:
+                self._done[name] = (now, counts["done_total"])
             counts["dead_jobs"] = c.jobs(name, "dead", DEAD_SHOWN)[0] if counts["dead"] else []
             n = c.partitions(name)
             if n:
@@ -157,15 +176,19 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
                 if parts["unheld"]:
                     part += f", <span class=bad>{len(parts['unheld'])} unheld</span>"
             toggle = self._action("resume" if q["paused"] else "pause", name)
+            rate = f"{q['rate']:.1f}/s" if q.get("rate") is not None else None
             rows.append(
                 f"<tr data-queue='{_e(name)}'><td>{_e(name)}</td>"
                 + "".join(f"<td class='num {k}'>{_e(q[k])}</td>" for k in ("waiting", "delayed", "active", "dead",
                                                                            "done_total"))
                 + f"<td>{_e(_age(q.get('oldest_age')))}</td>"
+                + f"<td class='num rate'>{_e(rate)}</td>"
+                + f"<td>{_e(q.get('limits') or '-')}</td>"
                 + f"<td>{'<span class=bad>paused</span>' if q['paused'] else 'no'}</td><td>{part}</td>"
                 + f"<td>{toggle}</td></tr>")
         return ("<h2>Queues</h2><div class=scroll><table id=queues><tr><th>queue</th><th>waiting</th>"
-                "<th>delayed</th><th>active</th><th>dead</th><th>done</th><th>oldest wait</th><th>paused</th>"
+                "<th>delayed</th><th>active</th><th>dead</th><th>done</th><th>oldest wait</th><th>rate</th>"
+                "<th>limits</th><th>paused</th>"
                 "<th>partitions</th><th></th></tr>" + "".join(rows) + "</table></div>")
 
     @staticmethod

@@ -196,7 +196,7 @@ class Master:
         self.control.attach(self.selector)
         if self.config.metrics.listen:
             self.web = WebPage(Client(self.redis, self.config.redis.prefix), self.config.web.token,
-                               lambda: list(self.pools),
+                               lambda: [p.config for p in self.pools.values()],
                                lambda: {name: self.house.stats(name, time.monotonic()) for name in self.pools},
                                (worker_id(self.pid), self._fleet_record))
             self.http = HttpServer(self.config.metrics.listen,
