@@ -46,18 +46,19 @@ def test_status_from_anywhere_lists_every_master_and_a_dead_one_drops_out(fleet)
     b.start()
     a.client.enqueue("work", "tasks:sleep_then_record", "busy", 3)
 
-    def both() -> dict | None:
+    def both() -> dict | None:  # (each record is at most one heartbeat old: LEASE/4 here)
         st = fleet_json(fleet)
         pids = {m["master"]["pid"] for m in st["fleet"]}
         busy = any(w["job"] for m in st["fleet"] for p in m["pools"] for w in p["workers"])
-        return st if pids == {a.proc.pid, b.proc.pid} and busy else None
+        workers = sum(len(p["workers"]) for m in st["fleet"] for p in m["pools"])
+        return st if pids == {a.proc.pid, b.proc.pid} and busy and workers == 6 else None
 
-    st = wait_for(both, 10, "both masters, one with a busy worker, in the fleet")
+    st = wait_for(both, 10, "both masters, with all their workers and a busy one, in the fleet")
     assert st["master"] is None  # nothing runs on the observer's own state dir
     by_pid = {m["master"]["pid"]: m for m in st["fleet"]}
     assert {p["queue"]: len(p["workers"]) for p in by_pid[a.proc.pid]["pools"]} == {"work": 2}
     assert {p["queue"]: len(p["workers"]) for p in by_pid[b.proc.pid]["pools"]} == {"work": 3, "other": 1}
-    job = next(w["job"] for p in by_pid[a.proc.pid]["pools"] for w in p["workers"] if w["job"])
+    job = next(w["job"] for m in st["fleet"] for p in m["pools"] for w in p["workers"] if w["job"])  # (either may run it)
     assert job["handler"] == "tasks:sleep_then_record"
     assert all(m["master"]["version"] and m["master"]["config"] for m in st["fleet"])
     text = status(fleet).stdout

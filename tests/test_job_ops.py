@@ -138,3 +138,19 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(governor):
         assert words in out.stderr, (argv, out.stderr)
     assert c.counts("idle") == before and c.job(waiting)["state"] == "waiting"
     assert yaml.safe_load(governor.config_path.read_text())  # (the config is untouched too)
+
+
+def test_a_retried_unique_job_takes_its_key_back(client):
+    """While the retried job waits, a producer firing the same unique key gets it, not a twin."""
+    from governor.protocol.queue import run
+
+    first = client.enqueue("q", "m:f", unique="reindex")
+    keys = client.keys("q")
+    reply = run(client.redis, keys.reserve("host:1", "tok", 60_000))[0]
+    assert reply[1].decode() == first
+    assert run(client.redis, keys.fail(first, "tok", "host:1", {"error": "boom"}, "dead", 0, "exception", 0))[0] == 3
+    assert client.enqueue("q", "m:f", unique="reindex") != first  # dead freed the key: a new job
+    twin = client.jobs("q", "waiting")[0][0]["id"]
+    client.cancel("q", twin)  # (its twin cancelled: the key is free again)
+    assert client.retry("q", [first]) == 1
+    assert client.enqueue("q", "m:f", unique="reindex") == first  # held by the retried job

@@ -127,3 +127,19 @@ def test_without_a_token_the_page_is_read_only(governor, browser):
     status, body = post(f"http://{listen}/action", {"token": "anything-at-all-123", "op": "pause",
                                                     "queue": "work"})
     assert status == 403 and "read-only" in body and not governor.client.paused("work")
+
+
+def test_a_malformed_request_is_refused_and_the_master_lives_on(governor):
+    import socket
+
+    listen = f"127.0.0.1:{free_port()}"
+    governor.start({"work": {"concurrency": 1}}, metrics={"listen": listen}, web={"token": TOKEN})
+    host, port = listen.split(":")
+    for length in ("\u00b2", "9" * 5000, "-1", "12345678"):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(f"POST /action HTTP/1.0\r\nContent-Length: {length}\r\n\r\nop=pause".encode("latin-1"))
+            answer = s.recv(1024).decode("latin-1")
+        assert answer.split()[1] in ("400", "413"), (length, answer)
+    assert governor.proc.poll() is None and not governor.client.paused("work")
+    with urllib.request.urlopen(f"http://{listen}/healthz", timeout=5) as resp:
+        assert resp.status == 200

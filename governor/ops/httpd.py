@@ -50,8 +50,9 @@ def _headers(head: bytes) -> dict[str, str]:
 
 
 def _length(headers: dict[str, str]) -> int:
+    """The body's length, or -1 for anything but 1-5 ASCII digits (a request fits in 8 KiB)."""
     raw = headers.get("content-length", "0")
-    return int(raw) if raw.isdigit() else -1
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 5 else -1
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:

@@ -139,9 +139,9 @@ class _StateCollector(Collector):
                     runs.add_metric([queue, handler, outcome], t[outcome])
                 for reason, n in t["reasons"].items():
                     runs.add_metric([queue, handler, f"failed_{reason}"], n)
-                limit = t["limit"] or t["configured"]
-                if limit:
-                    learnt.add_metric([queue, handler, "true" if t["limit"] else "false"], limit)
+                hard = t["limit"] or t["configured"]
+                if hard:
+                    learnt.add_metric([queue, handler, "true" if t["limit"] else "false"], hard)
                 if t["adaptive"]:
                     fallback.add_metric([queue, handler], 1.0 if t["fallback"] else 0.0)
         unheld = GaugeMetricFamily("governor_partitions_unheld", "Partitions of a partitioned queue that no "

@@ -177,9 +177,9 @@ class Server:
         if not chunk and not conn.request:
             self._close(conn)  # connected and left without asking anything
             return
-        if chunk and len(conn.request) < self.max_request and not self.request_complete(bytes(conn.request)):
-            return
-        try:
+        try:  # (the request's own parsing too: a client's bytes must never take the master down)
+            if chunk and len(conn.request) < self.max_request and not self.request_complete(bytes(conn.request)):
+                return
             reply = self.respond(bytes(conn.request))
         except Exception:  # noqa: BLE001 - a failing reply must not take the master down with it
             log.exception("%s: cannot answer a request", self.__class__.__name__)

@@ -30,6 +30,7 @@ from governor.units import format_duration, format_size
 REFRESH = 5  # seconds between the page's own reloads
 CACHE = 1.0  # seconds a gathered view is reused
 DEAD_SHOWN = 20  # dead jobs listed per queue
+MAX_OTHER_QUEUES = 50  # queues shown beyond this master's own (names any producer can register)
 HTML = "text/html; charset=utf-8"
 OPS = ("retry", "delete", "pause", "resume")
 
@@ -59,18 +60,21 @@ def _age(seconds: float | None) -> str:
 
 
 class WebPage:
-    def __init__(self, client: Client, token: str | None, queues: Callable[[], list[QueueConfig]],
+    def __init__(self, client: Client, token: str | None, reachable: Callable[[], bool],
+                 queues: Callable[[], list[QueueConfig]],
                  local: Callable[[], dict[str, Any]], me: tuple[str, Callable[[], dict[str, Any]]]) -> None:
         """``queues``: the queues this master's config defines; ``local``: this master's own
         figures (oldest wait per queue, from its last pass); ``me``: this master's name in the
         fleet registry and its live record (fresher than the one it last wrote there)."""
         self.client = client
         self.token = token
+        self.reachable = reachable  # the master's last word on Redis: no page call waits for a dead one
         self.queues = queues
         self.local = local
         self.me = me
         self._view: tuple[float, dict[str, Any]] | None = None
         self._done: dict[str, tuple[float, int]] = {}  # queue -> (when, done_total) at the last view
+        self._failed: tuple[float, str] | None = None  # (when, why) the last view could not be read
 
     # -- the view ------------------------------------------------------------------
 
@@ -80,7 +84,8 @@ class WebPage:
             return self._view[1]
         c = self.client
         configured = {q.name: q for q in self.queues()}
-        names = sorted(set(configured) | set(c.queues()))
+        others = sorted(set(c.queues()) - set(configured))
+        names = sorted(configured) + others[:MAX_OTHER_QUEUES]  # (any producer can add names)
         local = self.local()
         queues = {}
         for name in names:
@@ -91,7 +96,7 @@ class WebPage:
             counts["rate"] = (counts["done_total"] - before) / (now - then) if now - then > 0.5 else None
             if now - then > 0.5 or name not in self._done:
                 self._done[name] = (now, counts["done_total"])
-            counts["dead_jobs"] = c.jobs(name, "dead", DEAD_SHOWN)[0] if counts["dead"] else []
+            counts["dead_jobs"] = c.jobs(name, "dead", DEAD_SHOWN, payloads=False)[0] if counts["dead"] else []
             n = c.partitions(name)
             if n:
                 held = c.partition_holders(name)
@@ -107,10 +112,17 @@ class WebPage:
     # -- GET / -------------------------------------------------------------------------
 
     def page(self) -> tuple[int, str, bytes]:
+        now = time.monotonic()
+        if self._failed and now - self._failed[0] < CACHE:
+            return 503, HTML, self._frame(self._failed[1]).encode()
         try:
+            if not self.reachable():
+                raise ConnectionError("the master cannot reach it now")
             v = self.view()
-        except Exception as exc:  # Redis away: say so, the page keeps refreshing
-            return 503, HTML, self._frame(f"<p class=bad>Redis did not answer: {_e(exc)}</p>").encode()
+        except Exception as exc:  # Redis away: say so (for a second), the page keeps refreshing
+            self._failed = (now, f"<p class=bad>Redis did not answer: {_e(exc)}</p>")
+            return 503, HTML, self._frame(self._failed[1]).encode()
+        self._failed = None
         body = [self._summary(v), self._queues(v), self._hosts(v), self._dead(v)]
         return 200, HTML, self._frame("".join(body)).encode()
 
@@ -244,6 +256,8 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
         op, queue, job = form.get("op", ""), form.get("queue", ""), form.get("id", "")
         if op not in OPS:
             return self._answer(400, f"unknown action {op!r} (expected {', '.join(OPS)})")
+        if not self.reachable():
+            return self._answer(503, "Redis is unreachable from this master now: nothing changed")
         try:
             self.client.known_queue(queue)
             if op in ("retry", "delete") and not job:

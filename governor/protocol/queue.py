@@ -307,12 +307,14 @@ class QueueKeys:
                 "done": self.done}[state]
 
     def list_jobs(self, state: str, offset: int, want: int, budget: int, handler: str = "",
-                  text: str = "") -> Call:
-        return Call("jobs", (self.state_key(state), self.meta, self.data), (offset, want, budget, handler, text))
+                  text: str = "", what: str = "full") -> Call:
+        """``what``: 'full' (records and payloads), 'record' (no payload) or 'ids'."""
+        return Call("jobs", (self.state_key(state), self.meta, self.data),
+                    (offset, want, budget, handler, text, what))
 
     def retry(self, ids: Sequence[str], strict: bool = True) -> Call:
         return Call("retry", (self.dead, self.meta, self.waiting, self.delayed, self.wake, self.stats,
-                              self.heads, self.key_lists), ("strict" if strict else "any", *ids))
+                              self.heads, self.key_lists, self.unique), ("strict" if strict else "any", *ids))
 
     def cancel(self, ids: Sequence[str]) -> Call:
         return Call("cancel", (self.waiting, self.delayed, self.meta, self.done, self.unique, self.stats,
@@ -496,6 +498,7 @@ def _seconds(value: float | str | None, what: str, low: float, high: float) -> f
 
 _TIME_FIELDS = ("enqueued_at", "started_at", "finished_at", "due_at")
 OPS_BATCH = 500  # jobs per script call of an operation over many (retry --all, purge): bounded work
+SEARCH_BATCH = 100  # ... and jobs looked at per call of a text search (it reads their payloads)
 
 
 def _record(queue: str, job_id: str, meta: bytes, payload: bytes | None) -> dict[str, Any]:
@@ -835,11 +838,13 @@ class Client:
                              f"{', '.join(known) or 'none'})")
 
     def jobs(self, queue: str, state: str = "dead", limit: int = 20, cursor: str | None = None,
-             handler: str | None = None, search: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+             handler: str | None = None, search: str | None = None,
+             payloads: bool = True) -> tuple[list[dict[str, Any]], str | None]:
         """One page of a queue's jobs in ``state``, newest first, and the cursor of the next page
         (None: the last). ``handler`` keeps one handler's; ``search`` a case-insensitive text
         in the arguments or the errors. Filtered in Redis, at most OPS_BATCH jobs looked at per
-        call, so a million dead jobs never block it."""
+        call (SEARCH_BATCH with a search, which reads payloads), so a million dead jobs never
+        block it. ``payloads=False``: records without arguments (a page of errors)."""
         self.known_queue(queue)
         if not 1 <= limit <= 10_000:
             raise ValueError(f"limit must be from 1 to 10000, got {limit}")
@@ -847,8 +852,9 @@ class Client:
         lane, offset = _cursor(cursor, len(lanes))
         out: list[dict[str, Any]] = []
         while lane < len(lanes) and len(out) < limit:
-            reply = run(self.redis, lanes[lane].list_jobs(state, offset, limit - len(out), OPS_BATCH,
-                                                          handler or "", search or ""))[0]
+            reply = run(self.redis, lanes[lane].list_jobs(state, offset, limit - len(out),
+                                                          SEARCH_BATCH if search else OPS_BATCH, handler or "",
+                                                          search or "", "full" if payloads else "record"))[0]
             for i in range(1, len(reply), 3):
                 out.append(_record(queue, reply[i].decode(errors="surrogateescape"), reply[i + 1], reply[i + 2]))
             offset = int(reply[0])
@@ -906,8 +912,9 @@ class Client:
             # job retried meanwhile by someone else is skipped, never retried twice
             ids_found, offset = [], 0
             while offset >= 0:
-                reply = run(self.redis, lane.list_jobs("dead", offset, OPS_BATCH, OPS_BATCH, handler or "",
-                                                       search or ""))[0]
+                reply = run(self.redis, lane.list_jobs("dead", offset, OPS_BATCH,
+                                                       SEARCH_BATCH if search else OPS_BATCH, handler or "",
+                                                       search or "", "ids"))[0]
                 ids_found += [reply[i].decode(errors="surrogateescape") for i in range(1, len(reply), 3)]
                 offset = int(reply[0])
             for i in range(0, len(ids_found), OPS_BATCH):

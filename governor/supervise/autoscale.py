@@ -94,6 +94,9 @@ class HostGuard:
         while len(self._cpu) > 2 and now - self._cpu[1][0] >= CPU_WINDOW:
             self._cpu.popleft()
 
+    def next_sample(self) -> float:
+        return self._cpu[-1][0] + CPU_SAMPLE if self._cpu else 0.0
+
     def cpu_percent(self) -> float | None:
         """% of all cores busy from the oldest reading kept to the newest (None: one reading)."""
         if len(self._cpu) < 2:
@@ -149,7 +152,10 @@ class Autoscaler:
         target = pool.target
         waiting = int(queue.get("waiting", 0))
         oldest = queue.get("oldest_age") or 0.0
-        per_worker = waiting / max(1, len(workers))
+        # per worker of the fleet: every host sees the whole backlog, and each scaling on it
+        # divided by its own workers alone would grow the fleet N times too much (the queue's
+        # running jobs count every host's busy workers)
+        per_worker = waiting / max(1, len(workers), int(queue.get("active", 0)))
         reason = ""
         if scale.up_wait is not None and oldest > scale.up_wait:
             reason = "oldest_wait"
@@ -233,8 +239,11 @@ class Autoscaler:
             if st.streak and pool.target < scale.max:
                 times.append(st.last_up + scale.up_cooldown)
         if self.guards.max_cpu is not None and self.state:
-            times.append(now + CPU_SAMPLE)
-        return max(min(times), now)
+            times.append(self.host.next_sample())
+        # a time already past is a decision something else holds (an overloaded queue keeps an
+        # idle worker from being retired, a guard a step up...): the housekeeper's next look
+        # at the queue brings fresh figures, and with them the loop
+        return min((t for t in times if t > now), default=math.inf)
 
     def snapshot(self, pool: Pool) -> dict[str, Any] | None:
         scale = pool.config.autoscale

@@ -196,6 +196,7 @@ class Master:
         self.control.attach(self.selector)
         if self.config.metrics.listen:
             self.web = WebPage(Client(self.redis, self.config.redis.prefix), self.config.web.token,
+                               lambda: self.house.redis_ok,
                                lambda: [p.config for p in self.pools.values()],
                                lambda: {name: self.house.stats(name, time.monotonic()) for name in self.pools},
                                (worker_id(self.pid), self._fleet_record))
@@ -209,6 +210,7 @@ class Master:
             self.metrics.prime(q.name)
         self.partitions.sync(self.pools)
         self.house.recover_predecessor(self.pools)
+        self._register_queues()
         log.info("governor master %d starting: redis %s, queues %s", self.pid,
                  mask_url(self.config.redis.url),
                  ", ".join(f"{q.name}={q.autoscale.min}-{q.autoscale.max}" if q.autoscale
@@ -330,8 +332,11 @@ class Master:
 
     def _next_wakeup(self, now: float) -> float:
         times = [self.house.next_wakeup(now), self.partitions.next_wakeup(now), self.reports.next_scan,
-                 self.scaler.next_wakeup(now, self.pools), self.handlers.next_wakeup(),
-                 self.registry.next_wakeup()]
+                 self.scaler.next_wakeup(now, self.pools)]
+        if self.house.redis_ok:  # (while Redis is away the housekeeper's probe says when it is back)
+            times.append(self.registry.next_wakeup())
+            if not self.stopping:
+                times.append(self.handlers.next_wakeup())
         if self.spawn_pending:
             times.append(now)
         if self.stopping == "graceful" and self.stop_deadline > now:
@@ -448,6 +453,7 @@ class Master:
         if self.web:
             self.web.token = new.web.token  # (a token set or changed takes effect at once)
         self.handlers.forget()
+        self._register_queues()
         self.registry.lease = new.lease
         self.config = new
         self.house.lease = new.lease
@@ -858,6 +864,14 @@ class Master:
                 "partitions": self.partitions.snapshot(),
                 "fleet": {"masters": self.registry.masters, "last_beat": self.registry.last_beat},
                 "redis_ok": self.house.redis_ok}
+
+    def _register_queues(self) -> None:
+        """Our queues join the prefix's list of queues (as a Python producer's first enqueue
+        does), so status, the page and the job commands know them whoever produces to them."""
+        try:
+            self.redis.sadd(f"{self.config.redis.prefix}:queues", *self.pools)
+        except (redis.RedisError, *GARBLED) as exc:
+            self.house.failed(exc)
 
     def _fleet_record(self) -> dict[str, Any]:
         """What the fleet sees of this master: ``status``, plus when it started (wall clock)."""

@@ -14,6 +14,7 @@
 -- `nxt`: the ARGV (worker, token, ...) of the reserve that follows in one call
 -- (settle_reserve.lua), else nil. The job this settle put back at once may be active again,
 -- leased by that very reserve: re-sent, the call is still a retried settle.
+local NEVER_RAN = {unknown_handler = true, not_allowed = true, import_error = true, malformed = true}
 local function fail(KEYS, ARGV, nxt)
   local now = now_ms()
   local id, mode = ARGV[1], ARGV[5]
@@ -91,10 +92,13 @@ local function fail(KEYS, ARGV, nxt)
   meta.settled_code = result
   redis.call('HSET', KEYS[2], id, cjson.encode(meta))
   -- per handler: a failed run, and why (a job put back unharmed is not a failure)
-  if KEYS[12] and result ~= 1 and type(meta.handler) == 'string' then
-    redis.call('HINCRBY', KEYS[12], meta.handler .. '|failed', 1)
-    redis.call('HINCRBY', KEYS[12], meta.handler .. '|' .. ARGV[7], 1)
-    if result == 3 then redis.call('HINCRBY', KEYS[12], meta.handler .. '|dead', 1) end
+  -- (a handler that never ran, named by whoever enqueued it, is counted as '?': the names
+  -- kept are the allowlist's, not any producer's)
+  if KEYS[12] and result ~= 1 then
+    local h = type(meta.handler) == 'string' and not NEVER_RAN[ARGV[7]] and meta.handler or '?'
+    redis.call('HINCRBY', KEYS[12], h .. '|failed', 1)
+    redis.call('HINCRBY', KEYS[12], h .. '|' .. ARGV[7], 1)
+    if result == 3 then redis.call('HINCRBY', KEYS[12], h .. '|dead', 1) end
   end
   return result
 end

@@ -2,10 +2,12 @@
 -- KEYS: the state's sorted set (waiting, delayed, active, dead or done), meta, data
 -- ARGV: offset (rank from the newest to start at), how many matches at most, how many
 --       entries to look at at most (the bound on this call's work), handler ('' for any),
---       text ('' for any: a case-insensitive substring of the arguments or of an error)
--- Returns {next offset (-1: the end was reached), id, record, payload, id, record, ...}.
+--       text ('' for any: a case-insensitive substring of the arguments or of an error),
+--       what to return of each: 'full' (record and payload), 'record', or 'ids'
+-- Returns {next offset (-1: the end was reached), id, record, payload, id, record, ...}
+-- (record and payload '' when not asked for).
 local offset, want, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local handler, text = ARGV[4], string.lower(ARGV[5])
+local handler, text, what = ARGV[4], string.lower(ARGV[5]), ARGV[6] or 'full'
 local ids = redis.call('ZREVRANGE', KEYS[1], offset, offset + budget - 1)
 local out = {0}
 local found, i = 0, 0
@@ -13,7 +15,7 @@ for _, id in ipairs(ids) do
   i = i + 1
   local raw = redis.call('HGET', KEYS[2], id)
   if raw then
-    local payload = redis.call('HGET', KEYS[3], id) or ''
+    local payload = (text ~= '' or what == 'full') and (redis.call('HGET', KEYS[3], id) or '') or ''
     local ok = true
     if handler ~= '' then
       local okd, meta = pcall(cjson.decode, raw)
@@ -25,8 +27,8 @@ for _, id in ipairs(ids) do
     end
     if ok then
       out[#out + 1] = id
-      out[#out + 1] = raw
-      out[#out + 1] = payload
+      out[#out + 1] = what ~= 'ids' and raw or ''
+      out[#out + 1] = what == 'full' and payload or ''
       found = found + 1
       if found >= want then break end
     end

@@ -1,5 +1,6 @@
 -- Operator's retry: dead jobs back to waiting, attempts reset, their errors kept.
--- KEYS: dead, meta, waiting, delayed, wake, stats, heads, key lists' prefix
+-- KEYS: dead, meta, waiting, delayed, wake, stats, heads, key lists' prefix, unique
+-- A retried job takes its unique key back if no live job holds it meanwhile.
 -- ARGV: 'strict' (every id must be dead, else nothing changes) or 'any' (retry the dead
 --       ones), then job ids
 -- Returns {1 if anything changed, then per id: 1 retried, 0 not dead (left alone), -1 no such job}.
@@ -43,6 +44,7 @@ for j, id in ipairs(ids) do
         schedule(meta, id, now, 0, KEYS[3], KEYS[4])
       end
       if waiting then ready = ready + 1 end
+      if type(meta.unique) == 'string' then redis.pcall('HSETNX', KEYS[9], meta.unique, id) end
       redis.call('HSET', KEYS[2], id, cjson.encode(meta))
       out[i] = 1
     end
