@@ -19,7 +19,7 @@ from typing import Any
 import redis
 import yaml
 
-from governor.config import Config, ConfigError, load_config, mask_url
+from governor.config import Config, ConfigError, command_problem, load_config, mask_url
 from governor.protocol.connection import RedisUnavailable, resolve_url
 from governor.protocol.fleet import fleet
 from governor.protocol.limits import rules_for, usage
@@ -93,6 +93,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    problems = [(q.name, command_problem(q)) for q in cfg.queues.values()]
+    problems = [(name, why) for name, why in problems if why]
+    if problems:  # (`run` starts all the same: the program may come later; its pool backs off)
+        for name, why in problems:
+            print(f"governor: {cfg.source}: queues.{name}.command: {why}", file=sys.stderr)
+        return 2
     print(f"# {cfg.source}: OK")
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False).rstrip())
     return 0

@@ -139,6 +139,11 @@ class QueueConfig:
     partitions: int | None = None  # per-key ordered: jobs carry a key, spread over this many hash tags
     partitions_per_host: int | None = None  # a master leases at most this many (None: no cap)
     autoscale: Autoscale | None = None  # elastic: `concurrency` is its max, the autoscaler moves within
+    command: tuple[str, ...] | None = None  # a command pool: each worker runs (and governs) this program
+    env: tuple[tuple[str, str], ...] = ()  # added to the command's environment
+    cwd: str | None = None
+    stop_signal: int = 15  # sent to the command on drain and recycle (SIGKILL after shutdown_timeout)
+    protocol: str | None = None  # 'jsonl': the command takes governor jobs over two pipes
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,9 @@ class Config:
             "queues": {q.name: {"concurrency": ({"min": q.autoscale.min, "max": q.autoscale.max}
                                                 if q.autoscale else q.concurrency),
                                 **({"autoscale": _autoscale_dict(q.autoscale)} if q.autoscale else {}),
+                                **({"command": list(q.command), "env": dict(q.env), "cwd": q.cwd,
+                                    "stop_signal": signal_name(q.stop_signal), "protocol": q.protocol}
+                                   if q.command else {}),
                                 "user": q.user, "group": q.group,
                                 "rate_limit": _limits_dict(q.rate_limits), "limiters": list(q.limiters),
                                 "global_concurrency": q.global_concurrency,
@@ -695,6 +703,80 @@ def _number_at_least(low: float, what: str) -> Callable[[Any], float]:
     return parse
 
 
+_COMMAND_KEYS = ("command", "env", "cwd", "stop_signal", "protocol")
+
+
+def _signal_name(v: Any) -> int:
+    import signal
+
+    name = _string(v).upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    if name in ("SIGKILL", "SIGSTOP") or not hasattr(signal, name) or not isinstance(getattr(signal, name), signal.Signals):
+        raise ValueError(f"expected a signal a program can handle, such as TERM, INT, QUIT or HUP, got {v!r}")
+    return int(getattr(signal, name))
+
+
+def _command(q: _Section, base_dir: Path) -> dict[str, Any]:
+    """A command pool's keys: ``command`` (a list, or a string split as a shell would, without
+    running one), ``env``, ``cwd`` (relative to the config file), ``stop_signal``, ``protocol``."""
+    import shlex
+
+    raw = q.get("command", lambda v: v, None)
+    if raw is None:
+        for key in _COMMAND_KEYS[1:]:
+            if key in q.data:
+                raise ConfigError(q.sub(key), f"{key} applies to a command pool: set command: [program, args...] too")
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = shlex.split(raw)
+        except ValueError as exc:
+            raise ConfigError(q.sub("command"), f"cannot split {raw!r}: {exc}") from None
+    if not isinstance(raw, list) or not raw or not all(
+            isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in raw):
+        raise ConfigError(q.sub("command"), f"expected a non-empty list such as [node, worker.js], got {raw!r}")
+    command = [str(a) for a in raw]
+    if not command[0]:
+        raise ConfigError(q.sub("command"), "the program is an empty string")
+    env_raw = q.get("env", lambda v: v, {}) or {}
+    if not isinstance(env_raw, dict) or not all(isinstance(k, str) and k and "=" not in k for k in env_raw):
+        raise ConfigError(q.sub("env"), f"expected a mapping of variable names to values, got {env_raw!r}")
+    env = tuple(sorted((k, "" if v is None else str(v)) for k, v in env_raw.items()))
+    cwd = q.get("cwd", _string, None)
+    protocol = q.get("protocol", _choice("jsonl"), None)
+    # (relative to the config file, as app.path is; by default its directory)
+    return {"command": tuple(command), "env": env, "cwd": str((base_dir / (cwd or ".")).resolve()),
+            "stop_signal": q.get("stop_signal", _signal_name, 15), "protocol": protocol}
+
+
+def signal_name(number: int) -> str:
+    import signal
+
+    return signal.Signals(number).name[3:]
+
+
+def command_problem(q: QueueConfig) -> str | None:
+    """Why a command pool's program cannot start, where that can be told before it runs (a
+    missing or non-executable file); None if it looks runnable. ``check`` reports it; ``run``
+    does not refuse (the program may be installed later): the pool backs off with the error."""
+    import shutil
+
+    if not q.command:
+        return None
+    program = q.command[0]
+    path_var = dict(q.env).get("PATH", os.environ.get("PATH", ""))
+    if "/" in program:
+        full = program if os.path.isabs(program) else os.path.join(q.cwd or os.getcwd(), program)
+        if not os.path.exists(full):
+            return f"{program}: no such file"
+        if not os.access(full, os.X_OK) or os.path.isdir(full):
+            return f"{program}: not an executable file"
+        return None
+    if shutil.which(program, path=path_var) is None:
+        return f"{program}: not found on PATH"
+    return None
+
+
 _AUTOSCALE_KEYS = ("up_wait", "up_depth", "down_idle", "up_cooldown", "down_cooldown")
 
 
@@ -935,8 +1017,9 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
         if isinstance(body, int) and not isinstance(body, bool):
             body = {"concurrency": body}
         q = _Section(body, path, env).expect("concurrency", "autoscale", "user", "group", *_SETTING_KEYS,
-                                             *_PER_QUEUE_KEYS)
+                                             *_PER_QUEUE_KEYS, *_COMMAND_KEYS)
         concurrency, autoscale = _elastic(q)
+        command = _command(q, base_dir)
         q_user = q.get("user", _user, user)
         q_group = q.get("group", _group, group)
         settings = _settings(q, defaults)
@@ -956,7 +1039,7 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
                                    user=q_user, group=q_group, rate_limits=rate_limits,
                                    limiters=q_limiters, global_concurrency=global_concurrency,
                                    partitions=partitions, partitions_per_host=per_host,
-                                   autoscale=autoscale)
+                                   autoscale=autoscale, **command)
 
     shutdown_timeout = top.get("shutdown_timeout", parse_duration, 30.0)
     lease = top.get("lease", parse_duration, 60.0)

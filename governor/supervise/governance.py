@@ -135,8 +135,8 @@ def sample_memory(pool: Pool, now: float) -> None:
     for w in pool:
         if w.state is State.STOPPING:
             continue
-        if w.state is State.IDLE and now - w.sampled < IDLE_SAMPLE:
-            continue  # nothing runs in an idle worker: its memory does not grow
+        if w.state is State.IDLE and now - w.sampled < IDLE_SAMPLE and not pool.config.command:
+            continue  # nothing runs in an idle worker (but a command pool's program always runs)
         w.sampled = now
         w.rss = tree_rss(w.pid)
         w.peak_rss = max(w.peak_rss, w.rss)

@@ -38,6 +38,7 @@ from governor.protocol.limits import rules_for
 from governor.protocol.queue import Client, run
 from governor.supervise import channel, fdbudget, proctree, statedir, worker
 from governor.supervise.autoscale import Autoscaler
+from governor.supervise.command import CommandWorker
 from governor.supervise.embedded import EmbeddedRedis
 from governor.supervise.governance import (
     enforce_hard_deadlines,
@@ -82,7 +83,8 @@ def _likely_first(known: int | None, lanes: list[int | None]) -> tuple[int | Non
 
 def _settings_key(q: QueueConfig, cfg: Config) -> Any:
     """What a worker was forked with; when this changes, its workers are replaced."""
-    return (q.settings, cfg.app, cfg.lease, cfg.redis, rules_for(cfg.redis.prefix, q, _limiters(cfg)))
+    return (q.settings, cfg.app, cfg.lease, cfg.redis, rules_for(cfg.redis.prefix, q, _limiters(cfg)),
+            q.command, q.env, q.cwd, q.stop_signal, q.protocol)
 
 
 def _limiters(cfg: Config) -> Any:
@@ -473,7 +475,7 @@ class Master:
                 for w in pool.taking_work():
                     w.drain("drain")
             else:
-                for w in pool.outdated():
+                for w in pool.to_replace(max_concurrent_recycles(pool.config.settings.recycle, pool.desired())):
                     w.drain("reload")
                 delta = pool.delta()
                 if delta > 0 and pool.may_spawn(now):
@@ -533,7 +535,7 @@ class Master:
                                  held=self.partitions.table(pool.name),
                                  hint_key=self.house.keys(pool.name).hint_list(self.partitions.master),
                                  wait=(self.config.redis.wait_replicas, self.config.redis.wait_timeout),
-                                 nice=self.nice)
+                                 nice=self.nice, shutdown_timeout=self.config.shutdown_timeout)
         inherited = self._owned_fds() + [master_end.fileno()]
         # Until the child has its own handlers, a signal sent to it would run the master's
         # (and land in the master's wakeup fd): keep them blocked across fork; the worker
@@ -547,7 +549,7 @@ class Master:
             master_end.close()
             return self._spawn_failed(pool, now, f"fork: {exc}")
         if pid == 0:
-            worker.main(spec, worker_end, inherited)
+            worker.main(spec, worker_end, inherited, CommandWorker if pool.config.command else None)
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
         worker_end.close()
         try:

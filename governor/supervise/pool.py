@@ -77,7 +77,20 @@ class Pool:
         return [w for w in self.taking_work() if w.generation != self.generation]
 
     def delta(self) -> int:
-        return self.desired() - len(self.current())
+        # a command pool restarts on reload a batch at a time (to_replace): its old copies hold
+        # their places until drained, so no more run at once than desired plus one batch
+        rolling = len(self.outdated()) if self.config.command else 0
+        return self.desired() - len(self.current()) - rolling
+
+    def to_replace(self, batch: int) -> list[WorkerProcess]:
+        """The outdated workers (of an earlier config) to drain now: all of a Python pool's
+        (their replacements start at once), a command pool's ``batch`` at a time (a program
+        may take long to start or stop: the pool keeps most of its copies while it rolls)."""
+        outdated = self.outdated()
+        if not self.config.command:
+            return outdated
+        rolling = sum(1 for w in self.workers.values() if w.state is State.DRAINING and w.stop_reason == "reload")
+        return outdated[:max(0, batch - rolling)]
 
     def excess(self, n: int) -> list[WorkerProcess]:
         """The n workers to drain first: not yet started, then idle (the longest idle first:

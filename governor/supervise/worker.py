@@ -20,7 +20,7 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -94,6 +94,7 @@ class WorkerSpec:
     hint_key: str = ""  # ... and the list our master's hints for them arrive on
     wait: tuple[int, float] = (0, 0.0)  # redis.wait: replicas each settle waits for, and how long
     nice: int | None = None  # the scheduling priority governor was started with (the master's is raised)
+    shutdown_timeout: float = 30.0  # a command pool's program gets this long after stop_signal
 
 
 class _Interrupted(BaseException):
@@ -104,13 +105,15 @@ class _Interrupted(BaseException):
     """
 
 
-def main(spec: WorkerSpec, sock: socket.socket, inherited_fds: Iterable[int]) -> NoReturn:
-    """Entry point in the forked child; never returns."""
+def main(spec: WorkerSpec, sock: socket.socket, inherited_fds: Iterable[int],
+         runner: Callable[[WorkerSpec, WorkerEnd], Any] | None = None) -> NoReturn:
+    """Entry point in the forked child; never returns. ``runner``: the worker class (a command
+    pool's, command.CommandWorker; by default this module's Worker)."""
     code = 0
     channel = WorkerEnd(sock)
     try:
         _detach_from_master(spec, inherited_fds)
-        code = Worker(spec, channel).run()
+        code = (runner or Worker)(spec, channel).run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:
@@ -197,6 +200,7 @@ class Worker:
         self._token_prefix = secrets.token_hex(6)
         self._tokens = 0
         self.draining = False
+        self.exit_reason: str | None = None  # why we stop taking work, when not drained (a subclass's)
         self._idle = False
         self._rang = False  # told the master we are busy since we last waited for work
         self._in_job = False
@@ -275,7 +279,7 @@ class Worker:
             disconnect(self.redis)  # a BLPOP reply may be half read
         if pending is not None:
             self._settle_and_reserve(pending, reserve=False)
-        self.channel.send("exit", reason)
+        self.channel.send("exit", self.exit_reason or reason)
         return 0
 
     def _after_job(self) -> bool:

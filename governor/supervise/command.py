@@ -1,0 +1,295 @@
+"""Command pools: a worker that runs and governs any program, and the jsonl line protocol.
+
+A command pool's worker is forked by the master like any other (its process group, its
+scoreboard slot, its channel), then starts the queue's ``command`` as its child: the master
+measures and kills the worker's whole tree, so memory limits, hard timeouts, recycling, crash
+backoff and drain work unchanged. The child's stdout and stderr are read line by line into
+governor's log, with the worker's fields.
+
+Without a protocol the worker only supervises: the program runs until it exits (the worker
+exits with it: a crash loop backs off as for Python workers) or is told to stop
+(``stop_signal`` on drain and recycle; the master SIGKILLs what is left after
+shutdown_timeout).
+
+With ``protocol: jsonl`` the worker reserves jobs as a Python worker does and hands each to
+the program over a pipe of its own (never stdin or stdout, which stay the program's log, so a
+stray print cannot corrupt the protocol): one JSON line per job on the descriptor named by
+GOVERNOR_JOBS_FD, ``{"id", "handler", "args", "kwargs", "attempt", "deadline_ms"}``, and one
+line back per job on GOVERNOR_RESULTS_FD, ``{"id", "ok": true, "result"}`` or ``{"id", "ok":
+false, "error", "retry": true|false}``. A soft timeout is the line ``{"id", "soft_timeout":
+true}``. A malformed answer, an answer for another job, or a program that closes its results
+pipe or exits fails that job (retried) and replaces the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import time
+from typing import Any
+
+from governor.log import fields
+from governor.protocol.queue import Call, Reserved
+from governor.supervise.channel import WorkerEnd
+from governor.supervise.handlers import HandlerError, Payload
+from governor.supervise.handlerstats import runtimes_kept
+from governor.supervise.worker import FORWARDED_SIGNALS, Worker, WorkerSpec, _result_json
+
+log = logging.getLogger("governor.worker")
+
+MAX_LINE = 1024 * 1024  # bytes of one line from the program (a longer one is cut, and said so)
+STOP_WAIT = 0.05  # seconds between looks at a program asked to stop
+
+
+def describe(code: int) -> str:
+    """An exit status as a person reads it."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class ProtocolError(Exception):
+    """The program broke the line protocol: its job is retried and the worker replaced."""
+
+
+class Child:
+    """The worker's program: started once, its output logged line by line as it comes."""
+
+    def __init__(self, spec: WorkerSpec, protocol: bool) -> None:
+        q = spec.queue
+        env = dict(os.environ)
+        env.update(dict(q.env))
+        env.update(GOVERNOR_QUEUE=q.name, GOVERNOR_WORKER=str(spec.index))
+        self.jobs_w = self.results_r = -1
+        pass_fds: tuple[int, ...] = ()
+        if protocol:
+            jobs_r, self.jobs_w = os.pipe()
+            self.results_r, results_w = os.pipe()
+            env.update(GOVERNOR_JOBS_FD=str(jobs_r), GOVERNOR_RESULTS_FD=str(results_w))
+            pass_fds = (jobs_r, results_w)
+        self.name = f"{q.name}[{spec.index}]"
+        self.queue = q.name
+        try:
+            self.proc = subprocess.Popen(list(q.command or ()), env=env, cwd=q.cwd, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds,
+                                         restore_signals=True)
+        finally:
+            for fd in pass_fds:
+                os.close(fd)  # the child's ends: ours must not keep its pipes open
+        self.sel = selectors.DefaultSelector()
+        self._partial: dict[int, bytes] = {}
+        for stream, name in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr")):
+            assert stream is not None
+            os.set_blocking(stream.fileno(), False)
+            self.sel.register(stream.fileno(), selectors.EVENT_READ, name)
+        if protocol:
+            os.set_blocking(self.results_r, False)
+            self.sel.register(self.results_r, selectors.EVENT_READ, "results")
+        self.results: list[bytes] = []
+        self.results_closed = False
+
+    def pump(self, timeout: float | None) -> None:
+        """Reads what is there (waiting up to ``timeout`` for something): output lines are
+        logged, result lines kept in ``results``."""
+        for key, _ in self.sel.select(timeout):
+            fd, what = key.fd, key.data
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not data:
+                self.sel.unregister(fd)
+                rest = self._partial.pop(fd, b"")
+                if rest:
+                    self._line(what, rest)
+                if what == "results":
+                    self.results_closed = True
+                continue
+            buf = self._partial.get(fd, b"") + data
+            *lines, buf = buf.split(b"\n")
+            if len(buf) > MAX_LINE:
+                lines.append(buf[:MAX_LINE])
+                buf = b""
+            self._partial[fd] = buf
+            for line in lines:
+                self._line(what, line)
+
+    def _line(self, what: str, line: bytes) -> None:
+        if what == "results":
+            self.results.append(line)
+            return
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        (log.warning if what == "stderr" else log.info)(
+            "%s %s: %s", self.name, what, text,
+            extra=fields(worker=self.name, worker_pid=os.getpid(), queue=self.queue, reason=what))
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.jobs_w, view)
+            except BlockingIOError:
+                self.pump(0.01)
+                continue
+            except BrokenPipeError:
+                raise ProtocolError("the program closed its jobs pipe") from None
+            view = view[n:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int, grace: float) -> int | None:
+        """``sig`` to the program, then SIGKILL after ``grace``; its exit status."""
+        if self.alive():
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + grace
+            while self.alive() and time.monotonic() < deadline:
+                self.pump(STOP_WAIT)
+            if self.alive():
+                self.proc.kill()
+        self.pump(0)
+        return self.proc.wait()
+
+
+class CommandWorker(Worker):
+    """A worker of a command pool: the program as its child, jobs over the line protocol."""
+
+    def __init__(self, spec: WorkerSpec, channel: WorkerEnd) -> None:
+        super().__init__(spec, channel)
+        self.protocol = spec.queue.protocol == "jsonl"
+        self.child: Child | None = None
+        self.broken: str | None = None  # why the program cannot take more jobs
+
+    def run(self) -> int:
+        # the program must not start with the signals the master blocked across fork still blocked
+        signal.signal(signal.SIGTERM, self._term_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+        self.child = Child(self.spec, self.protocol)  # a missing program fails here: the pool backs off
+        log.info("worker %s started %s (pid %d)", self.child.name, " ".join(self.spec.queue.command or ()),
+                 self.child.proc.pid, extra=fields(queue=self.spec.queue.name, worker_pid=os.getpid()))
+        try:
+            return super().run() if self.protocol else self._supervise()
+        finally:
+            code = self.child.stop(self.spec.queue.stop_signal, self.spec.shutdown_timeout)
+            if self.broken:
+                log.error("worker %s: %s; the program %s; replacing it", self.child.name, self.broken,
+                      describe(code), extra=fields(queue=self.spec.queue.name, reason="protocol_error"))
+
+    def _supervise(self) -> int:
+        """No protocol: the program runs until it exits (so do we, with its status) or until a
+        drain or a granted recycle stops it."""
+        assert self.child is not None
+        self.channel.send("ready")
+        self._title("supervising " + os.path.basename((self.spec.queue.command or ("?",))[0]))
+        while not self.draining and self.child.alive():
+            self.child.pump(0.5)
+            if self.channel.drain_requested():
+                self.draining = True
+            due = self._recycle_due()
+            if due and self._may_recycle(due):
+                self.channel.send("exit", due)
+                return 0
+        if self.draining:
+            self.channel.send("exit", "drain")
+            return 0
+        self.child.pump(0)
+        code = self.child.proc.wait()
+        raise SystemExit(code if code > 0 else 128 - code if code < 0 else 0)
+
+    def _after_job(self) -> bool:
+        if self.broken:
+            self.draining = True  # (settle this job, take no more: the worker is replaced)
+            self.exit_reason = "protocol_error"
+        return super()._after_job()
+
+    def _run(self, reply: list[Any]) -> Call:
+        """Hands the job to the program and waits for its answer line."""
+        assert self.child is not None
+        token = reply[-1]
+        job = Reserved.from_reply(reply[:4], token)
+        handler = job.meta.get("handler") if isinstance(job.meta.get("handler"), str) else "?"
+        soft, hard, adaptive = self._limits(job, handler)
+        self._report_start(job, token, handler, soft, hard, None, adaptive)
+        self.jobs_run += 1
+        started = time.monotonic()
+        try:
+            payload = Payload.parse(job.payload, self.spec.max_payload)
+            if job.meta.get("malformed"):
+                raise HandlerError("malformed", f"malformed job: its record in Redis is unusable ({job.meta['malformed']})")
+            if not self.registry.allowed(payload.handler):
+                raise HandlerError("not_allowed", f"handler {payload.handler!r} is not allowed by app.handlers "
+                                                  f"{list(self.registry.patterns)} (not sent to the program)")
+        except HandlerError as exc:
+            self._job_over()
+            self._report_end(exc.reason, time.monotonic() - started)
+            return self.job_keys.fail(job.id, token, self.id, self._error(job, exc.reason, str(exc)), "dead", 0,
+                                      exc.reason, self.settings.retry.max)
+        self._title(f"job {job.id} {payload.handler}")
+        deadline_ms = int((time.time() + hard) * 1000) if hard else None
+        try:
+            self.child.send({"id": job.id, "handler": payload.handler, "args": payload.args,
+                             "kwargs": payload.kwargs, "attempt": job.attempts, "deadline_ms": deadline_ms})
+            answer = self._answer(job.id, started + soft if soft else None)
+        except ProtocolError as exc:
+            self.broken = str(exc)
+            self._job_over()
+            seconds = time.monotonic() - started
+            self._report_end("other", seconds)
+            error = self._error(job, "protocol_error", f"the program broke the protocol: {exc}", seconds=round(seconds, 3))
+            return self.job_keys.fail(job.id, token, self.id, error, "retry", self._backoff_ms(job.attempts),
+                                      "protocol_error", self.settings.retry.max)
+        self._job_over()
+        seconds = time.monotonic() - started
+        if answer.get("ok") is True:
+            self._report_end("ok", seconds)
+            text, note = _result_json(answer.get("result"), self.spec.max_result)
+            return self.job_keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note,
+                                     wake=self.spec.rules.global_concurrency > 0,
+                                     runtimes=(payload.handler, runtimes_kept(self.settings.timeout.adaptive)))
+        self._report_end("exception", seconds)
+        message = str(answer.get("error") or "the program said the job failed")[:16384]
+        error = self._error(job, "exception", message, seconds=round(seconds, 3))
+        mode = "dead" if answer.get("retry") is False else "retry"
+        return self.job_keys.fail(job.id, token, self.id, error, mode, self._backoff_ms(job.attempts),
+                                  "exception", self.settings.retry.max)
+
+    def _answer(self, job_id: str, soft_at: float | None) -> dict[str, Any]:
+        """The program's answer to ``job_id``; ProtocolError if it breaks the protocol."""
+        assert self.child is not None
+        while True:
+            if self.child.results:
+                line = self.child.results.pop(0)
+                try:
+                    answer = json.loads(line)
+                except ValueError:
+                    raise ProtocolError(f"not a JSON line on the results pipe: {line[:200]!r}") from None
+                if not isinstance(answer, dict) or answer.get("id") != job_id:
+                    raise ProtocolError(f"an answer for another job (expected id {job_id!r}): {line[:200]!r}")
+                if not isinstance(answer.get("ok"), bool):
+                    raise ProtocolError(f"an answer without \"ok\": true|false: {line[:200]!r}")
+                return answer
+            if self.child.results_closed or not self.child.alive():
+                try:  # a pipe closes when its program dies: say which it was
+                    self.child.proc.wait(0.2)
+                except subprocess.TimeoutExpired:
+                    raise ProtocolError("the program closed its results pipe") from None
+                self.child.pump(0)
+                if self.child.results:
+                    continue
+                raise ProtocolError(f"the program {describe(self.child.proc.returncode)} during the job")
+            if soft_at is not None and time.monotonic() >= soft_at:
+                soft_at = None
+                self.child.send({"id": job_id, "soft_timeout": True})
+            wait = 0.5 if soft_at is None else max(0.0, min(0.5, soft_at - time.monotonic()))
+            self.child.pump(wait)
