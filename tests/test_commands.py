@@ -165,3 +165,20 @@ def test_a_reload_that_changes_env_restarts_the_copies_one_batch_at_a_time(gover
         assert governor.proc.poll() is None
     assert most == 1  # it did roll
     assert {w["pid"] for w in governor.workers("other")} == before
+
+
+@pytest.mark.parametrize("queue, path, words", [
+    ("{command: [], concurrency: 1}", "queues.email.command", "non-empty list"),
+    ("{protocol: jsonl, concurrency: 1}", "queues.email.protocol", "applies to a command pool"),
+    ("{command: [node, w.js], protocol: xml}", "queues.email.protocol", "expected one of jsonl"),
+    ("{command: [sh], stop_signal: KILL}", "queues.email.stop_signal", "a signal a program can handle"),
+    ("{command: [sh], env: [A]}", "queues.email.env", "mapping of variable names"),
+    ("{command: [./missing-worker.sh]}", "queues.email.command", "no such file"),
+    ("{command: [no-such-program-anywhere]}", "queues.email.command", "not found on PATH"),
+])
+def test_check_rejects_bad_command_pools_naming_the_path(tmp_path, queue, path, words):
+    from test_config import BASE, check
+
+    out = check(tmp_path, BASE.replace("{concurrency: 3}", queue))
+    assert out.returncode == 2, out.stdout
+    assert f"{path}:" in out.stderr and words in out.stderr, out.stderr
