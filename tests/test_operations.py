@@ -250,8 +250,11 @@ def test_json_logs_carry_worker_queue_job_and_reason(governor):
 
 def test_status_watch_refreshes_in_place(governor):
     governor.start({"w": {"concurrency": 1}})
+    # (a test run started in the background by a shell without job control inherits SIGINT
+    # ignored, and so would the CLI: Ctrl-C is what this checks, so it gets the default back)
     proc = subprocess.Popen([sys.executable, "-m", "governor", "status", "-c", str(governor.config_path),
-                             "--watch", "--interval", "0.3"], stdout=subprocess.PIPE, text=True)
+                             "--watch", "--interval", "0.3"], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.2)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=10)
