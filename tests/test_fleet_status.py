@@ -80,3 +80,22 @@ def test_status_of_an_unknown_host_says_so(fleet):
     a.start()
     out = status(fleet, "--host", "no-such-host")
     assert out.returncode == 0 and "no live master on host no-such-host" in out.stdout
+
+
+def test_an_idle_master_renews_its_place_without_rewriting_its_record_and_a_lost_one_is_rewritten(client):
+    from governor.protocol.fleet import fleet as read_fleet
+    from governor.supervise.registry import FleetRegistry
+
+    record = {"master": {"host": "h", "pid": 1, "uptime": 0.0}, "pools": [{"queue": "q", "workers": []}]}
+    reg = FleetRegistry(client.redis, client.prefix, "h:1", lease=2.0, record=lambda: record)
+    reg.run(0.0)
+    assert [m["id"] for m in read_fleet(client.redis, client.prefix)] == ["h:1"]
+    record["master"]["uptime"] = 5.0  # only a clock moved: the next beat renews, writes nothing
+    reg.run(reg.next_beat)
+    assert read_fleet(client.redis, client.prefix)[0]["master"]["uptime"] == 0.0
+    record["pools"][0]["workers"] = [{"pid": 7, "state": "busy", "job": {"id": "j"}}]  # what it shows changed
+    reg.run(reg.next_beat)
+    assert read_fleet(client.redis, client.prefix)[0]["pools"][0]["workers"][0]["pid"] == 7
+    client.redis.delete(reg.keys.records)  # (Redis lost it): the next beat writes it whole again
+    reg.run(reg.next_beat)
+    assert [m["id"] for m in read_fleet(client.redis, client.prefix)] == ["h:1"]

@@ -17,9 +17,10 @@ class FleetKeys:
         self.records = f"{{{prefix}:fleet}}:masters"
         self.alive = f"{{{prefix}:fleet}}:alive"
 
-    def beat(self, master: str, lease_ms: int, record: dict[str, Any]) -> Call:
-        return Call("fleet", (self.records, self.alive),
-                    ("beat", master, lease_ms, json.dumps(record, separators=(",", ":"), default=str)))
+    def beat(self, master: str, lease_ms: int, record: dict[str, Any] | None) -> Call:
+        """``record`` None: the expiry only (the record written last stays)."""
+        text = json.dumps(record, separators=(",", ":"), default=str) if record is not None else ""
+        return Call("fleet", (self.records, self.alive), ("beat", master, lease_ms, text))
 
     def leave(self, master: str) -> Call:
         return Call("fleet", (self.records, self.alive), ("leave", master))

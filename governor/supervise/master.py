@@ -457,6 +457,7 @@ class Master:
         self.handlers.forget()
         self._register_queues()
         self.registry.lease = new.lease
+        self.registry.changed()
         self.config = new
         self.house.lease = new.lease
         if new.lease != old.lease:  # renew at once under the new lease, and guard it as tightly

@@ -16,7 +16,8 @@ from typing import Any
 from governor.protocol.fleet import FleetKeys
 from governor.protocol.queue import run
 
-HEARTBEAT = 5.0  # seconds between heartbeats at most (a quarter of the lease when that is shorter)
+HEARTBEAT = 10.0  # seconds between heartbeats at most (a quarter of the lease when that is shorter)
+REFRESH = 30.0  # seconds a record may go unwritten while what it shows (pools, workers, jobs) holds
 
 
 class FleetRegistry:
@@ -30,6 +31,7 @@ class FleetRegistry:
         self.next_beat = 0.0
         self.masters = 0  # alive in the fleet, as of our last heartbeat
         self.last_beat: float | None = None  # wall clock of the last heartbeat Redis took
+        self._written: tuple[Any, float] = (None, -math.inf)  # (the shape last written, when)
 
     @property
     def interval(self) -> float:
@@ -40,8 +42,24 @@ class FleetRegistry:
         if now < self.next_beat:
             return
         self.next_beat = now + self.interval
-        self.masters = int(run(self.redis, self.keys.beat(self.master, int(self.lease * 1000), self.record()))[0])
+        record = self.record()
+        shape = _shape(record)
+        # an idle master's record does not change but for its clocks and memory: a beat then
+        # only extends the expiry (the full record again every REFRESH)
+        full = shape != self._written[0] or now - self._written[1] >= REFRESH
+        lease_ms = int(self.lease * 1000)
+        masters = int(run(self.redis, self.keys.beat(self.master, lease_ms, record if full else None))[0])
+        if masters < 0:  # our record is gone (Redis restarted, or we were away a lease): whole
+            full = True
+            masters = int(run(self.redis, self.keys.beat(self.master, lease_ms, record))[0])
+        self.masters = masters
+        if full:
+            self._written = (shape, now)
         self.last_beat = time.time()
+
+    def changed(self) -> None:
+        """Something an operator reads changed (a reload): the next beat writes the record."""
+        self._written = (None, -math.inf)
 
     def leave(self) -> None:
         """Stopping: out of the fleet now, not a lease later."""
@@ -50,3 +68,10 @@ class FleetRegistry:
 
     def next_wakeup(self) -> float:
         return self.next_beat
+
+
+def _shape(record: dict[str, Any]) -> Any:
+    """What a record shows that a beat must not leave stale: pools, workers, their jobs."""
+    return tuple((p.get("queue"), p.get("desired"), p.get("actual"),
+                  tuple((w.get("pid"), w.get("state"), (w.get("job") or {}).get("id")) for w in p.get("workers", [])))
+                 for p in record.get("pools", []))

@@ -1,7 +1,9 @@
 -- The fleet registry: each master's record, alive while its heartbeats come.
 -- KEYS: the records hash (master -> its JSON record), the alive zset (master -> expiry, ms on
 --       Redis's clock)
--- ARGV: 'beat', master, lease_ms, record   -> how many masters are alive (this one included)
+-- ARGV: 'beat', master, lease_ms, record   -> how many masters are alive (this one included);
+--                                            record '': the expiry only (-1: there is no record
+--                                            to keep, send it whole)
 --       'leave', master                    -> 1
 --       'read'                             -> {master, record, ms until it expires, ...}
 -- A master missing heartbeats for lease_ms drops out: whoever runs this next removes it.
@@ -13,8 +15,9 @@ local function prune()
 end
 local op = ARGV[1]
 if op == 'beat' then
+  if ARGV[4] == '' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return -1 end
   redis.call('ZADD', KEYS[2], fmt(now + tonumber(ARGV[3])), ARGV[2])
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[4]) end
   prune()
   return redis.call('ZCARD', KEYS[2])
 elseif op == 'leave' then
