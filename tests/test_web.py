@@ -38,6 +38,7 @@ if not (shutil.which("chromium") and shutil.which("chromedriver")):
                 allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
@@ -53,6 +54,22 @@ def browser(tmp_path):
     driver.set_page_load_timeout(20)
     yield driver
     driver.quit()
+
+
+def body_text(browser) -> str:
+    """The page's text; '' while it is being replaced (a navigation makes elements stale)."""
+    try:
+        return browser.find_element(By.TAG_NAME, "body").text
+    except (StaleElementReferenceException, NoSuchElementException):
+        return ""
+
+
+def click(browser, selector: str) -> bool:
+    try:
+        browser.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+    except (StaleElementReferenceException, NoSuchElementException):
+        return False
 
 
 def post(url: str, fields: dict[str, str]) -> tuple[int, str]:
@@ -78,9 +95,9 @@ def test_the_page_shows_the_fleet_escapes_job_text_and_acts_only_with_the_token(
     c.enqueue("idle", "tasks:record", "later", delay="1h")
     wait_for(lambda: c.counts("mail")["dead"] == 4, 10, "4 dead jobs")
 
-    browser.get(f"http://{listen}/")
     st = json.loads(subprocess.run([sys.executable, "-m", "governor", "status", "--json", "-c",
                                     str(governor.config_path)], capture_output=True, text=True).stdout)
+    browser.get(f"http://{listen}/")  # (read at once: the page reloads itself every 5 s)
     for queue in ("mail", "idle"):
         row = browser.find_element(By.CSS_SELECTOR, f"#queues tr[data-queue='{queue}']")
         for state in ("waiting", "delayed", "active", "dead"):
@@ -107,14 +124,15 @@ def test_the_page_shows_the_fleet_escapes_job_text_and_acts_only_with_the_token(
     assert c.job(victim)["state"] == "dead"  # nothing changed
 
     flag.write_text("fixed")  # the handler works now: a retry from the page runs the job
+    browser.get(f"http://{listen}/")  # (a fresh load: the page reloads itself every 5 s)
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, f"tr[data-job='{victim}'] button[data-op=retry]").click()
-    wait_for(lambda: "retried" in browser.find_element(By.TAG_NAME, "body").text, 10, "the retry's answer")
+    wait_for(lambda: "retried" in body_text(browser), 10, "the retry's answer")
     wait_for(lambda: c.job(victim)["state"] == "done", 10, "the retried job to run")
     assert Path(str(flag) + ".ran").read_text().split("\n")[0] == XSS
     # back on the page (the token kept for this tab): pause the queue
     wait_for(lambda: browser.find_elements(By.ID, "queues"), 10, "the page again")
-    browser.find_element(By.CSS_SELECTOR, "#queues tr[data-queue='mail'] button[data-op=pause]").click()
+    wait_for(lambda: click(browser, "#queues tr[data-queue='mail'] button[data-op=pause]"), 10, "the pause button")
     wait_for(lambda: c.paused("mail"), 10, "the queue paused from the page")
 
 
