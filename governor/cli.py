@@ -24,7 +24,7 @@ from governor.protocol.connection import RedisUnavailable, resolve_url
 from governor.protocol.fleet import fleet
 from governor.protocol.limits import rules_for, usage
 from governor.protocol.queue import DEFAULT_PRIORITY, Client, NotReplicated
-from governor.units import format_duration, format_size
+from governor.units import format_age, format_duration, format_size
 
 DEFAULT_CONFIG = os.environ.get("GOVERNOR_CONFIG", "/etc/governor/governor.yaml")
 
@@ -369,17 +369,6 @@ def _ranges(numbers: list[int]) -> str:
     return ",".join(out)
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
 # C0, DEL and C1 controls (ESC starts terminal sequences, CR overwrites a line), the line
 # and paragraph separators, and the bidi marks, embeddings, overrides and isolates, which
 # reorder what follows them on screen
@@ -415,7 +404,7 @@ def render_status(st: dict[str, Any]) -> str:
     lines = []
     m = st["master"]
     if m:
-        lines.append(f"master {m['pid']} on {_safe(m['host'])}, up {_age(m['uptime'])}, "
+        lines.append(f"master {m['pid']} on {_safe(m['host'])}, up {format_age(m['uptime'])}, "
                      f"redis {_safe(m['redis'])}"
                      + ("" if m["redis_ok"] else " (UNREACHABLE)")
                      + (f", stopping ({_safe(m['stopping'])})" if m["stopping"] else ""))
@@ -435,9 +424,9 @@ def render_status(st: dict[str, Any]) -> str:
         for p in st["pools"]:
             for w in p["workers"]:
                 job = w["job"] or {}
-                rows.append([p["queue"], str(w["index"]), str(w["pid"]), w["state"], _age(w["uptime"]),
+                rows.append([p["queue"], str(w["index"]), str(w["pid"]), w["state"], format_age(w["uptime"]),
                              str(w["jobs_done"]), format_size(w.get("rss")),
-                             f"{job['id']} {job['handler']}" if job else "-", _age(job.get("seconds"))])
+                             f"{job['id']} {job['handler']}" if job else "-", format_age(job.get("seconds"))])
         lines += ["", _table(rows)]
         for p in st["pools"]:
             live = sum(1 for w in p["workers"] if w["state"] in ("starting", "idle", "busy"))
@@ -459,7 +448,7 @@ def render_status(st: dict[str, Any]) -> str:
                 if last:
                     why = ", ".join(f"{_safe(k)} {_safe(v)}" for k, v in last["signals"].items())
                     note += (f", last {last['direction']} {last['from']}->{last['to']} "
-                             f"({_safe(last['reason'])}: {why}) {_age(time.time() - last['at'])} ago")
+                             f"({_safe(last['reason'])}: {why}) {format_age(time.time() - last['at'])} ago")
             lines.append(note)
     if st.get("fleet"):
         rows = [["MASTER", "VERSION", "UP", "POOLS", "WORKERS", "BUSY", "PARTITIONS", "LEASE LEFT"]]
@@ -472,9 +461,9 @@ def render_status(st: dict[str, Any]) -> str:
             total, busy_total = total + len(workers), busy_total + busy
             held = sum(len(p.get("held", [])) for p in (rec.get("partitions") or {}).values())
             rows.append([f"{m.get('host', '?')}:{m.get('pid', '?')}", str(m.get("version", "?")),
-                         _age(m.get("uptime")),
+                         format_age(m.get("uptime")),
                          " ".join(f"{p['queue']}={p.get('actual', '?')}/{p.get('desired', '?')}" for p in pools) or "-",
-                         str(len(workers)), str(busy), str(held), _age(rec.get("expires_in"))])
+                         str(len(workers)), str(busy), str(held), format_age(rec.get("expires_in"))])
         lines += ["", _table(rows), f"fleet: {len(st['fleet'])} master(s), {total} worker(s), {busy_total} busy"]
     parted = [(q, c["partitions"]) for q, c in st["queues"].items() if c.get("partitions")]
     if parted:

@@ -68,3 +68,15 @@ def format_duration(s: float | None) -> str:
     if s < 1 and s > 0:
         return f"{s * 1000:.0f}ms"
     return f"{s:g}s"
+
+
+def format_age(seconds: float | None) -> str:
+    """How long something has lasted, as status and the page show it: 4.2s, 37s, 3m05s, 2h07m."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -25,7 +25,7 @@ from governor.config import QueueConfig
 from governor.ops.httpd import Request
 from governor.protocol.fleet import fleet
 from governor.protocol.queue import Client
-from governor.units import format_duration, format_size
+from governor.units import format_age, format_duration, format_size
 
 REFRESH = 5  # seconds between the page's own reloads
 CACHE = 1.0  # seconds a gathered view is reused
@@ -48,15 +48,6 @@ def limits_text(q: QueueConfig | None) -> str:
     if q.global_concurrency:
         parts.append(f"at most {q.global_concurrency} running")
     return "; ".join(parts)
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f}s"
-    return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class WebPage:
@@ -193,7 +184,7 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
                 f"<tr data-queue='{_e(name)}'><td>{_e(name)}</td>"
                 + "".join(f"<td class='num {k}'>{_e(q[k])}</td>" for k in ("waiting", "delayed", "active", "dead",
                                                                            "done_total"))
-                + f"<td>{_e(_age(q.get('oldest_age')))}</td>"
+                + f"<td>{_e(format_age(q.get('oldest_age')))}</td>"
                 + f"<td class='num rate'>{_e(rate)}</td>"
                 + f"<td>{_e(q.get('limits') or '-')}</td>"
                 + f"<td>{'<span class=bad>paused</span>' if q['paused'] else 'no'}</td><td>{part}</td>"
@@ -214,7 +205,7 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
             sizes = " ".join(f"{p.get('queue')}={p.get('actual')}/{p.get('desired')}" for p in pools)
             rows.append(
                 f"<tr><td>{_e(m.get('host'))}:{_e(m.get('pid'))}</td><td>{_e(m.get('version'))}</td>"
-                f"<td>{_e(_age(m.get('uptime')))}</td><td>{_e(sizes)}</td>"
+                f"<td>{_e(format_age(m.get('uptime')))}</td><td>{_e(sizes)}</td>"
                 f"<td class=num>{len(workers)}</td><td class=num>{sum(1 for w in workers if w.get('job'))}</td>"
                 f"<td class=num>{_e(format_size(sum(w.get('rss') or 0 for w in workers)))}</td>"
                 f"<td class=err>{_e(chr(10).join(jobs) or '-')}</td></tr>")
