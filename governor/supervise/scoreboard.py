@@ -112,7 +112,11 @@ class _ReportMixin:
             self.mm[at + _TEXT_AT:at + _TEXT_AT + len(text)] = text
         if counts is not None:
             self._counts.pack_into(self.mm, at + _COUNTS_AT, *counts)
-        _REPORT.pack_into(self.mm, at + _REPORT_AT, seq + 2, *fields)
+        # the fields under the odd number, and only then the even one: packed with the number
+        # first, a reader could take the new (even) number with the fields still half written
+        # (a fresh slot's first run read with started 0: killed at once as past its deadline)
+        _REPORT.pack_into(self.mm, at + _REPORT_AT, seq + 1, *fields)
+        struct.pack_into("=q", self.mm, at + _REPORT_AT, seq + 2)
 
     def start_run(self, slot: int, run: int, job_id: str, token: str, handler: str, attempt: int,
                   soft: float | None, hard: float | None, partition: int | None,
