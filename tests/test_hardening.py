@@ -200,14 +200,20 @@ def test_the_master_survives_a_garbled_reply_by_reconnecting(tmp_path, redis_ser
         g.client.enqueue("w", "tasks:sleep_then_record", "long", 2)
         wait_for(lambda: g.lines("start") == ["long"], 5, "the job to start")
         wait_for(lambda: proxy.master_conns, 5, "the master's connection")
+        before = len(proxy.master_conns)
         assert proxy.garble() >= 1
-        time.sleep(2.5)  # several renewals and ticks over the garbled connection
+        # The stray reply is found when the master next uses that connection: either read as a
+        # reply (the master says "Redis unavailable" and reconnects) or, sitting unread when
+        # redis-py takes the connection from its pool, dropped with the connection (redis-py
+        # reconnects silently). Which one depends on timing; both end in a new connection, and
+        # it is that (not a log line) the test waits for, however busy the machine.
+        wait_for(lambda: len(proxy.master_conns) > before, 30, "the master to reconnect", interval=0.1)
         g.assert_running()
-        wait_for(lambda: g.lines("done") == ["long"], 5, "the job to finish")
+        wait_for(lambda: g.lines("done") == ["long"], 15, "the job to finish")
         g.client.enqueue("w", "tasks:record", "after")
-        wait_for(lambda: g.lines("done") == ["long", "after"], 5, "the next job")
+        wait_for(lambda: g.lines("done") == ["long", "after"], 15, "the next job")
+        g.assert_running()
         assert g.lines("start") == ["long"]  # its lease held: it never ran twice
-        assert "Redis unavailable" in g.log()  # the garbled reply was seen, and ridden out
     finally:
         g.stop()
         proxy.close()

@@ -9,6 +9,10 @@ soft_s, hard_s]``, ``["end", job_id, outcome, seconds]``, ``["exit", reason]``,
 ``["fatal", error]`` and ``["recycle", reason]``, the one question: the master
 answers ``go`` or ``later`` (at most ``recycle.max_concurrent`` per pool at once).
 Master -> worker, besides that answer: ``drain``.
+
+Job code runs in the worker and can write on its end, so every message is checked
+against its one shape (``well_formed``) before the master acts on it: a worker that
+sends anything else is replaced, and the master never dies of what a worker says.
 """
 
 from __future__ import annotations
@@ -31,24 +35,59 @@ def encode(*message: Any) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
-def receive_all(sock: socket.socket) -> tuple[list[list[Any]], bool]:
-    """Every message now readable, and whether the peer has closed its end."""
-    messages = []
-    while True:
+# Why a worker may say it leaves (``exit``) or ask to (``recycle``). Anything else is a lie:
+# these strings become metric labels and exit reasons, so they come from a closed set.
+EXIT_REASONS = frozenset({"drain", "channel_lost", "max_jobs", "max_age", "protocol_error"})
+RECYCLE_REASONS = frozenset({"max_jobs", "max_age"})
+MAX_FATAL = 4000  # characters of a worker's last words kept
+MAX_PER_READ = 64  # messages taken per readiness: a worker that floods its channel cannot hold the loop
+
+# The one shape each message may have: its kind, then the values it carries.
+_SHAPES: dict[str, tuple[type, ...]] = {"ready": (), "busy": (), "exit": (str,), "fatal": (str,),
+                                        "recycle": (str,)}
+
+
+def well_formed(msg: Any) -> bool:
+    """True for a message of a known kind with exactly the values of its kind, each of its type
+    (and, for a reason, one of the known ones). Job code can write on its worker's channel:
+    what a worker says is untrusted input, checked before the master acts on any of it."""
+    if not (isinstance(msg, list) and msg and isinstance(msg[0], str)):
+        return False
+    shape = _SHAPES.get(msg[0])
+    if shape is None or len(msg) != 1 + len(shape):
+        return False
+    if not all(isinstance(value, kind) for value, kind in zip(msg[1:], shape, strict=True)):
+        return False
+    if msg[0] == "exit":
+        return msg[1] in EXIT_REASONS
+    if msg[0] == "recycle":
+        return msg[1] in RECYCLE_REASONS
+    return True
+
+
+def receive_all(sock: socket.socket) -> tuple[list[list[Any]], bool, int]:
+    """The well-formed messages now readable (at most MAX_PER_READ: the rest wait for the
+    next pass), whether the peer has closed its end, and how many were malformed."""
+    messages: list[list[Any]] = []
+    malformed = 0
+    for _ in range(MAX_PER_READ):
         try:
             data = sock.recv(MAX_MESSAGE)
         except (BlockingIOError, InterruptedError):
-            return messages, False
+            return messages, False, malformed
         except OSError:
-            return messages, True
+            return messages, True, malformed
         if not data:
-            return messages, True
+            return messages, True, malformed
         try:
             msg = json.loads(data)
-        except ValueError:
-            continue
-        if isinstance(msg, list) and msg and isinstance(msg[0], str):
+        except (ValueError, RecursionError):
+            msg = None
+        if well_formed(msg):
             messages.append(msg)
+        else:
+            malformed += 1
+    return messages, False, malformed
 
 
 class WorkerEnd:

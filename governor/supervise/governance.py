@@ -122,6 +122,27 @@ def enforce_hard_deadlines(pools: Iterable[Pool], now: float) -> None:
         w.kill("timeout_hard", limit=w.job.hard, overshoot=round(w.killed_at - deadline, 4), **learnt)
 
 
+LEAVE_MARGIN = 5.0  # seconds beyond shutdown_timeout a draining worker running nothing may take to exit
+
+
+def enforce_leaving(pool: Pool, now: float, grace: float) -> None:
+    """A draining worker that runs no job exits by itself within moments (a command pool's
+    program within shutdown_timeout); one still there ``grace`` seconds after its last run
+    ended does not mean to (its job took its drain and kept it alive): killed, so a pool
+    never keeps a worker it already replaced."""
+    for w in pool:
+        if w.state is not State.DRAINING or w.job is not None:
+            w.leave_by = None
+        elif w.leave_by is None:
+            w.leave_by = now + grace
+        elif now >= w.leave_by:
+            log.warning("worker %r was told to leave %.0fs ago, runs nothing and is still there: "
+                        "killing it", w, grace, extra=fields(worker=f"{w.queue}[{w.index}]",
+                                                             worker_pid=w.pid, queue=w.queue,
+                                                             reason="drain_timeout"))
+            w.kill(w.stop_reason or "drain_timeout", overstayed=round(grace, 1))
+
+
 def sample_memory(pool: Pool, now: float) -> None:
     """One sampling pass over a pool, when its interval has come: kill over hard, recycle over
     soft. A worker found over memory.hard is stopped at once, and killed when the pass is

@@ -41,7 +41,9 @@ from governor.supervise.autoscale import Autoscaler
 from governor.supervise.command import CommandWorker
 from governor.supervise.embedded import EmbeddedRedis
 from governor.supervise.governance import (
+    LEAVE_MARGIN,
     enforce_hard_deadlines,
+    enforce_leaving,
     jittered_limits,
     max_concurrent_recycles,
     sample_memory,
@@ -141,7 +143,7 @@ class Master:
         self.nice: int | None = None  # the priority we were started with: the workers' (ours is raised)
         self.spawn_pending = False  # a burst of spawns was cut short: the loop comes back at once
         self.strays_due = False  # a worker was reaped: what its tree left re-parented to us dies
-        self.reports = WorkerReports(self.board, self.metrics, self._on_finished)
+        self.reports = WorkerReports(self.board, self.metrics, self._on_finished, self._on_lie)
 
     # -- start and stop ---------------------------------------------------------
 
@@ -668,13 +670,22 @@ class Master:
     # -- children -------------------------------------------------------------------
 
     def _on_channel(self, wp: WorkerProcess, exited: bool = False) -> None:
-        messages, closed = channel.receive_all(wp.sock)
+        messages, closed, malformed = channel.receive_all(wp.sock)
+        while exited and not closed:  # its last words: every one of them, however many
+            more, closed, bad = channel.receive_all(wp.sock)
+            messages, malformed = messages + more, malformed + bad
+            closed = closed or not (more or bad)
         now = time.monotonic()
         pool = self.pools.get(wp.queue)
+        if malformed and not exited:
+            self._on_lie(wp, f"{malformed} malformed message(s) on its channel")
+            messages = []  # a worker that lies is believed in nothing
         for msg in messages:
             wp.on_message(msg, now)
             if msg[0] == "busy":
                 self.reports.ring()
+            elif msg[0] == "exit" and not exited:
+                wp.hold_to_word()
             elif msg[0] == "recycle" and pool:
                 self._answer_recycle(pool, wp, str(msg[1]))
         if closed:
@@ -685,6 +696,17 @@ class Master:
                             extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid,
                                          queue=wp.queue, reason="channel_lost",
                                          job=wp.job.id if wp.job else None))
+
+    def _on_lie(self, wp: WorkerProcess, why: str) -> None:
+        """A worker said something no honest worker says (its job wrote on the channel or the
+        scoreboard): nothing it says is believed any more; it is killed at once and replaced,
+        and the job it runs is charged as the job that did it (``protocol_violation``)."""
+        if wp.state is State.STOPPING:
+            return
+        log.warning("worker %r broke the worker protocol (%s): killing and replacing it", wp, why,
+                    extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid, queue=wp.queue,
+                                 reason="protocol_violation", job=wp.job.id if wp.job else None))
+        wp.kill("protocol_violation", why=why)
 
     def _on_finished(self, pool: Pool, wp: WorkerProcess, runs: int, partition: int | None) -> None:
         """A look at the reports found runs that ended (workers count them; no message)."""
@@ -800,6 +822,7 @@ class Master:
                 server.expire(now)  # clients that did not finish in time: closed, never waited for
         for pool in self.pools.values():
             sample_memory(pool, now)
+            enforce_leaving(pool, now, self.config.shutdown_timeout + LEAVE_MARGIN)
         if self.embedded and not self.embedded.alive() and not self.stopping:
             log.error("embedded redis-server died; restarting it")
             try:

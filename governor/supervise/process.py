@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from governor.supervise.channel import MAX_FATAL
 from governor.supervise.proctree import kill_tree, stop_now
 
 
@@ -78,6 +79,12 @@ class WorkerProcess:
         self.slot = -1  # its slot in the master's scoreboard
         self.idle_since = now  # monotonic: when it last became idle (an elastic pool retires the longest idle)
         self.killed_at: float | None = None  # monotonic: when its run was stopped (SIGSTOP, SIGKILL)
+        # It said it leaves (``exit``, or a recycle we granted): it must start no run after that,
+        # and be gone soon (an honest worker is). A worker's word is its job's word: a job that
+        # says "exit" and keeps taking jobs would have the pool grow around it.
+        self.said_leaving = False
+        self.runs_while_draining = 0  # runs seen starting after it was told to drain
+        self.leave_by: float | None = None  # monotonic: draining and idle, it must be gone by then
 
     def __repr__(self) -> str:
         return f"{self.queue}[{self.index}] pid {self.pid}"
@@ -99,8 +106,9 @@ class WorkerProcess:
             if self.state in TAKING_WORK:
                 self.stop_reason = str(msg[1])
                 self._to(State.DRAINING)
+            self.said_leaving = True
         elif kind == "fatal":
-            self.fatal = str(msg[1])
+            self.fatal = str(msg[1])[:MAX_FATAL]
 
     # -- what its scoreboard report says (read by the master on its own clock) ----
 
@@ -123,6 +131,11 @@ class WorkerProcess:
             return
         self.stop_reason = reason
         self._to(State.DRAINING)
+        self.hold_to_word()
+
+    def hold_to_word(self) -> None:
+        """It said it leaves: make sure it does, even if it was its job that said so (the
+        worker's own loop then stops after that job instead of taking the next one)."""
         try:
             self.sock.send(b"drain")
         except OSError:
@@ -144,6 +157,7 @@ class WorkerProcess:
         if self.state in TAKING_WORK:
             self.stop_reason = reason
             self._to(State.DRAINING)
+        self.said_leaving = True
 
     def hard_deadline(self) -> float | None:
         if self.job and self.job.hard and self.state is not State.STOPPING:

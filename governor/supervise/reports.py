@@ -14,6 +14,8 @@ that can be killed late.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,19 +25,55 @@ from governor.supervise.scoreboard import OUTCOMES, Report, Scoreboard
 
 SCAN_BUSY = 0.05  # seconds between looks while any worker runs a job
 SCAN_IDLE = 5.0   # ... and while none does (a worker that starts one rings)
+MAX_LIMIT = 10 ** 7  # seconds (116 days): a soft or hard limit beyond this is no honest report's
+MAX_COUNT = 2 ** 53  # a counter beyond this is no honest report's (and no longer exact as a float)
+MAX_TORN = 2.0  # seconds a report may stay half written (a writer preempted mid-write) before it is a lie
+CLOCK_SLACK = 1.0  # seconds a run's start may lie outside the worker's life on the master's clock
+
+
+def _lie(r: Report, before: Report | None, w: WorkerProcess, lanes: int, now: float) -> str | None:
+    """What makes this report impossible for an honest worker, or None.
+
+    The worker's job can write its own scoreboard page (the mapping is in its process), so
+    a report is untrusted input: counters that shrink or overflow would make metrics raise,
+    a start time or limit that is not finite would poison every deadline computed from it,
+    a partition out of range would send a requeue nowhere."""
+    numbers = (r.started, r.soft, r.hard, r.run_seconds, r.wait_seconds)
+    if not all(math.isfinite(x) for x in numbers):
+        return "a figure that is not a finite number"
+    if r.run < 0 or r.finished < 0 or r.run_seconds < 0 or r.wait_seconds < 0 or r.finished > MAX_COUNT:
+        return "a negative or impossible counter"
+    if any(c < 0 or c > MAX_COUNT for c in r.counts):
+        return "a negative or impossible counter"
+    if before is not None:
+        if r.finished < before.finished or r.run_seconds < before.run_seconds \
+                or r.wait_seconds < before.wait_seconds \
+                or any(a < b for a, b in zip(r.counts, before.counts, strict=True)):
+            return "a counter that went back"
+    if r.run:
+        if not w.started - CLOCK_SLACK <= r.started <= now + CLOCK_SLACK:
+            return f"a run started outside the worker's life ({r.started:.3f})"
+        if not (0 <= r.soft <= MAX_LIMIT and 0 <= r.hard <= MAX_LIMIT):
+            return "a time limit out of range"
+        if not (0 <= r.attempt < 2 ** 31 and -1 <= r.partition < max(lanes, 0) and r.adaptive in (0, 1)):
+            return "an attempt, partition or flag out of range"
+    return None
 
 
 class WorkerReports:
     """Reads the reports; owns what was last seen of each, so counters turn into deltas."""
 
     def __init__(self, board: Scoreboard, metrics: Any,
-                 on_finished: Callable[[Pool, WorkerProcess, int, int | None], None]) -> None:
+                 on_finished: Callable[[Pool, WorkerProcess, int, int | None], None],
+                 on_lie: Callable[[WorkerProcess, str], None]) -> None:
         self.board = board
         self.metrics = metrics
         # (pool, worker, runs finished since the last look, the partition of its last run)
         self.on_finished = on_finished
+        self.on_lie = on_lie  # (worker, what was impossible): the master replaces it
         self.next_scan = 0.0
         self._seen: dict[int, Report] = {}  # per worker pid
+        self._torn: dict[int, float] = {}  # per worker pid: since when no whole copy could be read
 
     def ring(self) -> None:
         """A worker that was idle started a job: look now, then every SCAN_BUSY."""
@@ -51,11 +89,31 @@ class WorkerReports:
 
     def observe(self, pool: Pool, w: WorkerProcess) -> None:
         """One worker's report: its current job, and what it finished since the last look."""
-        if w.slot < 0:
-            return
+        if w.slot < 0 or w.state is State.STOPPING and w.stop_reason == "protocol_violation":
+            return  # (a liar's report is read no more: it is being killed)
         r = self.board.report(w.slot, text=False)
-        if r.run and (w.job is None or w.job.run != r.run):
-            r = self.board.report(w.slot)
+        if r is not None and r.run and (w.job is None or w.job.run != r.run):
+            r = self.board.report(w.slot)  # a new run: its id, token and handler too
+        if r is None:  # being written: look again on the next pass, unless it never ends
+            now = time.monotonic()
+            torn = self._torn.setdefault(w.pid, now)
+            if now - torn > MAX_TORN and not self.board.read(w.slot)[2]:  # (not frozen mid-write)
+                self.on_lie(w, f"its report stayed half written for {now - torn:.1f}s")
+            return
+        self._torn.pop(w.pid, None)
+        before = self._seen.get(w.pid)
+        lie = _lie(r, before, w, pool.config.partitions or 0, time.monotonic())
+        new_run = bool(r.run) and (w.job is None or w.job.run != r.run)
+        if lie is None and new_run and w.said_leaving:
+            lie = "a run started after it said it leaves"
+        if lie is None and new_run and w.state is State.DRAINING:
+            w.runs_while_draining += 1  # (one may start honestly: reserved as the drain came)
+            if w.runs_while_draining > 1:
+                lie = "runs still starting after it was told to drain"
+        if lie is not None:
+            self.on_lie(w, lie)
+            return
+        if new_run:
             w.on_start(CurrentJob(id=r.job_id, token=r.token, handler=r.handler, attempt=r.attempt,
                                   since=r.started, soft=r.soft or None, hard=r.hard or None,
                                   partition=r.partition if r.partition >= 0 else None, run=r.run,
@@ -65,7 +123,6 @@ class WorkerReports:
                 w.job = None  # killed between two runs: it died running nothing
             else:
                 w.on_end()
-        before = self._seen.get(w.pid)
         self._seen[w.pid] = r
         if before is not None and before.counts == r.counts:
             return  # (the common case while a long job runs: nothing to add)
@@ -87,3 +144,4 @@ class WorkerReports:
 
     def forget(self, w: WorkerProcess) -> None:
         self._seen.pop(w.pid, None)
+        self._torn.pop(w.pid, None)

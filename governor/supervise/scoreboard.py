@@ -94,6 +94,13 @@ def _bucket(buckets: tuple[float, ...], seconds: float) -> int:
     return len(buckets)
 
 
+def _report(fields: tuple, counts: tuple, raw: tuple | None) -> Report:
+    strings = ("", "", "")
+    if raw is not None:
+        strings = tuple(raw[i + 1][:min(raw[i], 255)].decode("utf-8", "surrogateescape") for i in (0, 2, 4))
+    return Report(*fields[1:], counts, *strings)
+
+
 class _ReportMixin:
     """Scoreboard methods for the report (kept apart from the lease fields above)."""
 
@@ -122,7 +129,7 @@ class _ReportMixin:
                   soft: float | None, hard: float | None, partition: int | None,
                   wait: float | None, adaptive: bool = False) -> None:
         """The worker starts running job number ``run`` (a handler is about to be called)."""
-        old = self.report(slot, text=False)
+        old = self._own_report(slot)
         counts = list(old.counts)
         if wait is not None:
             counts[len(OUTCOMES) + len(self.buckets) + 1 + _bucket(self.buckets, wait)] += 1
@@ -134,7 +141,7 @@ class _ReportMixin:
 
     def finish_run(self, slot: int, outcome: str, seconds: float) -> None:
         """The run ended with ``outcome`` after ``seconds``: counted, and no job is running."""
-        old = self.report(slot, text=False)
+        old = self._own_report(slot)
         counts = list(old.counts)
         counts[_OUTCOME_INDEX.get(outcome, _OUTCOME_INDEX["other"])] += 1
         counts[len(OUTCOMES) + _bucket(self.buckets, seconds)] += 1
@@ -142,19 +149,25 @@ class _ReportMixin:
                            old.finished + 1, old.run_seconds + seconds, old.wait_seconds, old.adaptive),
                     tuple(counts))
 
-    def report(self, slot: int, text: bool = True) -> Report:
-        """A consistent copy of the slot's report (retried while the worker is writing it)."""
+    def report(self, slot: int, text: bool = True) -> Report | None:
+        """A consistent copy of the slot's report (retried while the worker is writing it), or
+        None when none could be had: the writer was preempted (or frozen) mid-write, or its
+        job wrote the page. The reader looks again later rather than act on a torn copy."""
         at = self._at(slot)
         for _ in range(1000):
             fields = _REPORT.unpack_from(self.mm, at + _REPORT_AT)
             counts = self._counts.unpack_from(self.mm, at + _COUNTS_AT)
             raw = _TEXT.unpack_from(self.mm, at + _TEXT_AT) if text and fields[1] else None
             if fields[0] % 2 == 0 and struct.unpack_from("=q", self.mm, at + _REPORT_AT)[0] == fields[0]:
-                break
-        strings = ("", "", "")
-        if raw is not None:
-            strings = tuple(raw[i + 1][:raw[i]].decode("utf-8", "surrogateescape") for i in (0, 2, 4))
-        return Report(*fields[1:], counts, *strings)
+                return _report(fields, counts, raw)
+        return None
+
+    def _own_report(self, slot: int) -> Report:
+        """The writer's read of its own report: it is the only writer, so no retry (and a page
+        its job scribbled on is read as it is: the master judges it)."""
+        at = self._at(slot)
+        return _report(_REPORT.unpack_from(self.mm, at + _REPORT_AT),
+                       self._counts.unpack_from(self.mm, at + _COUNTS_AT), None)
 
 
 class Scoreboard(_ReportMixin):
