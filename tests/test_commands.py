@@ -182,3 +182,43 @@ def test_check_rejects_bad_command_pools_naming_the_path(tmp_path, queue, path, 
     out = check(tmp_path, BASE.replace("{concurrency: 3}", queue))
     assert out.returncode == 2, out.stdout
     assert f"{path}:" in out.stderr and words in out.stderr, out.stderr
+
+
+def jsonl_pool(governor, program: str, *args: str, **extra) -> dict:
+    path = governor.dir / "program.py"
+    path.write_text(program)
+    return {"command": [sys.executable, str(path), *args], "protocol": "jsonl", "concurrency": 1,
+            "retry": {"max": 0}, **extra}
+
+
+def settled(c, ids: list[str]) -> list[dict] | None:
+    jobs = [c.job(i) for i in ids]
+    return jobs if all(j["state"] in ("done", "dead") for j in jobs) else None
+
+
+# Logs 256 KB before it reads a job (four times the pipe's buffer), then answers each job with
+# the length of its argument.
+CHATTY = """
+import json, os, sys
+for i in range(2048):
+    print("warming up " + "x" * 116, flush=True)
+jobs = os.fdopen(int(os.environ["GOVERNOR_JOBS_FD"]), "rb")
+results = os.fdopen(int(os.environ["GOVERNOR_RESULTS_FD"]), "wb", buffering=0)
+for line in jobs:
+    job = json.loads(line)
+    if "soft_timeout" in job:
+        continue
+    results.write(json.dumps({"id": job["id"], "ok": True, "result": len(job["args"][0])}).encode() + b"\\n")
+"""
+
+
+def test_a_big_job_line_does_not_deadlock_against_a_program_that_logs(governor):
+    """The worker writes a 200 KB job line while the program writes 256 KB of log: the worker
+    must read the program's output while its line waits for room in the pipe."""
+    governor.start({"chatty": jsonl_pool(governor, CHATTY, timeout={"soft": "off", "hard": "5s"})},
+                   app={"path": ["."], "handlers": ["t:*"]}, wait=False)
+    c = governor.client
+    job = c.enqueue("chatty", "t:len", "y" * 200_000)
+    record = wait_for(lambda: settled(c, [job]), 20, "the big job")[0]
+    assert (record["state"], record.get("result")) == ("done", 200_000), record
+    assert governor.log().count("stdout: warming up") == 2048

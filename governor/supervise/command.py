@@ -18,11 +18,13 @@ GOVERNOR_JOBS_FD, ``{"id", "handler", "args", "kwargs", "attempt", "deadline_ms"
 line back per job on GOVERNOR_RESULTS_FD, ``{"id", "ok": true, "result"}`` or ``{"id", "ok":
 false, "error", "retry": true|false}``. A soft timeout is the line ``{"id", "soft_timeout":
 true}``. A malformed answer, an answer for another job, or a program that closes its results
-pipe or exits fails that job (retried) and replaces the worker.
+pipe or exits fails that job (retried) and replaces the worker. Lines are written without
+ever blocking the reading of the program's output (``Child._flush``).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -92,6 +94,16 @@ class Child:
         if protocol:
             os.set_blocking(self.results_r, False)
             self.sel.register(self.results_r, selectors.EVENT_READ, "results")
+            # Never a blocking write: a program busy writing its log while our line waits for
+            # room in the pipe would wait for us to read that log, and we for it to read our
+            # line (a 200 KB job line against 64 KB pipes: stuck until the hard timeout). A
+            # line is queued and written as the pipe takes it, by the same select loop that
+            # reads the program's output (one thread: no locks, and no thread outlives a dead
+            # program).
+            os.set_blocking(self.jobs_w, False)
+        self._out: collections.deque[memoryview] = collections.deque()  # lines not yet in the pipe
+        self.written = 0  # bytes the jobs pipe took since the program started
+        self.jobs_closed = False  # the program closed its end of the jobs pipe (or died)
         self.results: list[bytes] = []
         self.results_closed = False
 
@@ -100,6 +112,9 @@ class Child:
         logged, result lines kept in ``results``."""
         for key, _ in self.sel.select(timeout):
             fd, what = key.fd, key.data
+            if what == "jobs":
+                self._flush()
+                continue
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
@@ -130,24 +145,46 @@ class Child:
             "%s %s: %s", self.name, what, text,
             extra=fields(worker=self.name, worker_pid=os.getpid(), queue=self.queue, reason=what))
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> int:
+        """Queues one line for the program; ``pump`` writes it as the pipe takes it. Returns
+        where the line starts in the stream of bytes sent to the program."""
         data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-        view = memoryview(data)
-        while view:
+        start = self.written + sum(len(v) for v in self._out)
+        self._out.append(memoryview(data))
+        self._flush()
+        return start
+
+    def _flush(self) -> None:
+        """Writes what the jobs pipe takes now, without waiting; watched for room while a
+        line remains."""
+        while self._out and self.jobs_w >= 0:
             try:
-                n = os.write(self.jobs_w, view)
+                n = os.write(self.jobs_w, self._out[0])
             except BlockingIOError:
-                self.pump(0.01)
-                continue
-            except BrokenPipeError:
-                raise ProtocolError("the program closed its jobs pipe") from None
-            view = view[n:]
+                break
+            except BrokenPipeError:  # nobody reads any more: what is left is never delivered
+                self.jobs_closed = True
+                self._out.clear()
+                break
+            self.written += n
+            self._out[0] = self._out[0][n:]
+            if not self._out[0]:
+                self._out.popleft()
+        if self.jobs_w < 0:
+            return
+        watched = self.jobs_w in self.sel.get_map()
+        if self._out and not watched:
+            self.sel.register(self.jobs_w, selectors.EVENT_WRITE, "jobs")
+        elif watched and not self._out:
+            self.sel.unregister(self.jobs_w)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self, sig: int, grace: float) -> int | None:
         """``sig`` to the program, then SIGKILL after ``grace``; its exit status."""
+        self._out.clear()  # (it takes no more jobs)
+        self._flush()
         if self.alive():
             try:
                 self.proc.send_signal(sig)
@@ -184,7 +221,7 @@ class CommandWorker(Worker):
             code = self.child.stop(self.spec.queue.stop_signal, self.spec.shutdown_timeout)
             if self.broken:
                 log.error("worker %s: %s; the program %s; replacing it", self.child.name, self.broken,
-                      describe(code), extra=fields(queue=self.spec.queue.name, reason="protocol_error"))
+                          describe(code), extra=fields(queue=self.spec.queue.name, reason="protocol_error"))
 
     def _supervise(self) -> int:
         """No protocol: the program runs until it exits (so do we, with its status) or until a
@@ -237,9 +274,9 @@ class CommandWorker(Worker):
                                       exc.reason, self.settings.retry.max)
         self._title(f"job {job.id} {payload.handler}")
         deadline_ms = int((time.time() + hard) * 1000) if hard else None
+        self.child.send({"id": job.id, "handler": payload.handler, "args": payload.args,
+                                   "kwargs": payload.kwargs, "attempt": job.attempts, "deadline_ms": deadline_ms})
         try:
-            self.child.send({"id": job.id, "handler": payload.handler, "args": payload.args,
-                             "kwargs": payload.kwargs, "attempt": job.attempts, "deadline_ms": deadline_ms})
             answer = self._answer(job.id, started + soft if soft else None)
         except ProtocolError as exc:
             self.broken = str(exc)
@@ -279,11 +316,12 @@ class CommandWorker(Worker):
                 if not isinstance(answer.get("ok"), bool):
                     raise ProtocolError(f"an answer without \"ok\": true|false: {line[:200]!r}")
                 return answer
-            if self.child.results_closed or not self.child.alive():
+            if self.child.results_closed or self.child.jobs_closed or not self.child.alive():
                 try:  # a pipe closes when its program dies: say which it was
                     self.child.proc.wait(0.2)
                 except subprocess.TimeoutExpired:
-                    raise ProtocolError("the program closed its results pipe") from None
+                    pipe = "results" if self.child.results_closed else "jobs"
+                    raise ProtocolError(f"the program closed its {pipe} pipe") from None
                 self.child.pump(0)
                 if self.child.results:
                     continue
