@@ -142,6 +142,14 @@ class _ReportMixin:
                            old.finished + 1, old.run_seconds + seconds, old.wait_seconds, old.adaptive),
                     tuple(counts))
 
+    def withdraw_run(self, slot: int) -> None:
+        """The run started did not happen (a command pool's job its program never read): no
+        job is running and nothing is counted, so a worker whose program never took a job still
+        counts as one that finished none (its crashes back off)."""
+        old = self.report(slot, text=False)
+        self._write(slot, (0, old.started, old.soft, old.hard, old.attempt, old.partition,
+                           old.finished, old.run_seconds, old.wait_seconds, old.adaptive))
+
     def report(self, slot: int, text: bool = True) -> Report:
         """A consistent copy of the slot's report (retried while the worker is writing it)."""
         at = self._at(slot)
