@@ -112,7 +112,7 @@ def test_node_jobs_run_once_and_every_failure_is_governed(governor):
     slow = c.enqueue("node", "demo:sleep", 800)
     running = wait_for(lambda: [w for w in governor.workers("node", ("busy",)) if (w["job"] or {}).get("id") == slow],
                        5, "the slow job to start")[0]
-    time.sleep(0.2)  # (handed to the program)
+    wait_for(lambda: f"stdout: job {slow}" in governor.log(), 5, "the program to read the slow job")
     for p in psutil.Process(running["pid"]).children():
         p.kill()  # the program running it SIGKILLed mid-job
     wait_for(lambda: c.job(slow)["state"] == "done", 15, "the killed program's job to run again")
@@ -182,3 +182,96 @@ def test_check_rejects_bad_command_pools_naming_the_path(tmp_path, queue, path, 
     out = check(tmp_path, BASE.replace("{concurrency: 3}", queue))
     assert out.returncode == 2, out.stdout
     assert f"{path}:" in out.stderr and words in out.stderr, out.stderr
+
+
+# A jsonl program that serves one job per life (as a PHP worker with a request limit does):
+# it answers, lingers (argv[1] seconds: the worker writes the next job into the pipe
+# meanwhile, unread) and exits. A "t:die" job it reads and then dies on.
+ONE_JOB = """
+import json, os, sys, time
+jobs = os.fdopen(int(os.environ["GOVERNOR_JOBS_FD"]), "rb")
+results = os.fdopen(int(os.environ["GOVERNOR_RESULTS_FD"]), "wb", buffering=0)
+job = json.loads(jobs.readline())
+if job["handler"] == "t:die":
+    sys.exit(3)
+results.write(json.dumps({"id": job["id"], "ok": True, "result": job["args"][0]}).encode() + b"\\n")
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def jsonl_pool(governor, program: str, *args: str, **extra) -> dict:
+    path = governor.dir / "program.py"
+    path.write_text(program)
+    return {"command": [sys.executable, str(path), *args], "protocol": "jsonl", "concurrency": 1,
+            "retry": {"max": 0}, **extra}
+
+
+def settled(c, ids: list[str]) -> list[dict] | None:
+    jobs = [c.job(i) for i in ids]
+    return jobs if all(j["state"] in ("done", "dead") for j in jobs) else None
+
+
+@pytest.mark.parametrize("linger", ["0", "0.3"])
+def test_a_program_that_exits_between_jobs_costs_no_job_an_attempt(governor, linger):
+    """Each job after the first meets a program that exited (or is about to, its line unread in
+    the pipe): never handed over, so requeued uncharged and run by the next copy. A job the
+    program read and then died on is its crash, charged as before."""
+    governor.start({"once": jsonl_pool(governor, ONE_JOB, linger)}, app={"path": ["."], "handlers": ["t:*"]})
+    c = governor.client
+    ids = [c.enqueue("once", "t:echo", i) for i in range(4)]
+    jobs = wait_for(lambda: settled(c, ids), 30, "the four jobs")
+    assert [(j["state"], j["attempts"], j["errors"], j.get("result")) for j in jobs] == \
+        [("done", 1, [], i) for i in range(4)], jobs
+    assert "not handed over" in governor.log()
+    die = c.enqueue("once", "t:die")
+    record = wait_for(lambda: settled(c, [die]), 15, "the job the program died on")[0]
+    assert (record["state"], record["reason"], record["attempts"]) == ("dead", "protocol_error", 1), record
+    assert "exited with code 3 during the job" in record["errors"][0]["error"], record
+
+
+def test_a_program_that_dies_before_its_first_job_backs_off_and_charges_nothing(governor):
+    governor.start({"stillborn": jsonl_pool(governor, "import time; time.sleep(0.1)\n")},
+                   app={"path": ["."], "handlers": ["t:*"]}, wait=False)
+    c = governor.client
+    job = c.enqueue("stillborn", "t:echo", 1)
+
+    def backoff() -> dict | None:
+        try:
+            pools = {p["queue"]: p for p in governor.status()["pools"]}
+        except OSError:
+            return None  # (not listening yet)
+        return pools["stillborn"]["backoff"] if "stillborn" in pools else None
+
+    wait_for(lambda: (backoff() or {}).get("seconds", 0) >= 2, 20, "the pool to back off twice")
+    state = backoff()
+    assert "exited with code 0 before taking its first job" in state["last_error"], state
+    record = c.job(job)  # (back in waiting, or taken again by the latest copy)
+    assert record["errors"] == [] and (record["state"], record["attempts"]) in (("waiting", 0), ("active", 1)), record
+
+
+# Logs 256 KB before it reads a job (four times the pipe's buffer), then answers each job with
+# the length of its argument.
+CHATTY = """
+import json, os, sys
+for i in range(2048):
+    print("warming up " + "x" * 116, flush=True)
+jobs = os.fdopen(int(os.environ["GOVERNOR_JOBS_FD"]), "rb")
+results = os.fdopen(int(os.environ["GOVERNOR_RESULTS_FD"]), "wb", buffering=0)
+for line in jobs:
+    job = json.loads(line)
+    if "soft_timeout" in job:
+        continue
+    results.write(json.dumps({"id": job["id"], "ok": True, "result": len(job["args"][0])}).encode() + b"\\n")
+"""
+
+
+def test_a_big_job_line_does_not_deadlock_against_a_program_that_logs(governor):
+    """The worker writes a 200 KB job line while the program writes 256 KB of log: the worker
+    must read the program's output while its line waits for room in the pipe."""
+    governor.start({"chatty": jsonl_pool(governor, CHATTY, timeout={"soft": "off", "hard": "5s"})},
+                   app={"path": ["."], "handlers": ["t:*"]}, wait=False)
+    c = governor.client
+    job = c.enqueue("chatty", "t:len", "y" * 200_000)
+    record = wait_for(lambda: settled(c, [job]), 20, "the big job")[0]
+    assert (record["state"], record.get("result")) == ("done", 200_000), record
+    assert governor.log().count("stdout: warming up") == 2048

@@ -37,7 +37,7 @@ def encode(*message: Any) -> bytes:
 
 # Why a worker may say it leaves (``exit``) or ask to (``recycle``). Anything else is a lie:
 # these strings become metric labels and exit reasons, so they come from a closed set.
-EXIT_REASONS = frozenset({"drain", "channel_lost", "max_jobs", "max_age", "protocol_error"})
+EXIT_REASONS = frozenset({"drain", "channel_lost", "max_jobs", "max_age", "protocol_error", "program_exited"})
 RECYCLE_REASONS = frozenset({"max_jobs", "max_age"})
 MAX_FATAL = 4000  # characters of a worker's last words kept
 MAX_PER_READ = 64  # messages taken per readiness: a worker that floods its channel cannot hold the loop

@@ -18,17 +18,24 @@ GOVERNOR_JOBS_FD, ``{"id", "handler", "args", "kwargs", "attempt", "deadline_ms"
 line back per job on GOVERNOR_RESULTS_FD, ``{"id", "ok": true, "result"}`` or ``{"id", "ok":
 false, "error", "retry": true|false}``. A soft timeout is the line ``{"id", "soft_timeout":
 true}``. A malformed answer, an answer for another job, or a program that closes its results
-pipe or exits fails that job (retried) and replaces the worker.
+pipe or exits fails that job (retried) and replaces the worker; a program that exits before it
+read its job's line has not run it: the job is requeued uncharged and the worker replaced
+(``_handed_over``). Lines are written without ever blocking the reading of the program's
+output (``Child._flush``).
 """
 
 from __future__ import annotations
 
+import array
+import collections
+import fcntl
 import json
 import logging
 import os
 import selectors
 import signal
 import subprocess
+import termios
 import time
 from typing import Any
 
@@ -92,6 +99,16 @@ class Child:
         if protocol:
             os.set_blocking(self.results_r, False)
             self.sel.register(self.results_r, selectors.EVENT_READ, "results")
+            # Never a blocking write: a program busy writing its log while our line waits for
+            # room in the pipe would wait for us to read that log, and we for it to read our
+            # line (a 200 KB job line against 64 KB pipes: stuck until the hard timeout). A
+            # line is queued and written as the pipe takes it, by the same select loop that
+            # reads the program's output (one thread: the count of bytes the pipe took, which
+            # says what the program read, stays exact, and no thread outlives a dead program).
+            os.set_blocking(self.jobs_w, False)
+        self._out: collections.deque[memoryview] = collections.deque()  # lines not yet in the pipe
+        self.written = 0  # bytes the jobs pipe took since the program started
+        self.jobs_closed = False  # the program closed its end of the jobs pipe (or died)
         self.results: list[bytes] = []
         self.results_closed = False
 
@@ -100,6 +117,9 @@ class Child:
         logged, result lines kept in ``results``."""
         for key, _ in self.sel.select(timeout):
             fd, what = key.fd, key.data
+            if what == "jobs":
+                self._flush()
+                continue
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
@@ -130,24 +150,57 @@ class Child:
             "%s %s: %s", self.name, what, text,
             extra=fields(worker=self.name, worker_pid=os.getpid(), queue=self.queue, reason=what))
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> int:
+        """Queues one line for the program; ``pump`` writes it as the pipe takes it. Returns
+        where the line starts in the stream of bytes sent to the program (see ``read_from``)."""
         data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-        view = memoryview(data)
-        while view:
+        start = self.written + sum(len(v) for v in self._out)
+        self._out.append(memoryview(data))
+        self._flush()
+        return start
+
+    def _flush(self) -> None:
+        """Writes what the jobs pipe takes now, without waiting; watched for room while a
+        line remains."""
+        while self._out and self.jobs_w >= 0:
             try:
-                n = os.write(self.jobs_w, view)
+                n = os.write(self.jobs_w, self._out[0])
             except BlockingIOError:
-                self.pump(0.01)
-                continue
-            except BrokenPipeError:
-                raise ProtocolError("the program closed its jobs pipe") from None
-            view = view[n:]
+                break
+            except BrokenPipeError:  # nobody reads any more: what is left is never delivered
+                self.jobs_closed = True
+                self._out.clear()
+                break
+            self.written += n
+            self._out[0] = self._out[0][n:]
+            if not self._out[0]:
+                self._out.popleft()
+        if self.jobs_w < 0:
+            return
+        watched = self.jobs_w in self.sel.get_map()
+        if self._out and not watched:
+            self.sel.register(self.jobs_w, selectors.EVENT_WRITE, "jobs")
+        elif watched and not self._out:
+            self.sel.unregister(self.jobs_w)
+
+    def read_from(self, start: int) -> bool:
+        """Whether the program read any byte at or after ``start`` from the jobs pipe: what the
+        pipe took minus what still sits unread in it (FIONREAD works on the write end, and the
+        bytes stay while we hold it, after the program is gone). True when that cannot be told."""
+        unread = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.jobs_w, termios.FIONREAD, unread, True)
+        except OSError:
+            return True
+        return self.written - unread[0] > start
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self, sig: int, grace: float) -> int | None:
         """``sig`` to the program, then SIGKILL after ``grace``; its exit status."""
+        self._out.clear()  # (it takes no more jobs)
+        self._flush()
         if self.alive():
             try:
                 self.proc.send_signal(sig)
@@ -170,6 +223,8 @@ class CommandWorker(Worker):
         self.protocol = spec.queue.protocol == "jsonl"
         self.child: Child | None = None
         self.broken: str | None = None  # why the program cannot take more jobs
+        self.undelivered = False  # ... because it exited before it read its job (not a break)
+        self.took_jobs = 0  # jobs the program read
 
     def run(self) -> int:
         # the program must not start with the signals the master blocked across fork still blocked
@@ -179,12 +234,21 @@ class CommandWorker(Worker):
         log.info("worker %s started %s (pid %d)", self.child.name, " ".join(self.spec.queue.command or ()),
                  self.child.proc.pid, extra=fields(queue=self.spec.queue.name, worker_pid=os.getpid()))
         try:
-            return super().run() if self.protocol else self._supervise()
+            code = super().run() if self.protocol else self._supervise()
+            if self.undelivered and not self.took_jobs:
+                # dies before it takes a job, every time? The pool backs off, as for a missing
+                # program, instead of starting it again at once for ever (its jobs are not charged)
+                self.channel.send("fatal", f"the program {self._gone()} before taking its first job")
+                return 1
+            return code
         finally:
             code = self.child.stop(self.spec.queue.stop_signal, self.spec.shutdown_timeout)
-            if self.broken:
+            if self.undelivered:
+                log.warning("worker %s: %s; replacing it", self.child.name, self.broken,
+                            extra=fields(queue=self.spec.queue.name, reason="program_exited"))
+            elif self.broken:
                 log.error("worker %s: %s; the program %s; replacing it", self.child.name, self.broken,
-                      describe(code), extra=fields(queue=self.spec.queue.name, reason="protocol_error"))
+                          describe(code), extra=fields(queue=self.spec.queue.name, reason="protocol_error"))
 
     def _supervise(self) -> int:
         """No protocol: the program runs until it exits (so do we, with its status) or until a
@@ -210,7 +274,7 @@ class CommandWorker(Worker):
     def _after_job(self) -> bool:
         if self.broken:
             self.draining = True  # (settle this job, take no more: the worker is replaced)
-            self.exit_reason = "protocol_error"
+            self.exit_reason = "program_exited" if self.undelivered else "protocol_error"
         return super()._after_job()
 
     def _run(self, reply: list[Any]) -> Call:
@@ -237,19 +301,23 @@ class CommandWorker(Worker):
                                       exc.reason, self.settings.retry.max)
         self._title(f"job {job.id} {payload.handler}")
         deadline_ms = int((time.time() + hard) * 1000) if hard else None
+        line_at = self.child.send({"id": job.id, "handler": payload.handler, "args": payload.args,
+                                   "kwargs": payload.kwargs, "attempt": job.attempts, "deadline_ms": deadline_ms})
         try:
-            self.child.send({"id": job.id, "handler": payload.handler, "args": payload.args,
-                             "kwargs": payload.kwargs, "attempt": job.attempts, "deadline_ms": deadline_ms})
             answer = self._answer(job.id, started + soft if soft else None)
         except ProtocolError as exc:
             self.broken = str(exc)
             self._job_over()
+            if not self._handed_over(line_at):
+                return self._requeue_undelivered(job, token)
+            self.took_jobs += 1
             seconds = time.monotonic() - started
             self._report_end("other", seconds)
             error = self._error(job, "protocol_error", f"the program broke the protocol: {exc}", seconds=round(seconds, 3))
             return self.job_keys.fail(job.id, token, self.id, error, "retry", self._backoff_ms(job.attempts),
                                       "protocol_error", self.settings.retry.max)
         self._job_over()
+        self.took_jobs += 1
         seconds = time.monotonic() - started
         if answer.get("ok") is True:
             self._report_end("ok", seconds)
@@ -263,6 +331,40 @@ class CommandWorker(Worker):
         mode = "dead" if answer.get("retry") is False else "retry"
         return self.job_keys.fail(job.id, token, self.id, error, mode, self._backoff_ms(job.attempts),
                                   "exception", self.settings.retry.max)
+
+    def _handed_over(self, line_at: int) -> bool:
+        """Whether the program took the job whose line starts at ``line_at`` on the jobs pipe.
+
+        Handed over means *read*: the program took at least one byte of the line out of the
+        pipe. The protocol has no acknowledgement (adding one would break every program
+        written to it), and reading is the last thing we can see before the program may act on
+        the job. Only a program that has exited is judged, when nothing reads the pipe any
+        more: its line written whole into the pipe's buffer but never read (the program exited
+        between our write and its read), or refused with EPIPE, is a job that never ran. A
+        byte read and the program died: it may have started the job, and a line that kills
+        the program as it parses it must reach the dead letters, so that is the program's
+        crash, charged. A live program that broke the protocol is charged too (it is replaced
+        now, and could still be reading) unless it closed the jobs pipe: then nobody reads."""
+        assert self.child is not None
+        if self.child.proc.poll() is None and not self.child.jobs_closed:
+            return True
+        return self.child.read_from(line_at)
+
+    def _gone(self) -> str:
+        assert self.child is not None
+        code = self.child.proc.poll()
+        return "closed its jobs pipe" if code is None else describe(code)
+
+    def _requeue_undelivered(self, job: Reserved, token: str) -> Call:
+        """The job goes back where it was in the queue, its attempt not counted and no error
+        recorded (it never ran); the worker is replaced with a fresh copy of the program."""
+        assert self.child is not None
+        self.undelivered = True
+        self.broken = f"the program {self._gone()} before it read job {job.id}: not handed over, requeued uncharged"
+        if self.spec.board is not None:
+            self.spec.board.withdraw_run(self.spec.slot)
+        return self.job_keys.fail(job.id, token, self.id, None, "requeue", 0, "not_delivered",
+                                  self.settings.retry.max)
 
     def _answer(self, job_id: str, soft_at: float | None) -> dict[str, Any]:
         """The program's answer to ``job_id``; ProtocolError if it breaks the protocol."""
@@ -279,11 +381,12 @@ class CommandWorker(Worker):
                 if not isinstance(answer.get("ok"), bool):
                     raise ProtocolError(f"an answer without \"ok\": true|false: {line[:200]!r}")
                 return answer
-            if self.child.results_closed or not self.child.alive():
+            if self.child.results_closed or self.child.jobs_closed or not self.child.alive():
                 try:  # a pipe closes when its program dies: say which it was
                     self.child.proc.wait(0.2)
                 except subprocess.TimeoutExpired:
-                    raise ProtocolError("the program closed its results pipe") from None
+                    pipe = "results" if self.child.results_closed else "jobs"
+                    raise ProtocolError(f"the program closed its {pipe} pipe") from None
                 self.child.pump(0)
                 if self.child.results:
                     continue

@@ -149,6 +149,14 @@ class _ReportMixin:
                            old.finished + 1, old.run_seconds + seconds, old.wait_seconds, old.adaptive),
                     tuple(counts))
 
+    def withdraw_run(self, slot: int) -> None:
+        """The run started did not happen (a command pool's job its program never read): no
+        job is running and nothing is counted, so a worker whose program never took a job still
+        counts as one that finished none (its crashes back off)."""
+        old = self._own_report(slot)
+        self._write(slot, (0, old.started, old.soft, old.hard, old.attempt, old.partition,
+                           old.finished, old.run_seconds, old.wait_seconds, old.adaptive))
+
     def report(self, slot: int, text: bool = True) -> Report | None:
         """A consistent copy of the slot's report (retried while the worker is writing it), or
         None when none could be had: the writer was preempted (or frozen) mid-write, or its
