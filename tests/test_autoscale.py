@@ -233,3 +233,69 @@ def test_a_pool_at_zero_in_a_fleet_takes_up_the_partitions_nobody_serves_and_nev
         assert "scaling up 0 -> 1" in a.log()
     finally:
         fleet.stop()
+
+
+# -- issue 21, item 8: no growth for jobs that cannot start ----------------------------------------
+
+def held_or_grown(governor, queue: str, why: str) -> bool:
+    """The point where the old code stepped up: the step is held for ``why``, or was taken."""
+    st = scale(governor, queue)
+    return st["held"] == why or st["desired"] > 1
+
+
+def watch_window(governor, queue: str, seconds: float) -> set[int]:
+    """The pool's worker counts (and desired sizes) seen over a window, from status."""
+    seen: set[int] = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        st = pool_status(governor, queue)
+        seen.update({len([w for w in st["workers"] if w["state"] in ("starting", "idle", "busy")]),
+                     st["autoscale"]["desired"]})
+        time.sleep(0.05)
+    return seen
+
+
+def test_a_paused_queue_with_a_backlog_does_not_grow_the_pool_and_status_says_why(governor):
+    governor.start({"media": {"concurrency": {"min": 1, "max": 4}, "autoscale": FAST}},
+                   lease="2s")  # (an idle queue is looked at every lease / 2)
+    c = governor.client
+    c.pause("media")
+    c.enqueue_many("media", jobs(8, 0.2))
+    # where the old code stepped up (oldest_wait over up_wait), the queue holds the step instead
+    wait_for(lambda: held_or_grown(governor, "media", "paused"), 6, "the pause to hold the pool")
+    assert watch_window(governor, "media", 3 * 0.3) == {1}  # three up_cooldowns: never grown
+    assert scale(governor, "media")["held"] == "paused"
+    assert "held: paused" in governor_status_text(governor)
+    assert "not scaling up (held: paused)" in governor.log()
+    c.resume("media")  # the same backlog, startable now: the pool grows for it
+    wait_for(lambda: scale(governor, "media")["desired"] > 1, 6, "the pool to grow once resumed")
+    wait_for(lambda: c.counts("media")["done_total"] == 8, 15, "the backlog to run")
+
+
+def test_a_queue_at_its_global_concurrency_does_not_grow_on_any_host(tmp_path, redis_server):
+    """global_concurrency: 1 across two hosts: b's worker and a's take turns at the one slot; a
+    (elastic) never grows past what can run, the fleet-wide running count included."""
+    fleet = Fleet(tmp_path, redis_server.url)
+    try:
+        a = fleet.master("a", {"q": {"concurrency": {"min": 1, "max": 4}, "global_concurrency": 1,
+                                     "autoscale": FAST}}).start()
+        fleet.master("b", {"q": {"concurrency": 1, "global_concurrency": 1}}).start()
+        a.client.enqueue_many("q", jobs(10, 0.3))
+        wait_for(lambda: held_or_grown(a, "q", "global_concurrency"), 6, "the slot to hold the pool")
+        assert watch_window(a, "q", 3 * 0.3) == {1}
+        assert scale(a, "q")["held"] == "global_concurrency"
+        assert "held: global_concurrency" in governor_status_text(a)
+        assert "not scaling up (held: global_concurrency): " in a.log() and "global_concurrency 1" in a.log()
+    finally:
+        fleet.stop()
+
+
+def test_a_rate_limited_queue_does_not_grow_past_what_the_limit_lets_start(governor):
+    governor.start({"media": {"concurrency": {"min": 1, "max": 4}, "autoscale": FAST,
+                              "rate_limit": {"limit": 2, "per": "1s"}}}, lease="2s")
+    c = governor.client
+    c.enqueue_many("media", jobs(12, 0.01))
+    wait_for(lambda: held_or_grown(governor, "media", "rate limit"), 6, "the limit to hold the pool")
+    assert watch_window(governor, "media", 3 * 0.3) == {1}
+    assert scale(governor, "media")["held"] == "rate limit"
+    assert "not scaling up (held: rate limit)" in governor.log()
