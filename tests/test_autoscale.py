@@ -10,6 +10,7 @@ import pytest
 from test_config import BASE, check
 
 from conftest import free_port, http_get, wait_for
+from fleet import Fleet
 
 ELASTIC = {"up_wait": "1s", "up_cooldown": "1s", "down_idle": "2s", "down_cooldown": "1s"}
 
@@ -170,3 +171,131 @@ def test_a_reload_with_a_bad_range_keeps_the_old_one(governor):
     wait_for(lambda: "reload failed" in governor.log(), 5, "the reload to fail")
     assert "queues.media.concurrency: min (5) is above max (3)" in governor.log()
     assert scale(governor, "media")["min"] == 2 and len(governor.workers("media")) == 2
+
+
+# -- issue 21, item 7: an elastic partitioned pool at min 0 ---------------------------------------
+
+FAST = {"up_wait": "200ms", "up_cooldown": "300ms", "down_idle": "500ms", "down_cooldown": "300ms"}
+
+
+def keyed(n: int, seconds: float, tag: str) -> list[dict]:
+    return [{"handler": "tasks:sleep_then_record", "args": [f"{tag}{i}", seconds], "key": f"k{i}"}
+            for i in range(n)]
+
+
+def test_a_partitioned_pool_at_min_zero_scales_up_from_zero_and_again_after_scaling_down(governor):
+    governor.start({"parts": {"concurrency": {"min": 0, "max": 2}, "partitions": 4, "autoscale": FAST,
+                              "recycle": {"max_jobs": "off"}}}, lease="2s")  # (watched: looked at each 1 s)
+    c = governor.client
+    wait_for(lambda: c.partitions("parts") == 4, 5, "the master to register the partition count")
+    c.enqueue_many("parts", keyed(6, 0.2, "a"))
+    wait_for(lambda: len(governor.lines("done")) == 6, 15, "the backlog to run from a pool at 0", interval=0.1)
+    wait_for(lambda: governor.workers("parts") == [] and scale(governor, "parts")["desired"] == 0, 15,
+             "the pool back at 0", interval=0.1)
+    c.enqueue_many("parts", keyed(3, 0.1, "b"))  # and once more, after scaling down to 0
+    wait_for(lambda: len(governor.lines("done")) == 9, 15, "the pool to scale up from 0 again", interval=0.1)
+    ups = [d for d in scale(governor, "parts")["history"] if d["direction"] == "up"]
+    assert ups[0]["from"] == 0 and any(d["from"] == 0 for d in ups[1:]), ups
+    assert "scaling up 0 -> 1" in governor.log()
+
+
+def leases(g, queue: str) -> dict:
+    """A master's partitions of the queue (held, watched), {} until its control socket answers."""
+    try:
+        return g.status()["partitions"][queue]
+    except OSError:
+        return {}
+
+
+def test_a_pool_at_zero_in_a_fleet_takes_up_the_partitions_nobody_serves_and_never_hoards(tmp_path, redis_server):
+    """Host a (elastic, min 0) watches the partitions no serving master holds; host b (one worker,
+    at most 2 partitions) takes its share from under a at once; a scales up for the other two."""
+    from governor.protocol.queue import partition_of
+    fleet = Fleet(tmp_path, redis_server.url)
+    try:
+        a = fleet.master("a", {"parts": {"concurrency": {"min": 0, "max": 2}, "partitions": 4,
+                                         "autoscale": FAST}}).start()
+        wait_for(lambda: leases(a, "parts").get("watched") == [0, 1, 2, 3], 5, "a to watch all 4")
+        b = fleet.master("b", {"parts": {"concurrency": 1, "partitions": 4, "partitions_per_host": 2}}).start()
+        wait_for(lambda: len(leases(b, "parts").get("held", [])) == 2, 5, "b to take 2 partitions")
+        theirs = b.status()["partitions"]["parts"]["held"]
+        orphans = sorted(set(range(4)) - set(theirs))
+        wait_for(lambda: a.status()["partitions"]["parts"]["watched"] == orphans, 5, "a to watch only the rest")
+        assert a.status()["partitions"]["parts"]["held"] == [] and a.workers("parts") == []
+        keys = {p: next(f"k{i}" for i in range(1000) if partition_of(f"k{i}", 4) == p) for p in range(4)}
+        for p, k in keys.items():
+            a.client.enqueue("parts", "tasks:sleep_then_record", f"p{p}", 0.1, key=k)
+        wait_for(lambda: len(a.lines("done")) + len(b.lines("done")) == 4, 15, "every partition's job to run",
+                 interval=0.1)
+        assert sorted(b.lines("done")) == [f"p{p}" for p in theirs]  # b kept its own ...
+        assert sorted(a.lines("done")) == [f"p{p}" for p in orphans]  # ... a grew for the others
+        assert b.status()["partitions"]["parts"]["held"] == theirs and "released" not in b.log()
+        assert "scaling up 0 -> 1" in a.log()
+    finally:
+        fleet.stop()
+
+
+# -- issue 21, item 8: no growth for jobs that cannot start ----------------------------------------
+
+def held_or_grown(governor, queue: str, why: str) -> bool:
+    """The point where the old code stepped up: the step is held for ``why``, or was taken."""
+    st = scale(governor, queue)
+    return st["held"] == why or st["desired"] > 1
+
+
+def watch_window(governor, queue: str, seconds: float) -> set[int]:
+    """The pool's worker counts (and desired sizes) seen over a window, from status."""
+    seen: set[int] = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        st = pool_status(governor, queue)
+        seen.update({len([w for w in st["workers"] if w["state"] in ("starting", "idle", "busy")]),
+                     st["autoscale"]["desired"]})
+        time.sleep(0.05)
+    return seen
+
+
+def test_a_paused_queue_with_a_backlog_does_not_grow_the_pool_and_status_says_why(governor):
+    governor.start({"media": {"concurrency": {"min": 1, "max": 4}, "autoscale": FAST}},
+                   lease="2s")  # (an idle queue is looked at every lease / 2)
+    c = governor.client
+    c.pause("media")
+    c.enqueue_many("media", jobs(8, 0.2))
+    # where the old code stepped up (oldest_wait over up_wait), the queue holds the step instead
+    wait_for(lambda: held_or_grown(governor, "media", "paused"), 6, "the pause to hold the pool")
+    assert watch_window(governor, "media", 3 * 0.3) == {1}  # three up_cooldowns: never grown
+    assert scale(governor, "media")["held"] == "paused"
+    assert "held: paused" in governor_status_text(governor)
+    assert "not scaling up (held: paused)" in governor.log()
+    c.resume("media")  # the same backlog, startable now: the pool grows for it
+    wait_for(lambda: scale(governor, "media")["desired"] > 1, 6, "the pool to grow once resumed")
+    wait_for(lambda: c.counts("media")["done_total"] == 8, 15, "the backlog to run")
+
+
+def test_a_queue_at_its_global_concurrency_does_not_grow_on_any_host(tmp_path, redis_server):
+    """global_concurrency: 1 across two hosts: b's worker and a's take turns at the one slot; a
+    (elastic) never grows past what can run, the fleet-wide running count included."""
+    fleet = Fleet(tmp_path, redis_server.url)
+    try:
+        a = fleet.master("a", {"q": {"concurrency": {"min": 1, "max": 4}, "global_concurrency": 1,
+                                     "autoscale": FAST}}).start()
+        fleet.master("b", {"q": {"concurrency": 1, "global_concurrency": 1}}).start()
+        a.client.enqueue_many("q", jobs(10, 0.3))
+        wait_for(lambda: held_or_grown(a, "q", "global_concurrency"), 6, "the slot to hold the pool")
+        assert watch_window(a, "q", 3 * 0.3) == {1}
+        assert scale(a, "q")["held"] == "global_concurrency"
+        assert "held: global_concurrency" in governor_status_text(a)
+        assert "not scaling up (held: global_concurrency): " in a.log() and "global_concurrency 1" in a.log()
+    finally:
+        fleet.stop()
+
+
+def test_a_rate_limited_queue_does_not_grow_past_what_the_limit_lets_start(governor):
+    governor.start({"media": {"concurrency": {"min": 1, "max": 4}, "autoscale": FAST,
+                              "rate_limit": {"limit": 2, "per": "1s"}}}, lease="2s")
+    c = governor.client
+    c.enqueue_many("media", jobs(12, 0.01))
+    wait_for(lambda: held_or_grown(governor, "media", "rate limit"), 6, "the limit to hold the pool")
+    assert watch_window(governor, "media", 3 * 0.3) == {1}
+    assert scale(governor, "media")["held"] == "rate limit"
+    assert "not scaling up (held: rate limit)" in governor.log()

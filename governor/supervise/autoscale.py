@@ -10,7 +10,10 @@ the scoreboard; the host from psutil):
   4 ...) while the overload lasts from one step to the next, never past ``max``. Only once
   the last step's workers are all started, and on figures read after it (so a step is never
   taken twice on the same backlog). A host guard (``host.min_available_memory``,
-  ``host.max_cpu``) holds a step up, and says so in status.
+  ``host.max_cpu``) holds a step up, and says so in status. So does the queue when its
+  waiting jobs cannot start however many workers wait for them (``_queue_holds``): paused,
+  at its ``global_concurrency`` fleet-wide, or throttled by a rate limit; then the pool
+  is not overloaded, and may shrink by the idle rule.
 - **down** by one, when a worker has been idle ``down_idle`` and nothing is overloaded, at
   most one step per ``down_cooldown`` (counted from the last step either way), never below
   ``min``. The worker retired is the longest idle (``Pool.excess``): no job is interrupted.
@@ -43,6 +46,7 @@ log = logging.getLogger("governor.master")
 HISTORY = 20  # decisions kept per pool for status
 CPU_WINDOW = 10.0  # seconds of host CPU that host.max_cpu is judged on
 CPU_SAMPLE = 1.0  # seconds between the host CPU readings that window is made of
+THROTTLE_WINDOW = 2.0  # seconds (at least) a rate limit's refusal holds steps up
 
 
 class Held(str, enum.Enum):
@@ -51,6 +55,9 @@ class Held(str, enum.Enum):
     NO = ""
     MEMORY = "host memory"
     CPU = "host cpu"
+    PAUSED = "paused"
+    GLOBAL_CONCURRENCY = "global_concurrency"
+    RATE_LIMIT = "rate limit"
 
 
 @dataclass
@@ -76,6 +83,8 @@ class Elastic:
     streak: int = 0  # steps up in a row: the next is 2**streak
     held: Held = Held.NO
     history: deque[Decision] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    throttled: tuple[float, int] | None = None  # (figures' time, reserves throttled so far) last seen
+    throttled_rose: float = -math.inf  # figures' time when that count was last seen rising
 
 
 class HostGuard:
@@ -163,10 +172,13 @@ class Autoscaler:
             reason = "depth"
         signals = {"oldest_wait": round(oldest, 3), "waiting": waiting, "workers": len(workers),
                    "per_worker": round(per_worker, 2)}
-        if reason:
-            self._up(pool, st, scale, now, queue, reason, signals)
+        blocked, ceiling, readings = self._queue_holds(pool, st, workers, queue)
+        if reason and not blocked:
+            self._up(pool, st, scale, now, queue, reason, signals, ceiling)
             return
-        if st.held:
+        if reason:  # the backlog waits for what more workers cannot give: not an overload
+            self._hold(pool, st, blocked, {**signals, **readings})
+        elif st.held:
             self._hold(pool, st, Held.NO, {})
         if now - st.last_up > scale.up_cooldown:
             st.streak = 0  # the overload is over: the next one starts again with one step
@@ -177,10 +189,42 @@ class Autoscaler:
             signals["idle_for"] = round(now - min(w.idle_since for w in idle), 3)
             self._step(pool, st, now, "down", target - 1, "idle", signals)
 
+    def _queue_holds(self, pool: Pool, st: Elastic, workers: list[Any],
+                     queue: dict[str, Any]) -> tuple[Held, int, dict[str, Any]]:
+        """Whether the queue itself keeps its waiting jobs from starting, so that a worker
+        more would only wait too; and the most workers this host can keep running (the step
+        up's ceiling). Fleet-wide figures: a pause and a global_concurrency hold on every host,
+        the running count is the queue's, and a rate limit throttles every host's reserves."""
+        scale = pool.config.autoscale
+        assert scale is not None
+        ceiling = scale.max
+        at = float(queue.get("at", 0.0))
+        if st.throttled is None or at != st.throttled[0]:  # fresh figures: did the limit refuse?
+            count = int(queue.get("throttled", 0))
+            if st.throttled is not None and count > st.throttled[1]:
+                st.throttled_rose = at
+            st.throttled = (at, count)
+        if queue.get("paused"):
+            return Held.PAUSED, ceiling, {}
+        gc = pool.config.global_concurrency
+        if gc:
+            active = int(queue.get("active", 0))
+            busy = sum(1 for w in workers if w.state is State.BUSY)
+            # ours that run now, and the fleet's free slots: beyond that a worker only waits
+            ceiling = min(ceiling, busy + max(0, gc - active))
+            if len(workers) >= ceiling:
+                return Held.GLOBAL_CONCURRENCY, ceiling, {"running": active, "global_concurrency": gc}
+        # a limit refusing starts lately: the workers there already wait for their tickets
+        # (a limit slower than that window lets a step through now and then; the idle rule
+        # takes it back)
+        if at - st.throttled_rose <= max(scale.up_cooldown, THROTTLE_WINDOW):
+            return Held.RATE_LIMIT, ceiling, {"throttled": st.throttled[1]}
+        return Held.NO, ceiling, {}
+
     def _up(self, pool: Pool, st: Elastic, scale: Autoscale, now: float, queue: dict[str, Any],
-            reason: str, signals: dict[str, Any]) -> None:
+            reason: str, signals: dict[str, Any], ceiling: int) -> None:
         target = pool.target
-        if target >= scale.max:
+        if target >= min(scale.max, ceiling):
             return
         if len(pool.current()) < target or queue.get("at", 0.0) <= st.last_step:
             return  # the last step's workers are still coming, or these figures predate it
@@ -191,7 +235,7 @@ class Autoscaler:
             self._hold(pool, st, held, {**signals, **readings})
         if held:
             return
-        step = min(2 ** st.streak, scale.max - target)
+        step = min(2 ** st.streak, min(scale.max, ceiling) - target)
         st.streak += 1
         st.last_up = now
         signals["step"] = step

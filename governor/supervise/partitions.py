@@ -12,6 +12,14 @@ master calls it on its own clock; a SIGTERM'd master hands everything back at
 once; a dead master's leases lapse after ``lease`` and are taken on the next
 pass of another.
 
+Only a master whose pool has a worker ready holds leases (one that cannot run
+jobs must not keep them from a master that can). One without (an elastic pool at
+``min: 0``, a crash-loop) *watches* instead: it holds nothing and is not counted
+among the queue's masters, but its housekeeping looks at the partitions that no
+serving master holds, so their jobs are counted (the autoscaler's signal: a pool
+at 0 grows on them), promoted when due and reclaimed when their lease ran out.
+The partitions other masters serve are theirs to scale for.
+
 Workers learn what their master holds from a shared table (one byte per
 partition in an anonymous shared mapping, written by the master, read by the
 workers before each reserve), as they learn nothing else from the master
@@ -81,6 +89,9 @@ class Partitioned:
     error: str | None = None  # why we serve nothing (the count in Redis differs)
     next_pass: float = 0.0
     joined: bool = False  # counted among the queue's live masters (a hold pass went through)
+    serving: bool = False  # our pool had a worker ready at the last pass
+    watched: list[int] = field(default_factory=list)  # while not serving: the ones nobody serves
+    next_look: float = 0.0  # when the watched partitions are next looked at even if empty
 
     def held(self) -> list[int]:
         return sorted(p for p, s in self.state.items() if s is LeaseState.HELD)
@@ -110,6 +121,7 @@ class Partitioned:
         for p, m in sorted(self.holders.items()):
             held_by.setdefault(m, []).append(p)
         return {"partitions": self.partitions, "per_host": self.per_host, "held": self.held(),
+                "watched": list(self.watched),
                 "masters": self.masters, "holders": held_by,
                 "unheld": [p for p in range(self.partitions) if p not in self.holders],
                 "error": self.error}
@@ -151,31 +163,37 @@ class PartitionLeases:
         return part.table if part else None
 
     def lanes(self, queue: str) -> list[int] | None:
-        """The partitions this master serves, or None for an unpartitioned queue."""
+        """The partitions this master looks after (None for an unpartitioned queue): those it
+        serves, or while it serves none, those it watches (no serving master holds them)."""
         part = self.queues.get(queue)
-        return part.held() if part else None
+        return sorted(part.held() + part.watched) if part else None
 
     def next_wakeup(self, now: float) -> float:
         return min((p.next_pass for p in self.queues.values()), default=now + 60.0)
 
     def run(self, now: float, serving: set[str]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
         """Renews and rebalances the leases that are due. ``serving``: the queues whose pool
-        has a worker ready; a pool with none (backing off, a broken deploy) hands its
-        partitions to hosts that can run their jobs. Returns, per queue, the partitions
-        newly ours and the held ones producers touched since the last pass: both to be looked
-        at now. Raises what Redis raises: the caller counts outages."""
+        has a worker ready; a pool with none (backing off, a broken deploy, an elastic pool at
+        0) hands its partitions to hosts that can run their jobs and watches the ones nobody
+        serves. Returns, per queue, the partitions newly ours and the ones producers touched
+        since the last pass (or watched ones due a look): both to be looked at now. Raises
+        what Redis raises: the caller counts outages."""
         gained: dict[str, list[int]] = {}
         touched: dict[str, list[int]] = {}
         for part in self.queues.values():
-            if now < part.next_pass:
-                continue
+            serves = part.queue in serving
+            if now < part.next_pass and serves == part.serving:
+                continue  # (a pool that gains or loses its last ready worker is seen at once)
+            part.serving = serves
             part.next_pass = now + self.interval
             if not part.registered and not self._register(part):
                 continue  # (producers need the count even before our workers are up)
-            if part.queue not in serving:
-                self._release(part, "no worker ready to take its jobs")
-                part.next_pass = now + 0.1  # (no Redis call while we hold nothing)
+            if not serves:
+                look = self._watch(part, now)
+                if look:
+                    touched[part.queue] = look
                 continue
+            part.watched = []
             reply = run(self.redis, self.keys(part.queue).partition_leases(
                 self.master, int(self.lease * 1000), part.partitions, part.per_host or 0))[0]
             part.joined = True
@@ -186,6 +204,30 @@ class PartitionLeases:
                 touched[part.queue] = poked
         return gained, touched
 
+    def _watch(self, part: Partitioned, now: float) -> list[int]:
+        """A pass of a master that serves none of the queue: hands back what it held (leaving
+        the live masters, so it holds no one's share down) and reads which partitions no
+        serving master holds: those it watches. Returns the ones to look at now: newly
+        watched, or all of them once per ``watch_interval`` (nobody hints us when a producer
+        fills one, as the holder of a partition is hinted)."""
+        part.apply([], "no worker ready to take its jobs")
+        reply = run(self.redis, self.keys(part.queue).partition_leases(
+            self.master, int(self.lease * 1000), part.partitions, 0, release=True))[0]
+        part.joined = False
+        self._read(part, reply)
+        watched = [p for p in range(part.partitions) if p not in part.holders]
+        look = [p for p in watched if p not in part.watched]
+        if now >= part.next_look:
+            look, part.next_look = watched, now + self.watch_interval
+        part.watched = watched
+        return look
+
+    @property
+    def watch_interval(self) -> float:
+        """How often a watched partition is looked at while it is empty: as often as the
+        housekeeper looks at an idle unpartitioned queue (min(15 s, lease / 2))."""
+        return min(15.0, self.lease / 2)
+
     def release_all(self, why: str) -> None:
         """Drain: hands every partition back now, so other masters take them within a pass
         instead of after the lease (our workers finish their current jobs meanwhile)."""
@@ -195,6 +237,7 @@ class PartitionLeases:
     def _release(self, part: Partitioned, why: str) -> None:
         """Hands every partition back and leaves the queue's live masters (also holding none:
         counted as live, we would hold the others' shares down until our lease ran out)."""
+        part.watched = []
         if not part.joined:
             return
         try:
