@@ -236,20 +236,34 @@ def test_retry_by_id_in_any_order_and_batches_keeps_enqueue_order_before_newer_j
     assert ran(governor) == [("alice", s) for s in range(5)]
 
 
-def test_a_retried_job_waits_behind_its_keys_running_job(client):
-    """A job of the key that has started keeps its place: the retried (older) one runs next."""
+def test_retried_jobs_wait_behind_their_keys_running_job_in_enqueue_order(client):
+    """A job of the key that has started keeps its place: the retried (older) ones run next, in
+    their enqueue order whatever order and calls they were retried in, then the newer ones."""
     from governor.protocol.queue import partition_of, run
 
     client.redis.set(client.keys("ordered").partitions_key, 2)  # as the queue's first master does
     lane = client.keys("ordered").part(partition_of("k", 2))
-    a0, a1, a2 = (client.enqueue("ordered", "m:f", i, key="k") for i in range(3))
-    assert run(client.redis, lane.reserve("h:1", "t0", 60_000))[0][1].decode() == a0
-    assert run(client.redis, lane.fail(a0, "t0", "h:1", {"error": "boom"}, "dead", 0, "exception", 0))[0] == 3
-    assert run(client.redis, lane.reserve("h:1", "t1", 60_000))[0][1].decode() == a1  # running
-    assert client.retry("ordered", [a0]) == 1
-    assert [client.job(i)["state"] for i in (a0, a1, a2)] == ["queued", "active", "queued"]
-    assert run(client.redis, lane.ack(a1, "t1", "h:1", 60_000, "null", 1))[0]
-    assert run(client.redis, lane.reserve("h:1", "t2", 60_000))[0][1].decode() == a0  # before a2
+    ids = [client.enqueue("ordered", "m:f", i, key="k") for i in range(6)]
+    token = iter(f"t{i}" for i in range(100))
+
+    def reserve() -> tuple[str, str]:
+        t = next(token)
+        return run(client.redis, lane.reserve("h:1", t, 60_000))[0][1].decode(), t
+
+    for job in ids[:3]:  # 0, 1, 2 die in turn
+        got, t = reserve()
+        assert got == job
+        assert run(client.redis, lane.fail(job, t, "h:1", {"error": "boom"}, "dead", 0, "exception", 0))[0] == 3
+    running, t = reserve()
+    assert running == ids[3]
+    for job in (ids[1], ids[2], ids[0]):  # three calls, none in order
+        assert client.retry("ordered", [job]) == 1
+    assert [client.job(i)["state"] for i in ids] == ["queued"] * 3 + ["active", "queued", "queued"]
+    assert run(client.redis, lane.ack(running, t, "h:1", 60_000, "null", 1))[0]
+    for job in [*ids[:3], *ids[4:]]:
+        got, t = reserve()
+        assert got == job
+        assert run(client.redis, lane.ack(job, t, "h:1", 60_000, "null", 1))[0]
 
 
 def test_jobs_queued_behind_a_running_head_are_listed_purged_and_never_run(governor):
