@@ -252,6 +252,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     def op(client: Client) -> int:
         n = client.retry(args.queue, args.ids, all=args.all, handler=args.handler, search=args.search)
         print(f"{n} job(s) of {_safe(args.queue)} back to waiting")
+        for job_id, unique, holder in n.skipped:  # left dead: a live job holds their unique key
+            print(f"skipped job {_safe(job_id)}: its unique key {_safe(unique)!r} is held by live job "
+                  f"{_safe(holder)}", file=sys.stderr)
         return 0
 
     if not (args.ids or args.all or args.handler or args.search):

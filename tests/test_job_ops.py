@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from conftest import wait_for
@@ -154,3 +155,219 @@ def test_a_retried_unique_job_takes_its_key_back(client):
     client.cancel("q", twin)  # (its twin cancelled: the key is free again)
     assert client.retry("q", [first]) == 1
     assert client.enqueue("q", "m:f", unique="reindex") == first  # held by the retried job
+
+
+# -- keyed jobs (partitioned queues): retry keeps a key's order; waiting means queued too ------
+
+KEYED = '''
+import os, time
+RECORDS = {records!r}
+
+def step(key, seq):
+    """Fails while the flag file 'broken' exists, else records "key seq" in the order run."""
+    if os.path.exists(os.path.join(RECORDS, "broken")):
+        raise ValueError("broken")
+    with open(os.path.join(RECORDS, "order"), "a") as fh:
+        fh.write(f"{{key}} {{seq}}\\n")
+
+def hold(key, seq):
+    """Records its start, then holds its key until the file 'go' exists."""
+    with open(os.path.join(RECORDS, "start"), "a") as fh:
+        fh.write(f"{{key}} {{seq}}\\n")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(RECORDS, "go")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(os.path.join(RECORDS, "order"), "a") as fh:
+        fh.write(f"{{key}} {{seq}}\\n")
+'''
+KEYED_APP = {"path": ["."], "handlers": ["keyed:*"]}
+
+
+def ran(governor) -> list[tuple[str, int]]:
+    path = governor.records / "order"
+    return [(k, int(s)) for k, s in (line.split() for line in path.read_text().splitlines())] \
+        if path.exists() else []
+
+
+def start_keyed(governor, handler_text: str = KEYED, concurrency: int = 2) -> None:
+    (governor.dir / "keyed.py").write_text(handler_text.format(records=str(governor.records)))
+    governor.start({"ordered": {"concurrency": concurrency, "partitions": 4, "retry": {"max": 0}}},
+                   app=KEYED_APP)
+
+
+def die_in_order(governor, keys: list[str], n: int) -> dict[str, list[str]]:
+    """n jobs per key, all failing in turn (each key's in its order); their ids per key."""
+    (governor.records / "broken").write_text("")
+    c = governor.client
+    ids = c.enqueue_many("ordered", [{"handler": "keyed:step", "args": [k, s], "key": k}
+                                     for k in keys for s in range(n)])
+    wait_for(lambda: dead(governor, "ordered") == len(keys) * n, 20, "every job dead")
+    (governor.records / "broken").unlink()
+    return {k: ids[i * n:(i + 1) * n] for i, k in enumerate(keys)}
+
+
+def test_retry_all_runs_a_keys_dead_jobs_in_enqueue_order(governor):
+    """Issue 21 item 5: four jobs of a key died in order 0-3; `retry --all` ran them 3, 2, 1, 0."""
+    start_keyed(governor)
+    die_in_order(governor, ["alice", "bob"], 4)
+    out = gov(governor, "retry", "ordered", "--all")
+    assert out.returncode == 0 and "8 job(s) of ordered back to waiting" in out.stdout, out.stderr
+    wait_for(lambda: len(ran(governor)) == 8, 20, "the 8 retried jobs to run")
+    for key in ("alice", "bob"):
+        assert [s for k, s in ran(governor) if k == key] == [0, 1, 2, 3]
+
+
+def test_retry_by_id_in_any_order_and_batches_keeps_enqueue_order_before_newer_jobs(governor):
+    """Retried by id in shuffled order, over several calls, with a newer job of the key already
+    waiting: the retried jobs go before every job of the key that has not started, by enqueue
+    order; they run 0, 1, 2, 3, then the newer job."""
+    start_keyed(governor)
+    ids = die_in_order(governor, ["alice"], 4)["alice"]
+    c = governor.client
+    c.pause("ordered")
+    assert gov(governor, "retry", "ordered", ids[3]).returncode == 0  # alice's head, waiting
+    c.enqueue("ordered", "keyed:step", "alice", 4, key="alice")  # queued behind it
+    out = gov(governor, "retry", "ordered", ids[2], ids[0])
+    assert out.returncode == 0 and "2 job(s)" in out.stdout, out.stderr
+    assert c.job(ids[0])["state"] == "waiting" and c.job(ids[3])["state"] == "queued"  # 0 took the head
+    assert gov(governor, "retry", "ordered", ids[1]).returncode == 0
+    c.resume("ordered")
+    wait_for(lambda: len(ran(governor)) == 5, 20, "the 5 jobs to run")
+    assert ran(governor) == [("alice", s) for s in range(5)]
+
+
+def test_retried_jobs_wait_behind_their_keys_running_job_in_enqueue_order(client):
+    """A job of the key that has started keeps its place: the retried (older) ones run next, in
+    their enqueue order whatever order and calls they were retried in, then the newer ones."""
+    from governor.protocol.queue import partition_of, run
+
+    client.redis.set(client.keys("ordered").partitions_key, 2)  # as the queue's first master does
+    lane = client.keys("ordered").part(partition_of("k", 2))
+    ids = [client.enqueue("ordered", "m:f", i, key="k") for i in range(6)]
+    token = iter(f"t{i}" for i in range(100))
+
+    def reserve() -> tuple[str, str]:
+        t = next(token)
+        return run(client.redis, lane.reserve("h:1", t, 60_000))[0][1].decode(), t
+
+    for job in ids[:3]:  # 0, 1, 2 die in turn
+        got, t = reserve()
+        assert got == job
+        assert run(client.redis, lane.fail(job, t, "h:1", {"error": "boom"}, "dead", 0, "exception", 0))[0] == 3
+    running, t = reserve()
+    assert running == ids[3]
+    for job in (ids[1], ids[2], ids[0]):  # three calls, none in order
+        assert client.retry("ordered", [job]) == 1
+    assert [client.job(i)["state"] for i in ids] == ["queued"] * 3 + ["active", "queued", "queued"]
+    assert run(client.redis, lane.ack(running, t, "h:1", 60_000, "null", 1))[0]
+    for job in [*ids[:3], *ids[4:]]:
+        got, t = reserve()
+        assert got == job
+        assert run(client.redis, lane.ack(job, t, "h:1", 60_000, "null", 1))[0]
+
+
+def test_jobs_queued_behind_a_running_head_are_listed_purged_and_never_run(governor):
+    """Issue 21 item 15: what status counts as waiting (jobs queued behind a running key head),
+    `jobs --state waiting` lists and `purge --state waiting` deletes; they never run."""
+    start_keyed(governor, concurrency=1)
+    c = governor.client
+    ids = c.enqueue_many("ordered", [{"handler": "keyed:hold", "args": ["k", s], "key": "k"} for s in range(4)])
+    other = c.enqueue("ordered", "keyed:hold", "other", 0, key="other")  # a waiting head of its own key
+    wait_for(lambda: (governor.records / "start").exists(), 20, "a head to start")
+    assert c.counts("ordered")["waiting"] == 4
+    listed = json.loads(gov(governor, "jobs", "ordered", "--state", "waiting", "--json").stdout)["jobs"]
+    running = c.jobs("ordered", "active")[0][0]["id"]
+    assert {j["id"] for j in listed} == set(ids + [other]) - {running}
+    out = gov(governor, "purge", "ordered", "--state", "waiting", "--yes")
+    assert out.returncode == 0 and "4 waiting job(s) of ordered deleted" in out.stdout, out.stderr
+    assert c.counts("ordered")["waiting"] == 0
+    assert c.jobs("ordered", "waiting")[0] == []
+    (governor.records / "go").write_text("")
+    wait_for(lambda: len(ran(governor)) == 1, 20, "the running head to finish")
+    for key in ("k", "other"):  # each runs only after every job of its key enqueued before it
+        c.enqueue("ordered", "keyed:hold", key, 9, key=key)
+    wait_for(lambda: len(ran(governor)) == 3, 20, "the two new jobs to run")
+    assert sorted(ran(governor)[1:]) == [("k", 9), ("other", 9)]  # nothing purged ran
+
+
+def test_a_queued_job_is_cancelled_and_its_key_order_kept(client):
+    from governor.protocol.queue import partition_of, run
+
+    client.redis.set(client.keys("ordered").partitions_key, 2)
+    lane = client.keys("ordered").part(partition_of("k", 2))
+    a0, a1, a2 = (client.enqueue("ordered", "m:f", i, key="k") for i in range(3))
+    assert {j["id"] for j in client.jobs("ordered", "waiting")[0]} == {a0, a1, a2}
+    client.cancel("ordered", a1)
+    assert {j["id"] for j in client.jobs("ordered", "waiting")[0]} == {a0, a2}
+    assert run(client.redis, lane.reserve("h:1", "t0", 60_000))[0][1].decode() == a0
+    assert run(client.redis, lane.ack(a0, "t0", "h:1", 60_000, "null", 1))[0]
+    assert run(client.redis, lane.reserve("h:1", "t1", 60_000))[0][1].decode() == a2
+
+
+# -- a retried unique job never makes a twin (W5) ---------------------------------------------
+
+def _dead_unique(client, unique: str) -> str:
+    from governor.protocol.queue import run
+
+    job = client.enqueue("q", "m:f", unique=unique)
+    keys = client.keys("q")
+    assert run(client.redis, keys.reserve("host:1", "tok", 60_000))[0][1].decode() == job
+    assert run(client.redis, keys.fail(job, "tok", "host:1", {"error": "boom"}, "dead", 0, "exception", 0))[0] == 3
+    return job
+
+
+def test_retrying_a_dead_unique_job_while_a_newer_one_holds_its_key_is_refused(client):
+    first = _dead_unique(client, "reindex")
+    newer = client.enqueue("q", "m:f", unique="reindex")  # the dead job freed the key
+    assert newer != first
+    with pytest.raises(ValueError) as err:
+        client.retry("q", [first])
+    assert first in str(err.value) and "reindex" in str(err.value) and newer in str(err.value)
+    assert client.job(first)["state"] == "dead" and client.job(newer)["state"] == "waiting"
+    retried = client.retry("q", all=True)  # --all skips it, and says so
+    assert retried == 0 and [s[0] for s in retried.skipped] == [first]
+    assert client.job(first)["state"] == "dead" and client.counts("q")["waiting"] == 1
+
+
+def test_two_dead_jobs_of_one_unique_key_retried_together_make_one_live_job(client):
+    a = _dead_unique(client, "report")
+    b = _dead_unique(client, "report")
+    retried = client.retry("q", all=True)
+    assert retried == 1 and len(retried.skipped) == 1
+    live = [j for j in (a, b) if client.job(j)["state"] == "waiting"]
+    assert len(live) == 1 and client.enqueue("q", "m:f", unique="report") == live[0]
+    still_dead = b if live[0] == a else a
+    with pytest.raises(ValueError, match=f"job {still_dead}: its unique key 'report' is held by live job {live[0]}"):
+        client.retry("q", [still_dead])
+
+
+def test_the_cli_says_which_unique_job_it_did_not_retry_and_why(governor):
+    governor.write({"q": {"concurrency": 1}})  # (no master: the jobs are settled by hand)
+    first = _dead_unique(governor.client, "nightly")
+    newer = governor.client.enqueue("q", "m:f", unique="nightly")
+    out = gov(governor, "retry", "q", first)
+    assert out.returncode == 2 and f"job {first}: its unique key 'nightly' is held by live job {newer}" \
+        in out.stderr, out.stderr
+    out = gov(governor, "retry", "q", "--all")
+    assert out.returncode == 0 and "0 job(s) of q back to waiting" in out.stdout, out.stderr
+    assert f"skipped job {first}: its unique key 'nightly' is held by live job {newer}" in out.stderr
+    assert governor.client.job(first)["state"] == "dead"
+
+
+def test_a_bounded_purge_of_waiting_takes_each_keys_queued_jobs_from_the_front(client):
+    """One call deletes at most its limit, the queued first and each key's from the front: what
+    is left of the key runs in its order."""
+    from governor.protocol.queue import partition_of, run
+
+    client.redis.set(client.keys("ordered").partitions_key, 2)
+    lane = client.keys("ordered").part(partition_of("k", 2))
+    ids = [client.enqueue("ordered", "m:f", i, key="k") for i in range(6)]
+    assert run(client.redis, lane.reserve("h:1", "t0", 60_000))[0][1].decode() == ids[0]  # running
+    assert run(client.redis, lane.purge("waiting", 2))[0] == [2, 3]
+    assert [client.job(i) for i in ids[1:3]] == [None, None]
+    assert client.counts("ordered")["waiting"] == 3
+    assert run(client.redis, lane.ack(ids[0], "t0", "h:1", 60_000, "null", 1))[0]
+    for n, job in enumerate(ids[3:]):
+        reply = run(client.redis, lane.reserve("h:1", f"t{n + 1}", 60_000))[0]
+        assert reply[1].decode() == job
+        assert run(client.redis, lane.ack(job, f"t{n + 1}", "h:1", 60_000, "null", 1))[0]

@@ -22,6 +22,7 @@ import redis
 
 from governor.protocol.connection import connect, is_cluster
 from governor.protocol.limits import Rules
+from governor.protocol.retried import Retried, held_text, holder
 from governor.units import parse_duration
 from governor.untrusted import loads
 
@@ -218,6 +219,13 @@ class QueueKeys:
         return self.key("key:")
 
     @property
+    def queued(self) -> str:
+        """Sorted set (enqueue sequence -> id) of the jobs queued behind their key's head: an
+        index of the keys' lists, for the job commands to list and purge what ``status`` counts
+        as waiting. It is the lists' prefix itself, which names no list (a key is never empty)."""
+        return self.key_lists
+
+    @property
     def waiting(self) -> str:
         return self.key("waiting")
 
@@ -308,13 +316,16 @@ class QueueKeys:
 
     def list_jobs(self, state: str, offset: int, want: int, budget: int, handler: str = "",
                   text: str = "", what: str = "full") -> Call:
-        """``what``: 'full' (records and payloads), 'record' (no payload) or 'ids'."""
-        return Call("jobs", (self.state_key(state), self.meta, self.data),
+        """``what``: 'full' (records and payloads), 'record' (no payload) or 'ids'. Waiting
+        includes the jobs queued behind their key's head (listed first)."""
+        keys = (self.state_key(state), self.meta, self.data)
+        return Call("jobs", (*keys, self.queued) if state == "waiting" else keys,
                     (offset, want, budget, handler, text, what))
 
-    def retry(self, ids: Sequence[str], strict: bool = True) -> Call:
+    def retry(self, ids: Sequence[str], mode: str = "strict") -> Call:
+        """``mode``: 'strict' (all or nothing), 'any' (those that can be), 'check' (only say)."""
         return Call("retry", (self.dead, self.meta, self.waiting, self.delayed, self.wake, self.stats,
-                              self.heads, self.key_lists, self.unique), ("strict" if strict else "any", *ids))
+                              self.heads, self.key_lists, self.unique), (mode, *ids))
 
     def cancel(self, ids: Sequence[str]) -> Call:
         return Call("cancel", (self.waiting, self.delayed, self.meta, self.done, self.unique, self.stats,
@@ -877,36 +888,43 @@ class Client:
         return out
 
     def retry(self, queue: str, ids: Sequence[str] = (), all: bool = False, handler: str | None = None,
-              search: str | None = None) -> int:
-        """Dead jobs back to waiting, attempts reset, their errors kept; returns how many.
-        By id: every one must be dead, else ValueError names those that are not and nothing
-        changes. Else every dead job (``all``), or those ``handler``/``search`` select, in
-        batches of OPS_BATCH (each batch atomic)."""
+              search: str | None = None) -> Retried:
+        """Dead jobs back to waiting, attempts reset, their errors kept; returns how many (a
+        ``Retried``). By id: every one must be retryable, else ValueError names those that are
+        not and nothing changes. Else every dead job (``all``), or those ``handler``/``search``
+        select, in batches of OPS_BATCH (each batch atomic), the longest dead first.
+
+        A job with an ordering key goes back in its key's enqueue order (retry.lua says exactly
+        what that is), whatever order it is named in. A dead job whose unique key another live
+        job holds is not retried (two live jobs of one unique key): by id that is an error; with
+        a filter it is skipped and listed in ``Retried.skipped``."""
         self.known_queue(queue)
         lanes = self.lanes(queue)
         if ids:
             by_lane = self._lanes_of(queue, list(ids))
             if -1 in by_lane:
                 raise ValueError(f"no such job in queue {queue!r}: {', '.join(by_lane[-1][:10])}")
-            codes = {}
+            codes: dict[str, Any] = {}
             for n, group in by_lane.items():  # checked everywhere before anything changes
-                for job_id in group:
-                    codes[job_id] = self.redis.zscore(lanes[n].dead, job_id) is not None
-            bad = [i for i, dead in codes.items() if not dead]
-            if bad:
-                states = {i: (self.job(i, queue) or {}).get("state") for i in bad[:10]}
+                codes.update(zip(group, run(self.redis, lanes[n].retry(group, mode="check"))[0][1:], strict=True))
+            not_dead = [i for i, c in codes.items() if c == 0 or c == -1]
+            if not_dead:
+                states = {i: (self.job(i, queue) or {}).get("state") for i in not_dead[:10]}
                 raise ValueError("only dead jobs can be retried; not dead: "
                                  + ", ".join(f"{i} ({s})" for i, s in states.items()))
+            held = [(i, *holder(c)) for i, c in codes.items() if isinstance(c, list)]
+            if held:
+                raise ValueError("nothing retried: " + "; ".join(held_text(*h) for h in held[:10]))
             done = 0
             for n, group in by_lane.items():
-                reply = run(self.redis, lanes[n].retry(group, strict=True))[0]
+                reply = run(self.redis, lanes[n].retry(group, mode="strict"))[0]
                 if not reply[0]:
                     raise ValueError(f"jobs changed state meanwhile; nothing retried in this batch: {group[:10]}")
-                done += sum(1 for c in reply[1:] if c == 1)
-            return done
+                done += self._retried(lanes[n], reply[1:], group, [])
+            return Retried(done)
         if not (all or handler or search):
             raise ValueError("name the jobs: ids, all=True, or a handler/search filter")
-        done = 0
+        done, skipped = 0, []
         for lane in lanes:
             # the ids first, scanned in bounded calls; then retried in batches (each atomic): a
             # job retried meanwhile by someone else is skipped, never retried twice
@@ -917,10 +935,23 @@ class Client:
                                                        search or "", "ids"))[0]
                 ids_found += [reply[i].decode(errors="surrogateescape") for i in range(1, len(reply), 3)]
                 offset = int(reply[0])
+            ids_found.reverse()  # the longest dead first: a key's jobs died in its order
             for i in range(0, len(ids_found), OPS_BATCH):
-                reply = run(self.redis, lane.retry(ids_found[i:i + OPS_BATCH], strict=False))[0]
-                done += sum(1 for c in reply[1:] if c == 1)
-        return done
+                batch = ids_found[i:i + OPS_BATCH]
+                reply = run(self.redis, lane.retry(batch, mode="any"))[0]
+                done += self._retried(lane, reply[1:], batch, skipped)
+        return Retried(done, skipped)
+
+    def _retried(self, lane: QueueKeys, codes: Sequence[Any], ids: Sequence[str],
+                 skipped: list[tuple[str, str, str]]) -> int:
+        """Counts a retry call's jobs sent back, adds those its unique key kept dead to
+        ``skipped``, and hints the partition's holder (its workers wait on hints, not on the
+        lane) that jobs are ready."""
+        n = sum(1 for c in codes if c == 1)
+        skipped += [(i, *holder(c)) for i, c in zip(ids, codes, strict=True) if isinstance(c, list)]
+        if n and lane.partition is not None:
+            run(self.redis, self.keys(lane.queue).hint({lane.partition: n}))
+        return n
 
     def cancel(self, queue: str, job_id: str) -> None:
         """A waiting or delayed job is removed before it runs (state ``cancelled``); anything

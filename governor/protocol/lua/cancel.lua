@@ -17,7 +17,10 @@ for i, id in ipairs(ARGV) do
     local state = meta.state
     if state == 'waiting' or state == 'delayed' or state == 'queued' then
       if state == 'queued' then
-        redis.call('LREM', ks.lists .. meta.key, 0, id)
+        if type(meta.key) == 'string' and valid_id(meta.key) then
+          redis.call('LREM', ks.lists .. meta.key, 1, id)
+        end
+        redis.call('ZREM', ks.lists, id)
         redis.call('HINCRBY', KEYS[6], 'queued', -1)
       else
         redis.call('ZREM', state == 'waiting' and KEYS[1] or KEYS[2], id)

@@ -1,5 +1,7 @@
 -- Lists jobs of one state of a lane, newest first, filtered on the server in bounded steps.
--- KEYS: the state's sorted set (waiting, delayed, active, dead or done), meta, data
+-- KEYS: the state's sorted set (waiting, delayed, active, dead or done), meta, data, and for
+--       waiting (optional) the index of the jobs queued behind their key's head (lib.lua), which
+--       `status` counts as waiting too: listed first (they are the newer), then the heads
 -- ARGV: offset (rank from the newest to start at), how many matches at most, how many
 --       entries to look at at most (the bound on this call's work), handler ('' for any),
 --       text ('' for any: a case-insensitive substring of the arguments or of an error),
@@ -8,7 +10,22 @@
 -- (record and payload '' when not asked for).
 local offset, want, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local handler, text, what = ARGV[4], string.lower(ARGV[5]), ARGV[6] or 'full'
-local ids = redis.call('ZREVRANGE', KEYS[1], offset, offset + budget - 1)
+-- the ids at ranks offset .. offset + budget - 1 of the sets one after the other, newest first
+local sets = KEYS[4] and {KEYS[4], KEYS[1]} or {KEYS[1]}
+local ids, skip = {}, offset
+for _, set in ipairs(sets) do
+  if #ids < budget then
+    local n = redis.call('ZCARD', set)
+    if skip < n then
+      for _, id in ipairs(redis.call('ZREVRANGE', set, skip, skip + budget - #ids - 1)) do
+        ids[#ids + 1] = id
+      end
+      skip = 0
+    else
+      skip = skip - n
+    end
+  end
+end
 local out = {0}
 local found, i = 0, 0
 for _, id in ipairs(ids) do

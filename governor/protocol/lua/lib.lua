@@ -227,7 +227,15 @@ end
 -- its place, and a run whose worker or host died holds its key until it has run again.
 -- `ks` names the keys: meta, waiting, delayed, heads (hash key -> head id), lists (the
 -- prefix of each key's list), stats.
+-- The lane's queued jobs are also indexed, for the operator's commands (jobs, purge) to see
+-- what `status` counts as waiting: a sorted set (enqueue sequence -> id) under the lists'
+-- prefix itself, which names no key's list (an ordering key has 1-200 characters).
+-- The lists keep the order; the index only finds the jobs.
 local LIVE = {waiting = true, delayed = true, active = true}
+
+local function queued_add(ks, id, meta)
+  redis.call('ZADD', ks.lists, fmt(tonumber(meta.seq) or 0), id)
+end
 
 -- The key's next queued job becomes its head; returns its id, or nil when none is left.
 local function key_next(ks, k, now)
@@ -239,6 +247,7 @@ local function key_next(ks, k, now)
       return nil
     end
     redis.call('HINCRBY', ks.stats, 'queued', -1)
+    redis.call('ZREM', ks.lists, nxt)
     local m = load_meta(ks.meta, nxt)
     if m.state == 'queued' or m.malformed then
       m.key = k  -- (a malformed record keeps it, so its dead-lettering hands the key on)
@@ -273,6 +282,7 @@ local function key_enqueue(ks, meta, id, now, delay_ms)
     if delay_ms > 0 then meta.due_at = now + delay_ms end
     redis.call('RPUSH', ks.lists .. k, id)
     redis.call('HINCRBY', ks.stats, 'queued', 1)
+    queued_add(ks, id, meta)
     return false
   end
   redis.call('HSET', ks.heads, k, id)
