@@ -220,6 +220,8 @@ class Config:
     limiters: Mapping[str, tuple[RateLimit, ...]] = field(default_factory=dict)
     host: HostGuards = field(default_factory=HostGuards)
     web: WebConfig = field(default_factory=WebConfig)
+    # environment variables interpolated into secret settings (is_secret): workers drop them
+    secret_env: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config, as YAML-ready data with units spelled out."""
@@ -323,13 +325,25 @@ def mask_url(url: str) -> str:
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
 
 
-def interpolate(text: str, path: str, env: Mapping[str, str]) -> str:
-    """``${VAR}``, ``${VAR:-default}`` (unset or empty), ``${VAR-default}`` (unset); ``$$`` is ``$``."""
+def is_secret(path: str) -> bool:
+    """Settings that hold secrets: the Redis URL (it may carry a password), the web token, and
+    anything named like a password or token. A variable interpolated into one of them is kept
+    from the workers (their jobs may run as another user and must not read it from their
+    environment)."""
+    leaf = path.rsplit(".", 1)[-1]
+    return path == "redis.url" or leaf in ("token", "password") or leaf.endswith("_password")
+
+
+def interpolate(text: str, path: str, env: Mapping[str, str], used: set[str] | None = None) -> str:
+    """``${VAR}``, ``${VAR:-default}`` (unset or empty), ``${VAR-default}`` (unset); ``$$`` is ``$``.
+    The names of the variables read are added to ``used``."""
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
         name, op, default = m.group(1), m.group(2), m.group(3)
+        if used is not None:
+            used.add(name)
         value = env.get(name)
         if op == ":-" and not value:
             return default
@@ -345,7 +359,8 @@ def interpolate(text: str, path: str, env: Mapping[str, str]) -> str:
 class _Section:
     """One mapping of the YAML file: hands out its keys and rejects any left unread."""
 
-    def __init__(self, data: object, path: str, env: Mapping[str, str]) -> None:
+    def __init__(self, data: object, path: str, env: Mapping[str, str],
+                 secrets: set[str] | None = None) -> None:
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -353,6 +368,8 @@ class _Section:
         self.data = dict(data)
         self.path = path
         self.env = env
+        # names of the variables interpolated into secret settings, shared by every section
+        self.secrets: set[str] = set() if secrets is None else secrets
 
     def sub(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -372,14 +389,14 @@ class _Section:
             raise ConfigError(self.sub(key), str(exc)) from None
 
     def section(self, key: str) -> _Section:
-        return _Section(self.data.pop(key, None), self.sub(key), self.env)
+        return _Section(self.data.pop(key, None), self.sub(key), self.env, self.secrets)
 
     def raw(self, key: str) -> Any:
         return self.data.pop(key, None)
 
     def _expand(self, value: Any, path: str) -> Any:
         if isinstance(value, str):
-            return interpolate(value, path, self.env)
+            return interpolate(value, path, self.env, self.secrets if is_secret(path) else None)
         if isinstance(value, list):
             return [self._expand(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
@@ -1080,7 +1097,8 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
                   explicit_state_dir=explicit_state_dir, data_dir=data_dir,
                   log=log, metrics=metrics, health=health, max_payload=max_payload,
                   max_result=max_result, user=user,
-                  group=group, limiters=named_limiters, host=host, web=web)
+                  group=group, limiters=named_limiters, host=host, web=web,
+                  secret_env=tuple(sorted(top.secrets)))
 
 
 MAX_CONFIG_BYTES = 1024 * 1024

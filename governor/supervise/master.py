@@ -538,7 +538,8 @@ class Master:
                                  held=self.partitions.table(pool.name),
                                  hint_key=self.house.keys(pool.name).hint_list(self.partitions.master),
                                  wait=(self.config.redis.wait_replicas, self.config.redis.wait_timeout),
-                                 nice=self.nice, shutdown_timeout=self.config.shutdown_timeout)
+                                 nice=self.nice, shutdown_timeout=self.config.shutdown_timeout,
+                                 secret_env=self.config.secret_env)
         inherited = self._owned_fds() + [master_end.fileno()]
         # Until the child has its own handlers, a signal sent to it would run the master's
         # (and land in the master's wakeup fd): keep them blocked across fork; the worker

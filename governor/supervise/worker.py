@@ -53,6 +53,7 @@ from governor.protocol.queue import (
 )
 from governor.supervise import proctree
 from governor.supervise.channel import WorkerEnd
+from governor.supervise.environ import forget_environment
 from governor.supervise.handlers import HandlerError, HandlerRegistry, Payload
 from governor.supervise.handlerstats import ADAPTIVE_REFRESH, runtimes_kept
 from governor.supervise.scoreboard import Scoreboard, margin
@@ -95,6 +96,7 @@ class WorkerSpec:
     wait: tuple[int, float] = (0, 0.0)  # redis.wait: replicas each settle waits for, and how long
     nice: int | None = None  # the scheduling priority governor was started with (the master's is raised)
     shutdown_timeout: float = 30.0  # a command pool's program gets this long after stop_signal
+    secret_env: tuple[str, ...] = ()  # variables the config read secrets from: not for job code
 
 
 class _Interrupted(BaseException):
@@ -148,6 +150,7 @@ def _detach_from_master(spec: WorkerSpec, inherited_fds: Iterable[int]) -> None:
         signal.signal(sig, signal.SIG_DFL)
     import resource  # before the switch: the new user may not be able to read the standard library
 
+    forget_environment(spec.secret_env)
     _drop_privileges(spec.user, spec.group)  # first: a credential change clears PDEATHSIG
     # Die with the master: stopped, for its sentry to kill with our whole tree; or, with no
     # sentry, killed outright (then our job's children may outlive us).
