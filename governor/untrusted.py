@@ -34,3 +34,14 @@ def loads(raw: bytes | str, what: str = "record") -> Any:
         raise ValueError(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what} is not JSON ({exc})") from None
+
+
+def bounded(value: Any, low: float, high: float) -> int | float | None:
+    """``value`` if it is a number (not a bool) within [low, high], else None. A number read
+    back from Redis can be anything a client wrote (a 400-digit integer overflows the first
+    float it meets): every one is bounded before it is used."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if low <= value <= high else None

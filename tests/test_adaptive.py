@@ -90,3 +90,20 @@ def test_a_handler_killed_too_often_at_its_learnt_limit_falls_back_to_the_config
     time.sleep(ADAPTIVE_REFRESH + 0.5)
     ok = c.enqueue("api", HANDLER, "after", 1.5)  # over the learnt 0.5 s, under the configured 60 s
     wait_for(lambda: c.job(ok)["state"] == "done", 10, "a slow run under the configured limit")
+
+
+def test_a_poisoned_learnt_limit_is_bounded_and_no_worker_dies_of_it(governor):
+    """A 400-digit value in the learnt-limits hash (anyone with write access can put one there)
+    made every worker die with OverflowError on its next job, and its jobs were dead-lettered
+    as crashed (issue 21, item 16): values read back are bounded before use."""
+    governor.start({"api": {"concurrency": 1, "retry": {"max": 0}, "timeout": {
+        "soft": "off", "hard": "60s",
+        "adaptive": {"percentile": 95, "factor": 3, "min": "1s", "max": "10m", "samples": 50}}}})
+    c = governor.client
+    keys = c.keys("api")
+    c.redis.hset(keys.adaptive, mapping={"tasks:record": "9" * 400, "tasks:fail": "-5", "x": "junk"})
+    ids = [c.enqueue("api", "tasks:record", f"r{i}") for i in range(3)]
+    wait_for(lambda: all(c.job(i)["state"] == "done" for i in ids), 15, "the jobs to run")
+    pool = governor.status()["pools"][0]
+    assert "crashed" not in pool["exits"], pool["exits"]
+    assert sorted(governor.lines("done")) == ["r0", "r1", "r2"]

@@ -458,12 +458,12 @@ class Reserved:
     def fencing_token(self) -> int:
         """Grows with every run of every job of the queue, fleet-wide (an INCR in the reserve)."""
         fence = self.meta.get("fence")
-        return fence if isinstance(fence, int) else 0
+        return fence if isinstance(fence, int) and 0 <= fence < 2 ** 63 else 0
 
     @property
     def attempts(self) -> int:
         attempts = self.meta.get("attempts")
-        return attempts if isinstance(attempts, int) and attempts > 0 else 1
+        return attempts if isinstance(attempts, int) and 0 < attempts < 2 ** 31 else 1
 
 
 def parse_lease(held: bytes) -> tuple[str, str]:

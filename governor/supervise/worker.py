@@ -40,6 +40,7 @@ from governor.protocol.queue import (
     ACK_WAKE,
     DEFAULT_MAX_PAYLOAD,
     JOB_ID,
+    MAX_TIMEOUT,
     NO_RULES,
     Call,
     FailOutcome,
@@ -57,6 +58,7 @@ from governor.supervise.environ import forget_environment
 from governor.supervise.handlers import HandlerError, HandlerRegistry, Payload
 from governor.supervise.handlerstats import ADAPTIVE_REFRESH, runtimes_kept
 from governor.supervise.scoreboard import Scoreboard, margin
+from governor.untrusted import bounded
 
 log = logging.getLogger("governor.worker")
 
@@ -97,6 +99,9 @@ class WorkerSpec:
     nice: int | None = None  # the scheduling priority governor was started with (the master's is raised)
     shutdown_timeout: float = 30.0  # a command pool's program gets this long after stop_signal
     secret_env: tuple[str, ...] = ()  # variables the config read secrets from: not for job code
+
+
+MAX_EPOCH_MS = 2 ** 53  # a time in a job's record beyond this is no time Redis wrote
 
 
 class _Interrupted(BaseException):
@@ -553,8 +558,9 @@ class Worker:
         job = Reserved.from_reply(reply[:4], token)
         handler_name = job.meta.get("handler") if isinstance(job.meta.get("handler"), str) else "?"
         soft, hard, adaptive = self._limits(job, handler_name)
-        ready, started_at = job.meta.get("ready_at") or job.meta.get("enqueued_at"), job.meta.get("started_at")
-        wait = (started_at - ready) / 1000.0 if isinstance(ready, (int, float)) and isinstance(started_at, (int, float)) else None
+        ready = bounded(job.meta.get("ready_at") or job.meta.get("enqueued_at"), 0, MAX_EPOCH_MS)
+        started_at = bounded(job.meta.get("started_at"), 0, MAX_EPOCH_MS)
+        wait = max(0.0, (started_at - ready) / 1000.0) if ready is not None and started_at is not None else None
         self._report_start(job, token, handler_name, soft, hard, wait, adaptive)
         self._title(f"job {job.id if JOB_ID.fullmatch(job.id) else _printable(job.id)} {handler_name}")
         self.jobs_run += 1
@@ -644,7 +650,7 @@ class Worker:
         limit and scales the soft one; else a limit learnt from the handler's runs
         (timeout.adaptive) does the same; else the configured ones apply."""
         soft, hard = self.settings.timeout.soft, self.settings.timeout.hard
-        override = job.meta.get("timeout")
+        override = bounded(job.meta.get("timeout"), 0.001, MAX_TIMEOUT)  # (as enqueue allows)
         learnt = False
         if not (isinstance(override, (int, float)) and override > 0) and self.settings.timeout.adaptive:
             override = self._learnt(handler)
@@ -664,7 +670,15 @@ class Worker:
         if time.monotonic() - at >= ADAPTIVE_REFRESH:
             try:
                 raw = self.redis.hgetall(lane)
-                limits = {k.decode(errors="replace"): int(v) / 1000.0 for k, v in raw.items() if v.isdigit()}
+                # each value as the masters write it (milliseconds), else ignored: the hash is
+                # anyone's to write, and a 400-digit value overflowed the division below
+                adaptive = self.settings.timeout.adaptive
+                low, high = (adaptive.min, adaptive.max) if adaptive else (0.001, MAX_TIMEOUT)
+                limits = {}
+                for k, v in raw.items():
+                    seconds = int(v) / 1000.0 if v.isdigit() and len(v) <= 15 else 0.0
+                    if seconds > 0:  # (0: fallen back to the configured limits)
+                        limits[k.decode(errors="replace")] = min(max(seconds, low), high)
             except (redis.RedisError, ValueError):
                 pass  # the limits known before (or the configured ones) until the next look
             self._adaptive[lane] = (time.monotonic(), limits)
@@ -673,7 +687,7 @@ class Worker:
     def _backoff_ms(self, attempts: int) -> int:
         """Capped exponential backoff with equal jitter, so retries of a burst spread out."""
         policy = self.settings.retry
-        delay = min(policy.max_backoff, policy.backoff * (2 ** max(attempts - 1, 0)))
+        delay = min(policy.max_backoff, policy.backoff * (2 ** min(max(attempts - 1, 0), 64)))
         return int((delay / 2 + random.uniform(0, delay / 2)) * 1000)
 
     def _error(self, job: Reserved, reason: str, message: str, **extra: Any) -> dict[str, Any]:
