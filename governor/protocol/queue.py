@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from governor.names import queue_name_problem
 from governor.protocol.connection import connect, is_cluster
 from governor.protocol.limits import Rules
 from governor.units import parse_duration
@@ -68,6 +69,7 @@ _SCRIPTS = _load_scripts()
 
 
 JOB_STATES = ("waiting", "delayed", "active", "dead", "done")
+RESERVE_LANE_KEYS = 11  # reserve.lua's keys of its own lane, before the limits' and the queue fence
 ACK_WAKE = 7  # in an ack's arguments: whether it wakes a waiting worker (ack.lua's ARGV[8])
 
 
@@ -170,8 +172,7 @@ def settle_and_reserve(settle: Call, reserve: Call) -> Call:
     if settle.script not in ("ack", "fail") or reserve.script != "reserve":
         raise ValueError(f"settle_and_reserve takes an ack or a fail, then a reserve; got "
                          f"{settle.script!r} and {reserve.script!r}")
-    n_limits = int(reserve.args[5])  # reserve.lua's ARGV[6]; its last n_limits keys are the limits'
-    lane = reserve.keys[:len(reserve.keys) - n_limits]
+    lane = reserve.keys[:RESERVE_LANE_KEYS]  # then the limits' keys and a partition's queue fence
     tags = {hash_tag(k) for k in (*settle.keys, *lane)}
     if len(tags) != 1:
         raise ValueError(f"a settle and a reserve run as one script only within one hash tag; "
@@ -263,6 +264,11 @@ class QueueKeys:
         return self.key("unique")
 
     @property
+    def tickets(self) -> str:
+        """Hash: worker -> the time of the start a rate limit set aside for it (reserve.lua)."""
+        return self.key("tickets")
+
+    @property
     def paused(self) -> str:
         """``"1"`` while the queue is paused: the reserve starts no job of it, on any host."""
         return self.key("paused")
@@ -277,12 +283,27 @@ class QueueKeys:
                                 self.key("seq"), self.wake, self.stats, self.unique, self.heads,
                                 self.key_lists, self.key("partitions")), args)
 
-    def reserve(self, worker: str, token: str, lease_ms: int, rules: Rules = NO_RULES) -> Call:
-        """``rules``: the queue's fleet-wide concurrency and rate limits (limits.py)."""
-        return Call("reserve", (self.waiting, self.delayed, self.active, self.meta, self.data,
-                                self.leases, self.wake, self.key("fence"), self.key("paused"),
-                                self.key("tickets"), self.stats, *rules.keys()),
-                    (worker, token, lease_ms, *rules.argv()))
+    def reserve(self, worker: str, token: str, lease_ms: int, rules: Rules = NO_RULES,
+                partitions: int = 0, cluster: bool = False) -> Call:
+        """``rules``: the queue's fleet-wide concurrency and rate limits (limits.py).
+
+        A partition's fencing token (lib.lua ``next_fence``): on one Redis, the queue's own
+        counter, passed beside the partition's keys (another slot, which only a Cluster
+        refuses), so tokens grow in reservation order across the queue; on a Cluster
+        (``cluster``), from the partition's counter and Redis time, which needs the queue's
+        ``partitions`` count."""
+        keys: tuple[str, ...] = (self.waiting, self.delayed, self.active, self.meta, self.data,
+                                 self.leases, self.wake, self.key("fence"), self.key("paused"),
+                                 self.tickets, self.stats, *rules.keys())
+        if self.partition is None:
+            fence: tuple[int, int] = (-1, 0)
+        else:
+            if cluster and not 1 <= partitions <= 1024:
+                raise ValueError(f"a partition's reserve on a Cluster needs the partition count, got {partitions}")
+            fence = (self.partition, partitions)
+            if not cluster:
+                keys = (*keys, self.home().key("fence"))
+        return Call("reserve", keys, (worker, token, lease_ms, *rules.argv(), *fence))
 
     def ack(self, job_id: str, token: str, worker: str, done_ttl_ms: int, result: str,
             run_ms: int, result_note: str = "", wake: bool = False, runtimes: tuple[str, int] | None = None) -> Call:
@@ -484,6 +505,14 @@ def partition_of(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogateescape")) % partitions
 
 
+def _check_queue_name(queue: object) -> None:
+    """The rule ``check`` applies to the config's queues (names.py): a name it refuses could
+    reach another queue's keys (``q:1`` are partition 1's of ``q``)."""
+    problem = queue_name_problem(queue)
+    if problem:
+        raise ValueError(f"bad queue name {queue!r}: {problem}")
+
+
 def _seconds(value: float | str | None, what: str, low: float, high: float) -> float | None:
     if value is None:
         return None
@@ -606,6 +635,7 @@ class Client:
         it and writes nothing. Over 1,000 jobs go as several script calls in one MULTI/EXEC.
         If the connection drops during the call, whether it ran is unknown: re-sending the
         same jobs with their own ``job_id`` is safe (an existing id is not queued twice)."""
+        _check_queue_name(queue)
         keys = self.keys(queue)
         prepared = []
         for i, spec in enumerate(jobs):
@@ -677,6 +707,7 @@ class Client:
 
     def _register(self, queue: str) -> None:
         """Once per client and queue: lets ``job(id)`` and ``status`` find the queue."""
+        _check_queue_name(queue)
         if queue not in self._registered:
             self.redis.sadd(f"{self.prefix}:queues", queue)
             self._registered.add(queue)
@@ -799,6 +830,7 @@ class Client:
         """Lets the queue's jobs start again, and wakes idle workers on every host at once
         (one token per waiting job, as an enqueue does) rather than at their next timeout.
         Returns False if the queue was not paused."""
+        _check_queue_name(queue)
         lanes = self.lanes(queue)
         pipe = self.redis.pipeline(transaction=False)
         for k in lanes:
