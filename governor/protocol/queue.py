@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from governor.config import MAX_PARTITIONS
 from governor.names import queue_name_problem
 from governor.protocol.connection import connect, is_cluster
 from governor.protocol.limits import Rules
@@ -562,25 +563,61 @@ def _record(queue: str, job_id: str, meta: bytes, payload: bytes | None) -> dict
     return record
 
 
+def register_partitions(client: Any, keys: QueueKeys, partitions: int) -> int:
+    """Writes a partitioned queue's count where producers and masters read it, unless a count
+    is there already, and returns the one Redis holds (a master refuses to serve, a producer to
+    enqueue, if it differs from theirs). A master does it when it starts the queue; so does a
+    producer told the count (the CLI reads it from the config), so keyed jobs can be queued
+    before any master runs. A pause given while no count was known is kept at the queue's home
+    (``Client.pause`` writes it there first, then reads the count): it is copied into every
+    partition here, after the count is written, so one of the two always sees the other."""
+    home = keys.home()
+    pipe = client.pipeline(transaction=False)
+    pipe.set(home.partitions_key, partitions, nx=True)
+    pipe.get(home.partitions_key)
+    pipe.exists(home.paused)
+    _, stored, paused = pipe.execute()
+    stored = int(stored)
+    if paused and stored == partitions:
+        pipe = client.pipeline(transaction=False)
+        for n in range(partitions):
+            pipe.set(home.part(n).paused, "1", nx=True)
+        pipe.execute()
+    return stored
+
+
 class Client:
     """Enqueue jobs and read their records. Safe to share within one process, not across fork."""
 
     def __init__(self, connection: redis.Redis, prefix: str = "governor",
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, wait: tuple[int, float] = (0, 0.0)) -> None:
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, wait: tuple[int, float] = (0, 0.0),
+                 partitions: Mapping[str, int] | None = None) -> None:
         """``wait``: (replicas, timeout seconds) that every enqueue waits for (``redis.wait``);
-        fewer raises NotReplicated after the jobs are queued."""
+        fewer raises NotReplicated after the jobs are queued. ``partitions``: queue -> its
+        partition count (``partitions:`` in the config): this client registers it as a master
+        would, so keyed jobs can be queued before any master has started the queue, and
+        refuses to enqueue to (or pause) a queue whose count in Redis differs."""
         self.redis = connection
         self.prefix = prefix
         self.max_payload = max_payload
         self.wait = wait
         self._registered: set[str] = set()
         self._partitions: dict[str, int] = {}  # queue -> its partition count (it never changes)
+        self._told: dict[str, int] = {}
+        for queue, n in (partitions or {}).items():
+            _check_queue_name(queue)
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARTITIONS:
+                raise ValueError(f"the partition count of queue {queue!r} must be an integer from 1 to "
+                                 f"{MAX_PARTITIONS}, got {n!r}")
+            self._told[queue] = n
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "governor", max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 wait: tuple[int, float] = (0, 0.0), **redis_kwargs: Any) -> Client:
+                 wait: tuple[int, float] = (0, 0.0), partitions: Mapping[str, int] | None = None,
+                 **redis_kwargs: Any) -> Client:
         """``redis_kwargs`` go to the connection, e.g. ``tls=TlsConfig(ca=...)`` or ``password=``."""
-        return cls(connect(url, **redis_kwargs), prefix=prefix, max_payload=max_payload, wait=wait)
+        return cls(connect(url, **redis_kwargs), prefix=prefix, max_payload=max_payload, wait=wait,
+                   partitions=partitions)
 
     def keys(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
@@ -647,6 +684,7 @@ class Client:
             return []
         ids = [p[0] for p in prepared]
         self._register(queue)
+        self._register_partitions(queue)
         if any(p[4] is not None for p in prepared):
             replies = self._enqueue_keyed(queue, prepared)
         else:
@@ -704,6 +742,20 @@ class Client:
             for i, r in zip(chunk, result, strict=True):
                 replies[i] = r
         return replies
+
+    def _register_partitions(self, queue: str) -> None:
+        """Once per client and queue it was told the partition count of: registers it as a
+        master would (``register_partitions``), or refuses the count Redis holds if it differs."""
+        told = self._told.get(queue)
+        if told is None or queue in self._partitions:
+            return
+        stored = register_partitions(self.redis, self.keys(queue), told)
+        if stored != told:
+            raise ValueError(f"queue {queue!r} has {stored} partitions in Redis, but this client was told "
+                             f"{told} (the config's partitions:): a key's jobs would go to another partition "
+                             f"than its earlier ones; fix the config, or drain the queue and delete "
+                             f"{self.keys(queue).partitions_key}")
+        self._partitions[queue] = stored
 
     def _register(self, queue: str) -> None:
         """Once per client and queue: lets ``job(id)`` and ``status`` find the queue."""
@@ -818,19 +870,27 @@ class Client:
 
     def pause(self, queue: str) -> bool:
         """Stops every host from starting jobs of the queue (running jobs finish); the flag
-        lives in Redis (in each partition of a partitioned queue), so it holds fleet-wide and
-        across master restarts. Returns False if the queue was already paused."""
+        lives in Redis (at the queue's home, and in each partition of a partitioned queue), so
+        it holds fleet-wide and across master restarts, and from the moment it is acknowledged,
+        also when given before any master started the queue. Returns False if the queue was
+        already paused."""
         self._register(queue)  # so `status` lists a paused queue nobody has enqueued to yet
+        self._register_partitions(queue)
+        # the queue's home first, then the partitions the count names: a master registering the
+        # count meanwhile copies the home flag into every partition (register_partitions)
+        paused = self.redis.setnx(self.keys(queue).paused, "1")
         pipe = self.redis.pipeline(transaction=False)
         for lane in self.lanes(queue):
-            pipe.setnx(lane.paused, "1")
-        return any(pipe.execute())
+            if lane.partition is not None:
+                pipe.setnx(lane.paused, "1")
+        return any([paused, *(pipe.execute() if len(pipe) else ())])
 
     def resume(self, queue: str) -> bool:
         """Lets the queue's jobs start again, and wakes idle workers on every host at once
         (one token per waiting job, as an enqueue does) rather than at their next timeout.
         Returns False if the queue was not paused."""
         _check_queue_name(queue)
+        home_paused = self.redis.delete(self.keys(queue).paused)  # (before the count is read, as pause)
         lanes = self.lanes(queue)
         pipe = self.redis.pipeline(transaction=False)
         for k in lanes:
@@ -838,10 +898,11 @@ class Client:
             pipe.zcard(k.waiting)
             pipe.zcard(k.delayed)
         replies = pipe.execute()
-        resumed, hints = False, {}
+        resumed, hints = bool(home_paused), {}
         pipe = self.redis.pipeline(transaction=False)
         for i, k in enumerate(lanes):
             was_paused, waiting, delayed = replies[3 * i:3 * i + 3]
+            was_paused = was_paused or (k.partition is None and home_paused)
             resumed = resumed or bool(was_paused)
             # a delayed job wakes one idle worker too, so it re-arms its timer (as enqueue.lua does)
             tokens = min(waiting, 512) or (1 if delayed else 0)
