@@ -388,7 +388,8 @@ class QueueKeys:
 
     def tick(self, done_ttl_ms: int) -> Call:
         return Call("tick", (self.waiting, self.delayed, self.active, self.meta, self.data,
-                             self.done, self.wake, self.dead, self.stats, self.paused), (done_ttl_ms,))
+                             self.done, self.wake, self.dead, self.stats, self.paused, self.tickets),
+                    (done_ttl_ms,))
 
     def renew(self, lease_ms: int, workers: Sequence[str]) -> Call:
         return Call("renew", (self.active, self.leases), (lease_ms, *workers))
