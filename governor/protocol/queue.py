@@ -468,7 +468,8 @@ class Reserved:
 
     @property
     def fencing_token(self) -> int:
-        """Grows with every run of every job of the queue, fleet-wide (an INCR in the reserve)."""
+        """Grows with every run of every job of the queue, fleet-wide (lib.lua ``next_fence``;
+        on a Cluster, across a partitioned queue's partitions only as their shards' clocks go)."""
         fence = self.meta.get("fence")
         return fence if isinstance(fence, int) else 0
 
