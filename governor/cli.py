@@ -69,8 +69,10 @@ def _client(cfg: Config) -> Client:
     if cfg.redis.embedded and not os.path.exists(url[len("unix://"):]):
         raise RedisUnavailable(f"the embedded Redis is not running (no socket in {cfg.state_dir}); "
                                f"start the master first: governor run -c {cfg.source}")
+    # the config's partition counts: a producer registers one as a master would (enqueue, pause)
     return Client.from_url(url, prefix=cfg.redis.prefix, max_payload=cfg.max_payload, tls=cfg.redis.tls,
-                           wait=(cfg.redis.wait_replicas, cfg.redis.wait_timeout))
+                           wait=(cfg.redis.wait_replicas, cfg.redis.wait_timeout),
+                           partitions={q.name: q.partitions for q in cfg.queues.values() if q.partitions})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -140,7 +142,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         return refused
     q = cfg.queues.get(args.queue)
     if q is not None and bool(q.partitions) != bool(args.key):
-        # (the client learns it from Redis, where a master writes it when it starts the queue)
+        # (the client registers the config's count in Redis if no master has yet)
         return _fail(f"queue {args.queue!r} is partitioned: every job needs --key" if q.partitions else
                      f"queue {args.queue!r} is not partitioned: --key orders jobs only on a queue with "
                      f"partitions: N", 2)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from governor import redisurl
+from governor.names import LIMITER_NAME_RULE, queue_name_problem
 from governor.units import format_duration, format_size, parse_duration, parse_size
 
 
@@ -542,7 +543,6 @@ def _listen(v: Any) -> str:
     return v
 
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SETTING_KEYS = ("memory", "timeout", "recycle", "retry", "done_ttl")
 _PER_QUEUE_KEYS = ("rate_limit", "limiters", "global_concurrency", "partitions",
                    "partitions_per_host")  # never inherited from defaults
@@ -862,8 +862,8 @@ def _named_limiters(raw: Any, env: Mapping[str, str]) -> dict[str, tuple[RateLim
     out: dict[str, tuple[RateLimit, ...]] = {}
     for name, body in raw.items():
         path = f"limiters.{name}"
-        if not isinstance(name, str) or not _QUEUE_NAME.match(name):
-            raise ConfigError(path, "limiter names are 1-64 letters, digits or _.-")
+        if queue_name_problem(name):
+            raise ConfigError(path, LIMITER_NAME_RULE)
         out[name] = _rate_limits(body, path, env)
     return out
 
@@ -1029,8 +1029,9 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
     queues: dict[str, QueueConfig] = {}
     for name, body in queues_raw.items():
         path = f"queues.{name}"
-        if not isinstance(name, str) or not _QUEUE_NAME.match(name):
-            raise ConfigError(path, "queue names are 1-64 letters, digits or _.-")
+        problem = queue_name_problem(name)
+        if problem:
+            raise ConfigError(path, problem)
         if isinstance(body, int) and not isinstance(body, bool):
             body = {"concurrency": body}
         q = _Section(body, path, env).expect("concurrency", "autoscale", "user", "group", *_SETTING_KEYS,

@@ -5,8 +5,10 @@ job, but a run that was stopped (its host cut off, its lease lost) may have
 sent a write that lands late. A store that remembers the highest token it
 accepted and refuses a lower one makes such a write harmless, whatever the
 network did. The token only grows, fleet-wide, across every run of every job
-of the queue (an INCR in the same script that reserves the job: no extra
-round trip).
+of the queue (counted in the same script that reserves the job: no extra
+round trip); on a Redis Cluster, strictly within each partition of a
+partitioned queue and across them as the shards' clocks go (lib.lua
+``next_fence``, README "Fencing tokens").
 """
 
 from __future__ import annotations

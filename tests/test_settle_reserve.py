@@ -281,12 +281,12 @@ def test_on_a_cluster_each_partition_drains_with_one_call_per_job_in_key_order(r
     order = []
     for p in range(4):
         lane = c.keys("q").part(p)
-        reply, n = run(c.redis, lane.reserve("w", "t0", LEASE))[0], 0
+        reply, n = run(c.redis, lane.reserve("w", "t0", LEASE, partitions=4, cluster=True))[0], 0
         while reply[0] == 1:
             order.append(reply[1].decode())
             n += 1
             call = settle_and_reserve(lane.ack(order[-1], f"t{n - 1}", "w", TTL, "", 1),
-                                      lane.reserve("w", f"t{n}", LEASE))
+                                      lane.reserve("w", f"t{n}", LEASE, partitions=4, cluster=True))
             settled, reply = run(c.redis, call)[0]
             assert settled == 1
     assert sorted(order) == sorted(f"{k}-{i}" for i in range(2) for k in names)

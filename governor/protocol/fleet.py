@@ -8,14 +8,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from governor.names import internal_tag
 from governor.protocol.queue import Call, run
 from governor.untrusted import loads
 
 
 class FleetKeys:
+    """Under ``{prefix/fleet}``, where no queue's keys can be (names.py). Older versions kept
+    them under ``{prefix:fleet}``, which are a queue named ``fleet``'s: a partitioned one's
+    lease zset was the records hash (WRONGTYPE on every pass). Moving them is safe in a rolling
+    upgrade: the registry only shows who is alive (``status``, the page), each master rewrites
+    its record with every heartbeat, and nothing else reads it; until every master runs this
+    version, each version's ``status`` lists its own."""
+
     def __init__(self, prefix: str) -> None:
-        self.records = f"{{{prefix}:fleet}}:masters"
-        self.alive = f"{{{prefix}:fleet}}:alive"
+        tag = internal_tag(prefix, "fleet")
+        self.records = f"{tag}:masters"
+        self.alive = f"{tag}:alive"
 
     def beat(self, master: str, lease_ms: int, record: dict[str, Any] | None) -> Call:
         """``record`` None: the expiry only (the record written last stays)."""

@@ -7,10 +7,19 @@ time. This module turns the YAML (``RateLimit`` in config.py) into those keys
 and arguments, and gives handlers ``limit()`` and ``RateLimited``.
 
 Keys: a queue's own limits live under its hash tag
-(``{prefix:queue}:rate:<i>:<algorithm>:<limit>/<per_ms>``), so they share its
-Cluster slot; a named limiter's under ``{prefix:limiter:<name>}``. The spec is
-part of the key, so changing a limit starts it afresh rather than reading an
-old algorithm's state.
+(``{prefix:queue}:rate:<algorithm>:<per_ms>``), so they share its Cluster slot; a named
+limiter's under ``{prefix/limiter/<name>}`` (names.py: no queue's keys can be there).
+
+What a limit's state means decides its key. It is the starts counted so far (a sliding
+window's times, a fixed window's count per aligned window, a token bucket's next start time),
+which stay true whatever the ``limit`` is: so the key never holds the limit, and a reload that
+raises 3 to 4 an hour still sees the 3 starts of this hour (it used to start afresh: 7 in the
+hour). The algorithm and ``per`` are in the key: another algorithm's state, or windows of
+another length, mean nothing to the new one, which starts afresh. A second limit of the same
+algorithm and ``per`` in one list (two token buckets with other bursts) gets ``:2``, and so on.
+Keys of older versions (``rate:<i>:<algorithm>:<limit>/<per_ms>``, and named limiters under
+``{prefix:limiter:<name>}``) are not read: while masters of both versions share a Redis in a
+rolling upgrade, each version counts its own starts, as every change of a limit did before.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from governor.names import internal_tag
 
 GRACE_MAX_MS = 10  # how far from its time a reserved start may really happen (a wake-up, a round trip)
 GRACE_MIN_MS = 3
@@ -68,22 +79,26 @@ class Rules:
 
 
 def _limits(tag: str, specs: Sequence[Any]) -> list[Limit]:
+    """``tag``: the hash tag, braces included. The key of each limit holds what its state means
+    (see the module's docstring), never its ``limit``."""
     out = []
-    for i, rl in enumerate(specs):
+    seen: dict[tuple[str, int], int] = {}
+    for rl in specs:
         per_ms = max(1, round(rl.per * 1000))
-        out.append(Limit(f"{{{tag}}}:rate:{i}:{rl.algorithm}:{rl.limit}/{per_ms}", rl.algorithm,
-                         rl.limit, per_ms, rl.burst))
+        n = seen[(rl.algorithm, per_ms)] = seen.get((rl.algorithm, per_ms), 0) + 1
+        key = f"{tag}:rate:{rl.algorithm}:{per_ms}" + (f":{n}" if n > 1 else "")
+        out.append(Limit(key, rl.algorithm, rl.limit, per_ms, rl.burst))
     return out
 
 
 def limiter_limits(prefix: str, name: str, specs: Sequence[Any]) -> list[Limit]:
-    return _limits(f"{prefix}:limiter:{name}", specs)
+    return _limits(internal_tag(prefix, "limiter", name), specs)
 
 
 def rules_for(prefix: str, queue: Any, limiters: Mapping[str, Sequence[Any]]) -> Rules:
     """A queue's rules from its config: its own ``rate_limit``s, the named ``limiters`` it
     counts against, and ``global_concurrency``."""
-    limits = _limits(f"{prefix}:{queue.name}", getattr(queue, "rate_limits", ()))
+    limits = _limits(f"{{{prefix}:{queue.name}}}", getattr(queue, "rate_limits", ()))
     for name in getattr(queue, "limiters", ()):
         limits += limiter_limits(prefix, name, limiters[name])
     return Rules(global_concurrency=getattr(queue, "global_concurrency", None) or 0, limits=tuple(limits))

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 import redis
 
+from governor.config import MAX_PARTITIONS
+from governor.names import queue_name_problem
 from governor.protocol.connection import connect, is_cluster
 from governor.protocol.limits import Rules
 from governor.protocol.retried import Retried, held_text, holder
@@ -69,6 +71,7 @@ _SCRIPTS = _load_scripts()
 
 
 JOB_STATES = ("waiting", "delayed", "active", "dead", "done")
+RESERVE_LANE_KEYS = 11  # reserve.lua's keys of its own lane, before the limits' and the queue fence
 ACK_WAKE = 7  # in an ack's arguments: whether it wakes a waiting worker (ack.lua's ARGV[8])
 
 
@@ -171,8 +174,7 @@ def settle_and_reserve(settle: Call, reserve: Call) -> Call:
     if settle.script not in ("ack", "fail") or reserve.script != "reserve":
         raise ValueError(f"settle_and_reserve takes an ack or a fail, then a reserve; got "
                          f"{settle.script!r} and {reserve.script!r}")
-    n_limits = int(reserve.args[5])  # reserve.lua's ARGV[6]; its last n_limits keys are the limits'
-    lane = reserve.keys[:len(reserve.keys) - n_limits]
+    lane = reserve.keys[:RESERVE_LANE_KEYS]  # then the limits' keys and a partition's queue fence
     tags = {hash_tag(k) for k in (*settle.keys, *lane)}
     if len(tags) != 1:
         raise ValueError(f"a settle and a reserve run as one script only within one hash tag; "
@@ -271,6 +273,11 @@ class QueueKeys:
         return self.key("unique")
 
     @property
+    def tickets(self) -> str:
+        """Hash: worker -> the time of the start a rate limit set aside for it (reserve.lua)."""
+        return self.key("tickets")
+
+    @property
     def paused(self) -> str:
         """``"1"`` while the queue is paused: the reserve starts no job of it, on any host."""
         return self.key("paused")
@@ -285,12 +292,27 @@ class QueueKeys:
                                 self.key("seq"), self.wake, self.stats, self.unique, self.heads,
                                 self.key_lists, self.key("partitions")), args)
 
-    def reserve(self, worker: str, token: str, lease_ms: int, rules: Rules = NO_RULES) -> Call:
-        """``rules``: the queue's fleet-wide concurrency and rate limits (limits.py)."""
-        return Call("reserve", (self.waiting, self.delayed, self.active, self.meta, self.data,
-                                self.leases, self.wake, self.key("fence"), self.key("paused"),
-                                self.key("tickets"), self.stats, *rules.keys()),
-                    (worker, token, lease_ms, *rules.argv()))
+    def reserve(self, worker: str, token: str, lease_ms: int, rules: Rules = NO_RULES,
+                partitions: int = 0, cluster: bool = False) -> Call:
+        """``rules``: the queue's fleet-wide concurrency and rate limits (limits.py).
+
+        A partition's fencing token (lib.lua ``next_fence``): on one Redis, the queue's own
+        counter, passed beside the partition's keys (another slot, which only a Cluster
+        refuses), so tokens grow in reservation order across the queue; on a Cluster
+        (``cluster``), from the partition's counter and Redis time, which needs the queue's
+        ``partitions`` count."""
+        keys: tuple[str, ...] = (self.waiting, self.delayed, self.active, self.meta, self.data,
+                                 self.leases, self.wake, self.key("fence"), self.key("paused"),
+                                 self.tickets, self.stats, *rules.keys())
+        if self.partition is None:
+            fence: tuple[int, int] = (-1, 0)
+        else:
+            if cluster and not 1 <= partitions <= 1024:
+                raise ValueError(f"a partition's reserve on a Cluster needs the partition count, got {partitions}")
+            fence = (self.partition, partitions)
+            if not cluster:
+                keys = (*keys, self.home().key("fence"))
+        return Call("reserve", keys, (worker, token, lease_ms, *rules.argv(), *fence))
 
     def ack(self, job_id: str, token: str, worker: str, done_ttl_ms: int, result: str,
             run_ms: int, result_note: str = "", wake: bool = False, runtimes: tuple[str, int] | None = None) -> Call:
@@ -377,7 +399,8 @@ class QueueKeys:
 
     def tick(self, done_ttl_ms: int) -> Call:
         return Call("tick", (self.waiting, self.delayed, self.active, self.meta, self.data,
-                             self.done, self.wake, self.dead, self.stats, self.paused), (done_ttl_ms,))
+                             self.done, self.wake, self.dead, self.stats, self.paused, self.tickets),
+                    (done_ttl_ms,))
 
     def renew(self, lease_ms: int, workers: Sequence[str]) -> Call:
         return Call("renew", (self.active, self.leases), (lease_ms, *workers))
@@ -456,7 +479,8 @@ class Reserved:
 
     @property
     def fencing_token(self) -> int:
-        """Grows with every run of every job of the queue, fleet-wide (an INCR in the reserve)."""
+        """Grows with every run of every job of the queue, fleet-wide (lib.lua ``next_fence``;
+        on a Cluster, across a partitioned queue's partitions only as their shards' clocks go)."""
         fence = self.meta.get("fence")
         return fence if isinstance(fence, int) and 0 <= fence < 2 ** 63 else 0
 
@@ -493,6 +517,14 @@ def partition_of(key: str, partitions: int) -> int:
     """The partition of an ordering key: CRC-32 (IEEE, as zlib computes it) of its UTF-8 bytes,
     modulo the partition count; a producer in another language computes the same."""
     return zlib.crc32(key.encode("utf-8", "surrogateescape")) % partitions
+
+
+def _check_queue_name(queue: object) -> None:
+    """The rule ``check`` applies to the config's queues (names.py): a name it refuses could
+    reach another queue's keys (``q:1`` are partition 1's of ``q``)."""
+    problem = queue_name_problem(queue)
+    if problem:
+        raise ValueError(f"bad queue name {queue!r}: {problem}")
 
 
 def _seconds(value: float | str | None, what: str, low: float, high: float) -> float | None:
@@ -544,25 +576,61 @@ def _record(queue: str, job_id: str, meta: bytes, payload: bytes | None) -> dict
     return record
 
 
+def register_partitions(client: Any, keys: QueueKeys, partitions: int) -> int:
+    """Writes a partitioned queue's count where producers and masters read it, unless a count
+    is there already, and returns the one Redis holds (a master refuses to serve, a producer to
+    enqueue, if it differs from theirs). A master does it when it starts the queue; so does a
+    producer told the count (the CLI reads it from the config), so keyed jobs can be queued
+    before any master runs. A pause given while no count was known is kept at the queue's home
+    (``Client.pause`` writes it there first, then reads the count): it is copied into every
+    partition here, after the count is written, so one of the two always sees the other."""
+    home = keys.home()
+    pipe = client.pipeline(transaction=False)
+    pipe.set(home.partitions_key, partitions, nx=True)
+    pipe.get(home.partitions_key)
+    pipe.exists(home.paused)
+    _, stored, paused = pipe.execute()
+    stored = int(stored)
+    if paused and stored == partitions:
+        pipe = client.pipeline(transaction=False)
+        for n in range(partitions):
+            pipe.set(home.part(n).paused, "1", nx=True)
+        pipe.execute()
+    return stored
+
+
 class Client:
     """Enqueue jobs and read their records. Safe to share within one process, not across fork."""
 
     def __init__(self, connection: redis.Redis, prefix: str = "governor",
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, wait: tuple[int, float] = (0, 0.0)) -> None:
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, wait: tuple[int, float] = (0, 0.0),
+                 partitions: Mapping[str, int] | None = None) -> None:
         """``wait``: (replicas, timeout seconds) that every enqueue waits for (``redis.wait``);
-        fewer raises NotReplicated after the jobs are queued."""
+        fewer raises NotReplicated after the jobs are queued. ``partitions``: queue -> its
+        partition count (``partitions:`` in the config): this client registers it as a master
+        would, so keyed jobs can be queued before any master has started the queue, and
+        refuses to enqueue to (or pause) a queue whose count in Redis differs."""
         self.redis = connection
         self.prefix = prefix
         self.max_payload = max_payload
         self.wait = wait
         self._registered: set[str] = set()
         self._partitions: dict[str, int] = {}  # queue -> its partition count (it never changes)
+        self._told: dict[str, int] = {}
+        for queue, n in (partitions or {}).items():
+            _check_queue_name(queue)
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARTITIONS:
+                raise ValueError(f"the partition count of queue {queue!r} must be an integer from 1 to "
+                                 f"{MAX_PARTITIONS}, got {n!r}")
+            self._told[queue] = n
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "governor", max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 wait: tuple[int, float] = (0, 0.0), **redis_kwargs: Any) -> Client:
+                 wait: tuple[int, float] = (0, 0.0), partitions: Mapping[str, int] | None = None,
+                 **redis_kwargs: Any) -> Client:
         """``redis_kwargs`` go to the connection, e.g. ``tls=TlsConfig(ca=...)`` or ``password=``."""
-        return cls(connect(url, **redis_kwargs), prefix=prefix, max_payload=max_payload, wait=wait)
+        return cls(connect(url, **redis_kwargs), prefix=prefix, max_payload=max_payload, wait=wait,
+                   partitions=partitions)
 
     def keys(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
@@ -617,6 +685,7 @@ class Client:
         it and writes nothing. Over 1,000 jobs go as several script calls in one MULTI/EXEC.
         If the connection drops during the call, whether it ran is unknown: re-sending the
         same jobs with their own ``job_id`` is safe (an existing id is not queued twice)."""
+        _check_queue_name(queue)
         keys = self.keys(queue)
         prepared = []
         for i, spec in enumerate(jobs):
@@ -628,6 +697,7 @@ class Client:
             return []
         ids = [p[0] for p in prepared]
         self._register(queue)
+        self._register_partitions(queue)
         if any(p[4] is not None for p in prepared):
             replies = self._enqueue_keyed(queue, prepared)
         else:
@@ -686,8 +756,23 @@ class Client:
                 replies[i] = r
         return replies
 
+    def _register_partitions(self, queue: str) -> None:
+        """Once per client and queue it was told the partition count of: registers it as a
+        master would (``register_partitions``), or refuses the count Redis holds if it differs."""
+        told = self._told.get(queue)
+        if told is None or queue in self._partitions:
+            return
+        stored = register_partitions(self.redis, self.keys(queue), told)
+        if stored != told:
+            raise ValueError(f"queue {queue!r} has {stored} partitions in Redis, but this client was told "
+                             f"{told} (the config's partitions:): a key's jobs would go to another partition "
+                             f"than its earlier ones; fix the config, or drain the queue and delete "
+                             f"{self.keys(queue).partitions_key}")
+        self._partitions[queue] = stored
+
     def _register(self, queue: str) -> None:
         """Once per client and queue: lets ``job(id)`` and ``status`` find the queue."""
+        _check_queue_name(queue)
         if queue not in self._registered:
             self.redis.sadd(f"{self.prefix}:queues", queue)
             self._registered.add(queue)
@@ -798,18 +883,27 @@ class Client:
 
     def pause(self, queue: str) -> bool:
         """Stops every host from starting jobs of the queue (running jobs finish); the flag
-        lives in Redis (in each partition of a partitioned queue), so it holds fleet-wide and
-        across master restarts. Returns False if the queue was already paused."""
+        lives in Redis (at the queue's home, and in each partition of a partitioned queue), so
+        it holds fleet-wide and across master restarts, and from the moment it is acknowledged,
+        also when given before any master started the queue. Returns False if the queue was
+        already paused."""
         self._register(queue)  # so `status` lists a paused queue nobody has enqueued to yet
+        self._register_partitions(queue)
+        # the queue's home first, then the partitions the count names: a master registering the
+        # count meanwhile copies the home flag into every partition (register_partitions)
+        paused = self.redis.setnx(self.keys(queue).paused, "1")
         pipe = self.redis.pipeline(transaction=False)
         for lane in self.lanes(queue):
-            pipe.setnx(lane.paused, "1")
-        return any(pipe.execute())
+            if lane.partition is not None:
+                pipe.setnx(lane.paused, "1")
+        return any([paused, *(pipe.execute() if len(pipe) else ())])
 
     def resume(self, queue: str) -> bool:
         """Lets the queue's jobs start again, and wakes idle workers on every host at once
         (one token per waiting job, as an enqueue does) rather than at their next timeout.
         Returns False if the queue was not paused."""
+        _check_queue_name(queue)
+        home_paused = self.redis.delete(self.keys(queue).paused)  # (before the count is read, as pause)
         lanes = self.lanes(queue)
         pipe = self.redis.pipeline(transaction=False)
         for k in lanes:
@@ -817,10 +911,11 @@ class Client:
             pipe.zcard(k.waiting)
             pipe.zcard(k.delayed)
         replies = pipe.execute()
-        resumed, hints = False, {}
+        resumed, hints = bool(home_paused), {}
         pipe = self.redis.pipeline(transaction=False)
         for i, k in enumerate(lanes):
             was_paused, waiting, delayed = replies[3 * i:3 * i + 3]
+            was_paused = was_paused or (k.partition is None and home_paused)
             resumed = resumed or bool(was_paused)
             # a delayed job wakes one idle worker too, so it re-arms its timer (as enqueue.lua does)
             tokens = min(waiting, 512) or (1 if delayed else 0)

@@ -170,8 +170,11 @@ class Housekeeper:
                 pipe = self.redis.pipeline(transaction=False)
                 for lost, part in where:
                     pipe.hget(self.keys(lost.queue, part).leases, lost.wid)
+                for lost in batch:  # a rate limit's ticket it held: nobody else can use it
+                    if None in lost.partitions:
+                        pipe.hdel(self.keys(lost.queue).tickets, lost.wid)
                 found = dict.fromkeys(id(lost) for lost in batch)
-                for (lost, part), raw in zip(where, pipe.execute(), strict=True):
+                for (lost, part), raw in zip(where, pipe.execute()[:len(where)], strict=True):
                     if raw and found[id(lost)] is None:
                         found[id(lost)] = (part, parse_lease(raw))
                 settles = []

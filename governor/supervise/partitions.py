@@ -40,7 +40,7 @@ import redis
 
 from governor.config import MAX_PARTITIONS
 from governor.log import fields
-from governor.protocol.queue import QueueKeys, run
+from governor.protocol.queue import QueueKeys, register_partitions, run
 
 log = logging.getLogger("governor.master")
 
@@ -255,12 +255,11 @@ class PartitionLeases:
         key's later job overtake an earlier one."""
         home = self.keys(part.queue)
         key = home.partitions_key
+        stored = register_partitions(self.redis, home, part.partitions)  # (and a pause given before)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(key, part.partitions, nx=True)
-        pipe.get(key)
         pipe.zcard(home.waiting)
         pipe.zcard(home.delayed)
-        _, stored, *stray = pipe.execute()
+        stray = pipe.execute()
         if sum(stray):
             # enqueued without a key before any master had marked the queue partitioned (or
             # while it was not): no worker of a partitioned queue looks there
@@ -268,9 +267,9 @@ class PartitionLeases:
                       "of a partitioned queue takes them (enqueued without a key before a master "
                       "had started the partitioned queue); re-enqueue them with keys", part.queue,
                       sum(stray), extra=fields(queue=part.queue, reason="stray_jobs"))
-        if stored is not None and int(stored) != part.partitions:
+        if stored != part.partitions:
             if part.error is None:
-                part.error = (f"Redis holds {int(stored)} partitions for queue {part.queue!r} and the "
+                part.error = (f"Redis holds {stored} partitions for queue {part.queue!r} and the "
                               f"config says {part.partitions}: changing partitions would break per-key "
                               f"order; serving none of its partitions (drain the queue and delete "
                               f"{key} to change it)")

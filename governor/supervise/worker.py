@@ -34,7 +34,7 @@ from governor.errors import SoftTimeLimitExceeded
 from governor.identity import worker_id
 from governor.log import fields
 from governor.protocol import limits
-from governor.protocol.connection import connect, disconnect, is_transient
+from governor.protocol.connection import connect, disconnect, is_cluster, is_transient
 from governor.protocol.limits import RateLimited, Rules
 from governor.protocol.queue import (
     ACK_WAKE,
@@ -440,7 +440,8 @@ class Worker:
         token = self._next_token()
         lane = lane or self.keys
         if reserve:
-            calls.append(lane.reserve(self.id, token, self.lease_ms, self.spec.rules))
+            calls.append(lane.reserve(self.id, token, self.lease_ms, self.spec.rules,
+                                      partitions=self.partitions or 0, cluster=is_cluster(self.redis)))
         # Before the first attempt: a reserve re-sent after a lost reply returns the job the first
         # one leased, whose lease in Redis runs from then, so the lease is counted from here.
         sent = time.monotonic()

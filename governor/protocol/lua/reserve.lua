@@ -1,7 +1,8 @@
 -- KEYS: waiting, delayed, active, meta, data, leases, wake, fence, paused, tickets, stats,
---       then one key per rate limit
+--       then one key per rate limit, then (a partition, on one Redis) the queue's fence counter
 -- ARGV: worker, token, lease_ms, global_concurrency (0: none), grace_ms,
---       n_limits, then n times: algorithm, limit, per_ms, burst
+--       n_limits, then n times: algorithm, limit, per_ms, burst;
+--       then the partition (-1: none) and the partition count (0: not known)
 -- Leases the first waiting job to `worker` until now + lease_ms, if the queue's fleet-wide
 -- rules allow a start now. Returns one of:
 --   {1, id, payload, meta_json}   a job
@@ -73,9 +74,12 @@ local function reserve(KEYS, ARGV)
   meta.token = ARGV[2]
   meta.worker = ARGV[1]
   meta.started_at = now
-  -- The run's fencing token: only grows, across the runs of this job and of every other job of
-  -- the queue, so a handler can fence its own writes elsewhere (the store refuses a lower one).
-  meta.fence = redis.call('INCR', KEYS[8])
+  -- The run's fencing token (lib.lua `next_fence`): grows across the runs of this job and of
+  -- every other job of the queue, so a handler can fence its own writes elsewhere.
+  local n_limits = tonumber(ARGV[6])
+  local fence_at = 7 + 4 * n_limits
+  meta.fence = next_fence(KEYS[8], KEYS[12 + n_limits], tonumber(ARGV[fence_at]) or -1,
+                          tonumber(ARGV[fence_at + 1]) or 0)
   local deadline = now + tonumber(ARGV[3])
   redis.call('ZADD', KEYS[3], fmt(deadline), id)
   redis.call('HSET', KEYS[6], ARGV[1], id .. ' ' .. ARGV[2])

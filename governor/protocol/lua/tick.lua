@@ -1,7 +1,7 @@
--- KEYS: waiting, delayed, active, meta, data, done, wake, dead, stats, paused
+-- KEYS: waiting, delayed, active, meta, data, done, wake, dead, stats, paused, tickets
 -- ARGV: done_ttl_ms
 -- The master's periodic pass over one queue: promote due delayed jobs,
--- expire old done records, and list leases that have run out.
+-- expire old done records, list leases that have run out, and sweep stale rate-limit tickets.
 -- Returns {promoted, ms until next due (-1: none), waiting, delayed, active, dead, done,
 --          age in ms of the longest-waiting job (-1: none),
 --          ms until the earliest lease runs out (-1: none active),
@@ -26,6 +26,18 @@ for _ = 1, (waiting > 0 and 101 or 0) do
   local since = tonumber(meta.ready_at) or tonumber(meta.enqueued_at)
   if since and (oldest < 0 or since < oldest) then oldest = since end
   floor = fmt((math.floor(tonumber(head[2]) / 1e13) + 1) * 1e13)
+end
+-- A ticket is good for `grace` (at most 10 ms) past its time: one a second past it is of no use
+-- to anyone, its worker gone (exited, its host dead) or about to take a fresh one. Its master
+-- removes an exiting worker's at once; this catches the rest, a bounded random sample a pass.
+if redis.call('EXISTS', KEYS[11]) == 1 then
+  local sample = redis.call('HRANDFIELD', KEYS[11], 100, 'WITHVALUES')
+  local stale = {}
+  for i = 1, #sample, 2 do
+    local t = tonumber(sample[i + 1])
+    if not t or t < now - 1000 then table.insert(stale, sample[i]) end
+  end
+  if #stale > 0 then redis.call('HDEL', KEYS[11], unpack(stale)) end
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now), 'LIMIT', 0, 100)
 local reclaim = {}
