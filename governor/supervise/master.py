@@ -40,6 +40,7 @@ from governor.supervise import channel, fdbudget, proctree, statedir, worker
 from governor.supervise.autoscale import Autoscaler
 from governor.supervise.command import CommandWorker
 from governor.supervise.embedded import EmbeddedRedis
+from governor.supervise.forkspec import outdating_key
 from governor.supervise.governance import (
     LEAVE_MARGIN,
     enforce_hard_deadlines,
@@ -83,10 +84,6 @@ def _likely_first(known: int | None, lanes: list[int | None]) -> tuple[int | Non
     return tuple(sorted(lanes, key=lambda p: p != known))
 
 
-def _settings_key(q: QueueConfig, cfg: Config) -> Any:
-    """What a worker was forked with; when this changes, its workers are replaced."""
-    return (q.settings, cfg.app, cfg.lease, cfg.redis, rules_for(cfg.redis.prefix, q, _limiters(cfg)),
-            q.command, q.env, q.cwd, q.stop_signal, q.protocol)
 
 
 def _limiters(cfg: Config) -> Any:
@@ -210,7 +207,7 @@ class Master:
             self.http.attach(self.selector)
             log.info("metrics on http://%s/metrics", self.config.metrics.listen)
         for q in self.config.queues.values():
-            self.pools[q.name] = Pool(q, _settings_key(q, self.config))
+            self.pools[q.name] = Pool(q, self._settings_key(q, self.config))
             self.metrics.prime(q.name)
         self.partitions.sync(self.pools)
         self.house.recover_predecessor(self.pools)
@@ -434,13 +431,13 @@ class Master:
         for q in new.queues.values():
             pool = self.pools.get(q.name)
             if pool is None:
-                self.pools[q.name] = Pool(q, _settings_key(q, new))
+                self.pools[q.name] = Pool(q, self._settings_key(q, new))
                 self.metrics.prime(q.name)
                 log.info("reload: queue %s added with %d worker(s)", q.name, self.pools[q.name].desired())
                 continue
             before, range_before = pool.desired(), pool.config.autoscale and (pool.config.autoscale.min,
                                                                               pool.config.autoscale.max)
-            if pool.update(q, _settings_key(q, new)):
+            if pool.update(q, self._settings_key(q, new)):
                 log.info("reload: queue %s settings changed; replacing its workers as they finish", q.name)
             if q.autoscale and range_before != (q.autoscale.min, q.autoscale.max):
                 log.info("reload: queue %s elastic, %d to %d workers (now %d)", q.name, q.autoscale.min,
@@ -524,22 +521,9 @@ class Master:
             self.board.release(slot)
             return self._spawn_failed(pool, now, f"socketpair: {exc}")
         max_jobs, max_age = jittered_limits(pool.config.settings.recycle)
-        spec = worker.WorkerSpec(queue=pool.config, app=self.config.app, redis_url=self.redis_url,
-                                 tls=self.config.redis.tls,
-                                 user=pool.config.user or self.config.user,
-                                 group=pool.config.group or self.config.group,
-                                 prefix=self.config.redis.prefix, lease=self.config.lease,
-                                 index=pool.free_index(), master_pid=self.pid,
-                                 max_jobs=max_jobs, max_age=max_age,
-                                 max_payload=self.config.max_payload, max_result=self.config.max_result,
-                                 sentry=self.sentry.alive, board=self.board, slot=slot,
-                                 rules=rules_for(self.config.redis.prefix, pool.config, _limiters(self.config)),
-                                 limiters=_limiters(self.config),
-                                 held=self.partitions.table(pool.name),
-                                 hint_key=self.house.keys(pool.name).hint_list(self.partitions.master),
-                                 wait=(self.config.redis.wait_replicas, self.config.redis.wait_timeout),
-                                 nice=self.nice, shutdown_timeout=self.config.shutdown_timeout,
-                                 secret_env=self.config.secret_env)
+        spec = self._spec_for(pool.config, self.config, index=pool.free_index(), master_pid=self.pid,
+                              max_jobs=max_jobs, max_age=max_age, sentry=self.sentry.alive,
+                              board=self.board, slot=slot, held=self.partitions.table(pool.name))
         inherited = self._owned_fds() + [master_end.fileno()]
         # Until the child has its own handlers, a signal sent to it would run the master's
         # (and land in the master's wakeup fd): keep them blocked across fork; the worker
@@ -576,6 +560,25 @@ class Master:
         self.selector.register(pidfd, selectors.EVENT_READ, ("exit", wp))
         log.debug("spawned worker %r", wp)
         return True
+
+    def _spec_for(self, q: QueueConfig, cfg: Config, **per_worker: Any) -> worker.WorkerSpec:
+        """Everything a worker of ``q`` is forked with under ``cfg``: the one place that says
+        it, so what makes a worker outdated (forkspec.outdating_key) is derived from it."""
+        return worker.WorkerSpec(queue=q, app=cfg.app, redis_url=self.redis_url, tls=cfg.redis.tls,
+                                 user=q.user or cfg.user, group=q.group or cfg.group,
+                                 prefix=cfg.redis.prefix, lease=cfg.lease,
+                                 max_payload=cfg.max_payload, max_result=cfg.max_result,
+                                 rules=rules_for(cfg.redis.prefix, q, _limiters(cfg)),
+                                 limiters=_limiters(cfg),
+                                 hint_key=self.house.keys(q.name).hint_list(self.partitions.master),
+                                 wait=(cfg.redis.wait_replicas, cfg.redis.wait_timeout),
+                                 nice=self.nice, shutdown_timeout=cfg.shutdown_timeout,
+                                 secret_env=cfg.secret_env, **{"index": 0, "master_pid": 0, **per_worker})
+
+    def _settings_key(self, q: QueueConfig, cfg: Config) -> Any:
+        """What a worker of ``q`` is forked with under ``cfg``; when this changes, its workers
+        are replaced (as they finish their jobs)."""
+        return outdating_key(self._spec_for(q, cfg))
 
     def _owned_fds(self) -> list[int]:
         """Descriptors a forked worker must close: they belong to this loop."""
