@@ -162,7 +162,7 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
     @staticmethod
     def _summary(v: dict[str, Any]) -> str:
         masters = v["fleet"]
-        workers = [w for m in masters for p in m.get("pools", []) for w in p.get("workers", [])]
+        workers = [w for m in masters for p in m.get("pools") or [] for w in p.get("workers", [])]
         busy = sum(1 for w in workers if w.get("state") == "busy")
         waiting = sum(q["waiting"] for q in v["queues"].values())
         dead = sum(q["dead"] for q in v["queues"].values())
@@ -198,10 +198,14 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
     def _hosts(v: dict[str, Any]) -> str:
         rows = []
         for rec in v["fleet"]:
+            if rec.get("error"):  # (a record of the wrong shape: fleet() says why, nothing of it is used)
+                rows.append(f"<tr class=unreadable><td>{_e(rec.get('id'))}</td><td colspan=7 class=bad>"
+                            f"{_e(rec['error'])}</td></tr>")
+                continue
             m = rec.get("master") or {}
             pools = rec.get("pools") or []
             workers = [w for p in pools for w in p.get("workers", [])]
-            jobs = [f"{w['job']['handler']} {w['job']['id']}" for w in workers if w.get("job")]
+            jobs = [f"{w['job'].get('handler')} {w['job']['id']}" for w in workers if w.get("job")]
             sizes = " ".join(f"{p.get('queue')}={p.get('actual')}/{p.get('desired')}" for p in pools)
             rows.append(
                 f"<tr><td>{_e(m.get('host'))}:{_e(m.get('pid'))}</td><td>{_e(m.get('version'))}</td>"

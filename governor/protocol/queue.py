@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from governor.config import MAX_PARTITIONS
 from governor.protocol.connection import connect, is_cluster
 from governor.protocol.limits import Rules
 from governor.units import parse_duration
@@ -533,6 +534,20 @@ def _record(queue: str, job_id: str, meta: bytes, payload: bytes | None) -> dict
     return record
 
 
+MAX_QUEUES_READ = 1000  # registry entries one read looks at (any client can add names)
+MAX_NAME_BYTES = 256  # a longer registered name is no queue's (the config's rule allows 64)
+
+
+def partition_count(queue: str, raw: bytes) -> int:
+    """A partition-count key's value, checked: anything but 1-MAX_PARTITIONS (config's bound) is
+    refused with ValueError, so no call loops over a count any client could have written."""
+    text = raw[:20].decode("ascii", errors="replace")
+    if not (raw.isdigit() and len(raw) <= 5 and 1 <= int(raw) <= MAX_PARTITIONS):
+        raise ValueError(f"queue {queue!r}: its partition count in Redis is {text!r}"
+                         f"{'...' if len(raw) > 20 else ''}, not from 1 to {MAX_PARTITIONS}; not read")
+    return int(raw)
+
+
 class Client:
     """Enqueue jobs and read their records. Safe to share within one process, not across fork."""
 
@@ -563,13 +578,18 @@ class Client:
             raw = self.redis.get(self.keys(queue).partitions_key)
             if raw is None:
                 return None
-            n = self._partitions[queue] = int(raw)
+            n = self._partitions[queue] = partition_count(queue, raw)
         return n
 
     def partition_holders(self, queue: str) -> dict[int, str]:
         """partition -> the master holding its lease (``host:boot:pidns:pid:start``)."""
-        raw = self.redis.hgetall(self.keys(queue).home().key("holders"))
-        return {int(p): m.decode(errors="replace") for p, m in raw.items()}
+        key = self.keys(queue).home().key("holders")
+        if self.redis.hlen(key) > MAX_PARTITIONS:  # (any client can write it: read it only if sane)
+            raise ValueError(f"queue {queue!r}: its partition holders hash has more than {MAX_PARTITIONS} "
+                             "entries; not read")
+        raw = self.redis.hgetall(key)
+        return {int(p): m.decode(errors="replace")[:200] for p, m in raw.items()
+                if p.isdigit() and len(p) <= 5}
 
     def lanes(self, queue: str) -> list[QueueKeys]:
         """Where the queue's jobs live: its own keys, or each of its partitions' keys."""
@@ -731,8 +751,33 @@ class Client:
         return job_id, payload, json.dumps(meta, separators=(",", ":")), int(delay * 1000), key
 
     def queues(self) -> list[str]:
-        """Every queue a client has enqueued to under this prefix."""
-        return sorted(q.decode() for q in self.redis.smembers(f"{self.prefix}:queues"))
+        """The queues clients have enqueued to under this prefix (at most MAX_QUEUES_READ of
+        them; names that do not decode are left out: see :meth:`registry`)."""
+        return self.registry()[0]
+
+    def registry(self, limit: int = MAX_QUEUES_READ) -> tuple[list[str], list[str], int]:
+        """The queue registry as read in bounded calls: (names, unreadable, left unread).
+
+        Any client, in any language, can add a name, so the registry is untrusted: a name that
+        is not UTF-8 or longer than MAX_NAME_BYTES is not a queue any command can act on; it
+        comes back in ``unreadable``, shown as bytes, never used. At most ``limit`` entries are
+        read (SSCAN), however many there are; ``left unread`` says how many more exist."""
+        key = f"{self.prefix}:queues"
+        names: list[str] = []
+        unreadable: list[str] = []
+        seen = 0
+        for raw in self.redis.sscan_iter(key, count=min(limit, 1000)):
+            seen += 1
+            try:
+                if len(raw) > MAX_NAME_BYTES:
+                    raise ValueError
+                names.append(raw.decode())
+            except (UnicodeDecodeError, ValueError):
+                unreadable.append(repr(raw[:64])[2:-1] + ("..." if len(raw) > 64 else ""))
+            if seen >= limit:
+                break
+        more = max(0, int(self.redis.scard(key)) - seen) if seen >= limit else 0
+        return sorted(set(names)), sorted(set(unreadable)), more
 
     def job(self, job_id: str, queue: str | None = None) -> dict[str, Any] | None:
         """The job's record (state, attempts, errors, result...), or None if unknown or expired."""
@@ -832,10 +877,11 @@ class Client:
 
     def known_queue(self, queue: str) -> None:
         """Raises ValueError naming the queue unless some client or master has used it."""
-        known = self.queues()
-        if queue not in known:
-            raise ValueError(f"no queue named {queue!r} under prefix {self.prefix!r} (known: "
-                             f"{', '.join(known) or 'none'})")
+        if self.redis.sismember(f"{self.prefix}:queues", queue):
+            return
+        known = self.registry(limit=20)[0]  # (an example: the registry may hold many)
+        raise ValueError(f"no queue named {queue!r} under prefix {self.prefix!r} (known: "
+                         f"{', '.join(known) or 'none'})")
 
     def jobs(self, queue: str, state: str = "dead", limit: int = 20, cursor: str | None = None,
              handler: str | None = None, search: str | None = None,
