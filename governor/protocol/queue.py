@@ -53,7 +53,7 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
         return (pkg / f"{name}.lua").read_text()
 
     bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint", "handlers",
-                                                "censor", "fleet", "jobs", "retry",
+                                                "censor", "fleet", "jobs", "retry", "registry",
                                                 "cancel", "purge")}
     for name in _TRANSITIONS:
         bodies[name] = f"{text(name)}\nreturn {name}(KEYS, ARGV)\n"
@@ -765,18 +765,21 @@ class Client:
         key = f"{self.prefix}:queues"
         names: list[str] = []
         unreadable: list[str] = []
-        seen = 0
-        for raw in self.redis.sscan_iter(key, count=min(limit, 1000)):
-            seen += 1
-            try:
-                if len(raw) > MAX_NAME_BYTES:
-                    raise ValueError
-                names.append(raw.decode())
-            except (UnicodeDecodeError, ValueError):
-                unreadable.append(repr(raw[:64])[2:-1] + ("..." if len(raw) > 64 else ""))
-            if seen >= limit:
+        seen, cursor = 0, b"0"
+        while True:  # (filtered in Redis: a name of a megabyte never crosses the wire)
+            reply = run(self.redis, Call("registry", (key,), (cursor, min(limit - seen, 500), MAX_NAME_BYTES)))[0]
+            cursor, n = reply[0], int(reply[1])
+            for i, raw in enumerate(reply[2:2 + limit - seen]):  # (COUNT is a hint: SSCAN may send more)
+                try:
+                    if i >= n:
+                        raise ValueError  # longer than MAX_NAME_BYTES: its first 64 bytes
+                    names.append(raw.decode())
+                except (UnicodeDecodeError, ValueError):
+                    unreadable.append(repr(raw[:64])[2:-1] + ("..." if i >= n or len(raw) > 64 else ""))
+            seen += min(len(reply) - 2, limit - seen)
+            if cursor in (b"0", 0) or seen >= limit:
                 break
-        more = max(0, int(self.redis.scard(key)) - seen) if seen >= limit else 0
+        more = max(0, int(self.redis.scard(key)) - seen) if cursor not in (b"0", 0) else 0
         return sorted(set(names)), sorted(set(unreadable)), more
 
     def job(self, job_id: str, queue: str | None = None) -> dict[str, Any] | None:
@@ -794,11 +797,11 @@ class Client:
                 return _record(q, job_id, meta, payload)
         return None
 
-    def counts(self, queue: str) -> dict[str, Any]:
+    def counts(self, queue: str, lanes: Sequence[QueueKeys] | None = None) -> dict[str, Any]:
         """How many jobs are in each state (a partitioned queue's summed over its partitions;
         waiting includes jobs queued behind their key's head), the lifetime counters, and
-        ``paused``."""
-        lanes = self.lanes(queue)
+        ``paused``. ``lanes``: only these of its lanes (the page counts a wide queue in pieces)."""
+        lanes = self.lanes(queue) if lanes is None else list(lanes)
         pipe = self.redis.pipeline(transaction=False)
         for k in lanes:
             for key in (k.waiting, k.delayed, k.active, k.dead, k.done):
