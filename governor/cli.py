@@ -322,7 +322,10 @@ def gather_status(cfg: Config, host: str | None = None) -> dict[str, Any]:
                 record = out["fleet"][0]
                 out["master"], out["pools"] = record.get("master"), record.get("pools", [])
                 out["handlers"] = record.get("handlers", {})
-        registered, out["unreadable_queues"], out["unread_queues"] = client.registry()
+        try:
+            registered, out["unreadable_queues"], out["unread_queues"] = client.registry()
+        except ValueError as exc:  # (too big to read: said, the config's queues shown)
+            registered, out["unreadable_queues"], out["unread_queues"] = [], [str(exc)], 0
         for name in sorted(set(cfg.queues) | set(registered)):
             try:
                 _queue_status(cfg, client, name, out)

@@ -105,11 +105,54 @@ def test_the_page_shows_bad_registry_entries_as_such_and_the_rest_as_usual(gover
     text = body.decode()
     assert "data-queue='work'" in text and f":{governor.proc.pid}" in text
     assert text.count("unreadable record") == len(BAD_RECORDS)
-    assert "41 unreadable queue name(s)" in text and "not from 1 to 1024" in text
+    assert "holds" in text and "not read: remove them" in text  # (40 MB of names: not read at all)
     assert len(body) < 200_000, len(body)  # 40 names of 1 MB are not 80 MB of page
+    c.redis.srem(f"{c.prefix}:queues", *[f"{i:02d}" + "n" * 1_000_000 for i in range(40)])
+    wait_for(lambda: "\\xff\\xfebad" in request(listen, host=listen)[2].decode(), 5,
+             "the undecodable name shown once the registry can be read")
+    assert "not from 1 to 1024" in request(listen, host=listen)[2].decode()
     assert governor.proc.poll() is None
     # and the job operations for the other queues are unharmed
     status, _, body = request(listen, "/healthz", host=listen)
     assert status == 200
     assert c.jobs("work", "delayed")[0]
     wait_for(lambda: request(listen, host=listen)[0] == 200, 5, "the page again")
+
+
+def test_web_hosts_are_checked_where_they_are_read(tmp_path):
+    import yaml
+
+    from governor.config import ConfigError, load_config
+
+    path = tmp_path / "g.yaml"
+    for bad in (["http://governor.example.org"], ["governor.example.org:9808"], ["*.example.org"], [7], "a b"):
+        path.write_text(yaml.safe_dump({"queues": {"q": {"concurrency": 1}}, "web": {"hosts": bad}}))
+        with pytest.raises(ConfigError, match=r"web\.hosts"):
+            load_config(str(path))
+    path.write_text(yaml.safe_dump({"queues": {"q": {"concurrency": 1}}, "web": {"hosts": ["Gov.Example.org."]}}))
+    assert load_config(str(path)).web.hosts == ("gov.example.org",)
+
+
+def test_a_view_of_a_1024_partition_queue_is_gathered_in_bounded_steps(client):
+    """The loop takes one step per pass: no step may hold it for the whole queue."""
+    from governor.ops.webview import STEP_LANES, ViewBuilder
+
+    client.redis.sadd(f"{client.prefix}:queues", "wide", "plain")
+    client.redis.set(client.keys("wide").partitions_key, 1024)
+    client.enqueue("plain", "tasks:record", "x")
+    builder = ViewBuilder(client, list, dict, ("me", lambda: {"master": {"host": "h", "pid": 1}, "pools": []}))
+
+    def processed() -> int:
+        return int(client.redis.info("stats")["total_commands_processed"])
+
+    builder.start()
+    steps, most = 0, 0
+    while builder.building:
+        before = processed()
+        builder.step()
+        most = max(most, processed() - before - 1)  # (less the INFO itself)
+        steps += 1
+    assert builder.failed is None
+    view = builder.view[1]
+    assert view["queues"]["wide"]["partitions"]["count"] == 1024 and view["queues"]["plain"]["waiting"] == 1
+    assert steps >= 1024 // STEP_LANES and most <= STEP_LANES * 8, (steps, most)

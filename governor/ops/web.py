@@ -170,7 +170,7 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
         notes = []
         if v.get("unreadable"):
             notes.append(f"{len(v['unreadable'])} unreadable queue name(s) in the registry, skipped: "
-                         + ", ".join(_e(n, 80) for n in v["unreadable"][:20]))
+                         + ", ".join(_e(n, 400) for n in v["unreadable"][:20]))
         if v.get("more_queues"):
             notes.append(f"{v['more_queues']} more queue(s) registered by producers, not shown")
         if v.get("unread"):

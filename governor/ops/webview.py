@@ -87,36 +87,19 @@ class ViewBuilder:
 
     def _build(self) -> Iterator[None]:
         c = self.client
-        names, unreadable, unread = c.registry(REGISTRY_READ)
+        try:
+            names, unreadable, unread = c.registry(REGISTRY_READ)
+        except ValueError as exc:  # (too big to read: said on the page, the config's queues shown)
+            names, unreadable, unread = [], [str(exc)], 0
         yield
         configured = {q.name: q for q in self.queues()}
         others = sorted(set(names) - set(configured))
         queues: dict[str, dict[str, Any]] = {}
         for name in sorted(configured) + others[:MAX_OTHER_QUEUES]:
             try:
-                lanes = c.lanes(name)
-            except ValueError as exc:  # (a partition count any client could have written)
-                queues[name] = {"error": str(exc)}
-                continue
-            yield
-            counts: dict[str, Any] = {}
-            for i in range(0, len(lanes), STEP_LANES):
-                counts = _add(counts, c.counts(name, lanes[i:i + STEP_LANES]))
-                yield
-            counts.pop("partitions", None)
-            counts["dead_jobs"] = []
-            if counts["dead"]:
-                yield from self._dead(name, lanes, counts)
-            if len(lanes) > 1:
-                try:
-                    held = c.partition_holders(name)
-                except ValueError as exc:
-                    queues[name] = {"error": str(exc)}
-                    continue
-                yield
-                counts["partitions"] = {"count": len(lanes), "unheld": [p for p in range(len(lanes)) if p not in held],
-                                        "holders": sorted(set(held.values()))}
-            queues[name] = counts
+                yield from self._queue(name, queues)
+            except ValueError as exc:  # (a partition count or stats any client could have written)
+                queues[name] = {"error": str(exc)[:500]}
         masters = fleet(c.redis, c.prefix, MASTERS_SHOWN)
         now = time.monotonic()
         local = self.local()
@@ -134,6 +117,26 @@ class ViewBuilder:
                            "more_queues": max(0, len(others) - MAX_OTHER_QUEUES),
                            "fleet": [{**live(), "id": me}, *(m for m in masters if m.get("id") != me)],
                            "at": time.time()})
+
+    def _queue(self, name: str, queues: dict[str, dict[str, Any]]) -> Iterator[None]:
+        """One queue's counts, newest dead jobs and partition holders, STEP_LANES lanes a step."""
+        c = self.client
+        lanes = c.lanes(name)
+        yield
+        counts: dict[str, Any] = {}
+        for i in range(0, len(lanes), STEP_LANES):
+            counts = _add(counts, c.counts(name, lanes[i:i + STEP_LANES]))
+            yield
+        counts.pop("partitions", None)
+        counts["dead_jobs"] = []
+        if counts["dead"]:
+            yield from self._dead(name, lanes, counts)
+        if len(lanes) > 1:
+            held = c.partition_holders(name)
+            yield
+            counts["partitions"] = {"count": len(lanes), "unheld": [p for p in range(len(lanes)) if p not in held],
+                                    "holders": sorted(set(held.values()))}
+        queues[name] = counts
 
     def _dead(self, name: str, lanes: list[QueueKeys], counts: dict[str, Any]) -> Iterator[None]:
         """The queue's newest DEAD_SHOWN dead jobs, their lanes read STEP_LANES at a time."""

@@ -536,6 +536,7 @@ def _record(queue: str, job_id: str, meta: bytes, payload: bytes | None) -> dict
 
 MAX_QUEUES_READ = 1000  # registry entries one read looks at (any client can add names)
 MAX_NAME_BYTES = 256  # a longer registered name is no queue's (the config's rule allows 64)
+MAX_REGISTRY_BYTES = 1 << 20  # a registry bigger than this (MEMORY USAGE) is not read
 
 
 def partition_count(queue: str, raw: bytes) -> int:
@@ -761,8 +762,18 @@ class Client:
         Any client, in any language, can add a name, so the registry is untrusted: a name that
         is not UTF-8 or longer than MAX_NAME_BYTES is not a queue any command can act on; it
         comes back in ``unreadable``, shown as bytes, never used. At most ``limit`` entries are
-        read (SSCAN), however many there are; ``left unread`` says how many more exist."""
+        read (SSCAN), however many there are; ``left unread`` says how many more exist. A
+        registry of more than MAX_REGISTRY_BYTES (names of megabytes: SSCAN cannot skip a
+        member, it copies it whole) is not read at all: ValueError saying so."""
         key = f"{self.prefix}:queues"
+        try:
+            size = self.redis.memory_usage(key, samples=0)
+        except redis.ResponseError:  # (MEMORY disabled on this server: names are filtered as read)
+            size = None
+        if size is not None and size > MAX_REGISTRY_BYTES:
+            raise ValueError(f"the queue registry {key} holds {size} bytes, more than {MAX_REGISTRY_BYTES} "
+                             f"(names longer than {MAX_NAME_BYTES} bytes were added to it); not read: remove "
+                             f"them (SSCAN and SREM)")
         names: list[str] = []
         unreadable: list[str] = []
         seen, cursor = 0, b"0"
