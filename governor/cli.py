@@ -316,39 +316,52 @@ def gather_status(cfg: Config, host: str | None = None) -> dict[str, Any]:
         out["fleet"] = fleet(client.redis, cfg.redis.prefix)
         here = out["master"]
         if here:  # this host's master from its socket: fresher than its last heartbeat
+            # (its record's master keeps what only the record has: version, started)
             out["fleet"] = [m if (m.get("master") or {}).get("pid") != here.get("pid")
                             or (m.get("master") or {}).get("host") != here.get("host")
-                            else {**m, "master": here, "pools": out["pools"]} for m in out["fleet"]]
+                            else {**m, "master": {**m["master"], **here}, "pools": out["pools"]}
+                            for m in out["fleet"]]
         if host is not None:
             out["fleet"] = [m for m in out["fleet"] if _is_host(m, host)]
             if out["fleet"]:
                 record = out["fleet"][0]
                 out["master"], out["pools"] = record.get("master"), record.get("pools", [])
                 out["handlers"] = record.get("handlers", {})
-        names = sorted(set(cfg.queues) | set(client.queues()))
-        for name in names:
-            out["queues"][name] = client.counts(name)
-            out["queues"][name]["recent_dead"] = [
-                {"id": j["id"], "handler": j.get("handler"), "reason": j.get("reason"),
-                 "attempts": j.get("attempts"),
-                 "error": (j["errors"][-1].get("error") if j["errors"] else None)}
-                for j in client.dead(name, limit=5)]
-            n = client.partitions(name)
-            if n:
-                held = client.partition_holders(name)
-                by_master: dict[str, list[int]] = {}
-                for part, master in sorted(held.items()):
-                    by_master.setdefault(_master_name(master), []).append(part)
-                out["queues"][name]["partitions"] = {
-                    "count": n, "holders": by_master, "unheld": [i for i in range(n) if i not in held]}
-            if name in cfg.queues:
-                q = cfg.queues[name]
-                rules = rules_for(cfg.redis.prefix, q, cfg.limiters)
-                out["queues"][name]["limits"] = usage(client.redis, rules)
-                out["queues"][name]["global_concurrency"] = q.global_concurrency
+        try:
+            registered, out["unreadable_queues"], out["unread_queues"] = client.registry()
+        except ValueError as exc:  # (too big to read: said, the config's queues shown)
+            registered, out["unreadable_queues"], out["unread_queues"] = [], [str(exc)], 0
+        for name in sorted(set(cfg.queues) | set(registered)):
+            try:
+                _queue_status(cfg, client, name, out)
+            except ValueError as exc:  # (its registry entries are bad: say so, show the others)
+                out["queues"][name] = {"error": str(exc)}
     except (redis.RedisError, RedisUnavailable) as exc:
         out["redis_error"] = str(exc)
     return out
+
+
+def _queue_status(cfg: Config, client: Client, name: str, out: dict[str, Any]) -> None:
+    """One queue's part of ``gather_status``; ValueError when its registry entries are bad."""
+    out["queues"][name] = client.counts(name)
+    out["queues"][name]["recent_dead"] = [
+        {"id": j["id"], "handler": j.get("handler"), "reason": j.get("reason"),
+         "attempts": j.get("attempts"),
+         "error": (j["errors"][-1].get("error") if j["errors"] else None)}
+        for j in client.dead(name, limit=5)]
+    n = client.partitions(name)
+    if n:
+        held = client.partition_holders(name)
+        by_master: dict[str, list[int]] = {}
+        for part, master in sorted(held.items()):
+            by_master.setdefault(_master_name(master), []).append(part)
+        out["queues"][name]["partitions"] = {
+            "count": n, "holders": by_master, "unheld": [i for i in range(n) if i not in held]}
+    if name in cfg.queues:
+        q = cfg.queues[name]
+        rules = rules_for(cfg.redis.prefix, q, cfg.limiters)
+        out["queues"][name]["limits"] = usage(client.redis, rules)
+        out["queues"][name]["global_concurrency"] = q.global_concurrency
 
 
 def _is_host(record: dict[str, Any], host: str) -> bool:
@@ -420,25 +433,34 @@ def render_status(st: dict[str, Any]) -> str:
     if st.get("redis_error"):
         lines.append(f"redis: {_safe(st['redis_error'])}")
     rows = [["QUEUE", "WAITING", "DELAYED", "ACTIVE", "DEAD", "DONE", "DONE_TOTAL", "PAUSED"]]
+    unreadable = [(name, c["error"]) for name, c in st["queues"].items() if c.get("error")]
     for name, c in st["queues"].items():
-        rows.append([name, *(str(c[k]) for k in ("waiting", "delayed", "active", "dead", "done", "done_total")),
-                     "yes" if c.get("paused") else "no"])
+        if not c.get("error"):
+            rows.append([name, *(str(c[k]) for k in ("waiting", "delayed", "active", "dead", "done", "done_total")),
+                         "yes" if c.get("paused") else "no"])
     lines += ["", _table(rows)]
+    for name, why in unreadable:
+        lines.append(f"queue {_safe(name)}: UNREADABLE, skipped: {_safe(why)}")
+    if st.get("unreadable_queues"):
+        lines.append(f"{len(st['unreadable_queues'])} unreadable queue name(s) in the registry, skipped: "
+                     + ", ".join(_safe(n) for n in st["unreadable_queues"][:20]))
+    if st.get("unread_queues"):
+        lines.append(f"{st['unread_queues']} more queue name(s) in the registry, not read")
     if st["pools"]:
         rows = [["POOL", "#", "PID", "STATE", "UPTIME", "JOBS", "RSS", "JOB", "FOR"]]
         for p in st["pools"]:
-            for w in p["workers"]:
-                job = w["job"] or {}
-                rows.append([p["queue"], str(w["index"]), str(w["pid"]), w["state"], format_age(w["uptime"]),
-                             str(w["jobs_done"]), format_size(w.get("rss")),
-                             f"{job['id']} {job['handler']}" if job else "-", format_age(job.get("seconds"))])
+            for w in p["workers"]:  # (from a record with --host: fleetshape checked what is indexed)
+                job = w.get("job") or {}
+                rows.append([p["queue"], str(w.get("index", "?")), str(w["pid"]), w["state"],
+                             format_age(w.get("uptime")), str(w.get("jobs_done", "?")), format_size(w.get("rss")),
+                             f"{job['id']} {job.get('handler')}" if job else "-", format_age(job.get("seconds"))])
         lines += ["", _table(rows)]
         for p in st["pools"]:
             live = sum(1 for w in p["workers"] if w["state"] in ("starting", "idle", "busy"))
-            note = f"pool {_safe(p['queue'])}: {live}/{p['desired']} workers"
+            note = f"pool {_safe(p['queue'])}: {live}/{p.get('desired', '?')} workers"
             if p.get("exits"):
                 note += ", exits: " + " ".join(f"{_safe(k)}={v}" for k, v in sorted(p["exits"].items()))
-            if p["backoff"]:
+            if p.get("backoff"):
                 b = p["backoff"]
                 note += (f", BACKING OFF {b['seconds']:.0f}s (respawn in {b['respawn_in']:.0f}s): "
                          f"{_safe(b['last_error'])}")
@@ -459,6 +481,10 @@ def render_status(st: dict[str, Any]) -> str:
         rows = [["MASTER", "VERSION", "UP", "POOLS", "WORKERS", "BUSY", "PARTITIONS", "LEASE LEFT"]]
         total = busy_total = 0
         for rec in st["fleet"]:
+            if rec.get("error"):
+                rows.append([_master_name(rec.get("id", "?")), f"UNREADABLE ({rec['error'][:100]})", "", "", "",
+                             "", "", format_age(rec.get("expires_in"))])
+                continue
             m = rec.get("master") or {}
             pools = rec.get("pools") or []
             workers = [w for p in pools for w in p.get("workers", [])]

@@ -192,6 +192,9 @@ class WebConfig:
     (retry, delete, pause, resume) are POSTs carrying that token."""
 
     token: str | None = field(default=None, repr=False)
+    # host names the page answers to besides IP literals, localhost and this machine's name:
+    # any other Host header is refused (DNS rebinding would let a site read the page)
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ class Config:
             "data_dir": self.data_dir,
             "log": {"level": self.log.level, "format": self.log.format},
             "metrics": {"listen": self.metrics.listen},
-            "web": {"token": "***" if self.web.token else None},
+            "web": {"token": "***" if self.web.token else None, "hosts": list(self.web.hosts)},
             "health": {"redis_grace": format_duration(self.health.redis_grace),
                        "max_loop_lag": format_duration(self.health.max_loop_lag)},
             "limiters": {name: _limits_dict(limits) for name, limits in self.limiters.items()},
@@ -844,6 +847,19 @@ def _token(v: Any) -> str | None:
     return text
 
 
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _host_names(v: Any) -> tuple[str, ...]:
+    """web.hosts: DNS names (lower-cased, without a trailing dot) the page may be reached by."""
+    names = tuple(n.strip().lower().rstrip(".") for n in _string_list(v))
+    bad = [n for n in names if not _HOST_NAME.match(n)]
+    if bad:
+        raise ValueError(f"expected host names such as governor.example.org (no port, no scheme, no "
+                         f"wildcard), got {bad[0]!r}")
+    return names
+
+
 def _host(top: _Section) -> HostGuards:
     h = top.section("host").expect("min_available_memory", "max_cpu")
     guards = HostGuards(min_available_memory=h.get("min_available_memory", _optional(parse_size), None),
@@ -1086,8 +1102,8 @@ def _parse(data: object, source: str, env: Mapping[str, str]) -> Config:
                           max_loop_lag=he.get("max_loop_lag", parse_duration, 5.0))
     he.done()
     host = _host(top)
-    wb = top.section("web").expect("token")
-    web = WebConfig(token=wb.get("token", _token, None))
+    wb = top.section("web").expect("token", "hosts")
+    web = WebConfig(token=wb.get("token", _token, None), hosts=wb.get("hosts", _host_names, ()))
     wb.done()
     if web.token and not metrics.listen:
         raise ConfigError("web.token", "the page is served on metrics.listen: set that too")

@@ -36,13 +36,14 @@ WARN_EVERY = 60.0  # seconds between two warnings of the same kind (a flood must
 
 
 class _Connection:
-    __slots__ = ("sock", "deadline", "request", "reply")
+    __slots__ = ("sock", "deadline", "request", "reply", "waiting")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
         self.deadline = deadline
         self.request = bytearray()
         self.reply: memoryview | None = None  # set once the request is complete
+        self.waiting = False  # complete, its reply not ready yet (out of the selector until resume)
 
 
 class Server:
@@ -73,8 +74,9 @@ class Server:
         """True once ``request`` holds a whole request (EOF and max_request also end it)."""
         raise NotImplementedError
 
-    def respond(self, request: bytes) -> bytes:
-        """The whole reply to one request; runs in the loop, so it must be quick."""
+    def respond(self, request: bytes) -> bytes | None:
+        """The whole reply to one request; runs in the loop, so it must be quick. None: not
+        ready yet; the connection waits (its deadline still holds) until :meth:`resume`."""
         raise NotImplementedError
 
     # -- wiring into the loop ---------------------------------------------------------
@@ -185,8 +187,32 @@ class Server:
             log.exception("%s: cannot answer a request", self.__class__.__name__)
             self._close(conn)
             return
+        if reply is None:
+            conn.waiting = True  # nothing to read or write meanwhile: out of the selector
+            if self.selector is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(conn.sock)
+            return
         conn.reply = memoryview(reply)
         self._write(conn)
+
+    def resume(self) -> None:
+        """Asks again for the replies of the connections that wait (something they wait for
+        is ready); each answered one is written, the others go on waiting."""
+        for conn in [c for c in self.connections.values() if c.waiting]:
+            try:
+                reply = self.respond(bytes(conn.request))
+            except Exception:  # noqa: BLE001 - as in _read
+                log.exception("%s: cannot answer a request", self.__class__.__name__)
+                self._close(conn)
+                continue
+            if reply is None:
+                continue
+            conn.waiting = False
+            conn.reply = memoryview(reply)
+            if self.selector is not None:
+                self.selector.register(conn.sock, selectors.EVENT_WRITE, ("serve", self))
+            self._write(conn)
 
     def _write(self, conn: _Connection) -> None:
         assert conn.reply is not None

@@ -8,8 +8,9 @@ delete (a dead job), pause and resume (a queue) are POSTs to ``/action`` carryin
 nothing. The token field is the page's one piece of JavaScript: it keeps what the operator
 typed (sessionStorage, this tab only) across the refreshes and copies it into the form sent.
 
-Rendering reads Redis from the master's loop, so the view is built at most once a second
-(CACHE) however many browsers look, each in a few pipelined round trips.
+The view is read from Redis by governor.ops.webview in bounded steps the master's loop takes
+between its timers, at most once a second (CACHE) however many browsers look; a request
+waits for the view under way (its connection parked, the loop free), never the loop for it.
 """
 
 from __future__ import annotations
@@ -23,31 +24,20 @@ from urllib.parse import parse_qs
 
 from governor.config import QueueConfig
 from governor.ops.httpd import Request
-from governor.protocol.fleet import fleet
+from governor.ops.webview import CACHE, ViewBuilder
 from governor.protocol.queue import Client
-from governor.units import format_age, format_duration, format_size
+from governor.units import format_age, format_size
 
 REFRESH = 5  # seconds between the page's own reloads
-CACHE = 1.0  # seconds a gathered view is reused
-DEAD_SHOWN = 20  # dead jobs listed per queue
-MAX_OTHER_QUEUES = 50  # queues shown beyond this master's own (names any producer can register)
 HTML = "text/html; charset=utf-8"
 OPS = ("retry", "delete", "pause", "resume")
+TEXT_SHOWN = 2000  # characters of one error, id or name shown (the rest: "...")
+RUNNING_SHOWN = 50  # running jobs listed per master
 
 
-def _e(value: Any) -> str:
-    return escape("-" if value is None else str(value), quote=True)
-
-
-def limits_text(q: QueueConfig | None) -> str:
-    """A queue's fleet-wide limits, as its config states them."""
-    if q is None:
-        return ""
-    parts = [f"{r.limit}/{format_duration(r.per)} {r.algorithm}" for r in q.rate_limits]
-    parts += [f"limiter {name}" for name in q.limiters]
-    if q.global_concurrency:
-        parts.append(f"at most {q.global_concurrency} running")
-    return "; ".join(parts)
+def _e(value: Any, limit: int = TEXT_SHOWN) -> str:
+    text = "-" if value is None else str(value)
+    return escape(text if len(text) <= limit else text[:limit] + "...", quote=True)
 
 
 class WebPage:
@@ -60,60 +50,36 @@ class WebPage:
         self.client = client
         self.token = token
         self.reachable = reachable  # the master's last word on Redis: no page call waits for a dead one
-        self.queues = queues
-        self.local = local
-        self.me = me
-        self._view: tuple[float, dict[str, Any]] | None = None
-        self._done: dict[str, tuple[float, int]] = {}  # queue -> (when, done_total) at the last view
-        self._failed: tuple[float, str] | None = None  # (when, why) the last view could not be read
+        self.views = ViewBuilder(client, queues, local, me)
+        self.on_view: Callable[[], None] = lambda: None  # the server's resume: waiting pages are answered
 
-    # -- the view ------------------------------------------------------------------
+    # -- the loop's side ---------------------------------------------------------------
 
-    def view(self) -> dict[str, Any]:
-        now = time.monotonic()
-        if self._view and now - self._view[0] < CACHE:
-            return self._view[1]
-        c = self.client
-        configured = {q.name: q for q in self.queues()}
-        others = sorted(set(c.queues()) - set(configured))
-        names = sorted(configured) + others[:MAX_OTHER_QUEUES]  # (any producer can add names)
-        local = self.local()
-        queues = {}
-        for name in names:
-            counts = c.counts(name)
-            counts["oldest_age"] = (local.get(name) or {}).get("oldest_age")
-            counts["limits"] = limits_text(configured.get(name))
-            then, before = self._done.get(name, (now, counts["done_total"]))
-            counts["rate"] = (counts["done_total"] - before) / (now - then) if now - then > 0.5 else None
-            if now - then > 0.5 or name not in self._done:
-                self._done[name] = (now, counts["done_total"])
-            counts["dead_jobs"] = c.jobs(name, "dead", DEAD_SHOWN, payloads=False)[0] if counts["dead"] else []
-            n = c.partitions(name)
-            if n:
-                held = c.partition_holders(name)
-                counts["partitions"] = {"count": n, "unheld": [p for p in range(n) if p not in held],
-                                        "holders": sorted(set(held.values()))}
-            queues[name] = counts
-        name, live = self.me
-        masters = [m for m in fleet(c.redis, c.prefix) if m.get("id") != name]
-        view = {"queues": queues, "fleet": [{**live(), "id": name}, *masters], "at": time.time()}
-        self._view = (now, view)
-        return view
+    def busy(self) -> bool:
+        """A view is being built: the loop should come back at once for its next step."""
+        return self.views.building
+
+    def step(self) -> None:
+        """One bounded step of the view under way (the loop calls it once per pass)."""
+        if self.views.step():
+            self.on_view()
 
     # -- GET / -------------------------------------------------------------------------
 
-    def page(self) -> tuple[int, str, bytes]:
+    def page(self) -> tuple[int, str, bytes] | None:
+        """The page from a view at most CACHE old; None (answered when the view under way is
+        built) when there is none."""
         now = time.monotonic()
-        if self._failed and now - self._failed[0] < CACHE:
-            return 503, HTML, self._frame(self._failed[1]).encode()
-        try:
-            if not self.reachable():
-                raise ConnectionError("the master cannot reach it now")
-            v = self.view()
-        except Exception as exc:  # Redis away: say so (for a second), the page keeps refreshing
-            self._failed = (now, f"<p class=bad>Redis did not answer: {_e(exc)}</p>")
-            return 503, HTML, self._frame(self._failed[1]).encode()
-        self._failed = None
+        failed = self.views.failed
+        if failed and now - failed[0] < CACHE:  # Redis away: say so (for a second), the page keeps refreshing
+            return 503, HTML, self._frame(f"<p class=bad>Redis did not answer: {_e(failed[1])}</p>").encode()
+        if not self.reachable():
+            return 503, HTML, self._frame("<p class=bad>Redis did not answer: the master cannot reach it "
+                                          "now</p>").encode()
+        v = self.views.fresh(now)
+        if v is None:
+            self.views.start()
+            return None
         body = [self._summary(v), self._queues(v), self._hosts(v), self._dead(v)]
         return 200, HTML, self._frame("".join(body)).encode()
 
@@ -162,16 +128,21 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
     @staticmethod
     def _summary(v: dict[str, Any]) -> str:
         masters = v["fleet"]
-        workers = [w for m in masters for p in m.get("pools", []) for w in p.get("workers", [])]
+        workers = [w for m in masters for p in m.get("pools") or [] for w in p.get("workers", [])]
         busy = sum(1 for w in workers if w.get("state") == "busy")
-        waiting = sum(q["waiting"] for q in v["queues"].values())
-        dead = sum(q["dead"] for q in v["queues"].values())
+        readable = [q for q in v["queues"].values() if "error" not in q]
+        waiting = sum(q["waiting"] for q in readable)
+        dead = sum(q["dead"] for q in readable)
         return (f"<p id=summary>{len(masters)} master(s), {len(workers)} worker(s), {busy} busy; "
                 f"{waiting} waiting, {dead} dead; as of {_e(time.strftime('%H:%M:%S', time.localtime(v['at'])))}</p>")
 
     def _queues(self, v: dict[str, Any]) -> str:
         rows = []
         for name, q in v["queues"].items():
+            if "error" in q:  # (registry entries any client can write: shown, never used)
+                rows.append(f"<tr class=unreadable data-queue='{_e(name)}'><td>{_e(name)}</td>"
+                            f"<td colspan=11 class=bad>unreadable: {_e(q['error'])}</td></tr>")
+                continue
             parts = q.get("partitions")
             part = "-"
             if parts:
@@ -192,16 +163,34 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
         return ("<h2>Queues</h2><div class=scroll><table id=queues><tr><th>queue</th><th>waiting</th>"
                 "<th>delayed</th><th>active</th><th>dead</th><th>done</th><th>oldest wait</th><th>rate</th>"
                 "<th>limits</th><th>paused</th>"
-                "<th>partitions</th><th></th></tr>" + "".join(rows) + "</table></div>")
+                "<th>partitions</th><th></th></tr>" + "".join(rows) + "</table></div>" + self._registry(v))
+
+    @staticmethod
+    def _registry(v: dict[str, Any]) -> str:
+        notes = []
+        if v.get("unreadable"):
+            notes.append(f"{len(v['unreadable'])} unreadable queue name(s) in the registry, skipped: "
+                         + ", ".join(_e(n, 400) for n in v["unreadable"][:20]))
+        if v.get("more_queues"):
+            notes.append(f"{v['more_queues']} more queue(s) registered by producers, not shown")
+        if v.get("unread"):
+            notes.append(f"{v['unread']} more registry entries, not read")
+        return "".join(f"<p class=bad>{n}</p>" for n in notes)
 
     @staticmethod
     def _hosts(v: dict[str, Any]) -> str:
         rows = []
         for rec in v["fleet"]:
+            if rec.get("error"):  # (a record of the wrong shape: fleet() says why, nothing of it is used)
+                rows.append(f"<tr class=unreadable><td>{_e(rec.get('id'))}</td><td colspan=7 class=bad>"
+                            f"{_e(rec['error'])}</td></tr>")
+                continue
             m = rec.get("master") or {}
             pools = rec.get("pools") or []
             workers = [w for p in pools for w in p.get("workers", [])]
-            jobs = [f"{w['job']['handler']} {w['job']['id']}" for w in workers if w.get("job")]
+            jobs = [f"{w['job'].get('handler')} {w['job']['id']}" for w in workers if w.get("job")]
+            if len(jobs) > RUNNING_SHOWN:
+                jobs = [*jobs[:RUNNING_SHOWN], f"... and {len(jobs) - RUNNING_SHOWN} more"]
             sizes = " ".join(f"{p.get('queue')}={p.get('actual')}/{p.get('desired')}" for p in pools)
             rows.append(
                 f"<tr><td>{_e(m.get('host'))}:{_e(m.get('pid'))}</td><td>{_e(m.get('version'))}</td>"
@@ -216,7 +205,7 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
     def _dead(self, v: dict[str, Any]) -> str:
         rows = []
         for name, q in v["queues"].items():
-            for j in q["dead_jobs"]:
+            for j in q.get("dead_jobs", []):
                 err = (j.get("errors") or [{}])[-1].get("error")
                 rows.append(
                     f"<tr class=dead data-job='{_e(j['id'])}'><td>{_e(name)}</td><td>{_e(j['id'])}</td>"
@@ -267,7 +256,8 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
                 said = f"queue {queue} resumed"
         except ValueError as exc:
             return self._answer(400, str(exc))
-        self._view = None  # the next page shows it
+        self.views.view = None  # the next page shows it: a view gathered after it
+        self.views.start(restart=True)
         return self._answer(200, said)
 
     @staticmethod

@@ -9,8 +9,12 @@ import json
 from typing import Any
 
 from governor.names import internal_tag
+from governor.protocol.fleetshape import problem
 from governor.protocol.queue import Call, run
 from governor.untrusted import loads
+
+MAX_MASTERS = 500  # records read per call: the registry is writable by any client, every read is bounded
+MAX_RECORD = 4 << 20  # bytes; a bigger record is not read (a real one is a few hundred bytes a worker)
 
 
 class FleetKeys:
@@ -34,22 +38,28 @@ class FleetKeys:
     def leave(self, master: str) -> Call:
         return Call("fleet", (self.records, self.alive), ("leave", master))
 
-    def read(self) -> Call:
-        return Call("fleet", (self.records, self.alive), ("read",))
+    def read(self, limit: int = MAX_MASTERS) -> Call:
+        """The ``limit`` masters that expire first, then how many are alive in all."""
+        return Call("fleet", (self.records, self.alive), ("read", limit, MAX_RECORD))
 
 
-def fleet(client: Any, prefix: str) -> list[dict[str, Any]]:
+def fleet(client: Any, prefix: str, limit: int = MAX_MASTERS) -> list[dict[str, Any]]:
     """Every live master's last record (``id``: its name in the registry, ``expires_in``: seconds until it
-    drops out without another heartbeat); records that do not decode are shown as such."""
-    reply = run(client, FleetKeys(prefix).read())[0]
+    drops out without another heartbeat), at most ``limit`` of them. A record that does not decode
+    or has another shape than a master writes (anyone can write the hash) is ``{"id", "expires_in",
+    "error"}`` instead: shown as unreadable, never rendered."""
+    reply = run(client, FleetKeys(prefix).read(limit))[0]
     out = []
-    for i in range(0, len(reply), 3):
-        name = reply[i].decode(errors="replace")
+    for i in range(0, len(reply) - 1, 3):
+        name = reply[i].decode(errors="replace")[:200]
         try:
+            if isinstance(reply[i + 1], int):
+                raise ValueError(f"{reply[i + 1]} bytes, more than {MAX_RECORD}")
             record = loads(reply[i + 1], "a master's fleet record")
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
+            why = problem(record)
+            if why:
+                raise ValueError(why)
         except ValueError as exc:
-            record = {"error": f"unreadable record: {exc}"}
+            record = {"error": f"unreadable record: {str(exc)[:300]}"}
         out.append({**record, "id": name, "expires_in": int(reply[i + 2]) / 1000.0})
     return out

@@ -55,7 +55,7 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
         return (pkg / f"{name}.lua").read_text()
 
     bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint", "handlers",
-                                                "censor", "fleet", "jobs", "retry",
+                                                "censor", "fleet", "jobs", "retry", "registry",
                                                 "cancel", "purge")}
     for name in _TRANSITIONS:
         bodies[name] = f"{text(name)}\nreturn {name}(KEYS, ARGV)\n"
@@ -590,13 +590,28 @@ def register_partitions(client: Any, keys: QueueKeys, partitions: int) -> int:
     pipe.get(home.partitions_key)
     pipe.exists(home.paused)
     _, stored, paused = pipe.execute()
-    stored = int(stored)
+    stored = partition_count(keys.queue, stored)
     if paused and stored == partitions:
         pipe = client.pipeline(transaction=False)
         for n in range(partitions):
             pipe.set(home.part(n).paused, "1", nx=True)
         pipe.execute()
     return stored
+
+
+MAX_QUEUES_READ = 1000  # registry entries one read looks at (any client can add names)
+MAX_NAME_BYTES = 256  # a longer registered name is no queue's (the config's rule allows 64)
+MAX_REGISTRY_BYTES = 1 << 20  # a registry bigger than this (MEMORY USAGE) is not read
+
+
+def partition_count(queue: str, raw: bytes) -> int:
+    """A partition-count key's value, checked: anything but 1-MAX_PARTITIONS (config's bound) is
+    refused with ValueError, so no call loops over a count any client could have written."""
+    text = raw[:20].decode("ascii", errors="replace")
+    if not (raw.isdigit() and len(raw) <= 5 and 1 <= int(raw) <= MAX_PARTITIONS):
+        raise ValueError(f"queue {queue!r}: its partition count in Redis is {text!r}"
+                         f"{'...' if len(raw) > 20 else ''}, not from 1 to {MAX_PARTITIONS}; not read")
+    return int(raw)
 
 
 class Client:
@@ -642,13 +657,18 @@ class Client:
             raw = self.redis.get(self.keys(queue).partitions_key)
             if raw is None:
                 return None
-            n = self._partitions[queue] = int(raw)
+            n = self._partitions[queue] = partition_count(queue, raw)
         return n
 
     def partition_holders(self, queue: str) -> dict[int, str]:
         """partition -> the master holding its lease (``host:boot:pidns:pid:start``)."""
-        raw = self.redis.hgetall(self.keys(queue).home().key("holders"))
-        return {int(p): m.decode(errors="replace") for p, m in raw.items()}
+        key = self.keys(queue).home().key("holders")
+        if self.redis.hlen(key) > MAX_PARTITIONS:  # (any client can write it: read it only if sane)
+            raise ValueError(f"queue {queue!r}: its partition holders hash has more than {MAX_PARTITIONS} "
+                             "entries; not read")
+        raw = self.redis.hgetall(key)
+        return {int(p): m.decode(errors="replace")[:200] for p, m in raw.items()
+                if p.isdigit() and len(p) <= 5}
 
     def lanes(self, queue: str) -> list[QueueKeys]:
         """Where the queue's jobs live: its own keys, or each of its partitions' keys."""
@@ -827,8 +847,46 @@ class Client:
         return job_id, payload, json.dumps(meta, separators=(",", ":")), int(delay * 1000), key
 
     def queues(self) -> list[str]:
-        """Every queue a client has enqueued to under this prefix."""
-        return sorted(q.decode() for q in self.redis.smembers(f"{self.prefix}:queues"))
+        """The queues clients have enqueued to under this prefix (at most MAX_QUEUES_READ of
+        them; names that do not decode are left out: see :meth:`registry`)."""
+        return self.registry()[0]
+
+    def registry(self, limit: int = MAX_QUEUES_READ) -> tuple[list[str], list[str], int]:
+        """The queue registry as read in bounded calls: (names, unreadable, left unread).
+
+        Any client, in any language, can add a name, so the registry is untrusted: a name that
+        is not UTF-8 or longer than MAX_NAME_BYTES is not a queue any command can act on; it
+        comes back in ``unreadable``, shown as bytes, never used. At most ``limit`` entries are
+        read (SSCAN), however many there are; ``left unread`` says how many more exist. A
+        registry of more than MAX_REGISTRY_BYTES (names of megabytes: SSCAN cannot skip a
+        member, it copies it whole) is not read at all: ValueError saying so."""
+        key = f"{self.prefix}:queues"
+        try:
+            size = self.redis.memory_usage(key, samples=0)
+        except redis.ResponseError:  # (MEMORY disabled on this server: names are filtered as read)
+            size = None
+        if size is not None and size > MAX_REGISTRY_BYTES:
+            raise ValueError(f"the queue registry {key} holds {size} bytes, more than {MAX_REGISTRY_BYTES} "
+                             f"(names longer than {MAX_NAME_BYTES} bytes were added to it); not read: remove "
+                             f"them (SSCAN and SREM)")
+        names: list[str] = []
+        unreadable: list[str] = []
+        seen, cursor = 0, b"0"
+        while True:  # (filtered in Redis: a name of a megabyte never crosses the wire)
+            reply = run(self.redis, Call("registry", (key,), (cursor, min(limit - seen, 500), MAX_NAME_BYTES)))[0]
+            cursor, n = reply[0], int(reply[1])
+            for i, raw in enumerate(reply[2:2 + limit - seen]):  # (COUNT is a hint: SSCAN may send more)
+                try:
+                    if i >= n:
+                        raise ValueError  # longer than MAX_NAME_BYTES: its first 64 bytes
+                    names.append(raw.decode())
+                except (UnicodeDecodeError, ValueError):
+                    unreadable.append(repr(raw[:64])[2:-1] + ("..." if i >= n or len(raw) > 64 else ""))
+            seen += min(len(reply) - 2, limit - seen)
+            if cursor in (b"0", 0) or seen >= limit:
+                break
+        more = max(0, int(self.redis.scard(key)) - seen) if cursor not in (b"0", 0) else 0
+        return sorted(set(names)), sorted(set(unreadable)), more
 
     def job(self, job_id: str, queue: str | None = None) -> dict[str, Any] | None:
         """The job's record (state, attempts, errors, result...), or None if unknown or expired."""
@@ -845,11 +903,11 @@ class Client:
                 return _record(q, job_id, meta, payload)
         return None
 
-    def counts(self, queue: str) -> dict[str, Any]:
+    def counts(self, queue: str, lanes: Sequence[QueueKeys] | None = None) -> dict[str, Any]:
         """How many jobs are in each state (a partitioned queue's summed over its partitions;
         waiting includes jobs queued behind their key's head), the lifetime counters, and
-        ``paused``."""
-        lanes = self.lanes(queue)
+        ``paused``. ``lanes``: only these of its lanes (the page counts a wide queue in pieces)."""
+        lanes = self.lanes(queue) if lanes is None else list(lanes)
         pipe = self.redis.pipeline(transaction=False)
         for k in lanes:
             for key in (k.waiting, k.delayed, k.active, k.dead, k.done):
@@ -938,10 +996,11 @@ class Client:
 
     def known_queue(self, queue: str) -> None:
         """Raises ValueError naming the queue unless some client or master has used it."""
-        known = self.queues()
-        if queue not in known:
-            raise ValueError(f"no queue named {queue!r} under prefix {self.prefix!r} (known: "
-                             f"{', '.join(known) or 'none'})")
+        if self.redis.sismember(f"{self.prefix}:queues", queue):
+            return
+        known = self.registry(limit=20)[0]  # (an example: the registry may hold many)
+        raise ValueError(f"no queue named {queue!r} under prefix {self.prefix!r} (known: "
+                         f"{', '.join(known) or 'none'})")
 
     def jobs(self, queue: str, state: str = "dead", limit: int = 20, cursor: str | None = None,
              handler: str | None = None, search: str | None = None,

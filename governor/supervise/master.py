@@ -203,7 +203,9 @@ class Master:
                                (worker_id(self.pid), self._fleet_record))
             self.http = HttpServer(self.config.metrics.listen,
                                    {"/metrics": self._serve_metrics, "/healthz": self._serve_health,
-                                    "/": self.web.page}, posts={"/action": self.web.action})
+                                    "/": self.web.page}, posts={"/action": self.web.action},
+                                   guarded=("/", "/action"), hosts=lambda: self.config.web.hosts)
+            self.web.on_view = self.http.resume  # a page waiting for its view is answered
             self.http.attach(self.selector)
             log.info("metrics on http://%s/metrics", self.config.metrics.listen)
         for q in self.config.queues.values():
@@ -338,7 +340,7 @@ class Master:
             times.append(self.registry.next_wakeup())
             if not self.stopping:
                 times.append(self.handlers.next_wakeup())
-        if self.spawn_pending:
+        if self.spawn_pending or (self.web and self.web.busy()):
             times.append(now)
         if self.stopping == "graceful" and self.stop_deadline > now:
             times.append(self.stop_deadline)
@@ -824,6 +826,8 @@ class Master:
         for server in (self.control, self.http):
             if server:
                 server.expire(now)  # clients that did not finish in time: closed, never waited for
+        if self.web:
+            self.web.step()  # the page's view: one bounded round trip per pass, between the kills
         for pool in self.pools.values():
             sample_memory(pool, now)
             enforce_leaving(pool, now, self.config.shutdown_timeout + LEAVE_MARGIN)

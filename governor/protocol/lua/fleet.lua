@@ -5,7 +5,10 @@
 --                                            record '': the expiry only (-1: there is no record
 --                                            to keep, send it whole)
 --       'leave', master                    -> 1
---       'read'                             -> {master, record, ms until it expires, ...}
+--       'read', limit, max_bytes          -> {master, record, ms until it expires, ...} for the
+--                                            limit masters expiring first (anyone can add names:
+--                                            a read is bounded); a record over max_bytes is sent
+--                                            as its length instead
 -- A master missing heartbeats for lease_ms drops out: whoever runs this next removes it.
 local now = now_ms()
 local function prune()
@@ -27,9 +30,13 @@ elseif op == 'leave' then
 elseif op == 'read' then
   prune()
   local out = {}
-  local alive = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  local limit = tonumber(ARGV[2]) or 500
+  local max_bytes = tonumber(ARGV[3]) or 4194304
+  local alive = redis.call('ZRANGE', KEYS[2], 0, limit - 1, 'WITHSCORES')
   for i = 1, #alive, 2 do
-    local record = redis.call('HGET', KEYS[1], alive[i])
+    local size = redis.call('HSTRLEN', KEYS[1], alive[i])
+    local record = false
+    if size > max_bytes then record = size elseif size > 0 then record = redis.call('HGET', KEYS[1], alive[i]) end
     if record then
       out[#out + 1] = alive[i]
       out[#out + 1] = record
