@@ -371,3 +371,25 @@ def test_a_bounded_purge_of_waiting_takes_each_keys_queued_jobs_from_the_front(c
         reply = run(client.redis, lane.reserve("h:1", f"t{n + 1}", 60_000))[0]
         assert reply[1].decode() == job
         assert run(client.redis, lane.ack(job, f"t{n + 1}", "h:1", 60_000, "null", 1))[0]
+
+
+def test_a_stale_entry_in_the_queued_index_never_purges_or_lists_a_job_that_moved_on(client):
+    """A version that did not keep the queued index (a rolling upgrade) moves a queued job on to
+    running without taking it out of the index: purge and jobs --state waiting must skip it
+    (purging it would delete a running job's record and let its key's next job overtake it)."""
+    from governor.protocol.queue import partition_of, run
+
+    client.redis.set(client.keys("ordered").partitions_key, 2)
+    lane = client.keys("ordered").part(partition_of("k", 2))
+    first, second = (client.enqueue("ordered", "m:f", i, key="k") for i in range(2))
+    assert run(client.redis, lane.reserve("h:1", "t0", 60_000))[0][1].decode() == first
+    assert run(client.redis, lane.ack(first, "t0", "h:1", 60_000, "null", 1))[0]
+    assert run(client.redis, lane.reserve("h:1", "t1", 60_000))[0][1].decode() == second  # running
+    # what an old version's key_next would have left: the index still naming the running job
+    client.redis.zadd(lane.queued, {second: 1})
+    listed, _ = client.jobs("ordered", state="waiting")
+    assert [j["id"] for j in listed] == []
+    run(client.redis, lane.purge("waiting", 10))
+    assert client.job(second)["state"] == "active"  # its record is whole
+    assert client.redis.zscore(lane.queued, second) is None  # and the stale entry is gone
+    assert run(client.redis, lane.ack(second, "t1", "h:1", 60_000, "null", 1))[0]

@@ -137,6 +137,7 @@ def test_a_job_that_says_its_worker_leaves_is_taken_at_its_word(liar):
         seen.add(len(workers))
         time.sleep(0.02)
     assert len(g.lines("done")) == 7
+    assert max(seen) <= 2, seen  # the one that said it leaves and its replacement, never more
     assert liar_pid not in {p for _, p in g.pairs("done")[1:]}, "the worker took jobs after it said it leaves"
     wait_for(lambda: not psutil.pid_exists(liar_pid) or psutil.Process(liar_pid).status() == psutil.STATUS_ZOMBIE,
              10, "the worker that said it leaves to be gone")
@@ -164,3 +165,14 @@ def test_a_job_that_scribbles_over_its_scoreboard_page_is_replaced_and_the_maste
     g.client.enqueue("w", "tasks:record", "after")
     wait_for(lambda: "after" in g.lines("done"), 10, "the next job")
     assert "Traceback" not in g.log()
+
+
+def test_honest_workers_with_long_limits_are_not_taken_for_liars(governor):
+    """The report checks bound a run's limits by what an honest worker can have: the queue's
+    own (no cap in the config), a job's (up to a year) or a learnt one."""
+    governor.start({"w": {"concurrency": 1, "timeout": {"soft": "300d", "hard": "400d"}}})
+    c = governor.client
+    ids = [c.enqueue("w", "tasks:sleep_then_record", "queue-limit", 0.3),
+           c.enqueue("w", "tasks:sleep_then_record", "job-limit", 0.3, timeout="200d")]
+    wait_for(lambda: all(c.job(i)["state"] == "done" for i in ids), 15, "both jobs to run")
+    assert "broke the worker protocol" not in governor.log()

@@ -117,6 +117,13 @@ class WorkerEnd:
             return None
         return data
 
+    def _late(self, data: bytes) -> None:
+        """A message read outside ``ask``: a drain, or the answer to a question we gave up
+        on. A late ``go`` granted our retirement: the master counts on us leaving, so it is
+        a drain (a late ``later`` means nothing now)."""
+        if data in (b"drain", b"go"):
+            self._drain = True
+
     def drain_requested(self) -> bool:
         """True once the master has asked for a drain (reads what is waiting, never blocks)."""
         while not self._drain:
@@ -126,7 +133,7 @@ class WorkerEnd:
                 break
             if not data:
                 break
-            self._note(data)
+            self._late(data)
         return self._drain
 
     def ask(self, *message: Any, timeout: float = 5.0) -> str | None:

@@ -125,13 +125,14 @@ def enforce_hard_deadlines(pools: Iterable[Pool], now: float) -> None:
 LEAVE_MARGIN = 5.0  # seconds beyond shutdown_timeout a draining worker running nothing may take to exit
 
 
-def enforce_leaving(pool: Pool, now: float, grace: float) -> None:
+def enforce_leaving(pool: Pool, now: float, grace: float, redis_ok: bool = True) -> None:
     """A draining worker that runs no job exits by itself within moments (a command pool's
     program within shutdown_timeout); one still there ``grace`` seconds after its last run
     ended does not mean to (its job took its drain and kept it alive): killed, so a pool
-    never keeps a worker it already replaced."""
+    never keeps a worker it already replaced. Not while Redis is away: an honest worker may
+    be retrying the settle of its last job (killing it would lose the ack and run it again)."""
     for w in pool:
-        if w.state is not State.DRAINING or w.job is not None:
+        if w.state is not State.DRAINING or w.job is not None or not redis_ok:
             w.leave_by = None
         elif w.leave_by is None:
             w.leave_by = now + grace

@@ -830,7 +830,7 @@ class Master:
             self.web.step()  # the page's view: one bounded round trip per pass, between the kills
         for pool in self.pools.values():
             sample_memory(pool, now)
-            enforce_leaving(pool, now, self.config.shutdown_timeout + LEAVE_MARGIN)
+            enforce_leaving(pool, now, self.config.shutdown_timeout + LEAVE_MARGIN, self.house.redis_ok)
         if self.embedded and not self.embedded.alive() and not self.stopping:
             log.error("embedded redis-server died; restarting it")
             try:

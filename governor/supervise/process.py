@@ -157,7 +157,8 @@ class WorkerProcess:
         if self.state in TAKING_WORK:
             self.stop_reason = reason
             self._to(State.DRAINING)
-        self.said_leaving = True
+        # (not said_leaving: a "go" that reached the worker after it gave up waiting is read
+        # as a drain after its next job, so one more run may start, as for any drain)
 
     def hard_deadline(self) -> float | None:
         if self.job and self.job.hard and self.state is not State.STOPPING:

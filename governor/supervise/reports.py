@@ -19,19 +19,30 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from governor.protocol.queue import MAX_TIMEOUT
 from governor.supervise.pool import Pool
 from governor.supervise.process import CurrentJob, State, WorkerProcess
 from governor.supervise.scoreboard import OUTCOMES, Report, Scoreboard
 
 SCAN_BUSY = 0.05  # seconds between looks while any worker runs a job
 SCAN_IDLE = 5.0   # ... and while none does (a worker that starts one rings)
-MAX_LIMIT = 10 ** 7  # seconds (116 days): a soft or hard limit beyond this is no honest report's
 MAX_COUNT = 2 ** 53  # a counter beyond this is no honest report's (and no longer exact as a float)
 MAX_TORN = 2.0  # seconds a report may stay half written (a writer preempted mid-write) before it is a lie
 CLOCK_SLACK = 1.0  # seconds a run's start may lie outside the worker's life on the master's clock
 
 
-def _lie(r: Report, before: Report | None, w: WorkerProcess, lanes: int, now: float) -> str | None:
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP: frozen by the sentry, or by hand): read from the kernel,
+    not from the page its job can write."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] in (b"T", b"t")
+    except (OSError, ValueError):
+        return False
+
+
+def _lie(r: Report, before: Report | None, w: WorkerProcess, pool: Pool, now: float) -> str | None:
     """What makes this report impossible for an honest worker, or None.
 
     The worker's job can write its own scoreboard page (the mapping is in its process), so
@@ -53,9 +64,16 @@ def _lie(r: Report, before: Report | None, w: WorkerProcess, lanes: int, now: fl
     if r.run:
         if not w.started - CLOCK_SLACK <= r.started <= now + CLOCK_SLACK:
             return f"a run started outside the worker's life ({r.started:.3f})"
-        if not (0 <= r.soft <= MAX_LIMIT and 0 <= r.hard <= MAX_LIMIT):
+        timeout = pool.config.settings.timeout
+        # an honest limit is the queue's, a job's own (at most MAX_TIMEOUT) or a learnt one
+        cap = max(MAX_TIMEOUT, timeout.hard or 0.0, timeout.soft or 0.0,
+                  timeout.adaptive.max if timeout.adaptive else 0.0)
+        if not (0 <= r.soft <= cap and 0 <= r.hard <= cap):
             return "a time limit out of range"
-        if not (0 <= r.attempt < 2 ** 31 and -1 <= r.partition < max(lanes, 0) and r.adaptive in (0, 1)):
+        if timeout.hard and not r.hard:
+            return "a run without the hard limit its queue has"
+        if not (0 <= r.attempt < 2 ** 31 and -1 <= r.partition < max(pool.config.partitions or 0, 0)
+                and r.adaptive in (0, 1)):
             return "an attempt, partition or flag out of range"
     return None
 
@@ -97,12 +115,16 @@ class WorkerReports:
         if r is None:  # being written: look again on the next pass, unless it never ends
             now = time.monotonic()
             torn = self._torn.setdefault(w.pid, now)
-            if now - torn > MAX_TORN and not self.board.read(w.slot)[2]:  # (not frozen mid-write)
+            if _stopped(w.pid):  # frozen mid-write: its clock starts again when it is thawed
+                self._torn[w.pid] = now
+            elif now - torn > MAX_TORN:
                 self.on_lie(w, f"its report stayed half written for {now - torn:.1f}s")
             return
         self._torn.pop(w.pid, None)
         before = self._seen.get(w.pid)
-        lie = _lie(r, before, w, pool.config.partitions or 0, time.monotonic())
+        if r == before:
+            return  # (the common case while a long job runs: nothing new, nothing to judge)
+        lie = _lie(r, before, w, pool, time.monotonic())
         new_run = bool(r.run) and (w.job is None or w.job.run != r.run)
         if lie is None and new_run and w.said_leaving:
             lie = "a run started after it said it leaves"

@@ -12,13 +12,14 @@ local offset, want, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV
 local handler, text, what = ARGV[4], string.lower(ARGV[5]), ARGV[6] or 'full'
 -- the ids at ranks offset .. offset + budget - 1 of the sets one after the other, newest first
 local sets = KEYS[4] and {KEYS[4], KEYS[1]} or {KEYS[1]}
-local ids, skip = {}, offset
+local ids, skip, indexed = {}, offset, {}
 for _, set in ipairs(sets) do
   if #ids < budget then
     local n = redis.call('ZCARD', set)
     if skip < n then
       for _, id in ipairs(redis.call('ZREVRANGE', set, skip, skip + budget - #ids - 1)) do
         ids[#ids + 1] = id
+        if set == KEYS[4] then indexed[id] = true end
       end
       skip = 0
     else
@@ -34,9 +35,11 @@ for _, id in ipairs(ids) do
   if raw then
     local payload = (text ~= '' or what == 'full') and (redis.call('HGET', KEYS[3], id) or '') or ''
     local ok = true
-    if handler ~= '' then
+    if handler ~= '' or indexed[id] then
       local okd, meta = pcall(cjson.decode, raw)
-      ok = okd and type(meta) == 'table' and meta.handler == handler
+      ok = okd and type(meta) == 'table' and (handler == '' or meta.handler == handler)
+        -- (an index entry a version that did not keep the index left stale is not waiting)
+        and (not indexed[id] or meta.state == 'queued')
     end
     if ok and text ~= '' then
       ok = string.find(string.lower(payload), text, 1, true) ~= nil

@@ -29,12 +29,14 @@ if state == 'waiting' and #ARGV == 2 then
   for _, id in ipairs(redis.call('ZRANGE', ks.lists, 0, limit - 1)) do
     local meta = load_meta(KEYS[2], id)
     redis.call('ZREM', ks.lists, id)
-    if type(meta.key) == 'string' and valid_id(meta.key) then
-      redis.call('LREM', ks.lists .. meta.key, 1, id)
+    -- only a job still queued in its key's list: an entry left stale (a version that did not
+    -- keep the index moved the job on, to active or waiting) is dropped from the index alone
+    if meta.state == 'queued' and type(meta.key) == 'string' and valid_id(meta.key)
+        and redis.call('LREM', ks.lists .. meta.key, 1, id) == 1 then
+      redis.call('HINCRBY', KEYS[5], 'queued', -1)
+      forget(id, meta)
+      n = n + 1
     end
-    redis.call('HINCRBY', KEYS[5], 'queued', -1)
-    forget(id, meta)
-    n = n + 1
   end
 end
 local ids = {}

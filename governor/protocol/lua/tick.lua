@@ -29,9 +29,13 @@ for _ = 1, (waiting > 0 and 101 or 0) do
 end
 -- A ticket is good for `grace` (at most 10 ms) past its time: one a second past it is of no use
 -- to anyone, its worker gone (exited, its host dead) or about to take a fresh one. Its master
--- removes an exiting worker's at once; this catches the rest, a bounded random sample a pass.
-if redis.call('EXISTS', KEYS[11]) == 1 then
-  local sample = redis.call('HRANDFIELD', KEYS[11], 100, 'WITHVALUES')
+-- removes an exiting worker's at once; this catches the rest, a bounded sample a pass.
+-- (HGETALL while the hash is no bigger than a fleet's workers; past that, the first entries of
+-- an HSCAN: stale ones deleted there make room for the next pass. No HRANDFIELD: Redis < 6.2.)
+local tickets = redis.call('HLEN', KEYS[11])
+if tickets > 0 then
+  local sample = tickets <= 1000 and redis.call('HGETALL', KEYS[11])
+    or redis.call('HSCAN', KEYS[11], 0, 'COUNT', 200)[2]
   local stale = {}
   for i = 1, #sample, 2 do
     local t = tonumber(sample[i + 1])
