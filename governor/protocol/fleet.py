@@ -10,7 +10,7 @@ from typing import Any
 
 from governor.names import internal_tag
 from governor.protocol.fleetshape import problem
-from governor.protocol.queue import Call, run
+from governor.protocol.scripts import Call, run
 from governor.untrusted import loads
 
 MAX_MASTERS = 500  # records read per call: the registry is writable by any client, every read is bounded

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from governor.names import internal_tag
+from governor.protocol.scripts import Call, run
 
 GRACE_MAX_MS = 10  # how far from its time a reserved start may really happen (a wake-up, a round trip)
 GRACE_MIN_MS = 3
@@ -118,8 +119,6 @@ def bind(client: Any, prefix: str, limiters: Mapping[str, Sequence[Any]]) -> Non
 def limit(name: str) -> None:
     """Takes one start from the named limiter (``limiters:`` in the YAML), fleet-wide, or raises
     ``RateLimited(retry_after)``. Call it right before the rate-limited call (an API request)."""
-    from governor.protocol.queue import Call, run
-
     if _binding is None:
         raise RuntimeError("governor.limit() works inside a handler run by a governor worker")
     client, prefix, limiters = _binding

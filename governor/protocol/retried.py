@@ -1,5 +1,6 @@
 """What an operator's retry answers: how many jobs it sent back, and which it left dead because
-another live job holds their unique key (retry.lua); kept apart from queue.py, which is long."""
+another live job holds their unique key (retry.lua). ``QueueOperations.retry`` (client_ops.py)
+answers one."""
 
 from __future__ import annotations
 

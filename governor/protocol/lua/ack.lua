@@ -9,7 +9,7 @@
 -- Returns 1 when settled, 0 when the lease was lost (the job is someone else's now).
 -- A function of its KEYS and ARGV (they shadow the script's own): ack.lua run alone is
 -- `return ack(KEYS, ARGV)`, and settle_reserve.lua calls it with its share of a combined
--- call's keys and arguments (queue.py `_load_scripts` composes the texts).
+-- call's keys and arguments (scripts.py `_load_scripts` composes the texts).
 local function ack(KEYS, ARGV)
   local now = now_ms()
   local id = ARGV[1]

@@ -10,7 +10,7 @@
 -- Returns 0 lease lost, 1 requeued, 2 retry scheduled, 3 dead-lettered.
 -- A function of its KEYS and ARGV (they shadow the script's own): fail.lua run alone is
 -- `return fail(KEYS, ARGV)`, and settle_reserve.lua calls it with its share of a combined
--- call's keys and arguments (queue.py `_load_scripts` composes the texts).
+-- call's keys and arguments (scripts.py `_load_scripts` composes the texts).
 -- `nxt`: the ARGV (worker, token, ...) of the reserve that follows in one call
 -- (settle_reserve.lua), else nil. The job this settle put back at once may be active again,
 -- leased by that very reserve: re-sent, the call is still a retried settle.

@@ -12,7 +12,7 @@
 --   {4}       the queue is paused: wait for a wake token
 -- A function of its KEYS and ARGV (they shadow the script's own): reserve.lua run alone is
 -- `return reserve(KEYS, ARGV)`, and settle_reserve.lua calls it, after the settle, with its
--- share of a combined call's keys and arguments (queue.py `_load_scripts` composes the texts).
+-- share of a combined call's keys and arguments (scripts.py `_load_scripts` composes the texts).
 local function reserve(KEYS, ARGV)
   local now = now_ms()
   -- A reserve re-sent after its reply was lost (a dropped connection) returns the job

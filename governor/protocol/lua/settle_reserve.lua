@@ -1,5 +1,5 @@
 -- Settles a worker's last job and reserves its next in one call: one round trip, one script.
--- Composed after ack.lua, fail.lua and reserve.lua (queue.py `_load_scripts`), whose functions
+-- Composed after ack.lua, fail.lua and reserve.lua (scripts.py `_load_scripts`), whose functions
 -- it runs in turn on its share of the keys and arguments; every rule stays in those files.
 -- KEYS: the settle's keys (ack.lua's or fail.lua's), then reserve.lua's
 -- ARGV: the settle ('ack' or 'fail'), how many of KEYS are the settle's, how many of the
