@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -20,11 +19,11 @@ import redis
 import yaml
 
 from governor.config import Config, ConfigError, command_problem, load_config, mask_url
-from governor.protocol.connection import RedisUnavailable, resolve_url
-from governor.protocol.fleet import fleet
-from governor.protocol.limits import rules_for, usage
+from governor.ops.status import client_for as _client
+from governor.ops.status import gather_status
+from governor.ops.terminal import _safe, _table, render_status
+from governor.protocol.connection import RedisUnavailable
 from governor.protocol.queue import DEFAULT_PRIORITY, Client, NotReplicated
-from governor.units import format_age, format_duration, format_size
 
 DEFAULT_CONFIG = os.environ.get("GOVERNOR_CONFIG", "/etc/governor/governor.yaml")
 
@@ -62,17 +61,6 @@ def _load(path: str, find_master: bool = False) -> Config:
                 print(f"governor: warning: ignoring {candidate}: not a state directory only its "
                       "owner can write in", file=sys.stderr)
     return cfg
-
-
-def _client(cfg: Config) -> Client:
-    url = resolve_url(cfg.redis.url, cfg.state_dir)
-    if cfg.redis.embedded and not os.path.exists(url[len("unix://"):]):
-        raise RedisUnavailable(f"the embedded Redis is not running (no socket in {cfg.state_dir}); "
-                               f"start the master first: governor run -c {cfg.source}")
-    # the config's partition counts: a producer registers one as a master would (enqueue, pause)
-    return Client.from_url(url, prefix=cfg.redis.prefix, max_payload=cfg.max_payload, tls=cfg.redis.tls,
-                           wait=(cfg.redis.wait_replicas, cfg.redis.wait_timeout),
-                           partitions={q.name: q.partitions for q in cfg.queues.values() if q.partitions})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -295,256 +283,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return 0
 
     return _job_op(args, op)
-
-
-def gather_status(cfg: Config, host: str | None = None) -> dict[str, Any]:
-    """Queues and the fleet's masters from Redis and, when a master runs here, its pools and
-    workers from its control socket (fresher than its record in Redis). ``host``: show that
-    master's pools and workers instead (a host name, or ``host:pid`` when several run there)."""
-    from governor.ops import control
-    out: dict[str, Any] = {"config": cfg.source, "master": None, "pools": [], "queues": {}, "fleet": []}
-    try:
-        if host is None:
-            live = control.request(cfg.state_dir, "status")
-            out["master"], out["pools"] = live["master"], live["pools"]
-            out["partitions"] = live.get("partitions", {})  # this master's leases, and why it serves none
-            out["handlers"] = live.get("handlers", {})  # per handler: counts, run times, limits
-    except (OSError, ValueError):
-        pass
-    try:
-        client = _client(cfg)
-        out["fleet"] = fleet(client.redis, cfg.redis.prefix)
-        here = out["master"]
-        if here:  # this host's master from its socket: fresher than its last heartbeat
-            # (its record's master keeps what only the record has: version, started)
-            out["fleet"] = [m if (m.get("master") or {}).get("pid") != here.get("pid")
-                            or (m.get("master") or {}).get("host") != here.get("host")
-                            else {**m, "master": {**m["master"], **here}, "pools": out["pools"]}
-                            for m in out["fleet"]]
-        if host is not None:
-            out["fleet"] = [m for m in out["fleet"] if _is_host(m, host)]
-            if out["fleet"]:
-                record = out["fleet"][0]
-                out["master"], out["pools"] = record.get("master"), record.get("pools", [])
-                out["handlers"] = record.get("handlers", {})
-        try:
-            registered, out["unreadable_queues"], out["unread_queues"] = client.registry()
-        except ValueError as exc:  # (too big to read: said, the config's queues shown)
-            registered, out["unreadable_queues"], out["unread_queues"] = [], [str(exc)], 0
-        for name in sorted(set(cfg.queues) | set(registered)):
-            try:
-                _queue_status(cfg, client, name, out)
-            except ValueError as exc:  # (its registry entries are bad: say so, show the others)
-                out["queues"][name] = {"error": str(exc)}
-    except (redis.RedisError, RedisUnavailable) as exc:
-        out["redis_error"] = str(exc)
-    return out
-
-
-def _queue_status(cfg: Config, client: Client, name: str, out: dict[str, Any]) -> None:
-    """One queue's part of ``gather_status``; ValueError when its registry entries are bad."""
-    out["queues"][name] = client.counts(name)
-    out["queues"][name]["recent_dead"] = [
-        {"id": j["id"], "handler": j.get("handler"), "reason": j.get("reason"),
-         "attempts": j.get("attempts"),
-         "error": (j["errors"][-1].get("error") if j["errors"] else None)}
-        for j in client.dead(name, limit=5)]
-    n = client.partitions(name)
-    if n:
-        held = client.partition_holders(name)
-        by_master: dict[str, list[int]] = {}
-        for part, master in sorted(held.items()):
-            by_master.setdefault(_master_name(master), []).append(part)
-        out["queues"][name]["partitions"] = {
-            "count": n, "holders": by_master, "unheld": [i for i in range(n) if i not in held]}
-    if name in cfg.queues:
-        q = cfg.queues[name]
-        rules = rules_for(cfg.redis.prefix, q, cfg.limiters)
-        out["queues"][name]["limits"] = usage(client.redis, rules)
-        out["queues"][name]["global_concurrency"] = q.global_concurrency
-
-
-def _is_host(record: dict[str, Any], host: str) -> bool:
-    """``--host NAME``: the master's host name, or ``host:pid`` to pick one of several."""
-    m = record.get("master") or {}
-    return host in (m.get("host"), f"{m.get('host')}:{m.get('pid')}", _master_name(record.get("id", "")))
-
-
-def _master_name(wid: str) -> str:
-    """``host:boot:pidns:pid:start`` as an operator reads it: ``host:pid``."""
-    parts = wid.split(":")
-    return f"{':'.join(parts[:-4])}:{parts[-2]}" if len(parts) >= 5 else wid
-
-
-def _ranges(numbers: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5'"""
-    out: list[str] = []
-    for n in sorted(numbers):
-        if out and n == int(out[-1].split("-")[-1]) + 1:
-            out[-1] = f"{out[-1].split('-')[0]}-{n}"
-        else:
-            out.append(str(n))
-    return ",".join(out)
-
-
-# C0, DEL and C1 controls (ESC starts terminal sequences, CR overwrites a line), the line
-# and paragraph separators, and the bidi marks, embeddings, overrides and isolates, which
-# reorder what follows them on screen
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def _safe(value: object) -> str:
-    """``str(value)`` with control characters shown as ``\\x1b`` or ``\\u202e``.
-
-    Job ids, handlers, error text and queue names come from Redis and from job code, which
-    anyone who can write to Redis controls; printed raw, an ESC sequence could clear the
-    operator's screen, retitle the terminal or rewrite what the status says."""
-
-    def escape(m: re.Match[str]) -> str:
-        char = m.group()
-        if char in _NAMED:
-            return _NAMED[char]
-        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
-
-    return _UNSAFE.sub(escape, str(value))
-
-
-def _table(rows: list[list[str]]) -> str:
-    rows = [[_safe(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def render_status(st: dict[str, Any]) -> str:
-    """The human view of ``gather_status``; every string in it is passed through ``_safe``."""
-    lines = []
-    m = st["master"]
-    if m:
-        lines.append(f"master {m['pid']} on {_safe(m['host'])}, up {format_age(m['uptime'])}, "
-                     f"redis {_safe(m['redis'])}"
-                     + ("" if m["redis_ok"] else " (UNREACHABLE)")
-                     + (f", stopping ({_safe(m['stopping'])})" if m["stopping"] else ""))
-    elif st.get("host"):
-        lines.append(f"no live master on host {_safe(st['host'])} in this fleet")
-    else:
-        lines.append("no master running for this config (showing what Redis holds)")
-    if st.get("redis_error"):
-        lines.append(f"redis: {_safe(st['redis_error'])}")
-    rows = [["QUEUE", "WAITING", "DELAYED", "ACTIVE", "DEAD", "DONE", "DONE_TOTAL", "PAUSED"]]
-    unreadable = [(name, c["error"]) for name, c in st["queues"].items() if c.get("error")]
-    for name, c in st["queues"].items():
-        if not c.get("error"):
-            rows.append([name, *(str(c[k]) for k in ("waiting", "delayed", "active", "dead", "done", "done_total")),
-                         "yes" if c.get("paused") else "no"])
-    lines += ["", _table(rows)]
-    for name, why in unreadable:
-        lines.append(f"queue {_safe(name)}: UNREADABLE, skipped: {_safe(why)}")
-    if st.get("unreadable_queues"):
-        lines.append(f"{len(st['unreadable_queues'])} unreadable queue name(s) in the registry, skipped: "
-                     + ", ".join(_safe(n) for n in st["unreadable_queues"][:20]))
-    if st.get("unread_queues"):
-        lines.append(f"{st['unread_queues']} more queue name(s) in the registry, not read")
-    if st["pools"]:
-        rows = [["POOL", "#", "PID", "STATE", "UPTIME", "JOBS", "RSS", "JOB", "FOR"]]
-        for p in st["pools"]:
-            for w in p["workers"]:  # (from a record with --host: fleetshape checked what is indexed)
-                job = w.get("job") or {}
-                rows.append([p["queue"], str(w.get("index", "?")), str(w["pid"]), w["state"],
-                             format_age(w.get("uptime")), str(w.get("jobs_done", "?")), format_size(w.get("rss")),
-                             f"{job['id']} {job.get('handler')}" if job else "-", format_age(job.get("seconds"))])
-        lines += ["", _table(rows)]
-        for p in st["pools"]:
-            live = sum(1 for w in p["workers"] if w["state"] in ("starting", "idle", "busy"))
-            note = f"pool {_safe(p['queue'])}: {live}/{p.get('desired', '?')} workers"
-            if p.get("exits"):
-                note += ", exits: " + " ".join(f"{_safe(k)}={v}" for k, v in sorted(p["exits"].items()))
-            if p.get("backoff"):
-                b = p["backoff"]
-                note += (f", BACKING OFF {b['seconds']:.0f}s (respawn in {b['respawn_in']:.0f}s): "
-                         f"{_safe(b['last_error'])}")
-            if p.get("spawn_error"):
-                note += f", SHORT: {_safe(p['spawn_error'])}"
-            scale = p.get("autoscale")
-            if scale:
-                note += f", elastic {scale['min']}-{scale['max']}"
-                if scale.get("held"):
-                    note += f", held: {_safe(scale['held'])}"
-                last = (scale.get("history") or [None])[-1]
-                if last:
-                    why = ", ".join(f"{_safe(k)} {_safe(v)}" for k, v in last["signals"].items())
-                    note += (f", last {last['direction']} {last['from']}->{last['to']} "
-                             f"({_safe(last['reason'])}: {why}) {format_age(time.time() - last['at'])} ago")
-            lines.append(note)
-    if st.get("fleet"):
-        rows = [["MASTER", "VERSION", "UP", "POOLS", "WORKERS", "BUSY", "PARTITIONS", "LEASE LEFT"]]
-        total = busy_total = 0
-        for rec in st["fleet"]:
-            if rec.get("error"):
-                rows.append([_master_name(rec.get("id", "?")), f"UNREADABLE ({rec['error'][:100]})", "", "", "",
-                             "", "", format_age(rec.get("expires_in"))])
-                continue
-            m = rec.get("master") or {}
-            pools = rec.get("pools") or []
-            workers = [w for p in pools for w in p.get("workers", [])]
-            busy = sum(1 for w in workers if w.get("state") == "busy")
-            total, busy_total = total + len(workers), busy_total + busy
-            held = sum(len(p.get("held", [])) for p in (rec.get("partitions") or {}).values())
-            rows.append([f"{m.get('host', '?')}:{m.get('pid', '?')}", str(m.get("version", "?")),
-                         format_age(m.get("uptime")),
-                         " ".join(f"{p['queue']}={p.get('actual', '?')}/{p.get('desired', '?')}" for p in pools) or "-",
-                         str(len(workers)), str(busy), str(held), format_age(rec.get("expires_in"))])
-        lines += ["", _table(rows), f"fleet: {len(st['fleet'])} master(s), {total} worker(s), {busy_total} busy"]
-    parted = [(q, c["partitions"]) for q, c in st["queues"].items() if c.get("partitions")]
-    if parted:
-        lines.append("")
-        for q, parts in parted:
-            held = "; ".join(f"{_safe(m)} holds {_ranges(ps)}" for m, ps in sorted(parts["holders"].items()))
-            unheld = f"; UNHELD: {_ranges(parts['unheld'])}" if parts["unheld"] else ""
-            lines.append(f"partitions {_safe(q)}: {parts['count']}; {held or 'none held'}{unheld}")
-            error = st.get("partitions", {}).get(q, {}).get("error")
-            if error:
-                lines.append(f"  this master serves none: {_safe(error)}")
-    limited = [(q, c) for q, c in st["queues"].items()
-               if c.get("limits") or c.get("global_concurrency") or c.get("throttled_total")]
-    if limited:
-        lines.append("")
-        for q, c in limited:
-            parts = []
-            for lim in c.get("limits", []):
-                spec = f"{lim['algorithm']} {lim['limit']}/{format_duration(lim['per'])}"
-                left = (f"{lim['tokens']}/{lim['burst']} tokens" if "tokens" in lim
-                        else f"{lim['used']}/{lim['limit']} used")
-                parts.append(f"{spec}: {left}")
-            if c.get("global_concurrency"):
-                parts.append(f"running {c['active']}/{c['global_concurrency']} (global_concurrency)")
-            parts.append(f"throttled {c.get('throttled_total', 0)} reserves, "
-                         f"{c.get('throttled_jobs_total', 0)} jobs")
-            lines.append(f"limits {_safe(q)}: " + "; ".join(parts))
-    handlers = [(q, h, t) for q, hs in st.get("handlers", {}).items() for h, t in sorted(hs.items())]
-    if handlers:
-        rows = [["QUEUE", "HANDLER", "DONE", "FAILED", "DEAD", "P50", "P95", "P99", "HARD LIMIT", "FAILURES"]]
-        for q, h, t in handlers:
-            if t["fallback"]:
-                limit = f"{format_duration(t['configured'])} (FALLEN BACK: {t['kills']} adaptive kills)"
-            elif t["limit"]:
-                limit = f"{format_duration(t['limit'])} (learnt)"
-            else:
-                limit = format_duration(t["configured"]) + (" (too few runs)" if t["adaptive"] else "")
-            failures = " ".join(f"{k}={v}" for k, v in sorted(t["reasons"].items())) or "-"
-            rows.append([q, h, str(t["done"]), str(t["failed"]), str(t["dead"]),
-                         *(f"{t[p]:.3f}s" if t["samples"] else "-" for p in ("p50", "p95", "p99")), limit, failures])
-        lines += ["", _table(rows)]
-    dead = [(q, d) for q, c in st["queues"].items() for d in c.get("recent_dead", [])]
-    if dead:
-        rows = [["DEAD IN", "JOB", "HANDLER", "REASON", "ATTEMPTS", "LAST ERROR"]]
-        for q, d in dead:
-            # the first line by "\n" only: a CR or other separator inside it is shown, escaped
-            err = str(d["error"]).split("\n", 1)[0][:80] if d["error"] else "-"
-            rows.append([q, str(d["id"]), str(d["handler"]), str(d["reason"]), str(d["attempts"]), err])
-        lines += ["", _table(rows)]
-    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ from urllib.parse import parse_qs
 
 from governor.config import QueueConfig
 from governor.ops.httpd import Request
-from governor.ops.webview import CACHE, ViewBuilder
+from governor.ops.status import MasterStatus
+from governor.ops.webview import CACHE, PageView, ViewBuilder
 from governor.protocol.queue import Client
 from governor.units import format_age, format_size
 
@@ -43,7 +44,7 @@ def _e(value: Any, limit: int = TEXT_SHOWN) -> str:
 class WebPage:
     def __init__(self, client: Client, token: str | None, reachable: Callable[[], bool],
                  queues: Callable[[], list[QueueConfig]],
-                 local: Callable[[], dict[str, Any]], me: tuple[str, Callable[[], dict[str, Any]]]) -> None:
+                 local: Callable[[], dict[str, Any]], me: tuple[str, Callable[[], MasterStatus]]) -> None:
         """``queues``: the queues this master's config defines; ``local``: this master's own
         figures (oldest wait per queue, from its last pass); ``me``: this master's name in the
         fleet registry and its live record (fresher than the one it last wrote there)."""
@@ -126,7 +127,7 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
                 f"{jid}<button type=submit data-op={op}>{op}</button></form>")
 
     @staticmethod
-    def _summary(v: dict[str, Any]) -> str:
+    def _summary(v: PageView) -> str:
         masters = v["fleet"]
         workers = [w for m in masters for p in m.get("pools") or [] for w in p.get("workers", [])]
         busy = sum(1 for w in workers if w.get("state") == "busy")
@@ -136,7 +137,7 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
         return (f"<p id=summary>{len(masters)} master(s), {len(workers)} worker(s), {busy} busy; "
                 f"{waiting} waiting, {dead} dead; as of {_e(time.strftime('%H:%M:%S', time.localtime(v['at'])))}</p>")
 
-    def _queues(self, v: dict[str, Any]) -> str:
+    def _queues(self, v: PageView) -> str:
         rows = []
         for name, q in v["queues"].items():
             if "error" in q:  # (registry entries any client can write: shown, never used)
@@ -166,7 +167,7 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
                 "<th>partitions</th><th></th></tr>" + "".join(rows) + "</table></div>" + self._registry(v))
 
     @staticmethod
-    def _registry(v: dict[str, Any]) -> str:
+    def _registry(v: PageView) -> str:
         notes = []
         if v.get("unreadable"):
             notes.append(f"{len(v['unreadable'])} unreadable queue name(s) in the registry, skipped: "
@@ -178,7 +179,7 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
         return "".join(f"<p class=bad>{n}</p>" for n in notes)
 
     @staticmethod
-    def _hosts(v: dict[str, Any]) -> str:
+    def _hosts(v: PageView) -> str:
         rows = []
         for rec in v["fleet"]:
             if rec.get("error"):  # (a record of the wrong shape: fleet() says why, nothing of it is used)
@@ -202,11 +203,11 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
                 "<th>pools</th><th>workers</th><th>busy</th><th>memory</th><th>running</th></tr>"
                 + "".join(rows) + "</table></div>")
 
-    def _dead(self, v: dict[str, Any]) -> str:
+    def _dead(self, v: PageView) -> str:
         rows = []
         for name, q in v["queues"].items():
             for j in q.get("dead_jobs", []):
-                err = (j.get("errors") or [{}])[-1].get("error")
+                err = j["error"]
                 rows.append(
                     f"<tr class=dead data-job='{_e(j['id'])}'><td>{_e(name)}</td><td>{_e(j['id'])}</td>"
                     f"<td>{_e(j.get('handler'))}</td><td>{_e(j.get('reason'))}</td><td class=num>{_e(j.get('attempts'))}</td>"

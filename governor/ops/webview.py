@@ -14,9 +14,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 from governor.config import QueueConfig
+from governor.ops.status import (
+    DeadJob,
+    FleetRecord,
+    MasterStatus,
+    PartitionView,
+    QueueCounts,
+    dead_job,
+    partition_view,
+)
 from governor.protocol.fleet import fleet
 from governor.protocol.queue import Client, QueueKeys, _record
 from governor.units import format_duration
@@ -27,6 +36,27 @@ MAX_OTHER_QUEUES = 50  # queues shown beyond this master's own (names any produc
 REGISTRY_READ = 1000  # registry entries read per view
 MASTERS_SHOWN = 100  # fleet records per view
 STEP_LANES = 64  # lanes read per step: one round trip of about 450 commands
+
+
+class QueueView(QueueCounts, total=False):
+    """One queue on the page: its counts and what the page adds."""
+
+    dead_jobs: list[DeadJob]  # the newest DEAD_SHOWN
+    partitions: PartitionView  # holders keyed by their full registry name
+    oldest_age: float | None  # this master's own figure, if it runs the queue
+    limits: str  # as the config states them (limits_text)
+    rate: float | None  # jobs done a second since the last view
+
+
+class PageView(TypedDict):
+    """What the page renders (``WebPage.page``), gathered at most every CACHE seconds."""
+
+    queues: dict[str, QueueView]
+    unreadable: list[str]  # registry entries that are no queue name
+    unread: int  # registry entries beyond REGISTRY_READ
+    more_queues: int  # registered queues beyond MAX_OTHER_QUEUES, not shown
+    fleet: list[FleetRecord]  # this master's live record first
+    at: float  # wall clock
 
 
 def limits_text(q: QueueConfig | None) -> str:
@@ -49,12 +79,12 @@ class ViewBuilder:
     """One build at a time, taken a step per call; the last finished view is kept."""
 
     def __init__(self, client: Client, queues: Callable[[], list[QueueConfig]],
-                 local: Callable[[], dict[str, Any]], me: tuple[str, Callable[[], dict[str, Any]]]) -> None:
+                 local: Callable[[], dict[str, Any]], me: tuple[str, Callable[[], MasterStatus]]) -> None:
         self.client = client
         self.queues = queues
         self.local = local
         self.me = me
-        self.view: tuple[float, dict[str, Any]] | None = None  # (monotonic when finished, view)
+        self.view: tuple[float, PageView] | None = None  # (monotonic when finished, view)
         self.failed: tuple[float, str] | None = None  # (when, why) the last build failed
         self._steps: Iterator[None] | None = None
         self._done: dict[str, tuple[float, int]] = {}  # queue -> (when, done_total) at the last view
@@ -63,7 +93,7 @@ class ViewBuilder:
     def building(self) -> bool:
         return self._steps is not None
 
-    def fresh(self, now: float) -> dict[str, Any] | None:
+    def fresh(self, now: float) -> PageView | None:
         return self.view[1] if self.view and now - self.view[0] < CACHE else None
 
     def start(self, restart: bool = False) -> None:
@@ -134,8 +164,7 @@ class ViewBuilder:
         if len(lanes) > 1:
             held = c.partition_holders(name)
             yield
-            counts["partitions"] = {"count": len(lanes), "unheld": [p for p in range(len(lanes)) if p not in held],
-                                    "holders": sorted(set(held.values()))}
+            counts["partitions"] = partition_view(len(lanes), held, name=str)
         queues[name] = counts
 
     def _dead(self, name: str, lanes: list[QueueKeys], counts: dict[str, Any]) -> Iterator[None]:
@@ -153,6 +182,6 @@ class ViewBuilder:
         for _, n, jid in newest:
             pipe.hget(lanes[n].meta, jid)
         records = pipe.execute()
-        counts["dead_jobs"] = [_record(name, jid.decode(errors="replace"), meta, None)
+        counts["dead_jobs"] = [dead_job(_record(name, jid.decode(errors="replace"), meta, None))
                                for (_, _, jid), meta in zip(newest, records, strict=True) if meta is not None]
         yield
