@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from governor.config.declare import keys, read
 from governor.config.schema import Autoscale, QueueConfig, RateLimit
 from governor.config.sections import ConfigError, _did_you_mean, _Section, _show
 from governor.config.values import (
@@ -16,14 +17,12 @@ from governor.config.values import (
     _int,
     _optional,
     _per,
-    _positive_duration,
     _signal_name,
     _string,
 )
 from governor.names import LIMITER_NAME_RULE, queue_name_problem
-from governor.units import format_duration, parse_duration
+from governor.units import format_duration
 
-_SETTING_KEYS = ("memory", "timeout", "recycle", "retry", "done_ttl")
 _PER_QUEUE_KEYS = ("rate_limit", "limiters", "global_concurrency", "partitions",
                    "partitions_per_host")  # never inherited from defaults
 MAX_PARTITIONS = 1024
@@ -36,7 +35,7 @@ def _rate_limit(data: Any, path: str, env: Mapping[str, str]) -> RateLimit:
     sec = _Section(data, path, env).expect("limit", "per", "algorithm", "burst")
     limit = sec.get("limit", _int(1))
     per = sec.get("per", _per)
-    algorithm = sec.get("algorithm", _algorithm, "token_bucket")
+    algorithm = sec.get("algorithm", _algorithm, RateLimit.algorithm)
     burst = sec.get("burst", _int(1))
     sec.done()
     for key, value in (("limit", limit), ("per", per)):
@@ -139,7 +138,7 @@ def _command(q: _Section, base_dir: Path) -> dict[str, Any]:
     protocol = q.get("protocol", _choice("jsonl"), None)
     # (relative to the config file, as app.path is; by default its directory)
     return {"command": tuple(command), "env": env, "cwd": str((base_dir / (cwd or ".")).resolve()),
-            "stop_signal": q.get("stop_signal", _signal_name, 15), "protocol": protocol}
+            "stop_signal": q.get("stop_signal", _signal_name, QueueConfig.stop_signal), "protocol": protocol}
 
 
 def command_problem(q: QueueConfig) -> str | None:
@@ -164,7 +163,7 @@ def command_problem(q: QueueConfig) -> str | None:
     return None
 
 
-_AUTOSCALE_KEYS = ("up_wait", "up_depth", "down_idle", "up_cooldown", "down_cooldown")
+_AUTOSCALE_KEYS = tuple(k for k in keys(Autoscale) if k not in ("min", "max"))  # (min, max: concurrency)
 
 
 def _elastic(q: _Section) -> tuple[int, Autoscale | None]:
@@ -184,15 +183,7 @@ def _elastic(q: _Section) -> tuple[int, Autoscale | None]:
     if low > high:
         raise ConfigError(c.path, f"min ({low}) is above max ({high})")
     a = q.section("autoscale").expect(*_AUTOSCALE_KEYS)
-    d = Autoscale(min=low, max=high)
-    scale = Autoscale(
-        min=low, max=high,
-        up_wait=a.get("up_wait", _optional(_positive_duration), d.up_wait),
-        up_depth=a.get("up_depth", _optional(_int(1)), d.up_depth),
-        down_idle=a.get("down_idle", parse_duration, d.down_idle),
-        up_cooldown=a.get("up_cooldown", parse_duration, d.up_cooldown),
-        down_cooldown=a.get("down_cooldown", parse_duration, d.down_cooldown),
-    )
+    scale = Autoscale(**read(Autoscale, a, Autoscale(min=low, max=high)), min=low, max=high)
     for key in ("down_idle", "up_cooldown", "down_cooldown"):
         if getattr(scale, key) < 0:
             raise ConfigError(a.sub(key), f"expected a duration >= 0, got {format_duration(getattr(scale, key))}")

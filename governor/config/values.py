@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from governor.config.sections import _did_you_mean
-from governor.units import parse_duration
+from governor.units import parse_duration, parse_size
 
 RATE_LIMIT_ALGORITHMS = ("token_bucket", "sliding_window", "fixed_window")
 
@@ -26,6 +26,7 @@ def _int(minimum: int) -> Callable[[Any], int]:
             raise ValueError(f"expected an integer >= {minimum}, got {v!r}")
         return v
 
+    parse.kind = f"integer >= {minimum}"  # type: ignore[attr-defined]
     return parse
 
 
@@ -41,6 +42,7 @@ def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
             raise ValueError(f"expected a limit above zero, or 'off' to disable it, got {v!r}")
         return value
 
+    wrapped.kind = f"{kind(parse)}, or off"  # type: ignore[attr-defined]
     return wrapped
 
 
@@ -56,6 +58,7 @@ def _choice(*options: str) -> Callable[[Any], str]:
             raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
         return v.lower()
 
+    parse.kind = " | ".join(options)  # type: ignore[attr-defined]
     return parse
 
 
@@ -102,6 +105,7 @@ def _account(kind: str) -> Callable[[Any], str]:
             raise ValueError(f"no such {kind} {name!r} on this host") from None
         return name
 
+    parse.kind = f"{kind} name"  # type: ignore[attr-defined]
     return parse
 
 
@@ -115,6 +119,7 @@ def _existing_file(base_dir: Path) -> Callable[[Any], str]:
             raise ValueError(f"no such file: {str(path)!r}")
         return str(path)
 
+    parse.kind = "file (relative to the config file)"  # type: ignore[attr-defined]
     return parse
 
 
@@ -181,6 +186,7 @@ def _percent(what: str, open_range: bool = False) -> Callable[[Any], float]:
             raise ValueError(f"expected {what} {span}, got {v!r}")
         return x
 
+    parse.kind = "percentage (95 or 95%)"  # type: ignore[attr-defined]
     return parse
 
 
@@ -190,6 +196,7 @@ def _number_at_least(low: float, what: str) -> Callable[[Any], float]:
             raise ValueError(f"expected {what} as a number >= {low:g}, got {v!r}")
         return float(v)
 
+    parse.kind = f"number >= {low:g}"  # type: ignore[attr-defined]
     return parse
 
 
@@ -232,3 +239,19 @@ def _host_names(v: Any) -> tuple[str, ...]:
         raise ValueError(f"expected host names such as governor.example.org (no port, no scheme, no "
                          f"wildcard), got {bad[0]!r}")
     return names
+
+
+_KINDS: dict[Callable[[Any], Any], str] = {
+    parse_duration: "duration (ms/s/m/h/d)", parse_size: "size (B/KiB/MiB/GiB/KB/MB/GB)",
+    _fraction: "number from 0 to 1", _bool: "true or false", _string: "string",
+    _string_list: "list of strings", _handler_patterns: "list of module:function patterns",
+    _listen: "HOST:PORT", _per: "duration, or second/minute/hour/day",
+    _algorithm: " | ".join(RATE_LIMIT_ALGORITHMS), _positive_duration: "duration above zero",
+    _signal_name: "signal name (TERM, INT, ...)", _token: "string of 16+ characters, or empty",
+    _host_names: "list of host names",
+}
+
+
+def kind(parse: Callable[[Any], Any]) -> str:
+    """What a converter accepts, in words, for docs/configuration.md."""
+    return getattr(parse, "kind", None) or _KINDS.get(parse, "")
