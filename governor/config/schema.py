@@ -172,10 +172,10 @@ class QueueConfig:
         "an elastic pool's thresholds (needs concurrency: {min, max})"))
     command: tuple[str, ...] | None = setting(None, kind="list, or a string split as a shell would", help=(
         "a command pool: each worker runs (and governs) this program"))
-    env: tuple[tuple[str, str], ...] = setting((), kind="mapping", help="added to the command's environment")
+    env: tuple[tuple[str, str], ...] = setting((), kind="mapping", doc_default="{}", help="added to the command's environment")
     cwd: str | None = setting(None, _string, doc_default="the config file's directory", help=(
         "the command's directory, relative to the config file"))
-    stop_signal: int = setting(15, kind="signal name (TERM, INT, ...)", help=(
+    stop_signal: int = setting(15, show=signal_name, kind="signal name (TERM, INT, ...)", help=(
         "sent to the command on drain and recycle (SIGKILL after shutdown_timeout)"))
     protocol: str | None = setting(None, _choice("jsonl"), help=(
         "jsonl: the command takes governor jobs over two pipes"))
