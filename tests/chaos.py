@@ -18,21 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import Governor, RedisServer, wait_for
-
-CHAOS_TASKS = '''
-import os, random, time
-
-LOG = {log!r}
-
-
-def chaos(key):
-    with open(LOG, "a") as fh:
-        fh.write(f"start {{key}} {{os.getpid()}} {{time.time()!r}}\\n")
-    time.sleep(random.uniform(0.002, 0.01))
-    with open(LOG, "a") as fh:
-        fh.write(f"done {{key}} {{os.getpid()}} {{time.time()!r}}\\n")
-'''
+from harness import Governor, RedisServer, wait_for
 
 
 @dataclass
@@ -54,7 +40,8 @@ def run_chaos(tmp: Path, jobs: int, kill_every: float = 0.1, concurrency: int = 
     (tmp / "g").mkdir()
     g = Governor(tmp / "g", redis.url)
     log = tmp / "runs.log"
-    (g.dir / "chaostasks.py").write_text(CHAOS_TASKS.format(log=str(log)))
+    g.add_app("chaostasks")
+    g.env["TEST_CHAOS_LOG"] = str(log)
     cfg = g.config({"chaos": {"concurrency": concurrency,
                               "retry": {"max": 50, "backoff": "10ms", "max_backoff": "50ms"}}})
     cfg["app"]["handlers"] = ["chaostasks:*"]

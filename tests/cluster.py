@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import free_port, wait_for
+from harness import free_port, wait_for
 
 SLOTS = 16384
 

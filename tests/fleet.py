@@ -9,75 +9,9 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
-from conftest import Governor
+from harness import Governor
 
 LEASE = 2.0
-
-PARTTASKS = '''
-import json, os, time
-import governor
-
-SHARED = __SHARED__
-
-
-def heartbeat(key, seconds):
-    """Beats every 20 ms for `seconds` of its own running time, then records that it finished."""
-    job = governor.current_job()
-    path = os.path.join(SHARED, "beats")
-    with open(os.path.join(SHARED, "fences"), "a") as fh:
-        fh.write(f"{key} {job.attempt} {job.fencing_token} {os.getpid()}\\n")
-    ran, last = 0.0, time.monotonic()
-    while ran < seconds:
-        with open(path, "a") as fh:
-            fh.write(f"{key} {os.getpid()} {time.time():.4f}\\n")
-        time.sleep(0.02)
-        now = time.monotonic()
-        ran += min(now - last, 0.1)  # time spent frozen does not count as running
-        last = now
-    with open(os.path.join(SHARED, "done"), "a") as fh:
-        fh.write(f"{key} {os.getpid()}\\n")
-
-
-def stamp(key):
-    """Records when it started, on this host's clock (the one Redis uses too)."""
-    with open(os.path.join(SHARED, "starts"), "a") as fh:
-        fh.write(f"{key} {os.getpid()} {time.time():.6f}\\n")
-
-
-def span(key, seconds):
-    """Records its start and end, so overlapping runs can be counted."""
-    with open(os.path.join(SHARED, "spans"), "a") as fh:
-        fh.write(f"start {key} {os.getpid()} {time.time():.6f}\\n")
-    time.sleep(seconds)
-    with open(os.path.join(SHARED, "spans"), "a") as fh:
-        fh.write(f"end {key} {os.getpid()} {time.time():.6f}\\n")
-
-
-def limited(key):
-    """Takes a start from the 'api' limiter first (raising RateLimited when there is none)."""
-    governor.limit("api")
-    with open(os.path.join(SHARED, "calls"), "a") as fh:
-        fh.write(f"{key} {os.getpid()} {time.time():.6f}\\n")
-
-
-def ordered(key, seq, seconds=0.0):
-    """Records its start and end per ordering key, so per-key order can be checked."""
-    with open(os.path.join(SHARED, "order"), "a") as fh:
-        fh.write(f"start {key} {seq} {os.getpid()} {time.time():.6f}\\n")
-    time.sleep(seconds)
-    with open(os.path.join(SHARED, "order"), "a") as fh:
-        fh.write(f"end {key} {seq} {os.getpid()} {time.time():.6f}\\n")
-
-
-def fence(key, seconds):
-    job = governor.current_job()
-    with open(os.path.join(SHARED, "fences"), "a") as fh:
-        fh.write(f"{key} {job.attempt} {job.fencing_token} {os.getpid()}\\n")
-    time.sleep(seconds)
-'''
-
 
 class Fleet:
     """Masters on one Redis and one prefix, each with its own state dir; records shared."""
@@ -100,10 +34,9 @@ class Fleet:
         if self.prefix is None:
             self.prefix = g.prefix
         g.prefix, g.client = self.prefix, type(g.client).from_url(self.redis_url, prefix=self.prefix)
-        (d / "parttasks.py").write_text(PARTTASKS.replace("__SHARED__", repr(str(self.shared))))
-        cfg = g.config(queues, lease=f"{LEASE}s", **top)
-        cfg["app"]["handlers"] = ["tasks:*", "parttasks:*"]
-        g.config_path.write_text(yaml.safe_dump(cfg))
+        g.add_app("parttasks")
+        g.env["TEST_SHARED"] = str(self.shared)
+        g.write(queues, lease=f"{LEASE}s", **top)
         self.masters.append(g)
         return g
 

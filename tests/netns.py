@@ -84,7 +84,7 @@ import pytest
 
 from governor import Client
 
-from conftest import Governor, RedisServer
+from harness import Governor, RedisServer
 
 PREFIX = "gvp"  # every namespace, link and name this module creates starts with it
 NETWORK = ipaddress.ip_network("10.251.0.0/16")  # private; carved into /30s

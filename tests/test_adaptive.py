@@ -8,7 +8,7 @@ from governor.protocol.queue import run
 from governor.supervise.handlerstats import ADAPTIVE_REFRESH
 from governor.supervise.handlerstats import STATS_EVERY as ADAPTIVE_EVERY
 
-from conftest import wait_for
+from harness import wait_for
 
 HANDLER = "tasks:sleep_then_record"
 

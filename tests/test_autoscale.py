@@ -9,8 +9,8 @@ import time
 import pytest
 from test_config import BASE, check
 
-from conftest import free_port, http_get, wait_for
 from fleet import Fleet
+from harness import free_port, http_get, wait_for
 
 ELASTIC = {"up_wait": "1s", "up_cooldown": "1s", "down_idle": "2s", "down_cooldown": "1s"}
 

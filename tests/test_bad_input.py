@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import wait_for
+from harness import wait_for
 
 
 def _raw_job(client, queue, job_id, payload: bytes, meta: str | None):

@@ -10,12 +10,7 @@ import sys
 
 import yaml
 
-from conftest import wait_for
-
-
-def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "governor", *args], capture_output=True, text=True,
-                          timeout=30, cwd=cwd)
+from harness import cli, wait_for
 
 
 def test_enqueue_prints_the_id_and_the_job_runs(governor):

@@ -10,7 +10,7 @@ import time
 
 from governor.protocol.queue import partition_of
 
-from conftest import Governor, wait_for
+from harness import Governor, wait_for
 
 pytest_plugins = ("cluster",)
 

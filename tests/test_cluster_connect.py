@@ -28,7 +28,7 @@ from governor.protocol.connection import (
 )
 from governor.protocol.queue import Client, run
 
-from conftest import free_port
+from harness import free_port
 
 pytest_plugins = ("cluster",)
 

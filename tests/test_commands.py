@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import wait_for
+from harness import APPS, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "etc" / "examples"
 NODE = shutil.which("node")
@@ -184,24 +184,13 @@ def test_check_rejects_bad_command_pools_naming_the_path(tmp_path, queue, path, 
     assert f"{path}:" in out.stderr and words in out.stderr, out.stderr
 
 
-# A jsonl program that serves one job per life (as a PHP worker with a request limit does):
-# it answers, lingers (argv[1] seconds: the worker writes the next job into the pipe
-# meanwhile, unread) and exits. A "t:die" job it reads and then dies on.
-ONE_JOB = """
-import json, os, sys, time
-jobs = os.fdopen(int(os.environ["GOVERNOR_JOBS_FD"]), "rb")
-results = os.fdopen(int(os.environ["GOVERNOR_RESULTS_FD"]), "wb", buffering=0)
-job = json.loads(jobs.readline())
-if job["handler"] == "t:die":
-    sys.exit(3)
-results.write(json.dumps({"id": job["id"], "ok": True, "result": job["args"][0]}).encode() + b"\\n")
-time.sleep(float(sys.argv[1]))
-"""
-
-
 def jsonl_pool(governor, program: str, *args: str, **extra) -> dict:
-    path = governor.dir / "program.py"
-    path.write_text(program)
+    """A jsonl command pool running ``program``: a program of tests/apps/ by name (one_job,
+    chatty), else the text of one, written beside the config."""
+    path = APPS / f"{program}.py"
+    if not path.exists():
+        path = governor.dir / "program.py"
+        path.write_text(program)
     return {"command": [sys.executable, str(path), *args], "protocol": "jsonl", "concurrency": 1,
             "retry": {"max": 0}, **extra}
 
@@ -216,7 +205,7 @@ def test_a_program_that_exits_between_jobs_costs_no_job_an_attempt(governor, lin
     """Each job after the first meets a program that exited (or is about to, its line unread in
     the pipe): never handed over, so requeued uncharged and run by the next copy. A job the
     program read and then died on is its crash, charged as before."""
-    governor.start({"once": jsonl_pool(governor, ONE_JOB, linger)}, app={"path": ["."], "handlers": ["t:*"]})
+    governor.start({"once": jsonl_pool(governor, "one_job", linger)}, app={"path": ["."], "handlers": ["t:*"]})
     c = governor.client
     ids = [c.enqueue("once", "t:echo", i) for i in range(4)]
     jobs = wait_for(lambda: settled(c, ids), 30, "the four jobs")
@@ -249,26 +238,10 @@ def test_a_program_that_dies_before_its_first_job_backs_off_and_charges_nothing(
     assert record["errors"] == [] and (record["state"], record["attempts"]) in (("waiting", 0), ("active", 1)), record
 
 
-# Logs 256 KB before it reads a job (four times the pipe's buffer), then answers each job with
-# the length of its argument.
-CHATTY = """
-import json, os, sys
-for i in range(2048):
-    print("warming up " + "x" * 116, flush=True)
-jobs = os.fdopen(int(os.environ["GOVERNOR_JOBS_FD"]), "rb")
-results = os.fdopen(int(os.environ["GOVERNOR_RESULTS_FD"]), "wb", buffering=0)
-for line in jobs:
-    job = json.loads(line)
-    if "soft_timeout" in job:
-        continue
-    results.write(json.dumps({"id": job["id"], "ok": True, "result": len(job["args"][0])}).encode() + b"\\n")
-"""
-
-
 def test_a_big_job_line_does_not_deadlock_against_a_program_that_logs(governor):
     """The worker writes a 200 KB job line while the program writes 256 KB of log: the worker
     must read the program's output while its line waits for room in the pipe."""
-    governor.start({"chatty": jsonl_pool(governor, CHATTY, timeout={"soft": "off", "hard": "5s"})},
+    governor.start({"chatty": jsonl_pool(governor, "chatty", timeout={"soft": "off", "hard": "5s"})},
                    app={"path": ["."], "handlers": ["t:*"]}, wait=False)
     c = governor.client
     job = c.enqueue("chatty", "t:len", "y" * 200_000)

@@ -13,7 +13,7 @@ import yaml
 
 from governor.config import ConfigError, load_config, parse_config
 
-from conftest import wait_for
+from harness import wait_for
 
 BASE = """
 redis: {url: "redis://127.0.0.1:6379/0"}

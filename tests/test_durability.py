@@ -13,7 +13,7 @@ import redis
 from governor import Client
 from governor.protocol.queue import NotReplicated
 
-from conftest import RedisServer, wait_for
+from harness import RedisServer, wait_for
 
 WAIT = {"replicas": 1, "timeout": "50ms"}
 

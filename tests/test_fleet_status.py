@@ -7,18 +7,10 @@ import subprocess
 import sys
 import time
 
-import pytest
 import yaml
 
-from conftest import wait_for
-from fleet import LEASE, Fleet
-
-
-@pytest.fixture
-def fleet(tmp_path, private_redis):
-    f = Fleet(tmp_path, private_redis.url)
-    yield f
-    f.stop()
+from fleet import LEASE
+from harness import wait_for
 
 
 def status(fleet, *extra: str) -> subprocess.CompletedProcess:

@@ -9,14 +9,13 @@ import time
 
 import psutil
 
-from conftest import wait_for
+from harness import dead_lettered, wait_for
 
 FAST_RETRY = {"max": 2, "backoff": "10ms", "max_backoff": "20ms"}
 
 
 def dead(governor, job_id, timeout=30):
-    return wait_for(lambda: (r := governor.client.job(job_id)) and r["state"] == "dead" and r,
-                    timeout, f"job {job_id} to be dead-lettered", interval=0.05)
+    return dead_lettered(governor.client, job_id, timeout)
 
 
 def test_memory_hard_kills_within_two_samples_retries_then_dead_letters(governor):

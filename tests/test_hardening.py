@@ -16,93 +16,19 @@ import time
 import psutil
 import pytest
 import redis
-import yaml
 
-from conftest import wait_for
-
-MISBEHAVING = '''
-import os, signal, socket, stat, time
-
-RECORDS = {records!r}
-
-
-def _record(kind, key):
-    with open(os.path.join(RECORDS, kind), "a") as fh:
-        fh.write(f"{{key}} {{os.getpid()}}\\n")
-
-
-def ignore_term(key, seconds):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _record("start", key)
-    time.sleep(seconds)
-    _record("done", key)
-
-
-def block_term(key, seconds):
-    signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})
-    _record("start", key)
-    time.sleep(seconds)
-    _record("done", key)
-
-
-def socket_inodes(key):
-    """The inodes of every socket this worker process holds."""
-    inodes = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{{fd}}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.append(target[8:-1])
-    _record("sockets", " ".join(inodes) or "-")
-
-
-def close_all_fds(key):
-    records = os.open(os.path.join(RECORDS, "done"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.closerange(3, records)
-    os.closerange(records + 1, 65536)
-    time.sleep(0.3)
-    os.write(records, f"{{key}} {{os.getpid()}}\\n".encode())
-    os.close(records)
-
-
-def leave_child(key):
-    """Starts a child in a session of its own, then kills its own worker (as the OOM killer would)."""
-    import subprocess, sys
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    _record("child", str(child.pid))
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def unserialisable(key):
-    _record("done", key)
-    return {{1, 2, 3}}
-
-
-def big(key, n):
-    _record("done", key)
-    return "x" * n
-'''
+from harness import wait_for
 
 
 @pytest.fixture
 def bad(governor):
-    (governor.dir / "bad.py").write_text(MISBEHAVING.format(records=str(governor.records)))
+    """The governor with tests/apps/misbehaving.py as bad.py (app.handlers: tasks:*, bad:*)."""
+    governor.add_app("misbehaving", "bad")
     return governor
 
 
-def _start(g, queues, **top):
-    cfg = g.config(queues, **top)
-    cfg["app"]["handlers"] = ["tasks:*", "bad:*"]
-    g.config_path.write_text(yaml.safe_dump(cfg))
-    return g.start()
-
-
 def _reload(g, queues, **top):
-    cfg = g.config(queues, **top)
-    cfg["app"]["handlers"] = ["tasks:*", "bad:*"]
-    g.config_path.write_text(yaml.safe_dump(cfg))
+    g.write(queues, **top)
     g.signal(signal.SIGHUP)
 
 
@@ -121,7 +47,7 @@ def _socket_inodes(pid):
 
 
 def test_a_job_holds_none_of_the_masters_sockets(bad):
-    _start(bad, {"w": {"concurrency": 1}})
+    bad.start({"w": {"concurrency": 1}})
     bad.client.enqueue("w", "tasks:record", "warm")  # the master has talked to Redis by now
     wait_for(lambda: bad.lines("done") == ["warm"], 5, "a first job")
     bad.client.enqueue("w", "bad:socket_inodes", "x")
@@ -265,7 +191,7 @@ def test_poison_jobs_do_not_back_off_the_pool_and_healthy_jobs_run(governor):
 
 @pytest.mark.parametrize("handler", ["bad:ignore_term", "bad:block_term"])
 def test_a_job_that_ignores_sigterm_does_not_make_its_worker_undrainable(bad, handler):
-    _start(bad, {"w": {"concurrency": 1}})
+    bad.start({"w": {"concurrency": 1}})
     pid = bad.workers("w")[0]["pid"]
     bad.client.enqueue("w", handler, "first", 1.0)
     wait_for(lambda: bad.lines("start") == ["first"], 5, "the job to start")
@@ -280,7 +206,7 @@ def test_a_job_that_ignores_sigterm_does_not_make_its_worker_undrainable(bad, ha
 
 
 def test_after_a_job_that_ignored_sigterm_the_idle_worker_still_drains(bad):
-    _start(bad, {"w": {"concurrency": 1}})
+    bad.start({"w": {"concurrency": 1}})
     pid = bad.workers("w")[0]["pid"]
     bad.client.enqueue("w", "bad:ignore_term", "first", 0.1)
     wait_for(lambda: bad.lines("done") == ["first"], 5, "the job to finish")
@@ -300,7 +226,7 @@ def _limit_fds(n):
 
 def test_scaling_past_the_open_file_limit_spawns_what_fits_and_keeps_going(governor):
     governor.write({"w": {"concurrency": 2}})
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = governor.environment()
     governor._log = open(governor.log_path, "ab")
     governor.proc = subprocess.Popen([sys.executable, "-m", "governor", "run", "-c", str(governor.config_path)],
                                      stdout=governor._log, stderr=subprocess.STDOUT, env=env,
@@ -381,7 +307,7 @@ def test_a_dead_hosts_job_on_an_idle_queue_comes_back_at_its_lease(governor):
 
 
 def test_results_that_cannot_be_kept_say_so_in_the_record(bad):
-    _start(bad, {"w": {"concurrency": 1}}, limits={"max_result": "1KiB"})
+    bad.start({"w": {"concurrency": 1}}, limits={"max_result": "1KiB"})
     a = bad.client.enqueue("w", "bad:unserialisable", "a")
     b = bad.client.enqueue("w", "bad:big", "b", 5000)
     c = bad.client.enqueue("w", "bad:big", "c", 100)
@@ -393,7 +319,7 @@ def test_results_that_cannot_be_kept_say_so_in_the_record(bad):
 
 
 def test_a_job_that_closes_every_descriptor_is_charged_to_itself_only(bad):
-    _start(bad, {"w": {"concurrency": 1, "timeout": {"soft": "off", "hard": "2s"}}})
+    bad.start({"w": {"concurrency": 1, "timeout": {"soft": "off", "hard": "2s"}}})
     first = bad.client.enqueue("w", "bad:close_all_fds", "closer")
     wait_for(lambda: bad.client.job(first)["state"] == "done", 5, "the closing job to finish")
     later = [bad.client.enqueue("w", "tasks:sleep_then_record", f"later{i}", 1.2) for i in range(3)]
@@ -410,7 +336,7 @@ def test_a_job_that_closes_every_descriptor_is_charged_to_itself_only(bad):
 def test_what_a_dead_worker_s_job_left_running_dies_before_the_job_runs_again(bad):
     """Review finding: a worker killed from outside (OOM killer) left its job's setsid child
     running (re-parented to init) while the master requeued the job: two runs at once."""
-    _start(bad, {"w": {"concurrency": 1, "retry": {"max": 1, "backoff": "10ms"}}})
+    bad.start({"w": {"concurrency": 1, "retry": {"max": 1, "backoff": "10ms"}}})
     bad.client.enqueue("w", "bad:leave_child", "x")
     wait_for(lambda: len(bad.lines("child")) == 2, 10, "the job to run twice (killed both times)")
     first, second = (int(p) for p in bad.lines("child"))

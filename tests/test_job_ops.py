@@ -12,31 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import wait_for
-
-BROKEN = '''
-import os
-RECORDS = {records!r}
-
-def flaky(key):
-    raise ValueError("broken in v1: cannot reach the mail server for " + key)
-
-def always_fails(key):
-    raise RuntimeError("still broken")
-'''
-
-FIXED = '''
-import os
-RECORDS = {records!r}
-
-def flaky(key):
-    """v2: fixed, and it says so in the records, so the retried runs are counted."""
-    with open(os.path.join(RECORDS, "fixed"), "a") as fh:
-        fh.write(key + "\\n")
-
-def always_fails(key):
-    raise RuntimeError("still broken")
-'''
+from harness import wait_for
 
 APP = {"path": ["."], "handlers": ["tasks:*", "ops:*"]}
 
@@ -51,7 +27,7 @@ def dead(governor, queue: str) -> int:
 
 
 def test_dead_jobs_are_listed_retried_after_a_fix_and_purged(governor):
-    (governor.dir / "ops.py").write_text(BROKEN.format(records=str(governor.records)))
+    governor.add_app("ops_broken", "ops")  # v1 of the module ops
     queues = {"mail": {"concurrency": 2, "retry": {"max": 0}}}
     governor.start(queues, app=APP)
     c = governor.client
@@ -75,7 +51,7 @@ def test_dead_jobs_are_listed_retried_after_a_fix_and_purged(governor):
     # the fix: a new version of the module, and workers that import it (a reload that changes the
     # queue's settings replaces them)
     shutil.rmtree(governor.dir / "__pycache__", ignore_errors=True)
-    (governor.dir / "ops.py").write_text(FIXED.format(records=str(governor.records)))
+    governor.add_app("ops_fixed", "ops")
     governor.write({"mail": {**queues["mail"], "done_ttl": "2h"}}, app=APP)
     governor.signal(signal.SIGHUP)
     wait_for(lambda: "settings changed" in governor.log(), 10, "the reload")
@@ -159,27 +135,6 @@ def test_a_retried_unique_job_takes_its_key_back(client):
 
 # -- keyed jobs (partitioned queues): retry keeps a key's order; waiting means queued too ------
 
-KEYED = '''
-import os, time
-RECORDS = {records!r}
-
-def step(key, seq):
-    """Fails while the flag file 'broken' exists, else records "key seq" in the order run."""
-    if os.path.exists(os.path.join(RECORDS, "broken")):
-        raise ValueError("broken")
-    with open(os.path.join(RECORDS, "order"), "a") as fh:
-        fh.write(f"{{key}} {{seq}}\\n")
-
-def hold(key, seq):
-    """Records its start, then holds its key until the file 'go' exists."""
-    with open(os.path.join(RECORDS, "start"), "a") as fh:
-        fh.write(f"{{key}} {{seq}}\\n")
-    deadline = time.monotonic() + 30
-    while not os.path.exists(os.path.join(RECORDS, "go")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    with open(os.path.join(RECORDS, "order"), "a") as fh:
-        fh.write(f"{{key}} {{seq}}\\n")
-'''
 KEYED_APP = {"path": ["."], "handlers": ["keyed:*"]}
 
 
@@ -189,8 +144,8 @@ def ran(governor) -> list[tuple[str, int]]:
         if path.exists() else []
 
 
-def start_keyed(governor, handler_text: str = KEYED, concurrency: int = 2) -> None:
-    (governor.dir / "keyed.py").write_text(handler_text.format(records=str(governor.records)))
+def start_keyed(governor, concurrency: int = 2) -> None:
+    governor.add_app("keyed")
     governor.start({"ordered": {"concurrency": concurrency, "partitions": 4, "retry": {"max": 0}}},
                    app=KEYED_APP)
 

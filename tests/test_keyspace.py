@@ -12,7 +12,7 @@ from governor.protocol.fleet import FleetKeys, fleet
 from governor.protocol.limits import limiter_limits, rules_for
 from governor.protocol.queue import Client, QueueKeys, partition_of, run
 
-from conftest import wait_for
+from harness import wait_for
 
 # every part a queue's or a partition's keys are made of (queue.py), handler-named ones included
 _PARTS = ("partitions", "heads", "key:", "waiting", "delayed", "active", "dead", "done", "meta", "data",

@@ -10,7 +10,7 @@ import pytest
 
 from governor.protocol.queue import QueueKeys
 
-from conftest import wait_for
+from harness import wait_for
 
 
 def _throttled(governor, queue: str) -> int:

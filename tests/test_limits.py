@@ -9,17 +9,9 @@ import psutil
 import pytest
 import redis
 
-from conftest import wait_for
-from fleet import Fleet
+from harness import wait_for
 
 RATE = 20  # starts per second
-
-
-@pytest.fixture
-def fleet(tmp_path, private_redis):
-    f = Fleet(tmp_path, private_redis.url)
-    yield f
-    f.stop()
 
 
 def _max_in_any_window(times: list[float], width: float) -> int:

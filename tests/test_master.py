@@ -6,7 +6,7 @@ import collections
 import signal
 import time
 
-from conftest import wait_for
+from harness import wait_for
 
 
 def test_ten_thousand_jobs_run_exactly_once_and_failures_reach_dead_letter(governor):

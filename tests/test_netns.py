@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_for
 from fleet import LEASE, Fleet, _no_overlap
+from harness import APPS, free_port, wait_for
 
 pytest_plugins = ("netns",)
 
@@ -77,16 +77,6 @@ def test_cut_off_shorter_than_the_lease_nothing_is_stopped(cut_fleet, partition)
     assert b.lines("done") == []
 
 
-_PROBE = """
-import sys, urllib.request, urllib.error
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
-        print(r.status, r.read().decode().strip())
-except urllib.error.HTTPError as e:
-    print(e.code, e.read().decode().strip())
-"""
-
-
 def test_a_cut_off_master_enforces_hard_timeouts_answers_healthz_and_drains(cut_fleet, partition):
     f = cut_fleet
     port = free_port()
@@ -101,7 +91,7 @@ def test_a_cut_off_master_enforces_hard_timeouts_answers_healthz_and_drains(cut_
     assert time.monotonic() - started < 2.2, "the hard limit was enforced late"
 
     def healthz() -> str:
-        out = partition.run([sys.executable, "-c", _PROBE, f"http://127.0.0.1:{port}/healthz"],
+        out = partition.run([sys.executable, str(APPS / "http_probe.py"), f"http://127.0.0.1:{port}/healthz"],
                             stdout=subprocess.PIPE, text=True)
         return out.communicate(timeout=5)[0]
 

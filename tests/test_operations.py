@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, http_get, wait_for
+from harness import free_port, http_get, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

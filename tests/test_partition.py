@@ -11,17 +11,8 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
-
-from conftest import free_port, http_get, wait_for
-from fleet import LEASE, Fleet, _no_overlap
-
-
-@pytest.fixture
-def fleet(tmp_path, private_redis):
-    f = Fleet(tmp_path, private_redis.url)
-    yield f
-    f.stop()
+from fleet import LEASE, _no_overlap
+from harness import free_port, http_get, wait_for
 
 
 def test_a_paused_master_s_run_stops_before_another_host_takes_the_job(fleet):

@@ -11,7 +11,7 @@ import pytest
 
 from governor.protocol.queue import Client, partition_of
 
-from conftest import wait_for
+from harness import wait_for
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import time
 
 import redis
 
-from conftest import wait_for
+from harness import APPS, wait_for
 
 # The fixtures (partition, partition_redis, ns_governor). Import names from netns inside the
 # tests: imported here, before pytest loads it as a plugin, pytest warns it cannot rewrite it.
@@ -62,26 +62,9 @@ def test_cut_stalls_the_master_without_killing_it_and_heal_resumes_it(ns_governo
     assert g.lines("done") == ["a"]
 
 
-_PINGER = """
-import socket, sys
-sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-for line in sys.stdin:
-    send, wait = line.split()
-    sock.settimeout(float(wait))
-    try:
-        if send == "ping":
-            sock.sendall(b"PING\\r\\n")
-        print("reply", sock.recv(100).decode().strip(), flush=True)
-    except TimeoutError:
-        print("timeout", flush=True)
-    except OSError as exc:
-        print("error", exc, flush=True)
-"""
-
-
 def test_a_cut_stalls_a_connection_silently_and_heal_resumes_the_same_one(partition,
                                                                            partition_redis):
-    pinger = partition.run([sys.executable, "-c", _PINGER, partition.address_root,
+    pinger = partition.run([sys.executable, str(APPS / "pinger.py"), partition.address_root,
                             str(partition_redis.port)],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 

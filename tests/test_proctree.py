@@ -7,83 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import psutil
-import yaml
 
 from governor.supervise import proctree
 
-from conftest import wait_for
-
-TREETASKS = '''
-import os, subprocess, sys, time
-
-RECORDS = __RECORDS__
-
-
-def _record(kind, value):
-    with open(os.path.join(RECORDS, kind), "a") as fh:
-        fh.write(f"{value}\\n")
-
-
-def _setsid_child(code):
-    child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-    _record("grandchild", child.pid)
-    return child
-
-
-def setsid_hog(mb):
-    """A grandchild in a session of its own allocates mb MiB and holds it."""
-    _setsid_child(f"import time; x = [b'x' * (10 << 20) for _ in range({mb // 10})]; time.sleep(60)").wait()
-
-
-def setsid_sleeper():
-    _setsid_child("import time; time.sleep(60)").wait()
-
-
-# the classic daemon: fork, setsid, fork again, the middle process exits; the daemon notes its pid
-DAEMON = """
-import os, sys, time
-os.setsid()
-if os.fork():
-    os._exit(0)
-with open(sys.argv[1], "a") as fh:
-    fh.write(f"{os.getpid()}\\\\n")
-time.sleep(float(sys.argv[2]))
-"""
-
-
-def daemon_then_sleep(daemon_seconds, seconds):
-    subprocess.run([sys.executable, "-c", DAEMON, os.path.join(RECORDS, "grandchild"), str(daemon_seconds)],
-                   check=True)
-    time.sleep(seconds)
-
-
-def daemon_and_children_exit(key):
-    """An orphaned daemon exits while the job's own children exit too: their exit codes must survive."""
-    plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.6); raise SystemExit(3)"])
-    own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.6); raise SystemExit(4)"],
-                           start_new_session=True)
-    daemon_then_sleep(0.1, 0)
-    deadline = time.monotonic() + 3
-    while not os.path.exists(os.path.join(RECORDS, "grandchild")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    daemon = int(open(os.path.join(RECORDS, "grandchild")).read().split()[0])
-    _record("daemon", daemon)  # it exits after 0.1 s, a zombie of the worker (its adoptive parent)
-    time.sleep(0.3)  # let the job's own children exit before waiting for them
-    _record("codes", f"{plain.wait()},{own.wait()}")
-'''
+from harness import APPS, dead_lettered, wait_for
 
 
 def start(governor, queues):
-    (governor.dir / "treetasks.py").write_text(
-        textwrap.dedent(TREETASKS).replace("__RECORDS__", repr(str(governor.records))))
-    cfg = governor.config(queues)
-    cfg["app"]["handlers"] = ["tasks:*", "treetasks:*"]
-    governor.config_path.write_text(yaml.safe_dump(cfg))
-    return governor.start()
+    governor.add_app("treetasks")  # app.handlers: tasks:*, treetasks:*
+    return governor.start(queues)
 
 
 def gone(pid: int) -> bool:
@@ -94,8 +29,7 @@ def gone(pid: int) -> bool:
 
 
 def dead_letter(governor, job, timeout=15):
-    return wait_for(lambda: (r := governor.client.job(job)) and r["state"] == "dead" and r, timeout,
-                    f"job {job} to be dead-lettered", interval=0.02)
+    return dead_lettered(governor.client, job, timeout, interval=0.02)
 
 
 def _pidfd_targets(pid: int) -> set[int]:
@@ -269,35 +203,12 @@ def test_a_clean_stop_leaves_no_sentry_behind(governor):
                 and ("ERROR" in line or "WARNING" in line or "Traceback" in line)]
 
 
-# A master of a few lines: three workers that stop when it dies, each with a grandchild in a
+# tests/apps/fake_master.py: three workers that stop when it dies, each with a grandchild in a
 # session of its own, handed to the sentry while the test holds the sentry stopped; then it dies.
-FAKE_MASTER = """
-import os, signal, subprocess, sys, time
-from governor.supervise import proctree
-records = sys.argv[1]
-sentry = proctree.Sentry()
-assert sentry.start() is None
-print(sentry.pid, flush=True)
-sys.stdin.readline()  # the test has stopped the sentry
-for n in range(3):
-    pid = os.fork()
-    if pid == 0:
-        proctree.set_death_signal(signal.SIGSTOP)
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-        with open(os.path.join(records, str(n)), "w") as fh:
-            fh.write(f"{os.getpid()} {child.pid}")
-        time.sleep(60)
-    assert sentry.watch(pid, os.pidfd_open(pid))
-while len(os.listdir(records)) < 3:
-    time.sleep(0.01)
-os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
 def test_workers_handed_over_but_not_yet_read_are_killed_when_the_master_dies(tmp_path):
     records = tmp_path / "records"
     records.mkdir()
-    master = subprocess.Popen([sys.executable, "-c", FAKE_MASTER, str(records)],
+    master = subprocess.Popen([sys.executable, str(APPS / "fake_master.py"), str(records)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     pids: list[int] = []
     try:
@@ -325,31 +236,9 @@ def test_workers_handed_over_but_not_yet_read_are_killed_when_the_master_dies(tm
 
 # -- kill_tree on its own, against a tree that keeps forking ---------------------------------------
 
-FORKER = '''
-import ctypes, os, sys, time
-ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # a subreaper, like a worker
-log, depth = sys.argv[1], 0
-while True:
-    for _ in range(3):
-        time.sleep(0.003)
-        if depth < 3 and os.fork() == 0:
-            depth += 1
-            if depth % 2:
-                os.setsid()  # out of the process group: killpg alone would miss it
-            if depth == 2 and os.fork():
-                os._exit(0)  # double fork: the grandchild is adopted
-            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            os.write(fd, f"{os.getpid()}\\n".encode())
-            os.close(fd)
-            break
-    else:
-        time.sleep(60)
-'''
-
-
 def test_kill_tree_gets_every_process_of_a_tree_that_keeps_forking(tmp_path):
     log = tmp_path / "pids"
-    root = subprocess.Popen([sys.executable, "-c", FORKER, str(log)])
+    root = subprocess.Popen([sys.executable, str(APPS / "forker.py"), str(log)])
     try:
         wait_for(lambda: log.exists() and len(log.read_text().split()) >= 10, 10, "the tree to grow")
         found = proctree.kill_tree(root.pid)  # while it is still forking

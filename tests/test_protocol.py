@@ -8,12 +8,9 @@ import time
 
 import pytest
 
-from governor.protocol.queue import FailOutcome, QueueKeys, Reserved, run
+from governor.protocol.queue import FailOutcome, QueueKeys, run
 
-
-def reserve(client, queue, worker="w1", token="t1", lease_ms=60_000):
-    reply = run(client.redis, client.keys(queue).reserve(worker, token, lease_ms))[0]
-    return Reserved.from_reply(reply, token) if reply[0] == 1 else None
+from harness import reserve
 
 
 def test_lower_priority_number_first_then_fifo(client):

@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from conftest import wait_for
+from harness import wait_for
 
 
 def test_master_sigkill_then_restart_recovers_jobs_at_once_not_after_the_lease(governor):

@@ -19,7 +19,7 @@ from governor.config import parse_config
 from governor.supervise.forkspec import outdating_key
 from governor.supervise.worker import WorkerSpec
 
-from conftest import wait_for
+from harness import wait_for
 
 
 def _user(cfg: dict[str, Any]) -> None:

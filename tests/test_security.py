@@ -15,7 +15,7 @@ import pytest
 import redis
 import yaml
 
-from conftest import Governor, RedisServer, Sentinel, free_port, wait_for
+from harness import Governor, RedisServer, Sentinel, cli, free_port, wait_for
 
 
 def _status_json(g: Governor) -> str:
@@ -168,17 +168,12 @@ from governor import redisurl  # noqa: E402
 from governor.config import ConfigError, mask_url, parse_config  # noqa: E402
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "governor", *args], capture_output=True, text=True,
-                          timeout=30)
-
-
 def _shown_everywhere_but_the_secret(g: Governor, secrets: tuple[str, ...]) -> str:
     """check, status and status --json output (and the log so far), asserting no secret in them."""
-    check = _cli("check", "-c", str(g.config_path))
+    check = cli("check", "-c", str(g.config_path))
     assert check.returncode == 0, check.stderr
-    status = _cli("status", "-c", str(g.config_path))
-    status_json = _cli("status", "-c", str(g.config_path), "--json")
+    status = cli("status", "-c", str(g.config_path))
+    status_json = cli("status", "-c", str(g.config_path), "--json")
     seen = "\n".join((check.stdout, check.stderr, status.stdout, status.stderr, status_json.stdout,
                       status_json.stderr, g.log() if g.log_path.exists() else ""))
     for secret in secrets:
@@ -240,7 +235,7 @@ def test_a_sentinel_secret_at_host_password_connects_and_never_shows(tmp_path):
 def test_sentinel_passwords_stay_out_of_check_without_a_sentinel(tmp_path, url):
     g = Governor(tmp_path, url.format(port=free_port()))  # nothing listens there
     g.write({"w": {"concurrency": 1}})
-    check = _cli("check", "-c", str(g.config_path))
+    check = cli("check", "-c", str(g.config_path))
     assert check.returncode == 0, check.stderr
     assert "sentinel-pw-Z4" not in check.stdout + check.stderr
     assert ":***@" in check.stdout or "password=***" in check.stdout

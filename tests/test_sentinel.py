@@ -7,7 +7,7 @@ import shutil
 import pytest
 import redis
 
-from conftest import Governor, RedisServer, Sentinel, wait_for
+from harness import Governor, RedisServer, Sentinel, wait_for
 
 
 @pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")

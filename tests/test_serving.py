@@ -8,14 +8,13 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 from governor.ops import control
 
-from conftest import free_port, wait_for
+from harness import APPS, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,23 +78,9 @@ def test_idle_connections_do_not_delay_healthz(governor):
         _close_all(idle)
 
 
-BEATING = """
-import time
-
-
-def beat(path, seconds):
-    end = time.time() + seconds
-    with open(path, "a") as fh:
-        while time.time() < end:
-            fh.write(f"{time.time()}\\n")
-            fh.flush()
-            time.sleep(0.01)
-"""
-
-
 def test_hard_kills_stay_on_time_among_idle_and_dribbling_clients(governor):
     port = free_port()
-    (governor.dir / "beating.py").write_text(BEATING)
+    governor.add_app("beating")
     governor.start({"t": {"concurrency": 1, "timeout": {"soft": "off", "hard": "500ms"}, "retry": {"max": 0}}},
                    metrics={"listen": f"127.0.0.1:{port}"},
                    app={"path": ["."], "handlers": ["tasks:*", "beating:*"]})
@@ -198,49 +183,8 @@ def test_control_replies_one_json_document_to_one_line(governor):
     assert control.request(str(governor.state_dir), "nope") == {"error": "unknown command 'nope'"}
 
 
-EMFILE_SCRIPT = textwrap.dedent('''
-    import json, os, resource, selectors, socket, time
-    from governor.ops.httpd import HttpServer
-
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    selector = selectors.DefaultSelector()
-    server = HttpServer("127.0.0.1:0", {"/healthz": lambda: (200, "text/plain", b"ok\\n")})
-    server.attach(selector)
-    clients = [socket.create_connection(server.sock.getsockname()) for _ in range(3)]
-    for c in clients:
-        c.sendall(b"GET /healthz HTTP/1.0\\r\\n\\r\\n")
-    filler = []
-    while True:  # no descriptor left for accept
-        try:
-            filler.append(os.open(os.devnull, os.O_RDONLY))
-        except OSError:
-            break
-
-    def run(seconds):
-        passes, end = 0, time.monotonic() + seconds
-        while time.monotonic() < end:
-            now = time.monotonic()
-            server.expire(now)
-            wake = min(server.next_deadline() or end, end)
-            for key, mask in selector.select(max(0.0, wake - time.monotonic())):
-                key.data[1].on_event(key.fileobj, mask)
-            passes += 1
-        return passes
-
-    starved = run(1.0)
-    for fd in filler:
-        os.close(fd)
-    run(1.0)
-    answers = []
-    for c in clients:
-        c.settimeout(1)
-        answers.append(c.recv(4096).split(b"\\r\\n", 1)[0].decode())
-    print(json.dumps({"starved_passes": starved, "answers": answers}))
-''')
-
-
 def test_running_out_of_descriptors_does_not_spin_the_loop_and_accept_recovers():
-    out = subprocess.run([sys.executable, "-c", EMFILE_SCRIPT], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(APPS / "emfile.py")], capture_output=True, text=True,
                          timeout=20, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)

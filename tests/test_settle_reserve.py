@@ -24,7 +24,7 @@ from governor.protocol.queue import (
     settle_and_reserve,
 )
 
-from conftest import RedisServer
+from harness import RedisServer
 
 pytest_plugins = ("cluster",)
 

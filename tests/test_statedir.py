@@ -19,7 +19,7 @@ import yaml
 
 from governor.ops import control
 
-from conftest import wait_for
+from harness import wait_for
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="making a directory another user's needs root")

@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import subprocess
-import sys
 import time
 
 import pytest
 import redis
 
 from governor import Client
-from governor.protocol.queue import FailOutcome, Reserved, run
+from governor.protocol.queue import FailOutcome, run
 
-from conftest import free_port, wait_for
 from fleet import Fleet
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "governor", *args], capture_output=True, text=True,
-                          timeout=30)
-
-
-def reserve(client: Client, queue: str, token: str) -> Reserved | None:
-    reply = run(client.redis, client.keys(queue).reserve("w1", token, 60_000))[0]
-    return Reserved.from_reply(reply, token) if reply[0] == 1 else None
-
+from harness import cli, free_port, reserve, wait_for
 
 # -- unique jobs ------------------------------------------------------------------------------
 
@@ -68,7 +55,7 @@ def test_a_waiting_delayed_or_active_job_holds_its_key_and_a_batch_repeat_gets_t
                                     {"handler": "m:f", "unique": "b"}])
     assert ids[2] == ids[0] and ids[3] == first and len({ids[0], ids[1], ids[4], first}) == 4
     assert client.counts("q")["waiting"] == 3 and client.counts("q")["delayed"] == 1
-    job = reserve(client, "q", "t")  # "a" (the first waiting) is now active: still held
+    job = reserve(client, "q", token="t")  # "a" (the first waiting) is now active: still held
     assert job.id == ids[0] and client.enqueue("q", "m:f", unique="a") == ids[0]
     # another queue has keys of its own
     assert client.enqueue("other", "m:f", unique="a") not in ids
@@ -77,7 +64,7 @@ def test_a_waiting_delayed_or_active_job_holds_its_key_and_a_batch_repeat_gets_t
 def test_done_frees_the_key_and_a_stale_holder_does_not_hold_it(client):
     keys = client.keys("q")
     first = client.enqueue("q", "m:f", unique="k")
-    reserve(client, "q", "t1")
+    reserve(client, "q", token="t1")
     assert run(client.redis, keys.ack(first, "t1", "w1", 3_600_000, "", 1))[0] == 1
     assert client.redis.hget(keys.unique, "k") is None
     second = client.enqueue("q", "m:f", unique="k")
@@ -93,11 +80,11 @@ def test_done_frees_the_key_and_a_stale_holder_does_not_hold_it(client):
 def test_dead_frees_the_key_but_retrying_keeps_it_and_a_settle_never_frees_anothers(client):
     keys = client.keys("q")
     first = client.enqueue("q", "m:f", unique="k", max_retries=1)
-    reserve(client, "q", "t1")
+    reserve(client, "q", token="t1")
     assert run(client.redis, keys.fail(first, "t1", "w1", {"error": "E"}, "retry", 0, "exception",
                                        9))[0] == FailOutcome.RETRYING
     assert client.enqueue("q", "m:f", unique="k") == first  # waiting again for its retry
-    reserve(client, "q", "t2")
+    reserve(client, "q", token="t2")
     # by now the hash names another job (a stale holder replaced): this job's death leaves it be
     client.redis.hset(keys.unique, "k", "someone-else")
     assert run(client.redis, keys.fail(first, "t2", "w1", {"error": "E"}, "retry", 0, "exception",
@@ -106,7 +93,7 @@ def test_dead_frees_the_key_but_retrying_keeps_it_and_a_settle_never_frees_anoth
     client.redis.hset(keys.unique, "k", first)  # as it was: the dead job's own
     second = client.enqueue("q", "m:f", unique="k")
     assert second != first
-    reserve(client, "q", "t3")
+    reserve(client, "q", token="t3")
     assert run(client.redis, keys.fail(second, "t3", "w1", None, "dead", 0, "bad_payload",
                                        9))[0] == FailOutcome.DEAD
     assert client.redis.hget(keys.unique, "k") is None

@@ -11,10 +11,7 @@ import redis
 
 from governor.protocol.queue import QueueKeys, Reserved, lease_of, run
 
-
-def _reserve(client, queue, worker="w1", token="t1", lease_ms=60_000):
-    reply = run(client.redis, client.keys(queue).reserve(worker, token, lease_ms))[0]
-    return Reserved.from_reply(reply, token) if reply[0] == 1 else None
+from harness import reserve
 
 
 def _nothing_written(client, queue):
@@ -48,7 +45,7 @@ def test_a_lease_on_an_id_with_a_tab_is_renewed_and_released(client):
     client.redis.hset(keys.data, job_id, '{"handler":"m:f","args":[],"kwargs":{}}')
     client.redis.hset(keys.meta, job_id, json.dumps({"id": job_id, "priority": 50}))
     client.redis.zadd(keys.waiting, {job_id: 1})
-    job = _reserve(client, "q", worker="host:1", token="tok", lease_ms=300)
+    job = reserve(client, "q", worker="host:1", token="tok", lease_ms=300)
     assert job.id == job_id
     assert lease_of(client.redis, keys, "host:1") == (job_id, "tok")
     assert run(client.redis, keys.renew(60_000, ["host:1"]))[0] == [1]
@@ -125,7 +122,7 @@ def test_a_record_with_an_infinite_number_is_dead_lettered_not_stranded(client):
     keys = client.keys("q")
     job_id = client.enqueue("q", "m:f")
     client.redis.hset(keys.meta, job_id, '{"id":"' + job_id + '","priority":50,"timeout":1e999}')
-    job = _reserve(client, "q", lease_ms=200)
+    job = reserve(client, "q", lease_ms=200)
     assert job.id == job_id and "not finite" in job.meta["malformed"]
     # nobody settles it (its worker died): the lease runs out and the tick dead-letters it
     # once its record is unusable, instead of leaving it in `active`

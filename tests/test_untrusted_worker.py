@@ -14,54 +14,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
-from conftest import Governor, wait_for
-
-LIARS = '''
-import gc, json, mmap, os, socket, time
-
-RECORDS = {records!r}
-
-
-def _record(kind, key):
-    with open(os.path.join(RECORDS, kind), "a") as fh:
-        fh.write(f"{{key}} {{os.getpid()}}\\n")
-
-
-def _channel():
-    """The worker's end of its channel to the master: the one SEQPACKET socket we hold."""
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            s = socket.socket(fileno=os.dup(int(name)))
-        except OSError:
-            continue
-        if s.type == socket.SOCK_SEQPACKET:
-            return s
-        s.detach()
-    raise RuntimeError("no channel found")
-
-
-def say(key, message, then_sleep=0.0):
-    """Writes ``message`` (raw text) on the channel as if the worker had said it."""
-    _record("start", key)
-    _channel().send(message.encode())
-    time.sleep(then_sleep)
-    _record("done", key)
-
-
-def scribble(key, fill):
-    """Overwrites every byte of the worker's scoreboard page with ``fill``."""
-    _record("start", key)
-    pages = [o for o in gc.get_objects() if isinstance(o, mmap.mmap)]
-    for page in pages:
-        try:
-            page[:] = bytes([fill]) * len(page)
-        except (ValueError, TypeError):
-            pass
-    time.sleep(3.0)  # the master looks while it runs (every 50 ms)
-    _record("done", key)
-'''
+from harness import Governor, wait_for
 
 
 def _nobody_governor(redis_url: str) -> Iterator[Governor]:
@@ -69,7 +23,7 @@ def _nobody_governor(redis_url: str) -> Iterator[Governor]:
     base.chmod(0o755)
     g = Governor(base, redis_url)
     g.records.chmod(0o777)
-    (base / "liars.py").write_text(LIARS.format(records=str(g.records)))
+    g.add_app("liars")  # app.handlers: tasks:*, liars:*
     try:
         yield g
     finally:
@@ -84,10 +38,7 @@ def liar(redis_server) -> Iterator[Governor]:
 
 
 def _start(g: Governor, queue: dict, user: str | None = None) -> None:
-    cfg = g.config({"w": queue}, **({"user": user} if user else {}))
-    cfg["app"]["handlers"] = ["tasks:*", "liars:*"]
-    g.config_path.write_text(yaml.safe_dump(cfg))
-    g.start()
+    g.start({"w": queue}, **({"user": user} if user else {}))
 
 
 def _workers(g: Governor) -> list[psutil.Process]:

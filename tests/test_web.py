@@ -13,24 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_for
+from harness import free_port, wait_for
 
 TOKEN = "s3cret-token-0123456789"
 XSS = "<script>window.pwned=1</script><img src=x onerror=window.pwned=2>"
-
-WEBTASKS = '''
-import os
-
-FLAG = {flag!r}
-
-
-def once_broken(key):
-    """Fails with an attacker-chosen message until the flag file exists."""
-    if not os.path.exists(FLAG):
-        raise ValueError(key)
-    with open(FLAG + ".ran", "a") as fh:
-        fh.write(key + "\\n")
-'''
 
 selenium = pytest.importorskip("selenium", reason="pip install -e '.[test]' brings Selenium")
 if not (shutil.which("chromium") and shutil.which("chromedriver")):
@@ -85,7 +71,8 @@ def post(url: str, fields: dict[str, str]) -> tuple[int, str]:
 def test_the_page_shows_the_fleet_escapes_job_text_and_acts_only_with_the_token(governor, browser, tmp_path):
     listen = f"127.0.0.1:{free_port()}"
     flag = tmp_path / "fixed"
-    (governor.dir / "webtasks.py").write_text(WEBTASKS.format(flag=str(flag)))
+    governor.add_app("webtasks")
+    governor.env["TEST_FLAG"] = str(flag)
     governor.start({"mail": {"concurrency": 2, "retry": {"max": 0}}, "idle": {"concurrency": 1}},
                    app={"path": ["."], "handlers": ["tasks:*", "webtasks:*"]},
                    metrics={"listen": listen}, web={"token": TOKEN})

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_for
+from harness import free_port, wait_for
 
 TOKEN = "s3cret-token-0123456789"
 

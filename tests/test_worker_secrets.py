@@ -15,21 +15,10 @@ import yaml
 
 from governor.config import parse_config
 
-from conftest import Governor, RedisServer, free_port, wait_for
+from harness import Governor, RedisServer, free_port, wait_for
 
 TOKEN = "s3cret-web-token-0123456789"
 PASSWORD = "redis-pass-9876543210"
-
-PROBE = '''
-import os
-
-def probe(out):
-    with open(out, "w") as fh:
-        fh.write(repr(dict(os.environ)) + "\\n")
-        with open("/proc/self/environ", "rb") as env:
-            fh.write(repr(env.read()) + "\\n")
-'''
-
 
 def test_the_config_knows_which_variables_hold_secrets():
     env = {"GOVERNOR_WEB_TOKEN": TOKEN, "REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:1/0",
@@ -52,7 +41,7 @@ def test_jobs_running_as_another_user_do_not_inherit_the_masters_secrets(tmp_pat
         url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
         g = Governor(base, url)
         g.records.chmod(0o777)
-        (base / "probe.py").write_text(PROBE)
+        g.add_app("probe")
         cmd_out = g.records / "cmd"
         program = f"{{ env; tr '\\0' '\\n' < /proc/self/environ; }} > {cmd_out}.tmp && mv {cmd_out}.tmp {cmd_out}; exec sleep 60"
         cfg = g.config({"py": {"concurrency": 1},
