@@ -40,6 +40,7 @@ from governor.supervise import channel, fdbudget, proctree, statedir, worker
 from governor.supervise.autoscale import Autoscaler
 from governor.supervise.command import CommandWorker
 from governor.supervise.embedded import EmbeddedRedis
+from governor.supervise.exits import Stopping, classify_exit, lost_job
 from governor.supervise.forkspec import outdating_key
 from governor.supervise.governance import (
     LEAVE_MARGIN,
@@ -49,11 +50,11 @@ from governor.supervise.governance import (
     max_concurrent_recycles,
     sample_memory,
 )
-from governor.supervise.handlerstats import HandlerStats, runtimes_kept
-from governor.supervise.housekeeping import GARBLED, Housekeeper, LostJob, all_lanes
+from governor.supervise.handlerstats import HandlerStats
+from governor.supervise.housekeeping import GARBLED, Housekeeper, all_lanes
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
-from governor.supervise.process import State, WorkerProcess, describe_exit
+from governor.supervise.process import State, WorkerProcess
 from governor.supervise.registry import FleetRegistry
 from governor.supervise.reports import WorkerReports
 from governor.supervise.scoreboard import Scoreboard, margin
@@ -78,10 +79,6 @@ def _watchdog_interval() -> float:
     return int(usec) / 2e6
 
 
-def _likely_first(known: int | None, lanes: list[int | None]) -> tuple[int | None, ...]:
-    """Where a dead worker's lease may be: the partition of its last known job first, then
-    every other (it may have taken a job since that we did not hear of)."""
-    return tuple(sorted(lanes, key=lambda p: p != known))
 
 
 
@@ -109,7 +106,7 @@ class Master:
         self.started = time.monotonic()
         self.pools: dict[str, Pool] = {}
         self.selector = selectors.DefaultSelector()
-        self.stopping: str | None = None  # None, 'graceful' or 'fast'
+        self.stopping: Stopping | None = None
         self.stop_deadline = 0.0
         self.embedded = EmbeddedRedis(config.state_dir, config.data_dir) if config.redis.embedded else None
         self.redis_url = resolve_url(config.redis.url, config.state_dir)
@@ -342,11 +339,11 @@ class Master:
                 times.append(self.handlers.next_wakeup())
         if self.spawn_pending or (self.web and self.web.busy()):
             times.append(now)
-        if self.stopping == "graceful" and self.stop_deadline > now:
+        if self.stopping is Stopping.GRACEFUL and self.stop_deadline > now:
             times.append(self.stop_deadline)
         if self.watchdog_interval and self._ready_sent:
             times.append(self.next_watchdog)
-        if self.stopping == "graceful" and self.notifier.enabled:
+        if self.stopping is Stopping.GRACEFUL and self.notifier.enabled:
             times.append(self.next_extend)
         for pool in self.pools.values():
             if pool.delta() > 0 and pool.respawn_at > now:
@@ -380,7 +377,7 @@ class Master:
         """Graceful drain: no new jobs; in-flight jobs get shutdown_timeout to finish."""
         if self.stopping:
             return
-        self.stopping = "graceful"
+        self.stopping = Stopping.GRACEFUL
         self.notifier.stopping()
         self.stop_deadline = time.monotonic() + self.config.shutdown_timeout
         self.partitions.release_all("draining")  # other masters take them now, not after the lease
@@ -389,9 +386,9 @@ class Master:
 
     def handle_sigint(self) -> None:
         """Fast stop: kill every worker now; their jobs go back to the queue at once."""
-        if self.stopping == "fast":
+        if self.stopping is Stopping.FAST:
             return
-        self.stopping = "fast"
+        self.stopping = Stopping.FAST
         self.notifier.stopping()
         log.info("fast stop: killing workers, requeueing their jobs")
         self.partitions.release_all("stopping")
@@ -764,49 +761,25 @@ class Master:
         if pool:
             pool.workers.pop(wp.pid, None)
         now = time.monotonic()
-        description, exit_detail = describe_exit(status)
-        killed = wp.state is State.STOPPING
-        # a worker whose channel a job closed exits cleanly after settling that job, which it
-        # could not report: not a crash
-        lost_channel = wp.stop_reason == "channel_lost" and status == 0
-        crashed = not killed and not lost_channel and (wp.job is not None or wp.stop_reason is None
-                                                        or status != 0)
-        reason = "crashed" if crashed else (wp.stop_reason or "exited")
-        detail = {**exit_detail, "peak_rss": wp.peak_rss or None, **(wp.stop_detail if killed else {})}
+        ex = classify_exit(wp, status, self.stopping)
         if pool:
-            pool.exits[reason] += 1
-        self.metrics.exits.labels(wp.queue, reason).inc()
+            pool.exits[ex.reason] += 1
+        self.metrics.exits.labels(wp.queue, ex.reason).inc()
         self.house.touch(wp.queue, now)
         self.last_progress = now
         ran = wp.run_time(now)
         if ran is not None:  # the run ended with its worker: count it under the kill's reason
             self.finished += 1
-            self.metrics.jobs.labels(wp.queue, reason).inc()
+            self.metrics.jobs.labels(wp.queue, ex.reason).inc()
             self.metrics.duration.observe(wp.queue, ran)
-        log_fn = log.warning if crashed or reason in ("memory_hard", "timeout_hard") else log.info
-        log_fn("worker %r exited (%s), reason %s%s", wp, description, reason,
-               "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if killed else "",
-               extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid, queue=wp.queue,
-                            reason=reason, job=wp.job.id if wp.job else None))
-        max_retries = pool.config.settings.retry.max if pool else 0
-        known = (wp.job.id, wp.job.token) if wp.job else None
-        seconds = round(ran, 3) if ran is not None else None
-        self.house.lose(LostJob(queue=wp.queue, wid=wp.wid, pid=wp.pid, reason=reason,
-                                 description=description,
-                                 mode="requeue" if reason == "shutdown" else "retry",
-                                 seconds=seconds, known=known, max_retries=max_retries,
-                                 detail={k: v for k, v in detail.items() if v is not None},
-                                 partitions=_likely_first(wp.job.partition if wp.job else None,
-                                                          all_lanes(pool.config) if pool else [None]),
-                                 handler=wp.job.handler if wp.job else None,
-                                 keep=runtimes_kept(pool.config.settings.timeout.adaptive)
-                                 if pool and wp.job and wp.job.adaptive and reason == "timeout_hard"
-                                 and pool.config.settings.timeout.adaptive else 0))
-        # Crash-loop backoff is for workers that die before taking a job (a broken import, a
-        # bad deploy). One that died running a job is that job's fault: the job is charged
-        # (retried, then dead-lettered as a poison job) and the worker replaced at once.
-        if crashed and wp.job is None and wp.jobs_done == 0 and pool and not self.stopping:
-            error = wp.fatal or description
+        (log.warning if ex.loud else log.info)(
+            "worker %r exited (%s), reason %s%s", wp, ex.description, ex.reason,
+            "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if ex.killed else "",
+            extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid, queue=wp.queue,
+                         reason=ex.reason, job=wp.job.id if wp.job else None))
+        self.house.lose(lost_job(wp, ex, pool.config if pool else None, ran))
+        if ex.back_off and pool:
+            error = wp.fatal or ex.description
             backoff = pool.note_crash(now, error, wp.started)
             if backoff is not None:
                 log.error("queue %s: worker died before finishing a job (%s); respawning in %.0fs",
@@ -815,7 +788,7 @@ class Master:
     # -- timers --------------------------------------------------------------------
 
     def _timers(self, now: float) -> None:
-        if self.stopping == "graceful" and now >= self.stop_deadline:
+        if self.stopping is Stopping.GRACEFUL and now >= self.stop_deadline:
             self._kill_all(warn="still busy at shutdown_timeout; killing it")
         if now >= self.reports.next_scan:
             self.reports.scan(self.pools, now)  # before the limits: what runs, since when
@@ -881,7 +854,7 @@ class Master:
             # sent from the loop itself, so it stops when the loop does: systemd then restarts us
             self.notifier.notify("WATCHDOG=1", f"STATUS={self._summary()}")
             self.next_watchdog = now + self.watchdog_interval
-        if self.stopping == "graceful" and self.notifier.enabled and now >= self.next_extend:
+        if self.stopping is Stopping.GRACEFUL and self.notifier.enabled and now >= self.next_extend:
             # keep systemd's stop timeout from cutting a drain that is still making progress
             if now - self.last_progress < 10.0 or self.next_extend == 0.0:
                 remaining = max(self.stop_deadline - now, 0.0) + 10.0
@@ -937,7 +910,7 @@ class Master:
         if time.monotonic() - late_at < LATE_MEMORY:
             problems.append(f"master loop was {lag:.1f}s late {time.monotonic() - late_at:.0f}s ago")
         if self.stopping:
-            problems.append(f"stopping ({self.stopping})")
+            problems.append(f"stopping ({self.stopping.value})")
         body = ("; ".join(problems) or "ok") + "\n"
         return (503 if problems else 200), "text/plain; charset=utf-8", body.encode()
 
@@ -948,7 +921,7 @@ class Master:
         self.reports.scan(self.pools, now)  # each worker's job as of now
         return {
             "master": {"pid": self.pid, "host": socket.gethostname(), "uptime": round(now - self.started, 3),
-                       "config": self.config.source, "stopping": self.stopping,
+                       "config": self.config.source, "stopping": self.stopping and self.stopping.value,
                        "redis": mask_url(self.config.redis.url),
                        "redis_ok": self.house.redis_ok},
             "pools": self._pool_snapshots(now),
