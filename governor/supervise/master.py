@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 from governor import __version__
-from governor.config import Config, ConfigError, QueueConfig, load_config, mask_url
+from governor.config import Config, ConfigError, load_config, mask_url
 from governor.identity import worker_id
 from governor.log import fields
 from governor.ops.control import ControlServer
@@ -34,19 +34,15 @@ from governor.ops.metrics import CONTENT_TYPE, DURATION_BUCKETS, Metrics
 from governor.ops.systemd import Notifier
 from governor.ops.web import WebPage
 from governor.protocol.connection import connect, is_cluster, resolve_url, socket_fds
-from governor.protocol.limits import rules_for
 from governor.protocol.queue import Client, run
-from governor.supervise import channel, fdbudget, proctree, statedir, worker
+from governor.supervise import channel, fdbudget, proctree, statedir
 from governor.supervise.autoscale import Autoscaler
-from governor.supervise.command import CommandWorker
 from governor.supervise.embedded import EmbeddedRedis
 from governor.supervise.exits import Stopping, classify_exit, lost_job
-from governor.supervise.forkspec import outdating_key
 from governor.supervise.governance import (
     LEAVE_MARGIN,
     enforce_hard_deadlines,
     enforce_leaving,
-    jittered_limits,
     max_concurrent_recycles,
     sample_memory,
 )
@@ -56,8 +52,10 @@ from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess
 from governor.supervise.registry import FleetRegistry
+from governor.supervise.reload import plan_reload
 from governor.supervise.reports import WorkerReports
 from governor.supervise.scoreboard import Scoreboard, margin
+from governor.supervise.spawner import Spawner
 
 log = logging.getLogger("governor.master")
 
@@ -81,10 +79,6 @@ def _watchdog_interval() -> float:
 
 
 
-
-
-def _limiters(cfg: Config) -> Any:
-    return getattr(cfg, "limiters", {})
 
 
 def _running(pid: int) -> bool:
@@ -189,6 +183,10 @@ class Master:
                                       self._fleet_record)
         self.partitions = PartitionLeases(self.redis, self.config.redis.prefix, worker_id(self.pid),
                                           self.config.lease)
+        self.spawner = Spawner(config=self.config, redis_url=self.redis_url, master_pid=self.pid, nice=self.nice,
+                               board=self.board, sentry=self.sentry, keys=self.house.keys,
+                               master=self.partitions.master, held=self.partitions.table,
+                               owned_fds=self._owned_fds)
         self._install_signals()
         self.control = ControlServer(self.config.state_dir, {"status": self.status})
         self.control.attach(self.selector)
@@ -206,7 +204,7 @@ class Master:
             self.http.attach(self.selector)
             log.info("metrics on http://%s/metrics", self.config.metrics.listen)
         for q in self.config.queues.values():
-            self.pools[q.name] = Pool(q, self._settings_key(q, self.config))
+            self.pools[q.name] = Pool(q, self.spawner.settings_key(q, self.config))
             self.metrics.prime(q.name)
         self.partitions.sync(self.pools)
         self.house.recover_predecessor(self.pools)
@@ -410,56 +408,40 @@ class Master:
         self.notifier.ready(self._summary())
 
     def _apply(self, new: Config) -> None:
-        old = self.config
-        for q in new.queues.values():
-            was = self.pools.get(q.name)
-            if was is not None and was.config.partitions != q.partitions:
-                log.error("reload refused, keeping the running config: queue %s: partitions %s -> %s "
-                          "would move keys between partitions and break their order (drain the queue "
-                          "and restart with a new queue name instead)", q.name,
-                          was.config.partitions or "none", q.partitions or "none",
-                          extra=fields(queue=q.name, reason="reload_refused"))
-                return
-        if new.redis != old.redis or new.state_dir != old.state_dir or new.data_dir != old.data_dir:
-            log.warning("reload: redis and state_dir changes take effect on restart; keeping %s",
-                        mask_url(old.redis.url))
-            new = dataclasses.replace(new, redis=old.redis, state_dir=old.state_dir, data_dir=old.data_dir)
-        if new.app.preload != old.app.preload:
-            log.warning("reload: app.preload changes take effect on restart")
+        plan = plan_reload(self.config, new, self.pools)
+        if plan.refused:
+            log.error("%s", plan.refused, extra=fields(queue=plan.refused_queue, reason="reload_refused"))
+            return
+        for note in plan.notes:
+            log.warning("%s", note)
+        new = plan.config
         self._prepare_app(dataclasses.replace(new, app=dataclasses.replace(new.app, preload=())))
-        for q in new.queues.values():
-            pool = self.pools.get(q.name)
-            if pool is None:
-                self.pools[q.name] = Pool(q, self._settings_key(q, new))
-                self.metrics.prime(q.name)
-                log.info("reload: queue %s added with %d worker(s)", q.name, self.pools[q.name].desired())
-                continue
+        for q in plan.add:
+            self.pools[q.name] = Pool(q, self.spawner.settings_key(q, new))
+            self.metrics.prime(q.name)
+            log.info("reload: queue %s added with %d worker(s)", q.name, self.pools[q.name].desired())
+        for q in plan.update:
+            pool = self.pools[q.name]
             before, range_before = pool.desired(), pool.config.autoscale and (pool.config.autoscale.min,
                                                                               pool.config.autoscale.max)
-            if pool.update(q, self._settings_key(q, new)):
+            if pool.update(q, self.spawner.settings_key(q, new)):
                 log.info("reload: queue %s settings changed; replacing its workers as they finish", q.name)
             if q.autoscale and range_before != (q.autoscale.min, q.autoscale.max):
                 log.info("reload: queue %s elastic, %d to %d workers (now %d)", q.name, q.autoscale.min,
                          q.autoscale.max, pool.desired())
             elif before != pool.desired():
                 log.info("reload: queue %s concurrency %d -> %d", q.name, before, pool.desired())
-        for name, pool in self.pools.items():
-            if name not in new.queues and not pool.removed:
-                pool.removed = True
-                log.info("reload: queue %s removed; draining its workers", name)
+        for name in plan.remove:
+            self.pools[name].removed = True
+            log.info("reload: queue %s removed; draining its workers", name)
         self.partitions.sync(self.pools)
-        self.partitions.lease = new.lease
-        self.scaler.guards = new.host
+        self.config = new
+        for part in (self.partitions, self.scaler, self.handlers, self.registry, self.house, self.spawner):
+            part.configure(new)
         if self.web:
             self.web.token = new.web.token  # (a token set or changed takes effect at once)
-        self.handlers.forget()
         self._register_queues()
-        self.registry.lease = new.lease
-        self.registry.changed()
-        self.config = new
-        self.house.lease = new.lease
-        if new.lease != old.lease:  # renew at once under the new lease, and guard it as tightly
-            self.house.next_renew = 0.0
+        if plan.lease_changed:  # renewed at once under the new lease (above); guarded as tightly
             self.sentry.set_check(margin(new.lease) / 2)
         log.info("reloaded %s", new.source)
 
@@ -508,76 +490,12 @@ class Master:
     def _spawn(self, pool: Pool, now: float) -> bool:
         """Forks one worker; False (logged once, shown in status, retried) when the host
         refuses: a master that cannot start a worker keeps governing the ones it has."""
-        room, why = fdbudget.workers_that_fit()
-        if room < 1:
-            return self._spawn_failed(pool, now, why)
-        slot = self.board.allocate()
-        if slot is None:
-            return self._spawn_failed(pool, now, f"all {self.board.slots} scoreboard slots are taken")
-        try:
-            master_end, worker_end = channel.pair()
-        except OSError as exc:
-            self.board.release(slot)
-            return self._spawn_failed(pool, now, f"socketpair: {exc}")
-        max_jobs, max_age = jittered_limits(pool.config.settings.recycle)
-        spec = self._spec_for(pool.config, self.config, index=pool.free_index(), master_pid=self.pid,
-                              max_jobs=max_jobs, max_age=max_age, sentry=self.sentry.alive,
-                              board=self.board, slot=slot, held=self.partitions.table(pool.name))
-        inherited = self._owned_fds() + [master_end.fileno()]
-        # Until the child has its own handlers, a signal sent to it would run the master's
-        # (and land in the master's wakeup fd): keep them blocked across fork; the worker
-        # unblocks them once its handlers are installed.
-        saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, worker.FORWARDED_SIGNALS)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
-            worker_end.close()
-            master_end.close()
-            return self._spawn_failed(pool, now, f"fork: {exc}")
-        if pid == 0:
-            worker.main(spec, worker_end, inherited, CommandWorker if pool.config.command else None)
-        signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
-        worker_end.close()
-        try:
-            os.setpgid(pid, pid)  # the child does the same; whichever runs first wins
-        except OSError:
-            pass
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError as exc:  # without a pidfd we could not see it die: take it back now
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            master_end.close()
-            return self._spawn_failed(pool, now, f"pidfd_open: {exc}")
-        self.sentry.watch(pid, pidfd, slot)  # at once: until then a SIGKILLed master leaves it stopped
-        wp = WorkerProcess(pid=pid, wid=worker_id(pid), queue=pool.name, index=spec.index,
-                           generation=pool.generation, sock=master_end, pidfd=pidfd, now=now)
-        wp.slot = slot
-        pool.workers[pid] = wp
-        self.selector.register(master_end, selectors.EVENT_READ, ("channel", wp))
-        self.selector.register(pidfd, selectors.EVENT_READ, ("exit", wp))
-        log.debug("spawned worker %r", wp)
+        wp = self.spawner.spawn(pool, now)
+        if isinstance(wp, str):
+            return self._spawn_failed(pool, now, wp)
+        self.selector.register(wp.sock, selectors.EVENT_READ, ("channel", wp))
+        self.selector.register(wp.pidfd, selectors.EVENT_READ, ("exit", wp))
         return True
-
-    def _spec_for(self, q: QueueConfig, cfg: Config, **per_worker: Any) -> worker.WorkerSpec:
-        """Everything a worker of ``q`` is forked with under ``cfg``: the one place that says
-        it, so what makes a worker outdated (forkspec.outdating_key) is derived from it."""
-        return worker.WorkerSpec(queue=q, app=cfg.app, redis_url=self.redis_url, tls=cfg.redis.tls,
-                                 user=q.user or cfg.user, group=q.group or cfg.group,
-                                 prefix=cfg.redis.prefix, lease=cfg.lease,
-                                 max_payload=cfg.max_payload, max_result=cfg.max_result,
-                                 rules=rules_for(cfg.redis.prefix, q, _limiters(cfg)),
-                                 limiters=_limiters(cfg),
-                                 hint_key=self.house.keys(q.name).hint_list(self.partitions.master),
-                                 wait=(cfg.redis.wait_replicas, cfg.redis.wait_timeout),
-                                 nice=self.nice, shutdown_timeout=cfg.shutdown_timeout,
-                                 secret_env=cfg.secret_env, **{"index": 0, "master_pid": 0, **per_worker})
-
-    def _settings_key(self, q: QueueConfig, cfg: Config) -> Any:
-        """What a worker of ``q`` is forked with under ``cfg``; when this changes, its workers
-        are replaced (as they finish their jobs)."""
-        return outdating_key(self._spec_for(q, cfg))
 
     def _owned_fds(self) -> list[int]:
         """Descriptors a forked worker must close: they belong to this loop."""
