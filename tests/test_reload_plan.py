@@ -28,7 +28,7 @@ def test_queues_added_updated_and_removed():
     assert [q.name for q in plan.add] == ["c"]
     assert [q.name for q in plan.update] == ["a"]
     assert plan.remove == ("b",)
-    assert plan.config is new and not plan.lease_changed
+    assert plan.config is new
 
 
 def test_a_pool_already_draining_is_not_removed_twice():
@@ -62,9 +62,9 @@ def test_redis_and_state_dir_are_kept_until_a_restart():
     assert len(plan.notes) == 1 and "127.0.0.1" in plan.notes[0] and "secret" not in plan.notes[0]
 
 
-def test_a_preload_change_is_noted_and_a_lease_change_flagged():
+def test_a_preload_change_is_noted():
     old = _cfg({"a": {"concurrency": 1}})
     new = _cfg({"a": {"concurrency": 1}}, app={**BASE["app"], "preload": ["json"]}, lease="30s")
     plan = plan_reload(old, new, _pools(old))
     assert plan.notes == ("reload: app.preload changes take effect on restart",)
-    assert plan.lease_changed
+    assert plan.config is new

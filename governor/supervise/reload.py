@@ -1,21 +1,25 @@
-"""What a reload changes (master process; a pure function).
+"""What a reload changes, and its changes to the pools (master process).
 
 SIGHUP parses a whole new Config; ``plan_reload`` compares it with the running
 one and the master's pools and says what to do: refuse (a change that would
 break an ordering guarantee), keep what only a restart can change, add, update
-or drain pools. The master applies the plan and hands the new Config to each
-collaborator (``configure``); nothing here touches a process or Redis, so every
-rule is unit-tested without ``governor run``.
+or drain pools. It is pure (no process, no Redis), so every rule is unit-tested
+without ``governor run``. The master carries the plan out (``apply_to_pools``)
+and hands the new Config to each collaborator's ``configure``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from governor.config import Config, QueueConfig, mask_url
+from governor.supervise.pool import Pool
+
+log = logging.getLogger("governor.master")
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,6 @@ class Plan:
     add: tuple[QueueConfig, ...] = ()
     update: tuple[QueueConfig, ...] = ()
     remove: tuple[str, ...] = ()  # pools to drain (their queue is gone from the file)
-    lease_changed: bool = False
 
 
 def plan_reload(old: Config, new: Config, pools: Mapping[str, Any]) -> Plan:
@@ -54,5 +57,29 @@ def plan_reload(old: Config, new: Config, pools: Mapping[str, Any]) -> Plan:
                 add=tuple(q for q in new.queues.values() if q.name not in pools),
                 update=tuple(q for q in new.queues.values() if q.name in pools),
                 remove=tuple(name for name, pool in pools.items()
-                             if name not in new.queues and not pool.removed),
-                lease_changed=new.lease != old.lease)
+                             if name not in new.queues and not pool.removed))
+
+
+def apply_to_pools(plan: Plan, pools: dict[str, Pool], settings_key: Callable[[QueueConfig], Any],
+                   added: Callable[[str], None]) -> None:
+    """Carries out what ``plan`` says of the pools: a new queue gets its pool (``added``: its
+    metrics primed), an updated one its new settings (workers forked with other settings, by
+    ``settings_key``, are replaced as they finish), a removed one drains."""
+    for q in plan.add:
+        pools[q.name] = Pool(q, settings_key(q))
+        added(q.name)
+        log.info("reload: queue %s added with %d worker(s)", q.name, pools[q.name].desired())
+    for q in plan.update:
+        pool = pools[q.name]
+        before, range_before = pool.desired(), pool.config.autoscale and (pool.config.autoscale.min,
+                                                                          pool.config.autoscale.max)
+        if pool.update(q, settings_key(q)):
+            log.info("reload: queue %s settings changed; replacing its workers as they finish", q.name)
+        if q.autoscale and range_before != (q.autoscale.min, q.autoscale.max):
+            log.info("reload: queue %s elastic, %d to %d workers (now %d)", q.name, q.autoscale.min,
+                     q.autoscale.max, pool.desired())
+        elif before != pool.desired():
+            log.info("reload: queue %s concurrency %d -> %d", q.name, before, pool.desired())
+    for name in plan.remove:
+        pools[name].removed = True
+        log.info("reload: queue %s removed; draining its workers", name)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from governor.identity import worker_id
+from governor.log import fields
 from governor.protocol.limits import rules_for
 from governor.protocol.queue import QueueKeys
 from governor.supervise import channel, fdbudget, worker
@@ -100,9 +101,21 @@ class Spawner:
         are replaced (as they finish their jobs)."""
         return outdating_key(self.spec_for(q, cfg))
 
-    def spawn(self, pool: Pool, now: float) -> WorkerProcess | str:
-        """Forks one worker of ``pool`` and adds it to the pool; or says why the host refused
-        (out of descriptors, slots, memory): the caller logs it once and retries."""
+    def spawn(self, pool: Pool, now: float) -> WorkerProcess | None:
+        """Forks one worker of ``pool`` and adds it to the pool; None (logged once, shown in
+        status, retried) when the host refuses (out of descriptors, slots, memory): a master
+        that cannot start a worker keeps governing the ones it has."""
+        wp = self._fork(pool, now)
+        if isinstance(wp, str):
+            if pool.note_spawn_failure(now, wp):
+                log.error("queue %s: cannot start a worker (%d of %d running): %s", pool.name,
+                          len(pool.current()), pool.desired(), wp,
+                          extra=fields(queue=pool.name, reason="spawn_failed"))
+            return None
+        return wp
+
+    def _fork(self, pool: Pool, now: float) -> WorkerProcess | str:
+        """The worker, or why it could not be started."""
         room, why = fdbudget.workers_that_fit()
         if room < 1:
             return why
