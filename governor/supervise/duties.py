@@ -230,7 +230,11 @@ class Housekeeping:
         self.lanes: dict[str, list[int | None]] = {}  # this pass's lanes, shared with HandlerFigures
 
     def configure(self, config: Any) -> None:
-        self.house.configure(config)
+        """A reload: leases are renewed under a changed lease at once (the housekeeper is
+        given it here, its scheduler, rather than growing a method of its own)."""
+        if config.lease != self.house.lease:
+            self.house.next_renew = 0.0
+        self.house.lease = config.lease
 
     def due(self, now: float) -> float:
         return self.house.next_wakeup(now)

@@ -289,12 +289,6 @@ class Housekeeper:
         except (redis.RedisError, *GARBLED) as exc:
             self._failed(exc)
 
-    def configure(self, config: Any) -> None:
-        """A reload (``config``: the new Config): leases renewed under a changed lease at once."""
-        if config.lease != self.lease:
-            self.next_renew = 0.0
-        self.lease = config.lease
-
     def forget(self, queue: str) -> None:
         for lane in [lane for lane in self.next_tick if lane[0] == queue]:
             self.next_tick.pop(lane)
