@@ -140,6 +140,10 @@ class Autoscaler:
         self.on_decision = on_decision  # (queue, direction, reason): the metrics counter
         self.state: dict[str, Elastic] = {}
 
+    def configure(self, config: Any) -> None:
+        """A reload (``config``: the new Config): its host guards hold from the next pass."""
+        self.guards = config.host
+
     def run(self, now: float, pools: Mapping[str, Pool], stats: Callable[[str, float], dict[str, Any]],
             stopping: bool = False) -> None:
         elastic = {name: p for name, p in pools.items() if p.config.autoscale and not p.removed}

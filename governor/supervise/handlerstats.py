@@ -162,6 +162,10 @@ class HandlerStats:
         return keys.learn(handlers, a.percentile, a.factor, int(a.min * 1000), int(a.max * 1000), a.samples,
                           a.max_kills, int(a.window * 1000))
 
+    def configure(self, config: Any) -> None:
+        """A reload (``config``: the new Config; the pools carry its queues)."""
+        self.forget()
+
     def forget(self) -> None:
         """A reload: look again at once, under the new settings."""
         self.next_run = 0.0

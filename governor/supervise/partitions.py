@@ -146,6 +146,10 @@ class PartitionLeases:
     def keys(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
 
+    def configure(self, config: Any) -> None:
+        """A reload (``config``: the new Config): leases are taken and renewed for its lease."""
+        self.lease = config.lease
+
     def sync(self, pools: Mapping[str, Any]) -> None:
         """Follows the pools (start, reload): a partitioned queue gets its table before its
         workers are forked; a removed one hands its leases back."""

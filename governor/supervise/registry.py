@@ -57,6 +57,12 @@ class FleetRegistry:
             self._written = (shape, now)
         self.last_beat = time.time()
 
+    def configure(self, config: Any) -> None:
+        """A reload (``config``: the new Config): beats under its lease, and writes the whole
+        record at the next beat (what an operator reads may have changed)."""
+        self.lease = config.lease
+        self.changed()
+
     def changed(self) -> None:
         """Something an operator reads changed (a reload): the next beat writes the record."""
         self._written = (None, -math.inf)
