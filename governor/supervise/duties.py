@@ -193,8 +193,7 @@ class Samples:
 
 
 class Partitions:
-    """Partition leases: renewed, rebalanced; what was gained or touched is looked at now.
-    (Its wake-ups are asked for even while Redis is away or the master stops, as before.)"""
+    """Partition leases: renewed, rebalanced; what was gained or touched is looked at now."""
 
     redis = True
 
@@ -206,6 +205,10 @@ class Partitions:
         self.leases.configure(config)
 
     def due(self, now: float) -> float:
+        # (no wake-up for a pass that would not run: asked for while Redis was away, a time
+        # already past woke the loop at once, again and again)
+        if not self.house.redis_ok or self.stopping():
+            return math.inf
         return self.leases.next_wakeup(now)
 
     def run(self, now: float) -> None:
