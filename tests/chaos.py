@@ -93,7 +93,7 @@ def run_chaos(tmp: Path, jobs: int, kill_every: float = 0.1, concurrency: int = 
         wait_for(lambda: done_count() >= jobs, max(remaining, 10), "every job", interval=0.1)
         stop.set()
         thread.join()
-        wait_for(lambda: g.client.counts("chaos")["active"] == 0, 10, "the last acks")
+        wait_for(lambda: g.client.counts("chaos")["active"] == 0, 30, "the last acks")  # (a lease expiry takes 60 s)
         counts = g.client.counts("chaos")
     finally:
         stop.set()
