@@ -50,6 +50,7 @@ from governor.supervise.process import State
 from governor.supervise.registry import FleetRegistry
 from governor.supervise.reload import apply_to_pools, plan_reload
 from governor.supervise.scoreboard import Scoreboard
+from governor.supervise.sentry import Sentry
 from governor.supervise.spawner import Spawner
 from governor.supervise.trees import TreeGuard
 
@@ -93,7 +94,7 @@ class Master:
         self.registry: FleetRegistry | None = None
         self.web: WebPage | None = None
         self.state_lock = statedir.MasterLock(config.state_dir)
-        self.sentry = proctree.Sentry()  # kills every worker's tree if this master dies
+        self.sentry = Sentry()  # kills every worker's tree if this master dies
         # per worker: lease deadlines (guarded by the sentry) and its report (read on our clock)
         self.board = Scoreboard(buckets=DURATION_BUCKETS)
         self.scaler = Autoscaler(config.host, on_decision=lambda queue, direction, reason:
