@@ -47,6 +47,7 @@ from governor.supervise.housekeeping import Housekeeper
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.process import State
+from governor.supervise.redishealth import RedisHealth
 from governor.supervise.registry import FleetRegistry
 from governor.supervise.reload import apply_to_pools, plan_reload
 from governor.supervise.scoreboard import Scoreboard
@@ -90,6 +91,7 @@ class Master:
         self.metrics = Metrics(self._metrics_state)
         self.http: HttpServer | None = None
         self.house: Housekeeper | None = None
+        self.redis_health: RedisHealth | None = None  # up or down: one outage for every duty
         self.partitions: PartitionLeases | None = None
         self.registry: FleetRegistry | None = None
         self.web: WebPage | None = None
@@ -149,12 +151,13 @@ class Master:
         for client, window in ((self.redis, MASTER_REDIS_TIMEOUT), (probe, PROBE_TIMEOUT)):
             if is_cluster(client):  # ride out a failover in the housekeeper's passes, not in one call
                 client.failover_window = window
+        self.redis_health = RedisHealth(self.redis, probe, on_error=self.metrics.redis_errors.inc)
         self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease, self.board,
-                                 on_lease_lost=self.children.on_lease_lost, on_thaw=self.children.on_thaw, probe=probe,
-                                 on_error=self.metrics.redis_errors.inc)
+                                 on_lease_lost=self.children.on_lease_lost, on_thaw=self.children.on_thaw,
+                                 health=self.redis_health)
         self.house.on_ready = self.children.hint_idle
         self.children.house = self.house
-        self.health.redis = self.house
+        self.health.redis = self.redis_health
         self.handlers = HandlerStats(self.redis, self.house.keys)
         self.registry = FleetRegistry(self.redis, self.config.redis.prefix, worker_id(self.pid), self.config.lease,
                                       self._fleet_record)
@@ -169,7 +172,7 @@ class Master:
         self.control.attach(self.selector)
         if self.config.metrics.listen:
             self.web = WebPage(Client(self.redis, self.config.redis.prefix), self.config.web.token,
-                               lambda: self.house.redis_ok,
+                               lambda: self.redis_health.ok,
                                lambda: [p.config for p in self.pools.values()],
                                lambda: {name: self.house.stats(name, time.monotonic()) for name in self.pools},
                                (worker_id(self.pid), self._fleet_record))
@@ -216,7 +219,7 @@ class Master:
         self.children.kill_all()
         if self.partitions:
             self.partitions.release_all("master stopped")
-        if self.registry and self.house and self.house.redis_ok:
+        if self.registry and self.redis_health and self.redis_health.ok:
             try:
                 self.registry.leave()
             except duties.REDIS_FAILURES:
@@ -415,7 +418,7 @@ class Master:
         fds += [self._sig_r, self._sig_w, self.notifier.fileno()]
         # The master's Redis connections: a job must not be able to write into them (it would
         # desynchronise the master's replies), so the child closes them before any job code.
-        fds += socket_fds(self.redis) + (socket_fds(self.house.probe) if self.house else [])
+        fds += socket_fds(self.redis) + (socket_fds(self.redis_health.probe) if self.redis_health else [])
         fds.append(self.state_lock.fileno())  # master.lock: workers have no business with it
         fds += self.sentry.fds()  # a job must not be able to hand the sentry pidfds, or kill it
         fds.append(self.board.fileno())  # the mapping stays; the descriptor goes
@@ -434,7 +437,7 @@ class Master:
 
     def _duties(self) -> duties.Duties:
         """The loop's duties in the order it runs them (see duties.py for why this order)."""
-        house, pools, stopping = self.house, self.pools, lambda: self.stopping
+        house, health, pools, stopping = self.house, self.redis_health, self.pools, lambda: self.stopping
         lanes = duties.Housekeeping(house, self.partitions, pools)
         return duties.Duties([
             duties.Reports(self.reports, pools),  # before the limits: what runs, since when
@@ -442,13 +445,13 @@ class Master:
             duties.Step(self.trees.restart),
             duties.Servers(lambda: (self.control, self.http)),
             *([duties.WebView(self.web)] if self.web else []),
-            duties.Samples(pools, self.config.shutdown_timeout, lambda: house.redis_ok),
+            duties.Samples(pools, self.config.shutdown_timeout, lambda: health.ok),
             duties.Step(self.trees.restart_embedded),
-            duties.Partitions(self.partitions, house, pools, stopping),
+            duties.Partitions(self.partitions, house, health, pools, stopping),
             lanes,
-            duties.Registry(self.registry, house),
-            duties.HandlerFigures(self.handlers, house, pools, lanes, stopping),
-            duties.Scaling(self.scaler, pools, house, stopping)], house.failed)
+            duties.Registry(self.registry, health),
+            duties.HandlerFigures(self.handlers, house, health, pools, lanes, stopping),
+            duties.Scaling(self.scaler, pools, house, stopping)], health.failed)
 
     # -- systemd, metrics, health --------------------------------------------------------
 
@@ -461,7 +464,7 @@ class Master:
                 "handlers": self.handlers.snapshot(),
                 "partitions": self.partitions.snapshot(),
                 "fleet": {"masters": self.registry.masters, "last_beat": self.registry.last_beat},
-                "redis_ok": self.house.redis_ok}
+                "redis_ok": self.redis_health.ok}
 
     def _register_queues(self) -> None:
         """Our queues join the prefix's list of queues (as a Python producer's first enqueue
@@ -469,7 +472,7 @@ class Master:
         try:
             self.redis.sadd(f"{self.config.redis.prefix}:queues", *self.pools)
         except duties.REDIS_FAILURES as exc:
-            self.house.failed(exc)
+            self.redis_health.failed(exc)
 
     def _fleet_record(self) -> dict[str, Any]:
         """What the fleet sees of this master: ``status``, plus when it started (wall clock)."""
@@ -493,7 +496,7 @@ class Master:
             "master": {"pid": self.pid, "host": socket.gethostname(), "uptime": round(now - self.started, 3),
                        "config": self.config.source, "stopping": self.stopping and self.stopping.value,
                        "redis": mask_url(self.config.redis.url),
-                       "redis_ok": self.house.redis_ok},
+                       "redis_ok": self.redis_health.ok},
             "pools": self._pool_snapshots(now),
             "partitions": self.partitions.snapshot(),
             "handlers": self.handlers.snapshot(),
