@@ -31,8 +31,8 @@ def watchdog_interval() -> float:
 
 
 class Health:
-    """What the loop reports of itself; ``redis`` is the master's Redis-health monitor (its
-    ``down_since``, ``last_ok`` and ``check()``)."""
+    """What the loop reports of itself; ``redis`` is the master's Redis-health monitor
+    (supervise/redishealth.py: its ``down_since``, ``last_ok`` and ``check()``)."""
 
     def __init__(self, config: Config, notifier: Notifier) -> None:
         self.config = config

@@ -6,7 +6,8 @@ questions: ``due(now)`` (when must the loop wake for it next; ``math.inf``: not
 on its own account) and ``run(now)`` (called on every pass; it does nothing
 until it is due). A duty that talks to Redis says so (``redis = True``): what
 Redis (or a garbled reply) raises in it is one outage, counted by the one
-policy here, and never stops the passes of the others.
+policy here (the ``RedisHealth`` they share), and never stops the passes of
+the others.
 
 The order matters for hard-limit latency: the reports are read before the
 limits are enforced (what runs, since when), and the local steps (hard
@@ -32,10 +33,11 @@ from governor.supervise.governance import (
     sample_memory,
 )
 from governor.supervise.handlerstats import HandlerStats
-from governor.supervise.housekeeping import GARBLED, Housekeeper, all_lanes
+from governor.supervise.housekeeping import Housekeeper, all_lanes
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.process import State
+from governor.supervise.redishealth import GARBLED, RedisHealth
 from governor.supervise.registry import FleetRegistry
 from governor.supervise.reports import WorkerReports
 
@@ -197,9 +199,9 @@ class Partitions:
 
     redis = True
 
-    def __init__(self, leases: PartitionLeases, house: Housekeeper, pools: Mapping[str, Pool],
-                 stopping: Callable[[], Any]) -> None:
-        self.leases, self.house, self.pools, self.stopping = leases, house, pools, stopping
+    def __init__(self, leases: PartitionLeases, house: Housekeeper, health: RedisHealth,
+                 pools: Mapping[str, Pool], stopping: Callable[[], Any]) -> None:
+        self.leases, self.house, self.health, self.pools, self.stopping = leases, house, health, pools, stopping
 
     def configure(self, config: Any) -> None:
         self.leases.configure(config)
@@ -207,12 +209,12 @@ class Partitions:
     def due(self, now: float) -> float:
         # (no wake-up for a pass that would not run: asked for while Redis was away, a time
         # already past woke the loop at once, again and again)
-        if not self.house.redis_ok or self.stopping():
+        if not self.health.ok or self.stopping():
             return math.inf
         return self.leases.next_wakeup(now)
 
     def run(self, now: float) -> None:
-        if not self.house.redis_ok or self.stopping():
+        if not self.health.ok or self.stopping():
             return
         serving = {name for name, p in self.pools.items() if any(w.state in (State.IDLE, State.BUSY) for w in p)}
         gained, touched = self.leases.run(now, serving)
@@ -223,8 +225,8 @@ class Partitions:
 
 
 class Housekeeping:
-    """Lease renewals, promotions, reclaims and lost jobs (the housekeeper minds Redis
-    outages itself: it probes while Redis is away)."""
+    """Lease renewals, promotions, reclaims and lost jobs (the housekeeper counts its own
+    Redis failures and, while Redis is away, probes for it: ``RedisHealth.reachable``)."""
 
     redis = False
 
@@ -253,18 +255,18 @@ class Registry:
 
     redis = True
 
-    def __init__(self, registry: FleetRegistry, house: Housekeeper) -> None:
-        self.registry, self.house = registry, house
+    def __init__(self, registry: FleetRegistry, health: RedisHealth) -> None:
+        self.registry, self.health = registry, health
 
     def configure(self, config: Any) -> None:
         self.registry.configure(config)
 
     def due(self, now: float) -> float:
-        # (while Redis is away the housekeeper's probe says when it is back)
-        return self.registry.next_wakeup() if self.house.redis_ok else math.inf
+        # (while Redis is away the probe says when it is back: see Housekeeping)
+        return self.registry.next_wakeup() if self.health.ok else math.inf
 
     def run(self, now: float) -> None:
-        if self.house.redis_ok and now >= self.registry.next_beat:
+        if self.health.ok and now >= self.registry.next_beat:
             self.registry.run(now)
 
 
@@ -273,18 +275,19 @@ class HandlerFigures:
 
     redis = True
 
-    def __init__(self, handlers: HandlerStats, house: Housekeeper, pools: Mapping[str, Pool],
-                 lanes: Housekeeping, stopping: Callable[[], Any]) -> None:
-        self.handlers, self.house, self.pools, self.lanes, self.stopping = handlers, house, pools, lanes, stopping
+    def __init__(self, handlers: HandlerStats, house: Housekeeper, health: RedisHealth,
+                 pools: Mapping[str, Pool], lanes: Housekeeping, stopping: Callable[[], Any]) -> None:
+        self.handlers, self.house, self.health = handlers, house, health
+        self.pools, self.lanes, self.stopping = pools, lanes, stopping
 
     def configure(self, config: Any) -> None:
         self.handlers.configure(config)
 
     def due(self, now: float) -> float:
-        return self.handlers.next_wakeup() if self.house.redis_ok and not self.stopping() else math.inf
+        return self.handlers.next_wakeup() if self.health.ok and not self.stopping() else math.inf
 
     def run(self, now: float) -> None:
-        if self.house.redis_ok and not self.stopping() and now >= self.handlers.next_run:
+        if self.health.ok and not self.stopping() and now >= self.handlers.next_run:
             self.handlers.run(now, self.pools, self.lanes.lanes, lambda q: tuple(
                 self.house.stats(q, now).get(k) for k in ("done", "dead", "active")))
 

@@ -3,8 +3,8 @@ reclaim expired ones, promote delayed jobs, expire done records, keep queue figu
 
 Kept apart from the arbiter so that the process lifecycle (master.py) and the
 Redis bookkeeping each have one owner. Every call here tolerates Redis being
-away: what fails is retried on a later pass, and the outage is logged once
-when it starts and once when it ends.
+away: what fails is retried on a later pass, and the outage is counted by the
+master's one ``RedisHealth`` (redishealth.py), which the other duties share.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import redis
 
 from governor.identity import is_local_and_dead, pid_of
 from governor.log import fields
-from governor.protocol.connection import disconnect, is_transient
 from governor.protocol.queue import FailOutcome, QueueKeys, parse_lease, run
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess
+from governor.supervise.redishealth import GARBLED, RedisHealth
 from governor.supervise.scoreboard import Scoreboard, margin
 from governor.units import format_size
 from governor.untrusted import loads
@@ -34,9 +34,6 @@ TICK_IDLE = 15.0  # ... and over an empty one (keeps an idle host well under 1 R
 # ... and over an empty partition held a while: only its holder's workers take its jobs, and
 # producers' hints mark it touched (see look_now), so nothing arrives there unseen
 TICK_IDLE_PARTITION = 300.0
-# What a call to Redis can raise besides RedisError when the connection carries garbage
-# (a reply that is not the one asked for: wrong type, wrong length).
-GARBLED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
 
 Lane = tuple[str, "int | None"]  # a queue, or one partition of a partitioned queue
 
@@ -74,21 +71,19 @@ class LostJob:
 
 
 class Housekeeper:
+    """The master's bookkeeping in Redis, pass by pass: leases renewed, queues ticked, the jobs
+    of dead workers requeued; ``health`` says whether Redis is there to do it."""
+
     def __init__(self, client: redis.Redis, prefix: str, lease: float, board: Scoreboard,
                  on_lease_lost: Callable[[WorkerProcess, float], None],
-                 on_thaw: Callable[[WorkerProcess, float], None],
-                 probe: redis.Redis | None = None, on_error: Callable[[], None] = lambda: None) -> None:
+                 on_thaw: Callable[[WorkerProcess, float], None], health: RedisHealth) -> None:
         self.redis = client
-        # A client with short timeouts for asking "is Redis back?" while it is away: the loop
-        # that enforces hard limits must not sit in a 1 s timeout on every pass of an outage.
-        self.probe = probe or client
-        self.next_probe = 0.0
+        self.health = health  # shared with the other duties: one outage, one probe
         self.prefix = prefix
         self.lease = lease
         self.board = board
         self.on_lease_lost = on_lease_lost
         self.on_thaw = on_thaw
-        self.on_error = on_error
         self.lost: list[LostJob] = []
         self.next_tick: dict[Lane, float] = {}
         self.next_renew = 0.0
@@ -98,37 +93,9 @@ class Housekeeper:
         # a job there (a handover), so they are looked at twice per lease like a queue
         self.fresh_until: dict[Lane, float] = {}
         self.on_ready: Callable[[str, int, int], None] = lambda queue, partition, waiting: None
-        self.down_since: float | None = None
-        self.last_ok = 0.0  # monotonic time of the last Redis call that succeeded
 
     def keys(self, queue: str, partition: int | None = None) -> QueueKeys:
         return QueueKeys(self.prefix, queue, partition)
-
-    # -- health of the connection ----------------------------------------------------
-
-    @property
-    def redis_ok(self) -> bool:
-        return self.down_since is None
-
-    def _ok(self) -> None:
-        self.last_ok = time.monotonic()
-        if self.down_since is not None:
-            log.warning("Redis is reachable again after %.1fs", time.monotonic() - self.down_since)
-            self.down_since = None
-
-    def failed(self, exc: Exception) -> None:
-        """A call made on the housekeeper's behalf (partition leases) failed: counted as ours."""
-        self._failed(exc)
-
-    def _failed(self, exc: Exception) -> None:
-        if isinstance(exc, GARBLED) or not is_transient(exc):
-            # An unexpected reply means the connection may be out of step (a reply left over
-            # from something else): never read another reply from it, start a new one.
-            disconnect(self.redis)
-        self.on_error()
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-            log.error("Redis unavailable (%s); retrying", exc)
 
     # -- jobs of dead workers ----------------------------------------------------------
 
@@ -148,7 +115,7 @@ class Housekeeper:
                                 known=(job_id, token), max_retries=pool.config.settings.retry.max,
                                 detail={}, partitions=(part,)))
         except (redis.RedisError, *GARBLED) as exc:
-            self._failed(exc)  # the leases will expire instead
+            self.health.failed(exc)  # the leases will expire instead
         if self.lost:
             log.info("recovering %d job(s) left by workers of a previous master", len(self.lost))
             self.settle_lost()
@@ -199,7 +166,7 @@ class Housekeeper:
                     if keys.partition is not None and outcome in (FailOutcome.REQUEUED, FailOutcome.RETRYING):
                         self.on_ready(lost.queue, keys.partition, 1)  # at once, not at the next tick
             except (redis.RedisError, *GARBLED) as exc:
-                self._failed(exc)
+                self.health.failed(exc)
                 return
             del self.lost[:len(batch)]
 
@@ -210,21 +177,7 @@ class Housekeeper:
         run(self.redis, *(keys.censor(lost.handler, int(float(lost.detail.get("limit_s") or 0) * 1000),
                                       lost.keep, held[0]) for lost, keys, held in killed))
 
-        # -- the periodic pass -------------------------------------------------------------
-
-    def _reachable(self, now: float) -> bool:
-        """While Redis is known to be away: one short probe per TICK_BUSY, no real call."""
-        if self.down_since is None:
-            return True
-        if now < self.next_probe:
-            return False
-        self.next_probe = now + TICK_BUSY
-        try:
-            self.probe.ping()
-            return True
-        except (redis.RedisError, *GARBLED) as exc:
-            self._failed(exc)
-            return False
+    # -- the periodic pass -------------------------------------------------------------
 
     def run(self, now: float, pools: Mapping[str, Pool], lanes: Mapping[str, list[int | None]]) -> None:
         """``lanes``: per queue, what this master ticks (a partitioned queue: the partitions it
@@ -233,7 +186,7 @@ class Housekeeper:
         for lane in [lane for lane in self.next_tick if lane[1] not in lanes.get(lane[0], ())]:
             self.next_tick.pop(lane)  # a partition handed over: its new holder looks after it
             self.lane_stats.pop(lane, None)
-        if not self._reachable(now):
+        if not self.health.reachable(now):
             return
         if self.lost:
             self.settle_lost()
@@ -244,21 +197,21 @@ class Housekeeper:
             # extended before the tick looks for expired ones
             if now >= self.next_renew:
                 if self._renew(pools):
-                    self._ok()
+                    self.health.succeeded()
                 self.next_renew = now + self.lease / 3
             if due:
                 self._tick(due, now, pools)
-                self._ok()
+                self.health.succeeded()
         except (redis.RedisError, *GARBLED) as exc:
-            self._failed(exc)
+            self.health.failed(exc)
             later = time.monotonic() + TICK_BUSY  # not `now`: the failed call may have taken a while
             for name in due:
                 self.next_tick[name] = later
             self.next_renew = max(self.next_renew, later)
 
     def next_wakeup(self, now: float) -> float:
-        if self.down_since is not None:
-            return max(self.next_probe, now)
+        if not self.health.ok:
+            return self.health.next_probe_at(now)
         return min([now + TICK_IDLE, self.next_renew, *self.next_tick.values()]
                    + ([now + 1.0] if self.lost else []))
 
@@ -277,17 +230,6 @@ class Housekeeper:
             self.next_tick[(queue, part)] = 0.0
             if fresh:
                 self.fresh_until[(queue, part)] = time.monotonic() + 2 * self.lease
-
-    def check(self) -> None:
-        """A direct PING, for /healthz when the last pass is too old to vouch for Redis
-        (not while Redis is known to be down: the passes are already retrying)."""
-        if self.down_since is not None:
-            return
-        try:
-            self.probe.ping()
-            self._ok()
-        except (redis.RedisError, *GARBLED) as exc:
-            self._failed(exc)
 
     def forget(self, queue: str) -> None:
         for lane in [lane for lane in self.next_tick if lane[0] == queue]:

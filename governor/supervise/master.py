@@ -16,22 +16,18 @@ import importlib
 import logging
 import os
 import selectors
-import signal
-import socket
 import sys
 import time
-from typing import Any
 
 import redis
 
-from governor import __version__
 from governor.config import Config, ConfigError, load_config, mask_url
 from governor.identity import worker_id
 from governor.log import fields
 from governor.ops.control import ControlServer
 from governor.ops.health import Health
 from governor.ops.httpd import HttpServer
-from governor.ops.metrics import CONTENT_TYPE, DURATION_BUCKETS, Metrics
+from governor.ops.metrics import DURATION_BUCKETS, Metrics
 from governor.ops.systemd import Notifier
 from governor.ops.web import WebPage
 from governor.protocol.connection import connect, is_cluster, resolve_url, socket_fds
@@ -47,9 +43,13 @@ from governor.supervise.housekeeping import Housekeeper
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.process import State
+from governor.supervise.redishealth import RedisHealth
 from governor.supervise.registry import FleetRegistry
 from governor.supervise.reload import apply_to_pools, plan_reload
 from governor.supervise.scoreboard import Scoreboard
+from governor.supervise.sentry import Sentry
+from governor.supervise.signalpipe import SignalPipe
+from governor.supervise.snapshots import Snapshots
 from governor.supervise.spawner import Spawner
 from governor.supervise.trees import TreeGuard
 
@@ -60,10 +60,6 @@ MASTER_BOOST = 10  # nice levels the master raises itself above its workers, whe
 SPAWN_SLICE = 0.02  # seconds of forking per pass of the loop before it looks at its timers again
 MASTER_REDIS_TIMEOUT = 1.0  # seconds; a healthy Redis answers the master's calls in milliseconds
 PROBE_TIMEOUT = 0.2  # seconds; "is Redis back?" asked while it is away, once a second
-
-
-def _noop(signum: int, frame: Any) -> None:
-    """Installed so the default action (death) does not happen; the wakeup fd carries the signal."""
 
 
 class Master:
@@ -83,17 +79,18 @@ class Master:
         self.redis_url = resolve_url(config.redis.url, config.state_dir)
         self.redis: redis.Redis | None = None
         self.control: ControlServer | None = None
-        self._sig_r = self._sig_w = -1
+        self.signals = SignalPipe()  # signals as bytes on a wakeup fd, handled by the loop
         self.notifier = Notifier()
         self.health = Health(config, self.notifier)  # /healthz, STATUS, watchdog, drain progress
-        self.metrics = Metrics(self._metrics_state)
+        self.metrics = Metrics(lambda: self.snapshots.metrics_state())
         self.http: HttpServer | None = None
         self.house: Housekeeper | None = None
+        self.redis_health: RedisHealth | None = None  # up or down: one outage for every duty
         self.partitions: PartitionLeases | None = None
         self.registry: FleetRegistry | None = None
         self.web: WebPage | None = None
         self.state_lock = statedir.MasterLock(config.state_dir)
-        self.sentry = proctree.Sentry()  # kills every worker's tree if this master dies
+        self.sentry = Sentry()  # kills every worker's tree if this master dies
         # per worker: lease deadlines (guarded by the sentry) and its report (read on our clock)
         self.board = Scoreboard(buckets=DURATION_BUCKETS)
         self.scaler = Autoscaler(config.host, on_decision=lambda queue, direction, reason:
@@ -148,32 +145,38 @@ class Master:
         for client, window in ((self.redis, MASTER_REDIS_TIMEOUT), (probe, PROBE_TIMEOUT)):
             if is_cluster(client):  # ride out a failover in the housekeeper's passes, not in one call
                 client.failover_window = window
+        self.redis_health = RedisHealth(self.redis, probe, on_error=self.metrics.redis_errors.inc)
         self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease, self.board,
-                                 on_lease_lost=self.children.on_lease_lost, on_thaw=self.children.on_thaw, probe=probe,
-                                 on_error=self.metrics.redis_errors.inc)
+                                 on_lease_lost=self.children.on_lease_lost, on_thaw=self.children.on_thaw,
+                                 health=self.redis_health)
         self.house.on_ready = self.children.hint_idle
         self.children.house = self.house
-        self.health.redis = self.house
+        self.health.redis = self.redis_health
         self.handlers = HandlerStats(self.redis, self.house.keys)
         self.registry = FleetRegistry(self.redis, self.config.redis.prefix, worker_id(self.pid), self.config.lease,
-                                      self._fleet_record)
+                                      lambda: self.snapshots.fleet_record())
         self.partitions = PartitionLeases(self.redis, self.config.redis.prefix, worker_id(self.pid),
                                           self.config.lease)
         self.spawner = Spawner(config=self.config, redis_url=self.redis_url, master_pid=self.pid, nice=self.nice,
                                board=self.board, sentry=self.sentry, keys=self.house.keys,
                                master=self.partitions.master, held=self.partitions.table,
                                owned_fds=self._owned_fds)
-        self._install_signals()
-        self.control = ControlServer(self.config.state_dir, {"status": self.status})
+        self.snapshots = Snapshots(pid=self.pid, started=self.started, config=lambda: self.config,
+                                   stopping=lambda: self.stopping, pools=self.pools, reports=self.reports,
+                                   house=self.house, redis_health=self.redis_health, handlers=self.handlers,
+                                   partitions=self.partitions, registry=self.registry, scaler=self.scaler,
+                                   health=self.health, metrics=self.metrics)
+        self.signals.install(self.selector)
+        self.control = ControlServer(self.config.state_dir, {"status": self.snapshots.status})
         self.control.attach(self.selector)
         if self.config.metrics.listen:
             self.web = WebPage(Client(self.redis, self.config.redis.prefix), self.config.web.token,
-                               lambda: self.house.redis_ok,
+                               lambda: self.redis_health.ok,
                                lambda: [p.config for p in self.pools.values()],
                                lambda: {name: self.house.stats(name, time.monotonic()) for name in self.pools},
-                               (worker_id(self.pid), self._fleet_record))
+                               (worker_id(self.pid), self.snapshots.fleet_record))
             self.http = HttpServer(self.config.metrics.listen,
-                                   {"/metrics": self._serve_metrics, "/healthz": lambda: self.health.serve(self.stopping and self.stopping.value),
+                                   {"/metrics": self.snapshots.serve_metrics, "/healthz": lambda: self.health.serve(self.stopping and self.stopping.value),
                                     "/": self.web.page}, posts={"/action": self.web.action},
                                    guarded=("/", "/action"), hosts=lambda: self.config.web.hosts)
             self.web.on_view = self.http.resume  # a page waiting for its view is answered
@@ -198,16 +201,8 @@ class Master:
         for module in cfg.app.preload:
             importlib.import_module(module)  # before fork: workers share its pages copy-on-write
 
-    def _install_signals(self) -> None:
-        self._sig_r, self._sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-            signal.signal(sig, _noop)
-        self.selector.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
-
     def _cleanup(self) -> None:
-        if self._sig_w >= 0:
-            signal.set_wakeup_fd(-1)
+        self.signals.close()
         if self.control:
             self.control.close()
         if self.http:
@@ -215,7 +210,7 @@ class Master:
         self.children.kill_all()
         if self.partitions:
             self.partitions.release_all("master stopped")
-        if self.registry and self.house and self.house.redis_ok:
+        if self.registry and self.redis_health and self.redis_health.ok:
             try:
                 self.registry.leave()
             except duties.REDIS_FAILURES:
@@ -234,13 +229,13 @@ class Master:
             self._timers(now)
             self._reconcile(now)
             if not self.health.ready_sent and not self.stopping and self._pools_ready():
-                self.health.ready(now, self._summary())
-                log.info("all pools up: %s", self._summary())
+                self.health.ready(now, self.snapshots.summary())
+                log.info("all pools up: %s", self.snapshots.summary())
             if self.stopping and not any(p.workers for p in self.pools.values()):
                 self.house.settle_lost()
                 return
             self.health.notify(now, self.stop_deadline if self.stopping is Stopping.GRACEFUL else None,
-                               self._summary)
+                               self.snapshots.summary)
             # A pass that took long (a slow Redis call or client) delays every deadline after it
             self.health.note_lateness(time.monotonic() - woke)
             planned = self._next_wakeup(now)
@@ -275,17 +270,6 @@ class Master:
         return all(sum(1 for w in p.current() if w.state is not State.STARTING) >= p.desired()
                    or p.backoff for p in self.pools.values())
 
-    def _summary(self) -> str:
-        """One line for systemd's STATUS=: workers, throughput, backlog."""
-        now = time.monotonic()
-        workers = sum(len(p.taking_work()) for p in self.pools.values())
-        busy = sum(1 for p in self.pools.values() for w in p if w.job)
-        rate = self.health.rate(now)
-        waiting = self.house.waiting()
-        backing_off = [p.name for p in self.pools.values() if p.backoff]
-        line = f"{workers} workers ({busy} busy), {rate:.1f} jobs/s, {waiting} waiting"
-        return line + (f", backing off: {', '.join(backing_off)}" if backing_off else "")
-
     def _next_wakeup(self, now: float) -> float:
         times = [self.duties.next_wakeup(now)]
         if self.spawn_pending:
@@ -301,12 +285,7 @@ class Master:
     # -- signals -----------------------------------------------------------------
 
     def _on_signals(self) -> None:
-        try:
-            data = os.read(self._sig_r, 512)
-        except BlockingIOError:
-            return
-        for signum in data:
-            name = signal.Signals(signum).name.lower()
+        for name in self.signals.read():
             handler = getattr(self, f"handle_{name}", None)
             if handler:
                 handler()
@@ -345,7 +324,7 @@ class Master:
             log.error("reload failed, keeping the running config: %s", exc)
         else:
             self._apply(new)
-        self.notifier.ready(self._summary())
+        self.notifier.ready(self.snapshots.summary())
 
     def _apply(self, new: Config) -> None:
         plan = plan_reload(self.config, new, self.pools)
@@ -411,10 +390,10 @@ class Master:
     def _owned_fds(self) -> list[int]:
         """Descriptors a forked worker must close: they belong to this loop."""
         fds = [key.fd for key in self.selector.get_map().values()]
-        fds += [self._sig_r, self._sig_w, self.notifier.fileno()]
+        fds += [*self.signals.fds(), self.notifier.fileno()]
         # The master's Redis connections: a job must not be able to write into them (it would
         # desynchronise the master's replies), so the child closes them before any job code.
-        fds += socket_fds(self.redis) + (socket_fds(self.house.probe) if self.house else [])
+        fds += socket_fds(self.redis) + (socket_fds(self.redis_health.probe) if self.redis_health else [])
         fds.append(self.state_lock.fileno())  # master.lock: workers have no business with it
         fds += self.sentry.fds()  # a job must not be able to hand the sentry pidfds, or kill it
         fds.append(self.board.fileno())  # the mapping stays; the descriptor goes
@@ -433,7 +412,7 @@ class Master:
 
     def _duties(self) -> duties.Duties:
         """The loop's duties in the order it runs them (see duties.py for why this order)."""
-        house, pools, stopping = self.house, self.pools, lambda: self.stopping
+        house, health, pools, stopping = self.house, self.redis_health, self.pools, lambda: self.stopping
         lanes = duties.Housekeeping(house, self.partitions, pools)
         return duties.Duties([
             duties.Reports(self.reports, pools),  # before the limits: what runs, since when
@@ -441,26 +420,15 @@ class Master:
             duties.Step(self.trees.restart),
             duties.Servers(lambda: (self.control, self.http)),
             *([duties.WebView(self.web)] if self.web else []),
-            duties.Samples(pools, self.config.shutdown_timeout, lambda: house.redis_ok),
+            duties.Samples(pools, self.config.shutdown_timeout, lambda: health.ok),
             duties.Step(self.trees.restart_embedded),
-            duties.Partitions(self.partitions, house, pools, stopping),
+            duties.Partitions(self.partitions, house, health, pools, stopping),
             lanes,
-            duties.Registry(self.registry, house),
-            duties.HandlerFigures(self.handlers, house, pools, lanes, stopping),
-            duties.Scaling(self.scaler, pools, house, stopping)], house.failed)
+            duties.Registry(self.registry, health),
+            duties.HandlerFigures(self.handlers, house, health, pools, lanes, stopping),
+            duties.Scaling(self.scaler, pools, house, stopping)], health.failed)
 
-    # -- systemd, metrics, health --------------------------------------------------------
-
-    def _metrics_state(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {"queues": {name: self.house.stats(name, now) for name in self.pools},
-                "global_concurrency": {p.name: p.config.global_concurrency for p in self.pools.values()
-                                       if p.config.global_concurrency},
-                "pools": self._pool_snapshots(now),
-                "handlers": self.handlers.snapshot(),
-                "partitions": self.partitions.snapshot(),
-                "fleet": {"masters": self.registry.masters, "last_beat": self.registry.last_beat},
-                "redis_ok": self.house.redis_ok}
+    # -- Redis -------------------------------------------------------------------------
 
     def _register_queues(self) -> None:
         """Our queues join the prefix's list of queues (as a Python producer's first enqueue
@@ -468,32 +436,4 @@ class Master:
         try:
             self.redis.sadd(f"{self.config.redis.prefix}:queues", *self.pools)
         except duties.REDIS_FAILURES as exc:
-            self.house.failed(exc)
-
-    def _fleet_record(self) -> dict[str, Any]:
-        """What the fleet sees of this master: ``status``, plus when it started (wall clock)."""
-        st = self.status()
-        st["master"].update(version=__version__, started=round(time.time() - st["master"]["uptime"], 3))
-        return st
-
-    def _pool_snapshots(self, now: float) -> list[dict[str, Any]]:
-        return [{**p.snapshot(now), "autoscale": self.scaler.snapshot(p)} for p in self.pools.values()]
-
-    def _serve_metrics(self) -> tuple[int, str, bytes]:
-        self.reports.scan(self.pools, time.monotonic())  # counters as of now
-        return 200, CONTENT_TYPE, self.metrics.render()
-
-    # -- status ----------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        self.reports.scan(self.pools, now)  # each worker's job as of now
-        return {
-            "master": {"pid": self.pid, "host": socket.gethostname(), "uptime": round(now - self.started, 3),
-                       "config": self.config.source, "stopping": self.stopping and self.stopping.value,
-                       "redis": mask_url(self.config.redis.url),
-                       "redis_ok": self.house.redis_ok},
-            "pools": self._pool_snapshots(now),
-            "partitions": self.partitions.snapshot(),
-            "handlers": self.handlers.snapshot(),
-        }
+            self.redis_health.failed(exc)

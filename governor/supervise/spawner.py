@@ -28,8 +28,8 @@ from governor.supervise.governance import jittered_limits
 from governor.supervise.partitions import HeldTable
 from governor.supervise.pool import Pool
 from governor.supervise.process import WorkerProcess
-from governor.supervise.proctree import Sentry
 from governor.supervise.scoreboard import Scoreboard
+from governor.supervise.sentry import Sentry
 
 log = logging.getLogger("governor.master")
 

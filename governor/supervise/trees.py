@@ -17,6 +17,7 @@ from governor.log import fields
 from governor.supervise import proctree
 from governor.supervise.pool import Pool
 from governor.supervise.scoreboard import Scoreboard, margin
+from governor.supervise.sentry import Sentry
 
 log = logging.getLogger("governor.master")
 
@@ -27,7 +28,7 @@ class TreeGuard:
     """Keeps the sentry (and the embedded Redis) running beside the master, and kills what
     the workers' trees leave."""
 
-    def __init__(self, *, sentry: proctree.Sentry, board: Scoreboard, selector: selectors.BaseSelector,
+    def __init__(self, *, sentry: Sentry, board: Scoreboard, selector: selectors.BaseSelector,
                  pools: Mapping[str, Pool], lease: float, master_pid: int, embedded: Any,
                  stopping: Callable[[], Any]) -> None:
         self.sentry, self.board, self.selector, self.pools = sentry, board, selector, pools

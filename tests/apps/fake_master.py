@@ -9,9 +9,10 @@ import sys
 import time
 
 from governor.supervise import proctree
+from governor.supervise.sentry import Sentry
 
 records = sys.argv[1]
-sentry = proctree.Sentry()
+sentry = Sentry()
 assert sentry.start() is None
 print(sentry.pid, flush=True)
 sys.stdin.readline()  # the test has stopped the sentry
