@@ -50,6 +50,8 @@ _IDLE_WAIT_MAX = 30.0  # seconds a blocked idle worker waits before re-checking 
 _OURS = FORWARDED_SIGNALS | {signal.SIGALRM, signal.SIGCHLD}  # unblocked again after every job
 _REAP_EVERY = 64  # jobs between two looks for adopted zombies (and before every idle wait)
 _TURN = 16  # jobs in a row a worker takes from one partition before it lets others have a turn
+# the replies read once per job, bound here: reading an enum's member costs ~90 ns, this ~15
+_JOB, _LOST, _DEAD = ReserveReply.JOB, FailOutcome.LOST, FailOutcome.DEAD
 
 
 class _Interrupted(BaseException):
@@ -189,7 +191,7 @@ class Worker:
         for module in self.spec.app.imports:
             # a failure here kills the worker before its first job: the master backs off
             importlib.import_module(module)
-        self.redis = self._connect()
+        self.redis = _connect(self.spec)
         limits.bind(self.redis, self.spec.prefix, self.spec.limiters)
         self.channel.send("ready")
         pending: Call | None = None
@@ -214,7 +216,7 @@ class Worker:
                 reply = self._settle_and_reserve(pending, lane=lane)
                 pending = None
                 status = reply[0]
-                if status != ReserveReply.JOB:
+                if status != _JOB:
                     if self.turns is not None:
                         self.turns.leave()
                     elif status == ReserveReply.EMPTY:
@@ -267,7 +269,7 @@ class Worker:
                                    reason="channel_lost"))
             self.channel.lost = True
             # the job may have closed the Redis socket too: start from a fresh connection
-            self.redis = self._connect()
+            self.redis = _connect(self.spec)
             return False
         if self.channel.drain_requested():
             self.draining = True
@@ -276,12 +278,6 @@ class Worker:
     def _on_redis(self, fn: Callable[[Any], Any]) -> Any:
         """``fn(client)``, riding out Redis outages (for the partition turns)."""
         return self._redis_retry(lambda: fn(self.redis))
-
-    def _connect(self) -> redis.Redis:
-        # No command of ours takes longer than the longest idle wait: a Redis (or a Cluster
-        # primary) that hangs without closing the socket is given up on, not waited for forever.
-        return connect(self.spec.redis_url, socket_timeout=_IDLE_WAIT_MAX + 5.0, tls=self.spec.tls,
-                       name=f"governor-worker-{self.spec.queue.name}-{self.spec.index}")
 
     # -- recycling ------------------------------------------------------------
 
@@ -335,13 +331,13 @@ class Worker:
         else:
             results = self._redis_retry(lambda: run(self.redis, *calls))
         if pending is not None:
-            self._log_settle(pending, results[0])
+            _log_settle(self.spec, pending, results[0])
             if self.spec.wait[0]:
                 self._wait_replicas(pending)
         if not reserve:
             return [ReserveReply.EMPTY, -1]
         reply = results[-1]
-        if reply[0] == ReserveReply.JOB:
+        if reply[0] == _JOB:
             reply = list(reply)
             reply.append(token)
             if self.turns is not None:
@@ -381,23 +377,6 @@ class Worker:
                     warned = True
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-
-    def _log_settle(self, call: Call, result: Any) -> None:
-        job_id = call.args[0]
-        lost = call.script == "ack" and result == 0 or call.script == "fail" and result == FailOutcome.LOST
-        dead = call.script == "fail" and result == FailOutcome.DEAD
-        if not (lost or dead):
-            return  # the common case: nothing to say, nothing to build
-        extra = fields(worker=f"{self.spec.queue.name}[{self.spec.index}]", worker_pid=os.getpid(),
-                       queue=self.spec.queue.name, job=job_id)
-        if lost:
-            log.warning("job %s: lease lost before settling (another worker owns it now); result dropped",
-                        job_id, extra=extra)
-        else:
-            error = json.loads(call.args[3]).get("error", "") if call.args[3] else ""
-            last = error.splitlines()[-1] if error else ""
-            log.warning("job %s dead-lettered (%s): %s", job_id, call.args[6], last,
-                        extra={**extra, "reason": call.args[6]})
 
     # -- waits ----------------------------------------------------------------
 
@@ -450,3 +429,30 @@ class Worker:
     def title(self, what: str) -> None:
         """The process title: which worker, and what it does now."""
         setproctitle(f"governor: worker {self.spec.queue.name}[{self.spec.index}] {what}")
+
+
+def _connect(spec: WorkerSpec) -> redis.Redis:
+    """The worker's own connection. No command of ours takes longer than the longest idle
+    wait: a Redis (or a Cluster primary) that hangs without closing the socket is given up on,
+    not waited for forever."""
+    return connect(spec.redis_url, socket_timeout=_IDLE_WAIT_MAX + 5.0, tls=spec.tls,
+                   name=f"governor-worker-{spec.queue.name}-{spec.index}")
+
+
+def _log_settle(spec: WorkerSpec, call: Call, result: Any) -> None:
+    """Says so when a settle found its lease lost, or dead-lettered the job."""
+    job_id = call.args[0]
+    lost = call.script == "ack" and result == 0 or call.script == "fail" and result == _LOST
+    dead = call.script == "fail" and result == _DEAD
+    if not (lost or dead):
+        return  # the common case: nothing to say, nothing to build
+    extra = fields(worker=f"{spec.queue.name}[{spec.index}]", worker_pid=os.getpid(),
+                   queue=spec.queue.name, job=job_id)
+    if lost:
+        log.warning("job %s: lease lost before settling (another worker owns it now); result dropped",
+                    job_id, extra=extra)
+    else:
+        error = json.loads(call.args[3]).get("error", "") if call.args[3] else ""
+        last = error.splitlines()[-1] if error else ""
+        log.warning("job %s dead-lettered (%s): %s", job_id, call.args[6], last,
+                    extra={**extra, "reason": call.args[6]})
