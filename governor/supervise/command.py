@@ -341,6 +341,7 @@ class CommandRun(JobRun):
     """One job of a command pool: handed to the program as a line, settled by its answer."""
 
     MALFORMED = ""
+    __slots__ = ()
     host: CommandWorker
 
     def queued_for(self) -> float | None:

@@ -94,6 +94,7 @@ class JobRun:
 
     # appended to a malformed record's error: a Python worker cannot tell its settings
     MALFORMED = ", so its settings are unknown"
+    __slots__ = ("host", "lane", "token", "job", "handler", "number", "soft", "hard", "payload", "func", "started")
 
     def __init__(self, host: Host, reply: list[Any], lane: QueueKeys) -> None:
         self.host = host
