@@ -30,6 +30,7 @@ from governor.protocol.records import (
     FailOutcome,
     NotReplicated,
     Reserved,
+    ReserveReply,
     _record,
     lease_of,
     parse_lease,
@@ -45,7 +46,7 @@ __all__ = [
     "ACK_WAKE", "DEFAULT_MAX_PAYLOAD", "DEFAULT_PRIORITY", "JOB_ID", "JOB_ID_RULE", "JOB_STATES", "MAX_DELAY",
     "MAX_NAME_BYTES", "MAX_PRIORITY", "MAX_QUEUES_READ", "MAX_REGISTRY_BYTES", "MAX_RETRIES", "MAX_TIMEOUT",
     "NO_RULES", "OPS_BATCH", "RESERVE_LANE_KEYS", "SEARCH_BATCH", "Call", "Client", "ClientBase", "FailOutcome",
-    "NotReplicated", "QueueKeys", "QueueOperations", "Reserved", "Retried", "_record", "hash_tag", "lease_of",
+    "NotReplicated", "QueueKeys", "QueueOperations", "Reserved", "ReserveReply", "Retried", "_record", "hash_tag", "lease_of",
     "parse_lease", "partition_count", "partition_of", "register_partitions", "run", "settle_and_reserve",
     "wait_replicas",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import redis
@@ -42,13 +43,24 @@ def wait_replicas(client: Any, keys: Iterable[str], replicas: int, timeout_ms: i
                for node in nodes.values())
 
 
-class FailOutcome:
-    """Return codes of fail.lua."""
+class FailOutcome(IntEnum):
+    """Return codes of fail.lua (an int: equal to the number Redis answers)."""
 
     LOST = 0
     REQUEUED = 1
     RETRYING = 2
     DEAD = 3
+
+
+class ReserveReply(IntEnum):
+    """The first element of reserve.lua's reply: what the worker does next (an int: equal to
+    the number Redis answers, so a reply is compared without being converted)."""
+
+    EMPTY = 0  # nothing ready: reply[1] is when the next delayed job falls due (ms), or -1
+    JOB = 1  # a job leased to us: reply[1:4] are its id, payload and record
+    THROTTLED = 2  # a rate limit: a start is ours in reply[1] ms
+    AT_LIMIT = 3  # at global_concurrency: a settle wakes us
+    PAUSED = 4  # the queue is paused: a resume wakes us
 
 
 @dataclass

@@ -40,11 +40,13 @@ import time
 from typing import Any
 
 from governor.log import fields
-from governor.protocol.queue import Call, Reserved
+from governor.protocol.keys import QueueKeys
+from governor.protocol.scripts import Call
 from governor.supervise.channel import WorkerEnd
+from governor.supervise.child import WorkerSpec
 from governor.supervise.handlers import HandlerError, Payload
-from governor.supervise.handlerstats import runtimes_kept
-from governor.supervise.worker import FORWARDED_SIGNALS, Worker, WorkerSpec, _result_json
+from governor.supervise.jobrun import JobRun, _result_json
+from governor.supervise.worker import FORWARDED_SIGNALS, Worker
 
 log = logging.getLogger("governor.worker")
 
@@ -255,7 +257,7 @@ class CommandWorker(Worker):
         drain or a granted recycle stops it."""
         assert self.child is not None
         self.channel.send("ready")
-        self._title("supervising " + os.path.basename((self.spec.queue.command or ("?",))[0]))
+        self.title("supervising " + os.path.basename((self.spec.queue.command or ("?",))[0]))
         while not self.draining and self.child.alive():
             self.child.pump(0.5)
             if self.channel.drain_requested():
@@ -277,60 +279,8 @@ class CommandWorker(Worker):
             self.exit_reason = "program_exited" if self.undelivered else "protocol_error"
         return super()._after_job()
 
-    def _run(self, reply: list[Any]) -> Call:
-        """Hands the job to the program and waits for its answer line."""
-        assert self.child is not None
-        token = reply[-1]
-        job = Reserved.from_reply(reply[:4], token)
-        handler = job.meta.get("handler") if isinstance(job.meta.get("handler"), str) else "?"
-        soft, hard, adaptive = self._limits(job, handler)
-        self._report_start(job, token, handler, soft, hard, None, adaptive)
-        self.jobs_run += 1
-        started = time.monotonic()
-        try:
-            payload = Payload.parse(job.payload, self.spec.max_payload)
-            if job.meta.get("malformed"):
-                raise HandlerError("malformed", f"malformed job: its record in Redis is unusable ({job.meta['malformed']})")
-            if not self.registry.allowed(payload.handler):
-                raise HandlerError("not_allowed", f"handler {payload.handler!r} is not allowed by app.handlers "
-                                                  f"{list(self.registry.patterns)} (not sent to the program)")
-        except HandlerError as exc:
-            self._job_over()
-            self._report_end(exc.reason, time.monotonic() - started)
-            return self.job_keys.fail(job.id, token, self.id, self._error(job, exc.reason, str(exc)), "dead", 0,
-                                      exc.reason, self.settings.retry.max)
-        self._title(f"job {job.id} {payload.handler}")
-        deadline_ms = int((time.time() + hard) * 1000) if hard else None
-        line_at = self.child.send({"id": job.id, "handler": payload.handler, "args": payload.args,
-                                   "kwargs": payload.kwargs, "attempt": job.attempts, "deadline_ms": deadline_ms})
-        try:
-            answer = self._answer(job.id, started + soft if soft else None)
-        except ProtocolError as exc:
-            self.broken = str(exc)
-            self._job_over()
-            if not self._handed_over(line_at):
-                return self._requeue_undelivered(job, token)
-            self.took_jobs += 1
-            seconds = time.monotonic() - started
-            self._report_end("other", seconds)
-            error = self._error(job, "protocol_error", f"the program broke the protocol: {exc}", seconds=round(seconds, 3))
-            return self.job_keys.fail(job.id, token, self.id, error, "retry", self._backoff_ms(job.attempts),
-                                      "protocol_error", self.settings.retry.max)
-        self._job_over()
-        self.took_jobs += 1
-        seconds = time.monotonic() - started
-        if answer.get("ok") is True:
-            self._report_end("ok", seconds)
-            text, note = _result_json(answer.get("result"), self.spec.max_result)
-            return self.job_keys.ack(job.id, token, self.id, self.done_ttl_ms, text, int(seconds * 1000), note,
-                                     wake=self.spec.rules.global_concurrency > 0,
-                                     runtimes=(payload.handler, runtimes_kept(self.settings.timeout.adaptive)))
-        self._report_end("exception", seconds)
-        message = str(answer.get("error") or "the program said the job failed")[:16384]
-        error = self._error(job, "exception", message, seconds=round(seconds, 3))
-        mode = "dead" if answer.get("retry") is False else "retry"
-        return self.job_keys.fail(job.id, token, self.id, error, mode, self._backoff_ms(job.attempts),
-                                  "exception", self.settings.retry.max)
+    def job_run(self, reply: list[Any], lane: QueueKeys) -> JobRun:
+        return CommandRun(self, reply, lane)
 
     def _handed_over(self, line_at: int) -> bool:
         """Whether the program took the job whose line starts at ``line_at`` on the jobs pipe.
@@ -354,17 +304,6 @@ class CommandWorker(Worker):
         assert self.child is not None
         code = self.child.proc.poll()
         return "closed its jobs pipe" if code is None else describe(code)
-
-    def _requeue_undelivered(self, job: Reserved, token: str) -> Call:
-        """The job goes back where it was in the queue, its attempt not counted and no error
-        recorded (it never ran); the worker is replaced with a fresh copy of the program."""
-        assert self.child is not None
-        self.undelivered = True
-        self.broken = f"the program {self._gone()} before it read job {job.id}: not handed over, requeued uncharged"
-        if self.spec.board is not None:
-            self.spec.board.withdraw_run(self.spec.slot)
-        return self.job_keys.fail(job.id, token, self.id, None, "requeue", 0, "not_delivered",
-                                  self.settings.retry.max)
 
     def _answer(self, job_id: str, soft_at: float | None) -> dict[str, Any]:
         """The program's answer to ``job_id``; ProtocolError if it breaks the protocol."""
@@ -396,3 +335,67 @@ class CommandWorker(Worker):
                 self.child.send({"id": job_id, "soft_timeout": True})
             wait = 0.5 if soft_at is None else max(0.0, min(0.5, soft_at - time.monotonic()))
             self.child.pump(wait)
+
+
+class CommandRun(JobRun):
+    """One job of a command pool: handed to the program as a line, settled by its answer."""
+
+    MALFORMED = ""
+    __slots__ = ()
+    host: CommandWorker
+
+    def queued_for(self) -> float | None:
+        return None  # (not reported by command pools)
+
+    def announce(self) -> None:
+        pass  # the title names the job once it goes to the program (execute)
+
+    def admit(self, payload: Payload) -> None:
+        registry = self.host.registry
+        if not registry.allowed(payload.handler):
+            raise HandlerError("not_allowed", f"handler {payload.handler!r} is not allowed by app.handlers "
+                                              f"{list(registry.patterns)} (not sent to the program)")
+
+    def execute(self) -> Call:
+        """Hands the job to the program and waits for its answer line."""
+        host, job, payload = self.host, self.job, self.payload
+        assert host.child is not None and payload is not None
+        host.title(f"job {job.id} {payload.handler}")
+        deadline_ms = int((time.time() + self.hard) * 1000) if self.hard else None
+        line_at = host.child.send({"id": job.id, "handler": payload.handler, "args": payload.args,
+                                   "kwargs": payload.kwargs, "attempt": job.attempts, "deadline_ms": deadline_ms})
+        try:
+            answer = host._answer(job.id, self.started + self.soft if self.soft else None)
+        except ProtocolError as exc:
+            host.broken = str(exc)
+            self.over()
+            if not host._handed_over(line_at):
+                return self._requeue_undelivered()
+            host.took_jobs += 1
+            seconds = time.monotonic() - self.started
+            self.report_end("other", seconds)
+            error = self.error("protocol_error", f"the program broke the protocol: {exc}", seconds=round(seconds, 3))
+            return self.fail(error, "retry", self.backoff_ms(), "protocol_error")
+        self.over()
+        host.took_jobs += 1
+        seconds = time.monotonic() - self.started
+        if answer.get("ok") is True:
+            self.report_end("ok", seconds)
+            text, note = _result_json(answer.get("result"), host.spec.max_result)
+            return self.ack(text, note, seconds)
+        self.report_end("exception", seconds)
+        message = str(answer.get("error") or "the program said the job failed")[:16384]
+        error = self.error("exception", message, seconds=round(seconds, 3))
+        mode = "dead" if answer.get("retry") is False else "retry"
+        return self.fail(error, mode, self.backoff_ms(), "exception")
+
+    def _requeue_undelivered(self) -> Call:
+        """The job goes back where it was in the queue, its attempt not counted and no error
+        recorded (it never ran); the worker is replaced with a fresh copy of the program."""
+        host = self.host
+        host.undelivered = True
+        host.broken = (f"the program {host._gone()} before it read job {self.job.id}: not handed over, "
+                       "requeued uncharged")
+        if host.spec.board is not None:
+            host.spec.board.withdraw_run(host.spec.slot)
+        return self.fail(None, "requeue", 0, "not_delivered")
