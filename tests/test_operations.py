@@ -100,7 +100,9 @@ def test_supervisord_runs_the_shipped_program_drains_on_stop_and_reloads_on_hup(
     assert program["stopsignal"] == "TERM" and program["stopasgroup"] == program["killasgroup"] == "true"
     assert int(program["stopwaitsecs"]) > 30
     program.update(command=f"{sys.executable} -m governor run -c {governor.config_path}",
-                   stdout_logfile=str(governor.log_path), directory=str(governor.dir))
+                   stdout_logfile=str(governor.log_path), directory=str(governor.dir),
+                   # what the harness gives a master it starts itself (the apps' records dir)
+                   environment=",".join(f'{k}="{v}"' for k, v in governor.env.items()))
     program.pop("user", None)
     sockfile = tmp_path / "supervisor.sock"
     conf = tmp_path / "supervisord.conf"
