@@ -310,3 +310,24 @@ class Scaling:
 
     def run(self, now: float) -> None:
         self.scaler.run(now, self.pools, self.house.stats, stopping=bool(self.stopping()))
+
+
+def build(*, reports: Any, pools: Mapping[str, Any], trees: Any, endpoints: Any, shutdown_timeout: float,
+          house: Any, health: Any, partitions: Any, registry: Any, handlers: Any, scaler: Any,
+          stopping: Callable[[], Any]) -> Duties:
+    """The master's duties in the order its loop runs them: what runs and since when before the
+    limits, the limits before anything slower, Redis work last (see each duty for why)."""
+    lanes = Housekeeping(house, partitions, pools)
+    return Duties([
+        Reports(reports, pools),  # before the limits: what runs, since when
+        HardDeadlines(pools),
+        Step(trees.restart),
+        Servers(endpoints.servers),
+        *([WebView(endpoints.web)] if endpoints.web else []),
+        Samples(pools, shutdown_timeout, lambda: health.ok),
+        Step(trees.restart_embedded),
+        Partitions(partitions, house, health, pools, stopping),
+        lanes,
+        Registry(registry, health),
+        HandlerFigures(handlers, house, health, pools, lanes, stopping),
+        Scaling(scaler, pools, house, stopping)], health.failed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +230,17 @@ class Housekeeper:
             self.next_tick[(queue, part)] = 0.0
             if fresh:
                 self.fresh_until[(queue, part)] = time.monotonic() + 2 * self.lease
+
+    def register_queues(self, queues: Iterable[str]) -> None:
+        """Our queues join the prefix's list of queues (as a Python producer's first enqueue
+        does), so status, the page and the job commands know them whoever produces to them."""
+        names = list(queues)
+        if not names:
+            return
+        try:
+            self.redis.sadd(f"{self.prefix}:queues", *names)
+        except (redis.RedisError, *GARBLED) as exc:
+            self.health.failed(exc)
 
     def forget(self, queue: str) -> None:
         for lane in [lane for lane in self.next_tick if lane[0] == queue]:

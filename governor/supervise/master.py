@@ -12,11 +12,9 @@ handlers do nothing at all: the signal number arrives on the wakeup fd and
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 import selectors
-import sys
 import time
 
 import redis
@@ -24,25 +22,22 @@ import redis
 from governor.config import Config, ConfigError, load_config, mask_url
 from governor.identity import worker_id
 from governor.log import fields
-from governor.ops.control import ControlServer
 from governor.ops.health import Health
-from governor.ops.httpd import HttpServer
 from governor.ops.metrics import DURATION_BUCKETS, Metrics
 from governor.ops.systemd import Notifier
-from governor.ops.web import WebPage
-from governor.protocol.connection import connect, is_cluster, resolve_url, socket_fds
-from governor.protocol.queue import Client
-from governor.supervise import duties, fdbudget, proctree, statedir
+from governor.protocol.connection import resolve_url, socket_fds
+from governor.supervise import duties, fdbudget, statedir
 from governor.supervise.autoscale import Autoscaler
 from governor.supervise.children import Children
 from governor.supervise.embedded import EmbeddedRedis
+from governor.supervise.endpoints import Endpoints
 from governor.supervise.exits import Stopping
-from governor.supervise.governance import enforce_hard_deadlines, max_concurrent_recycles
+from governor.supervise.governance import enforce_hard_deadlines
 from governor.supervise.handlerstats import HandlerStats
 from governor.supervise.housekeeping import Housekeeper
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
-from governor.supervise.process import State
+from governor.supervise.reconcile import reconcile
 from governor.supervise.redishealth import RedisHealth
 from governor.supervise.registry import FleetRegistry
 from governor.supervise.reload import apply_to_pools, plan_reload
@@ -50,16 +45,13 @@ from governor.supervise.scoreboard import Scoreboard
 from governor.supervise.sentry import Sentry
 from governor.supervise.signalpipe import SignalPipe
 from governor.supervise.snapshots import Snapshots
-from governor.supervise.spawner import Spawner
-from governor.supervise.trees import TreeGuard
+from governor.supervise.spawner import Spawner, prepare_app
+from governor.supervise.trees import TreeGuard, take_the_host
 
 log = logging.getLogger("governor.master")
 
 
 MASTER_BOOST = 10  # nice levels the master raises itself above its workers, where it may
-SPAWN_SLICE = 0.02  # seconds of forking per pass of the loop before it looks at its timers again
-MASTER_REDIS_TIMEOUT = 1.0  # seconds; a healthy Redis answers the master's calls in milliseconds
-PROBE_TIMEOUT = 0.2  # seconds; "is Redis back?" asked while it is away, once a second
 
 
 class Master:
@@ -78,17 +70,15 @@ class Master:
         self.embedded = EmbeddedRedis(config.state_dir, config.data_dir) if config.redis.embedded else None
         self.redis_url = resolve_url(config.redis.url, config.state_dir)
         self.redis: redis.Redis | None = None
-        self.control: ControlServer | None = None
+        self.endpoints = Endpoints()  # the control socket, /metrics, /healthz and the page
         self.signals = SignalPipe()  # signals as bytes on a wakeup fd, handled by the loop
         self.notifier = Notifier()
         self.health = Health(config, self.notifier)  # /healthz, STATUS, watchdog, drain progress
         self.metrics = Metrics(lambda: self.snapshots.metrics_state())
-        self.http: HttpServer | None = None
         self.house: Housekeeper | None = None
         self.redis_health: RedisHealth | None = None  # up or down: one outage for every duty
         self.partitions: PartitionLeases | None = None
         self.registry: FleetRegistry | None = None
-        self.web: WebPage | None = None
         self.state_lock = statedir.MasterLock(config.state_dir)
         self.sentry = Sentry()  # kills every worker's tree if this master dies
         # per worker: lease deadlines (guarded by the sentry) and its report (read on our clock)
@@ -124,28 +114,14 @@ class Master:
         if self.embedded:
             statedir.prepare(self.config.data_dir, "data_dir")
         self.state_lock.acquire()
-        # as the adoptive parent of what a dead worker's jobs leave running, the master can kill
-        # it before the job runs again elsewhere (see trees.TreeGuard.kill_strays)
-        proctree.become_subreaper()
-        # before the sentry is forked: it guards leases on the master's priority
-        self.nice, boosted = proctree.raise_priority(MASTER_BOOST)
-        if not boosted:
-            log.info("running at the workers' priority (nice %d): not allowed to raise its own (root "
-                     "or CAP_SYS_NICE, e.g. systemd's Nice=, AmbientCapabilities=); with more "
-                     "busy workers than cores, limits are enforced late by the wait for a CPU", self.nice)
+        self.nice = take_the_host(MASTER_BOOST)  # before the sentry is forked (it runs at our priority)
         self.trees.start()  # also as pid 1: besides the trees of a dead master, it guards leases
-        self._prepare_app(self.config)
+        prepare_app(self.config)
         if self.embedded:
             self.embedded.start()
-        # short: every Redis call blocks the loop that enforces hard time limits
-        self.redis = connect(self.redis_url, socket_timeout=MASTER_REDIS_TIMEOUT, name="governor-master",
-                             tls=self.config.redis.tls, socket_connect_timeout=MASTER_REDIS_TIMEOUT)
-        probe = connect(self.redis_url, socket_timeout=PROBE_TIMEOUT, name="governor-master-probe",
-                        tls=self.config.redis.tls, socket_connect_timeout=PROBE_TIMEOUT)
-        for client, window in ((self.redis, MASTER_REDIS_TIMEOUT), (probe, PROBE_TIMEOUT)):
-            if is_cluster(client):  # ride out a failover in the housekeeper's passes, not in one call
-                client.failover_window = window
-        self.redis_health = RedisHealth(self.redis, probe, on_error=self.metrics.redis_errors.inc)
+        self.redis_health = RedisHealth.connect(self.redis_url, self.config.redis.tls,
+                                                on_error=self.metrics.redis_errors.inc)
+        self.redis = self.redis_health.redis
         self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease, self.board,
                                  on_lease_lost=self.children.on_lease_lost, on_thaw=self.children.on_thaw,
                                  health=self.redis_health)
@@ -167,46 +143,29 @@ class Master:
                                    partitions=self.partitions, registry=self.registry, scaler=self.scaler,
                                    health=self.health, metrics=self.metrics)
         self.signals.install(self.selector)
-        self.control = ControlServer(self.config.state_dir, {"status": self.snapshots.status})
-        self.control.attach(self.selector)
-        if self.config.metrics.listen:
-            self.web = WebPage(Client(self.redis, self.config.redis.prefix), self.config.web.token,
-                               lambda: self.redis_health.ok,
-                               lambda: [p.config for p in self.pools.values()],
-                               lambda: {name: self.house.stats(name, time.monotonic()) for name in self.pools},
-                               (worker_id(self.pid), self.snapshots.fleet_record))
-            self.http = HttpServer(self.config.metrics.listen,
-                                   {"/metrics": self.snapshots.serve_metrics, "/healthz": lambda: self.health.serve(self.stopping and self.stopping.value),
-                                    "/": self.web.page}, posts={"/action": self.web.action},
-                                   guarded=("/", "/action"), hosts=lambda: self.config.web.hosts)
-            self.web.on_view = self.http.resume  # a page waiting for its view is answered
-            self.http.attach(self.selector)
-            log.info("metrics on http://%s/metrics", self.config.metrics.listen)
+        self.endpoints.start(self.selector, config=lambda: self.config, redis=self.redis,
+                             snapshots=self.snapshots, health=self.health, redis_ok=lambda: self.redis_health.ok,
+                             pools=self.pools, stats=self.house.stats, master_id=worker_id(self.pid),
+                             stopping=lambda: self.stopping)
         for q in self.config.queues.values():
             self.pools[q.name] = Pool(q, self.spawner.settings_key(q, self.config))
             self.metrics.prime(q.name)
         self.partitions.sync(self.pools)
         self.house.recover_predecessor(self.pools)
-        self._register_queues()
-        self.duties = self._duties()
+        self.house.register_queues(self.pools)
+        self.duties = duties.build(reports=self.reports, pools=self.pools, trees=self.trees,
+                                   endpoints=self.endpoints, shutdown_timeout=self.config.shutdown_timeout,
+                                   house=self.house, health=self.redis_health, partitions=self.partitions,
+                                   registry=self.registry, handlers=self.handlers, scaler=self.scaler,
+                                   stopping=lambda: self.stopping)
         log.info("governor master %d starting: redis %s, queues %s", self.pid,
                  mask_url(self.config.redis.url),
                  ", ".join(f"{q.name}={q.autoscale.min}-{q.autoscale.max}" if q.autoscale
                            else f"{q.name}={q.concurrency}" for q in self.config.queues.values()))
 
-    def _prepare_app(self, cfg: Config) -> None:
-        for path in reversed(cfg.app.path):
-            if path not in sys.path:
-                sys.path.insert(0, path)
-        for module in cfg.app.preload:
-            importlib.import_module(module)  # before fork: workers share its pages copy-on-write
-
     def _cleanup(self) -> None:
         self.signals.close()
-        if self.control:
-            self.control.close()
-        if self.http:
-            self.http.close()
+        self.endpoints.close()
         self.children.kill_all()
         if self.partitions:
             self.partitions.release_all("master stopped")
@@ -228,7 +187,7 @@ class Master:
             now = time.monotonic()
             self._timers(now)
             self._reconcile(now)
-            if not self.health.ready_sent and not self.stopping and self._pools_ready():
+            if not self.health.ready_sent and not self.stopping and all(p.up() for p in self.pools.values()):
                 self.health.ready(now, self.snapshots.summary())
                 log.info("all pools up: %s", self.snapshots.summary())
             if self.stopping and not any(p.workers for p in self.pools.values()):
@@ -265,10 +224,6 @@ class Master:
             if self.children.strays_due:  # once per batch of exits; their jobs are requeued on the next pass
                 self.children.strays_due = False
                 self.trees.kill_strays()
-
-    def _pools_ready(self) -> bool:
-        return all(sum(1 for w in p.current() if w.state is not State.STARTING) >= p.desired()
-                   or p.backoff for p in self.pools.values())
 
     def _next_wakeup(self, now: float) -> float:
         times = [self.duties.next_wakeup(now)]
@@ -334,49 +289,24 @@ class Master:
         for note in plan.notes:
             log.warning("%s", note)
         new = plan.config
-        self._prepare_app(dataclasses.replace(new, app=dataclasses.replace(new.app, preload=())))
+        prepare_app(dataclasses.replace(new, app=dataclasses.replace(new.app, preload=())))
         apply_to_pools(plan, self.pools, lambda q: self.spawner.settings_key(q, new), self.metrics.prime)
         self.partitions.sync(self.pools)
         self.config = new
         for part in (self.spawner, self.duties, self.trees, self.health):
             part.configure(new)  # (each takes what it holds of the new settings)
-        self._register_queues()
+        self.house.register_queues(self.pools)
         log.info("reloaded %s", new.source)
 
     # -- reconcile: desired minus actual, per pool -----------------------------------
 
     def _reconcile(self, now: float) -> None:
-        # Forks are the loop's slowest work (ms each): a burst of respawns (after a wave of
-        # kills) is cut into slices, so the hard limits and samples due meanwhile come first.
-        self.spawn_pending = False
-        for name, pool in list(self.pools.items()):
-            if self.stopping:
-                for w in pool.taking_work():
-                    w.drain("drain")
-            else:
-                for w in pool.to_replace(max_concurrent_recycles(pool.config.settings.recycle, pool.desired())):
-                    w.drain("reload")
-                delta = pool.delta()
-                if delta > 0 and pool.may_spawn(now):
-                    if pool.backoff:
-                        self._spawn(pool, now)  # one probe per backoff step, not a burst
-                        pool.respawn_at = now + pool.backoff
-                    else:
-                        for _ in range(delta):
-                            if time.monotonic() - now > SPAWN_SLICE:
-                                self.spawn_pending = True  # the rest on the next pass, at once
-                                break
-                            if not self._spawn(pool, now):
-                                break  # out of descriptors or memory: retried in a second
-                elif delta < 0:
-                    for w in pool.excess(-delta):
-                        w.drain("scale_down" if pool.config.autoscale else "drain")
-                if pool.delta() <= 0:
-                    pool.spawn_error = None
-            if pool.removed and not pool.workers:
-                del self.pools[name]
-                self.house.forget(name)
-                self.partitions.sync(self.pools)
+        self.spawn_pending = reconcile(self.pools, now, stopping=bool(self.stopping), spawn=self._spawn,
+                                       removed=self._removed)
+
+    def _removed(self, name: str) -> None:
+        self.house.forget(name)
+        self.partitions.sync(self.pools)
 
     def _spawn(self, pool: Pool, now: float) -> bool:
         """Forks one worker and watches its channel and its death; False if the host refused."""
@@ -397,8 +327,7 @@ class Master:
         fds.append(self.state_lock.fileno())  # master.lock: workers have no business with it
         fds += self.sentry.fds()  # a job must not be able to hand the sentry pidfds, or kill it
         fds.append(self.board.fileno())  # the mapping stays; the descriptor goes
-        # listening sockets, even while a server has paused accepting (then not in the map)
-        fds += [s.sock.fileno() for s in (self.control, self.http) if s]
+        fds += self.endpoints.fds()
         if hasattr(self.selector, "fileno"):
             fds.append(self.selector.fileno())
         return sorted({fd for fd in fds if fd >= 0})
@@ -409,31 +338,3 @@ class Master:
         if self.stopping is Stopping.GRACEFUL and now >= self.stop_deadline:
             self.children.kill_all(warn="still busy at shutdown_timeout; killing it")
         self.duties.run(now)
-
-    def _duties(self) -> duties.Duties:
-        """The loop's duties in the order it runs them (see duties.py for why this order)."""
-        house, health, pools, stopping = self.house, self.redis_health, self.pools, lambda: self.stopping
-        lanes = duties.Housekeeping(house, self.partitions, pools)
-        return duties.Duties([
-            duties.Reports(self.reports, pools),  # before the limits: what runs, since when
-            duties.HardDeadlines(pools),
-            duties.Step(self.trees.restart),
-            duties.Servers(lambda: (self.control, self.http)),
-            *([duties.WebView(self.web)] if self.web else []),
-            duties.Samples(pools, self.config.shutdown_timeout, lambda: health.ok),
-            duties.Step(self.trees.restart_embedded),
-            duties.Partitions(self.partitions, house, health, pools, stopping),
-            lanes,
-            duties.Registry(self.registry, health),
-            duties.HandlerFigures(self.handlers, house, health, pools, lanes, stopping),
-            duties.Scaling(self.scaler, pools, house, stopping)], health.failed)
-
-    # -- Redis -------------------------------------------------------------------------
-
-    def _register_queues(self) -> None:
-        """Our queues join the prefix's list of queues (as a Python producer's first enqueue
-        does), so status, the page and the job commands know them whoever produces to them."""
-        try:
-            self.redis.sadd(f"{self.config.redis.prefix}:queues", *self.pools)
-        except duties.REDIS_FAILURES as exc:
-            self.redis_health.failed(exc)

@@ -67,6 +67,11 @@ class Pool:
     def desired(self) -> int:
         return 0 if self.removed else self.target
 
+    def up(self) -> bool:
+        """All its desired workers have started (or it is backing off: as up as it gets)."""
+        return sum(1 for w in self.current() if w.state is not State.STARTING) >= self.desired() \
+            or bool(self.backoff)
+
     def taking_work(self) -> list[WorkerProcess]:
         return [w for w in self.workers.values() if w.state in TAKING_WORK]
 

@@ -13,14 +13,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
-from governor.protocol.connection import disconnect, is_transient
+from governor.protocol.connection import connect, disconnect, is_cluster, is_transient
 
 log = logging.getLogger("governor.master")
 
 PROBE_EVERY = 1.0  # seconds between "is Redis back?" probes while it is away
+MASTER_REDIS_TIMEOUT = 1.0  # seconds; a healthy Redis answers the master's calls in milliseconds
+PROBE_TIMEOUT = 0.2  # seconds; "is Redis back?" asked while it is away, once a second
 # What a call to Redis can raise besides RedisError when the connection carries garbage
 # (a reply that is not the one asked for: wrong type, wrong length).
 GARBLED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
@@ -40,6 +43,24 @@ class RedisHealth:
         self.next_probe = 0.0
         self.down_since: float | None = None
         self.last_ok = 0.0  # monotonic time of the last Redis call that succeeded
+
+    @classmethod
+    def connect(cls, url: str, tls: Any, on_error: Callable[[], None] = lambda: None) -> RedisHealth:
+        """The master's two connections, both with short timeouts: every Redis call blocks the
+        loop that enforces hard time limits (``redis``), and the probe asks only "is it back?"."""
+        client = connect(url, socket_timeout=MASTER_REDIS_TIMEOUT, name="governor-master", tls=tls,
+                         socket_connect_timeout=MASTER_REDIS_TIMEOUT)
+        probe = connect(url, socket_timeout=PROBE_TIMEOUT, name="governor-master-probe", tls=tls,
+                        socket_connect_timeout=PROBE_TIMEOUT)
+        for c, window in ((client, MASTER_REDIS_TIMEOUT), (probe, PROBE_TIMEOUT)):
+            if is_cluster(c):  # ride out a failover in the housekeeper's passes, not in one call
+                c.failover_window = window
+        return cls(client, probe, on_error=on_error)
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The master's connection (the one every duty uses)."""
+        return self.client
 
     @property
     def ok(self) -> bool:

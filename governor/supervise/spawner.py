@@ -12,9 +12,11 @@ slot, jittered recycle limits) or as the pool's business (how many workers).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -165,3 +167,13 @@ class Spawner:
         pool.workers[pid] = wp
         log.debug("spawned worker %r", wp)
         return wp
+
+
+def prepare_app(cfg: Any) -> None:
+    """``app.path`` on sys.path and ``app.preload`` imported, in the master before it forks:
+    workers share the preloaded pages copy-on-write."""
+    for path in reversed(cfg.app.path):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for module in cfg.app.preload:
+        importlib.import_module(module)

@@ -107,3 +107,18 @@ class TreeGuard:
                 self.embedded.start()
             except RuntimeError as exc:
                 log.error("%s", exc)
+
+
+def take_the_host(boost: int) -> int | None:
+    """What the master claims of its host before anything else runs: it becomes a subreaper
+    (as the adoptive parent of what a dead worker's jobs leave running, it can kill that
+    before the job runs again elsewhere: TreeGuard.kill_strays) and raises its priority
+    ``boost`` nice levels above its workers where it may. Returns the priority it was started
+    with: the workers'."""
+    proctree.become_subreaper()
+    nice, boosted = proctree.raise_priority(boost)
+    if not boosted:
+        log.info("running at the workers' priority (nice %d): not allowed to raise its own (root "
+                 "or CAP_SYS_NICE, e.g. systemd's Nice=, AmbientCapabilities=); with more "
+                 "busy workers than cores, limits are enforced late by the wait for a CPU", nice)
+    return nice
