@@ -8,6 +8,7 @@ import os
 import signal
 import time
 
+from governor import Client
 from governor.protocol.queue import partition_of
 
 from harness import Governor, wait_for
@@ -66,7 +67,10 @@ def test_primary_failover_mid_run(tmp_path, private_cluster):
     g.start({"q": 2, "ordered": {"concurrency": 2, "partitions": 8}})
     pid = g.proc.pid
     try:
-        c = g.client
+        # a producer that knows the partition count from its config, as item 18 lets it (a
+        # failover may lose a write the old primary had not replicated yet; the master also
+        # writes the count again every REASSERT_EVERY)
+        c = Client(g.client.redis, prefix=g.prefix, partitions={"ordered": 8})
         c.enqueue_many("q", [{"handler": "tasks:sleep_then_record", "args": [f"before{i}", 0.05]}
                              for i in range(40)])
         wait_for(lambda: len(done(g)) >= 5, 20, "jobs to flow")

@@ -61,3 +61,18 @@ def test_the_client_told_the_count_enqueues_and_refuses_a_conflict(client):
         wrong.enqueue("pq", "m:f", key="k2")
     with pytest.raises(ValueError, match="partition count"):
         Client(client.redis, prefix=client.prefix, partitions={"pq": 0})
+
+
+def test_a_lost_partition_count_is_written_again_by_the_master(governor):
+    """A failover can lose a write the old primary had not yet replicated, the partition count
+    included: producers that read it from Redis would refuse keyed jobs until a master restarted.
+    The master writes it again (SET NX) at least once a lease."""
+    governor.start({"o": {"concurrency": 1, "partitions": 4}}, lease="2s")
+    key = governor.client.keys("o").partitions_key
+    wait_for(lambda: governor.client.redis.get(key) == b"4", 10, "the master to register the count")
+    governor.client.redis.delete(key)  # what the promoted replica never had
+    wait_for(lambda: governor.client.redis.get(key) == b"4", 10, "the count to be written again")
+    fresh = Client(governor.client.redis, prefix=governor.prefix)
+    job = fresh.enqueue("o", "tasks:record", "keyed", key="k")
+    wait_for(lambda: governor.lines("done") == ["keyed"], 10, "the keyed job to run")
+    assert fresh.job(job)["state"] == "done"

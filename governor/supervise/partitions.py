@@ -43,6 +43,7 @@ from governor.log import fields
 from governor.protocol.queue import QueueKeys, register_partitions, run
 
 log = logging.getLogger("governor.master")
+REASSERT_EVERY = 30.0  # seconds (at most a lease) between writes of a count already registered (SET NX)
 
 
 class LeaseState(str, enum.Enum):
@@ -86,6 +87,7 @@ class Partitioned:
     holders: dict[int, str] = field(default_factory=dict)  # every held partition -> its master
     masters: int = 0  # live masters serving the queue, at the last pass
     registered: bool = False  # the partition count is in Redis (and agrees with ours)
+    reassert_at: float = 0.0  # monotonic: when to write the count again (REASSERT_EVERY)
     error: str | None = None  # why we serve nothing (the count in Redis differs)
     next_pass: float = 0.0
     joined: bool = False  # counted among the queue's live masters (a hold pass went through)
@@ -190,6 +192,8 @@ class PartitionLeases:
                 continue  # (a pool that gains or loses its last ready worker is seen at once)
             part.serving = serves
             part.next_pass = now + self.interval
+            if part.registered and now >= part.reassert_at:
+                part.registered = False  # said again: a failover can lose a recent write (async replication)
             if not part.registered and not self._register(part):
                 continue  # (producers need the count even before our workers are up)
             if not serves:
@@ -283,6 +287,7 @@ class PartitionLeases:
             return False
         part.error = None
         part.registered = True
+        part.reassert_at = time.monotonic() + min(REASSERT_EVERY, self.lease)
         return True
 
     def _read(self, part: Partitioned, reply: Any) -> tuple[list[int], list[int]]:
