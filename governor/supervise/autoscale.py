@@ -20,6 +20,8 @@ the scoreboard; the host from psutil):
 
 Every change is logged with the figures behind it, kept (the last HISTORY per pool) for
 ``status``, and counted in ``governor_scale_decisions_total``.
+
+Runs in: master.
 """
 
 from __future__ import annotations

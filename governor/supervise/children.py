@@ -6,6 +6,8 @@ scoreboard report (its runs, read on the master's clock by ``WorkerReports``),
 its lease renewals (the housekeeper's) and a pidfd (its death). ``Children``
 answers each of these; the master's loop routes the events here and keeps the
 pools, the loop and the timers.
+
+Runs in: master.
 """
 
 from __future__ import annotations

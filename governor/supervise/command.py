@@ -22,6 +22,8 @@ pipe or exits fails that job (retried) and replaces the worker; a program that e
 read its job's line has not run it: the job is requeued uncharged and the worker replaced
 (``_handed_over``). Lines are written without ever blocking the reading of the program's
 output (``Child._flush``).
+
+Runs in: worker (a command pool's).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ For a first run and for single-host installs that have no Redis of their own.
 It listens only on a unix socket (mode 0700) in the state directory, keeps an
 append-only file there so a restart loses no queued job, and is put in its own
 session so a Ctrl-C at the terminal reaches the master, not Redis.
+
+Runs in: master.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ README tells operators to put the web token and Redis passwords in variables
 (``web.token: ${GOVERNOR_WEB_TOKEN}``); a job running as ``user: nobody`` must
 not read them back. So the worker unsets every variable the config interpolated
 into a secret setting and blanks its value in that original block too.
+
+Runs in: worker, between fork and its first job.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ every in-flight job with it; instead the master spawns what fits, keeps a
 reserve for what it must still be able to do (answer `governor status` and
 /healthz, reconnect to Redis, start the embedded Redis), and says in the log
 and in status why a pool is short.
+
+Runs in: master.
 """
 
 from __future__ import annotations

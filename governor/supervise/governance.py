@@ -9,6 +9,8 @@ shells out to ImageMagick cannot hide its memory in a grandchild.
 RSS over-counts pages shared copy-on-write with a preloaded master; when
 ``memory.measure`` is ``uss`` or ``pss`` an RSS reading over a limit is only a
 suspicion, confirmed from ``smaps_rollup`` (milliseconds, so only then).
+
+Runs in: master.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ as ``module:function``; the name is matched against the operator's fnmatch
 patterns first, and only an allowed name is ever imported. Everything that
 goes wrong here is the job's fault, not the worker's: it raises
 ``HandlerError`` with the reason the job is dead-lettered under.
+
+Runs in: worker (and `governor check`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ is a *censored* sample (it needed at least that long), kept at its limit, so kil
 percentile and a limit cannot ratchet itself down; a handler with ``max_kills`` adaptive
 kills within ``window`` falls back to the configured limit until they age out (status and
 the log say so); failed runs are never samples, and each handler has its own.
+
+Runs in: master (workers read the limits it learns, in jobrun.py).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Kept apart from the arbiter so that the process lifecycle (master.py) and the
 Redis bookkeeping each have one owner. Every call here tolerates Redis being
 away: what fails is retried on a later pass, and the outage is counted by the
 master's one ``RedisHealth`` (redishealth.py), which the other duties share.
+
+Runs in: master.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ the control socket. After each batch of events the loop runs its duties
 (``duties.py``) and reconciles every pool (desired minus actual). Signal
 handlers do nothing at all: the signal number arrives on the wakeup fd and
 ``handle_<name>`` runs from the loop, where logging and Redis calls are safe.
+
+Runs in: master.
 """
 
 from __future__ import annotations

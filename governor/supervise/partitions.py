@@ -24,6 +24,8 @@ Workers learn what their master holds from a shared table (one byte per
 partition in an anonymous shared mapping, written by the master, read by the
 workers before each reserve), as they learn nothing else from the master
 between jobs: no message, no wake-up.
+
+Runs in: master.
 """
 
 from __future__ import annotations

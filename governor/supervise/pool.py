@@ -4,6 +4,8 @@ The scaling policy is resque-pool's: every pass of the master's loop asks each
 pool for ``desired - actual`` and spawns or drains the difference. Workers that
 are draining do not count as actual, so their replacements start at once and
 capacity holds while old workers finish their jobs.
+
+Runs in: master.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ As in supervisord's ``states.py``, a worker is always in exactly one state and
 every change goes through ``_to``, which refuses transitions that make no
 sense, so a bug shows up as an error in the log rather than as a worker the
 master has silently lost track of.
+
+Runs in: master.
 """
 
 from __future__ import annotations

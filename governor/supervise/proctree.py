@@ -26,6 +26,8 @@ in the one file it executes. The master's side of it (start it, hand it
 workers, close it: ``Sentry``) is ordinary master code and lives in
 governor/supervise/sentry.py, whose docstring tells how it all works and its
 limits.
+
+Runs in: master, worker and the sentry (which runs this very file).
 """
 
 from __future__ import annotations

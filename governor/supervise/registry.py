@@ -4,7 +4,10 @@ Every HEARTBEAT (at most; sooner with a short lease) the master writes what ``go
 status`` shows of it (host, pid, version, config, pools, workers and their jobs,
 partitions held) with an expiry of one ``lease``; a master that stops beating drops out
 after that, removed by the next one that beats or reads. ``governor status`` from any
-machine reads the whole fleet from there."""
+machine reads the whole fleet from there.
+
+Runs in: master.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ metrics. A job that starts and ends between two looks is seen only in the
 counters; a hard limit is enforced from the look that sees its run, at the
 exact deadline, so runs with hard limits under SCAN_BUSY are the only ones
 that can be killed late.
+
+Runs in: master.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ torn value: ``job`` (the worker: its job's number while the handler runs, 0
 otherwise), ``deadline`` (the worker at reserve, the master at renewal),
 ``frozen`` (whoever freezes or thaws: the monotonic time it was frozen, 0 if
 it is not).
+
+Runs in: master, worker and the sentry.
 """
 
 from __future__ import annotations

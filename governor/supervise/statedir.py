@@ -16,6 +16,8 @@ root's, nor swap the directory for one of their own. So before the first write,
 
 :class:`MasterLock` makes a second ``governor run`` on the same state directory stop at
 once with a clear message, instead of shutting down the first one's embedded Redis.
+
+Runs in: master (and the CLI, to find one).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 (master process): the sentry, which freezes runs whose lease cannot be renewed and kills
 every worker's tree if this master dies; the embedded Redis, restarted if it dies; and the
 strays a dead worker's job left re-parented to the master (a subreaper).
+
+Runs in: master.
 """
 
 from __future__ import annotations
