@@ -44,14 +44,14 @@ def _running(pid: int) -> bool:
 
 class Children:
     """Answers the workers' events for the master, and acts on them for it (kill them all,
-    send idle ones to a partition with work). ``house`` (the housekeeper) is given once the
+    send idle ones to a partition with work). ``housekeeper`` (the housekeeper) is given once the
     master has connected to Redis: until then no worker runs."""
 
     def __init__(self, *, selector: selectors.BaseSelector, pools: Mapping[str, Pool], board: Scoreboard,
                  metrics: Any, health: Health, stopping: Callable[[], Stopping | None]) -> None:
         self.selector, self.pools, self.board, self.metrics = selector, pools, board, metrics
         self.health, self.stopping = health, stopping
-        self.house: Housekeeper = None  # type: ignore[assignment]
+        self.housekeeper: Housekeeper = None  # type: ignore[assignment]
         self.reports = WorkerReports(board, metrics, self.on_finished, self.on_lie)
         self.strays_due = False  # a worker was reaped: what its tree left re-parented to us dies
 
@@ -124,7 +124,7 @@ class Children:
     def on_finished(self, pool: Pool, wp: WorkerProcess, runs: int, partition: int | None) -> None:
         """A look at the reports found runs that ended (workers count them; no message)."""
         now = time.monotonic()
-        self.house.touch(wp.queue, now, partition)
+        self.housekeeper.touch(wp.queue, now, partition)
         self.health.progress(now, runs)
         if pool.backoff:
             log.info("queue %s: a worker finished a job; crash backoff reset", wp.queue)
@@ -174,7 +174,7 @@ class Children:
         if pool:
             pool.exits[ex.reason] += 1
         self.metrics.exits.labels(wp.queue, ex.reason).inc()
-        self.house.touch(wp.queue, now)
+        self.housekeeper.touch(wp.queue, now)
         ran = wp.run_time(now)
         self.health.progress(now, 0 if ran is None else 1)
         if ran is not None:  # the run ended with its worker: count it under the kill's reason
@@ -185,7 +185,7 @@ class Children:
             "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if ex.killed else "",
             extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid, queue=wp.queue,
                          reason=ex.reason, job=wp.job.id if wp.job else None))
-        self.house.lose(lost_job(wp, ex, pool.config if pool else None, ran))
+        self.housekeeper.lose(lost_job(wp, ex, pool.config if pool else None, ran))
         if ex.back_off and pool:
             error = wp.fatal or ex.description
             backoff = pool.note_crash(now, error, wp.started)
@@ -211,4 +211,4 @@ class Children:
         pool = self.pools.get(queue)
         idle = sum(1 for w in pool if w.state is State.IDLE) if pool else 0
         if idle:
-            run(self.house.redis, self.house.keys(queue).hint({partition: min(waiting, idle)}))
+            run(self.housekeeper.redis, self.housekeeper.keys(queue).hint({partition: min(waiting, idle)}))

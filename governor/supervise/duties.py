@@ -37,13 +37,13 @@ from governor.supervise.housekeeping import Housekeeper, all_lanes
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.process import State
-from governor.supervise.redishealth import GARBLED, RedisHealth
+from governor.supervise.redishealth import REPLY_ERRORS, RedisHealth
 from governor.supervise.registry import FleetRegistry
 from governor.supervise.reports import WorkerReports
 
 log = logging.getLogger("governor.master")
 
-REDIS_FAILURES = (redis.RedisError, *GARBLED)
+REDIS_FAILURES = (redis.RedisError, *REPLY_ERRORS)
 
 
 class Duty(Protocol):
@@ -199,9 +199,9 @@ class Partitions:
 
     redis = True
 
-    def __init__(self, leases: PartitionLeases, house: Housekeeper, health: RedisHealth,
+    def __init__(self, leases: PartitionLeases, housekeeper: Housekeeper, health: RedisHealth,
                  pools: Mapping[str, Pool], stopping: Callable[[], Any]) -> None:
-        self.leases, self.house, self.health, self.pools, self.stopping = leases, house, health, pools, stopping
+        self.leases, self.housekeeper, self.health, self.pools, self.stopping = leases, housekeeper, health, pools, stopping
 
     def configure(self, config: Any) -> None:
         self.leases.configure(config)
@@ -219,9 +219,9 @@ class Partitions:
         serving = {name for name, p in self.pools.items() if any(w.state in (State.IDLE, State.BUSY) for w in p)}
         gained, touched = self.leases.run(now, serving)
         for queue, parts in gained.items():
-            self.house.look_now(queue, parts, fresh=True)
+            self.housekeeper.look_now(queue, parts, fresh=True)
         for queue, parts in touched.items():
-            self.house.look_now(queue, parts)
+            self.housekeeper.look_now(queue, parts)
 
 
 class Housekeeping:
@@ -230,24 +230,24 @@ class Housekeeping:
 
     redis = False
 
-    def __init__(self, house: Housekeeper, leases: PartitionLeases, pools: Mapping[str, Pool]) -> None:
-        self.house, self.leases, self.pools = house, leases, pools
+    def __init__(self, housekeeper: Housekeeper, leases: PartitionLeases, pools: Mapping[str, Pool]) -> None:
+        self.housekeeper, self.leases, self.pools = housekeeper, leases, pools
         self.lanes: dict[str, list[int | None]] = {}  # this pass's lanes, shared with HandlerFigures
 
     def configure(self, config: Any) -> None:
         """A reload: leases are renewed under a changed lease at once (the housekeeper is
         given it here, its scheduler, rather than growing a method of its own)."""
-        if config.lease != self.house.lease:
-            self.house.next_renew = 0.0
-        self.house.lease = config.lease
+        if config.lease != self.housekeeper.lease:
+            self.housekeeper.next_renew = 0.0
+        self.housekeeper.lease = config.lease
 
     def due(self, now: float) -> float:
-        return self.house.next_wakeup(now)
+        return self.housekeeper.next_wakeup(now)
 
     def run(self, now: float) -> None:
         self.lanes = {name: self.leases.lanes(name) if p.config.partitions else all_lanes(p.config)
                       for name, p in self.pools.items()}
-        self.house.run(now, self.pools, self.lanes)
+        self.housekeeper.run(now, self.pools, self.lanes)
 
 
 class Registry:
@@ -275,9 +275,9 @@ class HandlerFigures:
 
     redis = True
 
-    def __init__(self, handlers: HandlerStats, house: Housekeeper, health: RedisHealth,
+    def __init__(self, handlers: HandlerStats, housekeeper: Housekeeper, health: RedisHealth,
                  pools: Mapping[str, Pool], lanes: Housekeeping, stopping: Callable[[], Any]) -> None:
-        self.handlers, self.house, self.health = handlers, house, health
+        self.handlers, self.housekeeper, self.health = handlers, housekeeper, health
         self.pools, self.lanes, self.stopping = pools, lanes, stopping
 
     def configure(self, config: Any) -> None:
@@ -289,7 +289,7 @@ class HandlerFigures:
     def run(self, now: float) -> None:
         if self.health.ok and not self.stopping() and now >= self.handlers.next_run:
             self.handlers.run(now, self.pools, self.lanes.lanes, lambda q: tuple(
-                self.house.stats(q, now).get(k) for k in ("done", "dead", "active")))
+                self.housekeeper.stats(q, now).get(k) for k in ("done", "dead", "active")))
 
 
 class Scaling:
@@ -298,9 +298,9 @@ class Scaling:
 
     redis = False
 
-    def __init__(self, scaler: Autoscaler, pools: Mapping[str, Pool], house: Housekeeper,
+    def __init__(self, scaler: Autoscaler, pools: Mapping[str, Pool], housekeeper: Housekeeper,
                  stopping: Callable[[], Any]) -> None:
-        self.scaler, self.pools, self.house, self.stopping = scaler, pools, house, stopping
+        self.scaler, self.pools, self.housekeeper, self.stopping = scaler, pools, housekeeper, stopping
 
     def configure(self, config: Any) -> None:
         self.scaler.configure(config)
@@ -309,15 +309,15 @@ class Scaling:
         return self.scaler.next_wakeup(now, self.pools)
 
     def run(self, now: float) -> None:
-        self.scaler.run(now, self.pools, self.house.stats, stopping=bool(self.stopping()))
+        self.scaler.run(now, self.pools, self.housekeeper.stats, stopping=bool(self.stopping()))
 
 
 def build(*, reports: Any, pools: Mapping[str, Any], trees: Any, endpoints: Any, shutdown_timeout: float,
-          house: Any, health: Any, partitions: Any, registry: Any, handlers: Any, scaler: Any,
+          housekeeper: Any, health: Any, partitions: Any, registry: Any, handlers: Any, scaler: Any,
           stopping: Callable[[], Any]) -> Duties:
     """The master's duties in the order its loop runs them: what runs and since when before the
     limits, the limits before anything slower, Redis work last (see each duty for why)."""
-    lanes = Housekeeping(house, partitions, pools)
+    lanes = Housekeeping(housekeeper, partitions, pools)
     return Duties([
         Reports(reports, pools),  # before the limits: what runs, since when
         HardDeadlines(pools),
@@ -326,8 +326,8 @@ def build(*, reports: Any, pools: Mapping[str, Any], trees: Any, endpoints: Any,
         *([WebView(endpoints.web)] if endpoints.web else []),
         Samples(pools, shutdown_timeout, lambda: health.ok),
         Step(trees.restart_embedded),
-        Partitions(partitions, house, health, pools, stopping),
+        Partitions(partitions, housekeeper, health, pools, stopping),
         lanes,
         Registry(registry, health),
-        HandlerFigures(handlers, house, health, pools, lanes, stopping),
-        Scaling(scaler, pools, house, stopping)], health.failed)
+        HandlerFigures(handlers, housekeeper, health, pools, lanes, stopping),
+        Scaling(scaler, pools, housekeeper, stopping)], health.failed)

@@ -24,7 +24,7 @@ from governor.log import fields
 from governor.protocol.queue import FailOutcome, QueueKeys, parse_lease, run
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess
-from governor.supervise.redishealth import GARBLED, RedisHealth
+from governor.supervise.redishealth import REPLY_ERRORS, RedisHealth
 from governor.supervise.scoreboard import Scoreboard, margin
 from governor.units import format_size
 from governor.untrusted import loads
@@ -116,7 +116,7 @@ class Housekeeper:
                                 description="died with its master", mode="requeue", seconds=None,
                                 known=(job_id, token), max_retries=pool.config.settings.retry.max,
                                 detail={}, partitions=(part,)))
-        except (redis.RedisError, *GARBLED) as exc:
+        except (redis.RedisError, *REPLY_ERRORS) as exc:
             self.health.failed(exc)  # the leases will expire instead
         if self.lost:
             log.info("recovering %d job(s) left by workers of a previous master", len(self.lost))
@@ -167,7 +167,7 @@ class Housekeeper:
                     log_requeue(lost.queue, held[0], lost.reason, outcome)
                     if keys.partition is not None and outcome in (FailOutcome.REQUEUED, FailOutcome.RETRYING):
                         self.on_ready(lost.queue, keys.partition, 1)  # at once, not at the next tick
-            except (redis.RedisError, *GARBLED) as exc:
+            except (redis.RedisError, *REPLY_ERRORS) as exc:
                 self.health.failed(exc)
                 return
             del self.lost[:len(batch)]
@@ -204,7 +204,7 @@ class Housekeeper:
             if due:
                 self._tick(due, now, pools)
                 self.health.succeeded()
-        except (redis.RedisError, *GARBLED) as exc:
+        except (redis.RedisError, *REPLY_ERRORS) as exc:
             self.health.failed(exc)
             later = time.monotonic() + TICK_BUSY  # not `now`: the failed call may have taken a while
             for name in due:
@@ -241,7 +241,7 @@ class Housekeeper:
             return
         try:
             self.redis.sadd(f"{self.prefix}:queues", *names)
-        except (redis.RedisError, *GARBLED) as exc:
+        except (redis.RedisError, *REPLY_ERRORS) as exc:
             self.health.failed(exc)
 
     def forget(self, queue: str) -> None:

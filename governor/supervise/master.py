@@ -77,7 +77,7 @@ class Master:
         self.notifier = Notifier()
         self.health = Health(config, self.notifier)  # /healthz, STATUS, watchdog, drain progress
         self.metrics = Metrics(lambda: self.snapshots.metrics_state())
-        self.house: Housekeeper | None = None
+        self.housekeeper: Housekeeper | None = None
         self.redis_health: RedisHealth | None = None  # up or down: one outage for every duty
         self.partitions: PartitionLeases | None = None
         self.registry: FleetRegistry | None = None
@@ -124,40 +124,40 @@ class Master:
         self.redis_health = RedisHealth.connect(self.redis_url, self.config.redis.tls,
                                                 on_error=self.metrics.redis_errors.inc)
         self.redis = self.redis_health.redis
-        self.house = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease, self.board,
+        self.housekeeper = Housekeeper(self.redis, self.config.redis.prefix, self.config.lease, self.board,
                                  on_lease_lost=self.children.on_lease_lost, on_thaw=self.children.on_thaw,
                                  health=self.redis_health)
-        self.house.on_ready = self.children.hint_idle
-        self.children.house = self.house
+        self.housekeeper.on_ready = self.children.hint_idle
+        self.children.housekeeper = self.housekeeper
         self.health.redis = self.redis_health
-        self.handlers = HandlerStats(self.redis, self.house.keys)
+        self.handlers = HandlerStats(self.redis, self.housekeeper.keys)
         self.registry = FleetRegistry(self.redis, self.config.redis.prefix, worker_id(self.pid), self.config.lease,
                                       lambda: self.snapshots.fleet_record())
         self.partitions = PartitionLeases(self.redis, self.config.redis.prefix, worker_id(self.pid),
                                           self.config.lease)
         self.spawner = Spawner(config=self.config, redis_url=self.redis_url, master_pid=self.pid, nice=self.nice,
-                               board=self.board, sentry=self.sentry, keys=self.house.keys,
+                               board=self.board, sentry=self.sentry, keys=self.housekeeper.keys,
                                master=self.partitions.master, held=self.partitions.table,
                                owned_fds=self._owned_fds)
         self.snapshots = Snapshots(pid=self.pid, started=self.started, config=lambda: self.config,
                                    stopping=lambda: self.stopping, pools=self.pools, reports=self.reports,
-                                   house=self.house, redis_health=self.redis_health, handlers=self.handlers,
+                                   housekeeper=self.housekeeper, redis_health=self.redis_health, handlers=self.handlers,
                                    partitions=self.partitions, registry=self.registry, scaler=self.scaler,
                                    health=self.health, metrics=self.metrics)
         self.signals.install(self.selector)
         self.endpoints.start(self.selector, config=lambda: self.config, redis=self.redis,
                              snapshots=self.snapshots, health=self.health, redis_ok=lambda: self.redis_health.ok,
-                             pools=self.pools, stats=self.house.stats, master_id=worker_id(self.pid),
+                             pools=self.pools, stats=self.housekeeper.stats, master_id=worker_id(self.pid),
                              stopping=lambda: self.stopping)
         for q in self.config.queues.values():
             self.pools[q.name] = Pool(q, self.spawner.settings_key(q, self.config))
             self.metrics.prime(q.name)
         self.partitions.sync(self.pools)
-        self.house.recover_predecessor(self.pools)
-        self.house.register_queues(self.pools)
+        self.housekeeper.recover_predecessor(self.pools)
+        self.housekeeper.register_queues(self.pools)
         self.duties = duties.build(reports=self.reports, pools=self.pools, trees=self.trees,
                                    endpoints=self.endpoints, shutdown_timeout=self.config.shutdown_timeout,
-                                   house=self.house, health=self.redis_health, partitions=self.partitions,
+                                   housekeeper=self.housekeeper, health=self.redis_health, partitions=self.partitions,
                                    registry=self.registry, handlers=self.handlers, scaler=self.scaler,
                                    stopping=lambda: self.stopping)
         log.info("governor master %d starting: redis %s, queues %s", self.pid,
@@ -193,7 +193,7 @@ class Master:
                 self.health.ready(now, self.snapshots.summary())
                 log.info("all pools up: %s", self.snapshots.summary())
             if self.stopping and not any(p.workers for p in self.pools.values()):
-                self.house.settle_lost()
+                self.housekeeper.settle_lost()
                 return
             self.health.notify(now, self.stop_deadline if self.stopping is Stopping.GRACEFUL else None,
                                self.snapshots.summary)
@@ -297,7 +297,7 @@ class Master:
         self.config = new
         for part in (self.spawner, self.duties, self.trees, self.health):
             part.configure(new)  # (each takes what it holds of the new settings)
-        self.house.register_queues(self.pools)
+        self.housekeeper.register_queues(self.pools)
         log.info("reloaded %s", new.source)
 
     # -- reconcile: desired minus actual, per pool -----------------------------------
@@ -307,7 +307,7 @@ class Master:
                                        removed=self._removed)
 
     def _removed(self, name: str) -> None:
-        self.house.forget(name)
+        self.housekeeper.forget(name)
         self.partitions.sync(self.pools)
 
     def _spawn(self, pool: Pool, now: float) -> bool:

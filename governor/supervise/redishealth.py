@@ -26,7 +26,7 @@ MASTER_REDIS_TIMEOUT = 1.0  # seconds; a healthy Redis answers the master's call
 PROBE_TIMEOUT = 0.2  # seconds; "is Redis back?" asked while it is away, once a second
 # What a call to Redis can raise besides RedisError when the connection carries garbage
 # (a reply that is not the one asked for: wrong type, wrong length).
-GARBLED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
+REPLY_ERRORS = (TypeError, ValueError, IndexError, KeyError, AttributeError)
 
 
 class RedisHealth:
@@ -76,7 +76,7 @@ class RedisHealth:
 
     def failed(self, exc: Exception) -> None:
         """A call made on the master's behalf failed: counted, and an outage starts if none had."""
-        if isinstance(exc, GARBLED) or not is_transient(exc):
+        if isinstance(exc, REPLY_ERRORS) or not is_transient(exc):
             # An unexpected reply means the connection may be out of step (a reply left over
             # from something else): never read another reply from it, start a new one.
             disconnect(self.client)
@@ -95,7 +95,7 @@ class RedisHealth:
         try:
             self.probe.ping()
             return True
-        except (redis.RedisError, *GARBLED) as exc:
+        except (redis.RedisError, *REPLY_ERRORS) as exc:
             self.failed(exc)
             return False
 
@@ -111,5 +111,5 @@ class RedisHealth:
         try:
             self.probe.ping()
             self.succeeded()
-        except (redis.RedisError, *GARBLED) as exc:
+        except (redis.RedisError, *REPLY_ERRORS) as exc:
             self.failed(exc)

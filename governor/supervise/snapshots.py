@@ -34,11 +34,11 @@ class Snapshots:
 
     def __init__(self, *, pid: int, started: float, config: Callable[[], Config],
                  stopping: Callable[[], Stopping | None], pools: Mapping[str, Pool], reports: WorkerReports,
-                 house: Housekeeper, redis_health: RedisHealth, handlers: HandlerStats,
+                 housekeeper: Housekeeper, redis_health: RedisHealth, handlers: HandlerStats,
                  partitions: PartitionLeases, registry: FleetRegistry, scaler: Autoscaler,
                  health: Health, metrics: Metrics) -> None:
         self.pid, self.started, self.config, self.stopping = pid, started, config, stopping
-        self.pools, self.reports, self.house, self.redis_health = pools, reports, house, redis_health
+        self.pools, self.reports, self.housekeeper, self.redis_health = pools, reports, housekeeper, redis_health
         self.handlers, self.partitions, self.registry, self.scaler = handlers, partitions, registry, scaler
         self.health, self.metrics = health, metrics
 
@@ -66,7 +66,7 @@ class Snapshots:
     def metrics_state(self) -> dict[str, Any]:
         """What ``/metrics`` reads besides its counters."""
         now = time.monotonic()
-        return {"queues": {name: self.house.stats(name, now) for name in self.pools},
+        return {"queues": {name: self.housekeeper.stats(name, now) for name in self.pools},
                 "global_concurrency": {p.name: p.config.global_concurrency for p in self.pools.values()
                                        if p.config.global_concurrency},
                 "pools": self.pool_snapshots(now),
@@ -89,7 +89,7 @@ class Snapshots:
         workers = sum(len(p.taking_work()) for p in self.pools.values())
         busy = sum(1 for p in self.pools.values() for w in p if w.job)
         rate = self.health.rate(now)
-        waiting = self.house.waiting()
+        waiting = self.housekeeper.waiting()
         backing_off = [p.name for p in self.pools.values() if p.backoff]
         line = f"{workers} workers ({busy} busy), {rate:.1f} jobs/s, {waiting} waiting"
         return line + (f", backing off: {', '.join(backing_off)}" if backing_off else "")
