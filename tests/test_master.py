@@ -190,8 +190,13 @@ def test_workers_die_with_the_master_and_carry_a_telling_title(governor):
     governor.start({"work": {"concurrency": 2}})
     governor.client.enqueue("work", "tasks:sleep_then_record", "titled", 5)
     busy = wait_for(lambda: governor.workers("work", ("busy",)), 5, "a busy worker")[0]
-    title = open(f"/proc/{busy['pid']}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-    assert "governor: worker work[" in title and busy["job"]["id"] in title and "tasks:sleep_then_record" in title
+
+    def title() -> str:
+        return open(f"/proc/{busy['pid']}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+
+    # the worker reports its run (what the master reads) a moment before it retitles itself
+    wait_for(lambda: busy["job"]["id"] in title(), 5, "the worker's title to name its job")
+    assert "governor: worker work[" in title() and "tasks:sleep_then_record" in title()
     pids = [c.pid for c in governor.children()]
     governor.proc.kill()  # SIGKILL: no chance to clean up
     governor.wait_exit()
