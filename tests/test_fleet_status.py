@@ -76,7 +76,7 @@ def test_status_of_an_unknown_host_says_so(fleet):
 
 def test_an_idle_master_renews_its_place_without_rewriting_its_record_and_a_lost_one_is_rewritten(client):
     from governor.protocol.fleet import fleet as read_fleet
-    from governor.supervise.registry import FleetRegistry
+    from governor.supervise.fleetrecord import FleetRegistry
 
     record = {"master": {"host": "h", "pid": 1, "uptime": 0.0}, "pools": [{"queue": "q", "workers": []}]}
     reg = FleetRegistry(client.redis, client.prefix, "h:1", lease=2.0, record=lambda: record)

@@ -176,7 +176,7 @@ def test_rlimit_is_a_second_line_of_defence(governor):
 
 def test_uss_confirmation_discounts_shared_pages():
     from governor.config import MemoryLimits
-    from governor.supervise.governance import judge_memory, tree_private, tree_rss
+    from governor.supervise.enforce import judge_memory, tree_private, tree_rss
 
     pid = os.getpid()
     rss, uss = tree_rss(pid), tree_private(pid, "uss")

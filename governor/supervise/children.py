@@ -23,8 +23,8 @@ from governor.log import fields
 from governor.ops.health import Health
 from governor.protocol.queue import run
 from governor.supervise import channel, proctree
+from governor.supervise.enforce import max_concurrent_recycles
 from governor.supervise.exits import Stopping, classify_exit, lost_job
-from governor.supervise.governance import max_concurrent_recycles
 from governor.supervise.housekeeping import Housekeeper
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess

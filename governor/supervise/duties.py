@@ -26,19 +26,19 @@ from typing import Any, Protocol
 import redis
 
 from governor.supervise.autoscale import Autoscaler
-from governor.supervise.governance import (
+from governor.supervise.enforce import (
     LEAVE_MARGIN,
     enforce_hard_deadlines,
     enforce_leaving,
     sample_memory,
 )
+from governor.supervise.fleetrecord import FleetRegistry
 from governor.supervise.handlerstats import HandlerStats
 from governor.supervise.housekeeping import Housekeeper, all_lanes
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.process import State
 from governor.supervise.redishealth import REPLY_ERRORS, RedisHealth
-from governor.supervise.registry import FleetRegistry
 from governor.supervise.reports import WorkerReports
 
 log = logging.getLogger("governor.master")

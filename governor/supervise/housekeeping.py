@@ -37,7 +37,6 @@ TICK_IDLE = 15.0  # ... and over an empty one (keeps an idle host well under 1 R
 # producers' hints mark it touched (see look_now), so nothing arrives there unseen
 TICK_IDLE_PARTITION = 300.0
 
-Lane = tuple[str, "int | None"]  # a queue, or one partition of a partitioned queue
 
 
 SETTLE_BATCH = 100  # lost jobs requeued per pair of round trips (a bounded pipeline)
@@ -87,13 +86,13 @@ class Housekeeper:
         self.on_lease_lost = on_lease_lost
         self.on_thaw = on_thaw
         self.lost: list[LostJob] = []
-        self.next_tick: dict[Lane, float] = {}
+        self.next_tick: dict[QueueKeys, float] = {}
         self.next_renew = 0.0
-        self.lane_stats: dict[Lane, dict[str, Any]] = {}
+        self.lane_stats: dict[QueueKeys, dict[str, Any]] = {}
         self.lanes: dict[str, list[int | None]] = {}  # per queue, the lanes ticked (set by run)
         # partitions acquired lately: until then, another master's worker may still have taken
         # a job there (a handover), so they are looked at twice per lease like a queue
-        self.fresh_until: dict[Lane, float] = {}
+        self.fresh_until: dict[QueueKeys, float] = {}
         self.on_ready: Callable[[str, int, int], None] = lambda queue, partition, waiting: None
 
     def keys(self, queue: str, partition: int | None = None) -> QueueKeys:
@@ -185,15 +184,15 @@ class Housekeeper:
         """``lanes``: per queue, what this master ticks (a partitioned queue: the partitions it
         holds)."""
         self.lanes = dict(lanes)
-        for lane in [lane for lane in self.next_tick if lane[1] not in lanes.get(lane[0], ())]:
+        for lane in [lane for lane in self.next_tick if lane.partition not in lanes.get(lane.queue, ())]:
             self.next_tick.pop(lane)  # a partition handed over: its new holder looks after it
             self.lane_stats.pop(lane, None)
         if not self.health.reachable(now):
             return
         if self.lost:
             self.settle_lost()
-        due = [(name, part) for name, parts in lanes.items() for part in parts
-               if self.next_tick.get((name, part), 0.0) <= now]
+        due = [lane for lane in (self.keys(name, part) for name, parts in lanes.items() for part in parts)
+               if self.next_tick.get(lane, 0.0) <= now]
         try:
             # renew first: after a stall longer than the lease, our own workers' leases must be
             # extended before the tick looks for expired ones
@@ -207,8 +206,8 @@ class Housekeeper:
         except (redis.RedisError, *REPLY_ERRORS) as exc:
             self.health.failed(exc)
             later = time.monotonic() + TICK_BUSY  # not `now`: the failed call may have taken a while
-            for name in due:
-                self.next_tick[name] = later
+            for lane in due:
+                self.next_tick[lane] = later
             self.next_renew = max(self.next_renew, later)
 
     def next_wakeup(self, now: float) -> float:
@@ -222,16 +221,17 @@ class Housekeeper:
         within TICK_BUSY, not TICK_IDLE."""
         parts = [partition] if partition is not None else self.lanes.get(queue, [None])
         for part in parts:
-            lane = (queue, part)
+            lane = self.keys(queue, part)
             self.next_tick[lane] = min(self.next_tick.get(lane, now), now + TICK_BUSY)
 
     def look_now(self, queue: str, partitions: list[int], fresh: bool = False) -> None:
         """Partitions just acquired (``fresh``) or touched by producers: ticked on the next
         pass, which hints idle workers to what is ready there."""
         for part in partitions:
-            self.next_tick[(queue, part)] = 0.0
+            lane = self.keys(queue, part)
+            self.next_tick[lane] = 0.0
             if fresh:
-                self.fresh_until[(queue, part)] = time.monotonic() + 2 * self.lease
+                self.fresh_until[lane] = time.monotonic() + 2 * self.lease
 
     def register_queues(self, queues: Iterable[str]) -> None:
         """Our queues join the prefix's list of queues (as a Python producer's first enqueue
@@ -245,9 +245,9 @@ class Housekeeper:
             self.health.failed(exc)
 
     def forget(self, queue: str) -> None:
-        for lane in [lane for lane in self.next_tick if lane[0] == queue]:
+        for lane in [lane for lane in self.next_tick if lane.queue == queue]:
             self.next_tick.pop(lane)
-        for lane in [lane for lane in self.lane_stats if lane[0] == queue]:
+        for lane in [lane for lane in self.lane_stats if lane.queue == queue]:
             self.lane_stats.pop(lane)
         self.lanes.pop(queue, None)
 
@@ -260,7 +260,7 @@ class Housekeeper:
         which the sentry enforces, and a run the sentry froze meanwhile is thawed. A renewal
         refused while the worker still runs the same job means another host has it: the run
         is killed."""
-        by_lane: dict[Lane, list[tuple[WorkerProcess, int]]] = {}
+        by_lane: dict[QueueKeys, list[tuple[WorkerProcess, int]]] = {}
         for pool in pools.values():
             for w in pool:
                 if w.state is State.STOPPING:
@@ -270,10 +270,10 @@ class Housekeeper:
                     # a worker reserves from one partition at a time: its lease is where its job
                     # is, as the worker wrote it with the job (a 'start' message may lag behind)
                     part = self.board.partition(w.slot) if job else (w.job.partition if w.job else None)
-                    by_lane.setdefault((pool.name, part), []).append((w, job))
+                    by_lane.setdefault(self.keys(pool.name, part), []).append((w, job))
         calls, batches = [], []
-        for (name, part), holders in by_lane.items():
-            calls.append(self.keys(name, part).renew(int(self.lease * 1000), [w.wid for w, _ in holders]))
+        for lane, holders in by_lane.items():
+            calls.append(lane.renew(int(self.lease * 1000), [w.wid for w, _ in holders]))
             batches.append(holders)
         if not calls:
             return False
@@ -299,16 +299,17 @@ class Housekeeper:
                     self.on_lease_lost(w, now - (previous - self.lease + margin(self.lease)))
         return True
 
-    def _tick(self, lanes: list[Lane], now: float, pools: Mapping[str, Pool]) -> None:
+    def _tick(self, lanes: list[QueueKeys], now: float, pools: Mapping[str, Pool]) -> None:
         """Promote due delayed jobs, expire done records, reclaim expired leases."""
-        calls = [self.keys(q, part).tick(int(pools[q].config.settings.done_ttl * 1000)) for q, part in lanes]
-        for (name, part), reply in zip(lanes, run(self.redis, *calls), strict=True):
+        calls = [lane.tick(int(pools[lane.queue].config.settings.done_ttl * 1000)) for lane in lanes]
+        for lane, reply in zip(lanes, run(self.redis, *calls), strict=True):
+            name, part = lane.queue, lane.partition
             if not (isinstance(reply, list) and len(reply) >= 12 and len(reply) % 2 == 0
                     and all(isinstance(x, int) for x in reply[:12])):
                 raise ValueError(f"unexpected reply to tick: {reply!r:.80}")
             next_due, (waiting, delayed, active, dead, done), oldest = reply[1], reply[2:7], reply[7]
             next_expiry, throttled, paused = reply[8], reply[9], reply[10]
-            self.lane_stats[(name, part)] = {
+            self.lane_stats[lane] = {
                 "waiting": waiting, "delayed": delayed, "active": active, "dead": dead, "done": done,
                 "at": now, "oldest_age": oldest / 1000.0 if oldest >= 0 else None,
                 "throttled": throttled, "paused": bool(paused)}
@@ -317,21 +318,21 @@ class Housekeeper:
             # An idle-looking queue is still looked at twice per lease: another host may have
             # taken a job since and died with it. A lease seen running out is reclaimed at once.
             idle = min(TICK_IDLE, self.lease / 2)
-            if part is not None and self.fresh_until.get((name, part), 0.0) < now:
-                self.fresh_until.pop((name, part), None)
+            if part is not None and self.fresh_until.get(lane, 0.0) < now:
+                self.fresh_until.pop(lane, None)
                 idle = TICK_IDLE_PARTITION
             interval = TICK_BUSY if (active or waiting or next_due >= 0) else idle
             for ms in (next_due, next_expiry):
                 if ms >= 0:
                     interval = min(interval, ms / 1000.0 + 0.005)
-            self.next_tick[(name, part)] = now + interval
+            self.next_tick[lane] = now + interval
             expired = reply[12:]
             for i in range(0, len(expired), 2):
-                self._reclaim((name, part), expired[i].decode(errors="surrogateescape"), expired[i + 1],
+                self._reclaim(lane, expired[i].decode(errors="surrogateescape"), expired[i + 1],
                               pools)
 
-    def _reclaim(self, lane: Lane, job_id: str, raw_meta: bytes, pools: Mapping[str, Pool]) -> None:
-        queue = lane[0]
+    def _reclaim(self, lane: QueueKeys, job_id: str, raw_meta: bytes, pools: Mapping[str, Pool]) -> None:
+        queue = lane.queue
         try:
             meta = loads(raw_meta, "the job's record")
         except ValueError:
@@ -344,7 +345,7 @@ class Housekeeper:
             return
         error = {"reason": "lease_expired", "worker": holder,
                  "error": f"lease of worker {holder} expired (its host or master stopped renewing it)"}
-        call = self.keys(*lane).fail(job_id, token, holder, error, "retry", 0, "lease_expired",
+        call = lane.fail(job_id, token, holder, error, "retry", 0, "lease_expired",
                                      pools[queue].config.settings.retry.max)
         outcome = _expect_outcome(run(self.redis, call)[0])
         log_requeue(queue, job_id, "lease_expired", outcome)
@@ -352,7 +353,7 @@ class Housekeeper:
     def stats(self, queue: str, now: float) -> dict[str, Any]:
         """The queue's figures from the last pass (summed over the partitions this master
         holds), the oldest job's age brought up to now."""
-        parts = [s for (q, _), s in self.lane_stats.items() if q == queue]
+        parts = [s for lane, s in self.lane_stats.items() if lane.queue == queue]
         if not parts:
             return {}
         stats: dict[str, Any] = {name: sum(s[name] for s in parts)

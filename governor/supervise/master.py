@@ -33,15 +33,15 @@ from governor.supervise.autoscale import Autoscaler
 from governor.supervise.children import Children
 from governor.supervise.embedded import EmbeddedRedis
 from governor.supervise.endpoints import Endpoints
+from governor.supervise.enforce import enforce_hard_deadlines
 from governor.supervise.exits import Stopping
-from governor.supervise.governance import enforce_hard_deadlines
+from governor.supervise.fleetrecord import FleetRegistry
 from governor.supervise.handlerstats import HandlerStats
 from governor.supervise.housekeeping import Housekeeper
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.reconcile import reconcile
 from governor.supervise.redishealth import RedisHealth
-from governor.supervise.registry import FleetRegistry
 from governor.supervise.reload import apply_to_pools, plan_reload
 from governor.supervise.scoreboard import Scoreboard
 from governor.supervise.sentry import Sentry

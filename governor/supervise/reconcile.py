@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, MutableMapping
 
-from governor.supervise.governance import max_concurrent_recycles
+from governor.supervise.enforce import max_concurrent_recycles
 from governor.supervise.pool import Pool
 
 SPAWN_SLICE = 0.02  # seconds of forking per pass of the loop before it looks at its timers again

@@ -20,12 +20,12 @@ from governor.ops.health import Health
 from governor.ops.metrics import CONTENT_TYPE, Metrics
 from governor.supervise.autoscale import Autoscaler
 from governor.supervise.exits import Stopping
+from governor.supervise.fleetrecord import FleetRegistry
 from governor.supervise.handlerstats import HandlerStats
 from governor.supervise.housekeeping import Housekeeper
 from governor.supervise.partitions import PartitionLeases
 from governor.supervise.pool import Pool
 from governor.supervise.redishealth import RedisHealth
-from governor.supervise.registry import FleetRegistry
 from governor.supervise.reports import WorkerReports
 
 

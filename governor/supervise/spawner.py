@@ -26,7 +26,7 @@ from governor.protocol.limits import rules_for
 from governor.protocol.queue import QueueKeys
 from governor.supervise import channel, fdbudget, worker
 from governor.supervise.command import CommandWorker
-from governor.supervise.governance import jittered_limits
+from governor.supervise.enforce import jittered_limits
 from governor.supervise.partitions import HeldTable
 from governor.supervise.pool import Pool
 from governor.supervise.process import WorkerProcess
