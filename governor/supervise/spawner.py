@@ -31,7 +31,7 @@ from governor.supervise.flight import FlightWorker
 from governor.supervise.partitions import HeldTable
 from governor.supervise.pool import Pool
 from governor.supervise.process import WorkerProcess
-from governor.supervise.runtable import pages_for
+from governor.supervise.runtable import RunTable, pages_for
 from governor.supervise.scoreboard import Scoreboard
 from governor.supervise.sentry import Sentry
 
@@ -169,6 +169,9 @@ class Spawner:
         wp = WorkerProcess(pid=pid, wid=worker_id(pid), queue=pool.name, index=spec.index,
                            generation=pool.generation, sock=master_end, pidfd=pidfd, now=now)
         wp.slot = slot
+        if many:
+            wp.runs = RunTable(self.board, slot, slots)
+            wp.grace = pool.config.settings.timeout.grace
         pool.workers[pid] = wp
         log.debug("spawned worker %r", wp)
         return wp
