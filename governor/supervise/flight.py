@@ -279,7 +279,7 @@ class FlightWorker(Worker):
     def _take(self, reply: list[Any], lane: QueueKeys, sent: float) -> None:
         """A job reserved for the next free slot: held, then started (a suspect only alone)."""
         index = self.free.pop()
-        r = FlightRun(self, reply, lane, index, self.table)
+        r = self.flight_run(reply, lane, index)
         self.flying[index] = r
         self.holds += 1
         if self.table is not None:
@@ -303,8 +303,17 @@ class FlightWorker(Worker):
             if limit:
                 self._timer_seq += 1
                 heapq.heappush(self.timers, (r.started + limit, self._timer_seq, exc_type, r))
+        self.executor(r).submit(r)
+
+    def executor(self, r: FlightRun) -> Any:
+        """Where the run goes: the event loop for ``async def`` handlers, else a thread (a
+        command pool's worker hands it to its program instead)."""
         r.is_async = is_async(r.func)
-        (self.loop if r.is_async else self.threads).submit(r)
+        return self.loop if r.is_async else self.threads
+
+    def flight_run(self, reply: list[Any], lane: QueueKeys, index: int) -> FlightRun:
+        """The run of one reserved job in slot ``index`` (a command pool's runs differ)."""
+        return FlightRun(self, reply, lane, index, self.table)
 
     def _finish(self, r: FlightRun, call: Call) -> None:
         """The run ended: its settle goes out with the next round trip, its slot is free."""
