@@ -15,9 +15,9 @@ for memory or a crash) runs alone: the worker takes no job while it waits or run
 
 from __future__ import annotations
 
-import heapq
 import importlib
 import logging
+import math
 import queue
 import signal
 import threading
@@ -37,7 +37,7 @@ from governor.supervise.channel import WorkerEnd
 from governor.supervise.child import WorkerSpec
 from governor.supervise.flightrun import EventLoop, FlightRun, Threads, is_async
 from governor.supervise.runtable import RunTable, slot_id
-from governor.supervise.scoreboard import margin
+from governor.supervise.scoreboard import Tally, margin
 from governor.supervise.worker import (
     _IDLE_WAIT_MAX,
     FORWARDED_SIGNALS,
@@ -97,8 +97,8 @@ class FlightWorker(Worker):
         self.threads = Threads(self.size, self.inbox.put)
         self.loop = EventLoop(self.inbox.put)
         self.waker = Waker(spec, self.inbox)
-        self.timers: list[tuple[float, int, type[BaseException], FlightRun]] = []
-        self._timer_seq = 0
+        self.tally = Tally(spec.board.buckets if spec.board is not None else ())
+        self.next_limit = math.inf  # the earliest soft or hard limit of a job in flight (or before)
         self.suspect: FlightRun | None = None  # runs (or waits to run) alone
         self.settles: list[Call] = []
         self.empty = False  # the last reserve found nothing to take: wait for a wake first
@@ -133,6 +133,7 @@ class FlightWorker(Worker):
                 if self.settles or take:
                     self._round_trip(take)
                 if not self.flying and not self.settles:
+                    self._write_tally()
                     due = self._recycle_due()
                     if due and self._may_recycle(due):
                         reason = due
@@ -150,6 +151,7 @@ class FlightWorker(Worker):
             self._await(0)
         if self.settles:
             self._round_trip(0)
+        self._write_tally()
         self.threads.stop()
         self.loop.stop()
         if self.channel.lost:
@@ -173,8 +175,8 @@ class FlightWorker(Worker):
         if self.free and self.empty and not self.draining and self.suspect is None:
             self.waker.arm(self.spec.hint_key if self.turns is not None else self.keys.wake)
         timeout = _IDLE_WAIT_MAX
-        if self.timers:
-            timeout = min(timeout, max(self.timers[0][0] - time.monotonic(), 0.0))
+        if self.next_limit < math.inf:
+            timeout = min(timeout, max(self.next_limit - time.monotonic(), 0.0))
         if self.retry_at:
             timeout = min(timeout, max(self.retry_at - time.monotonic(), 0.0))
         items = []
@@ -194,15 +196,32 @@ class FlightWorker(Worker):
         if items and any(isinstance(i, FlightRun) for i in items):
             self._after_job()
         self._fire_timers()
+        self._write_tally()
         if self.retry_at and time.monotonic() >= self.retry_at:
             self.retry_at = 0.0
 
+    def _write_tally(self) -> None:
+        """What the jobs did since the last turn, into our report (one write a turn)."""
+        if self.tally.dirty:
+            if self.spec.board is not None:
+                self.spec.board.add_tally(self.spec.slot, self.tally)
+            self.tally.clear()
+
     def _fire_timers(self) -> None:
+        """Throws each limit that fell due into its job. The earliest limit is kept, so that
+        most turns cost one comparison; a look over the jobs in flight finds the next."""
         now = time.monotonic()
-        while self.timers and self.timers[0][0] <= now:
-            _, _, exc_type, r = heapq.heappop(self.timers)
-            if self.flying.get(r.index) is r and r.outcome is None:
-                r.interrupt(exc_type)
+        if now < self.next_limit:
+            return
+        upcoming = math.inf
+        for r in self.flying.values():
+            while r.due and r.due[0][0] <= now:
+                exc_type = r.due.pop(0)[1]
+                if r.outcome is None:
+                    r.interrupt(exc_type)
+            if r.due:
+                upcoming = min(upcoming, r.due[0][0])
+        self.next_limit = upcoming
 
     def _idle_wait(self) -> None:
         """Nothing in flight and nothing to take: block as a one-job worker does."""
@@ -299,10 +318,10 @@ class FlightWorker(Worker):
         if call is not None:  # it cannot run here (bad payload, handler not allowed)
             self._finish(r, call)
             return
-        for limit, exc_type in ((r.soft, SoftTimeLimitExceeded), (r.hard, HardTimeLimitExceeded)):
-            if limit:
-                self._timer_seq += 1
-                heapq.heappush(self.timers, (r.started + limit, self._timer_seq, exc_type, r))
+        r.due = [(r.started + limit, exc_type) for limit, exc_type in
+                    ((r.soft, SoftTimeLimitExceeded), (r.hard, HardTimeLimitExceeded)) if limit]
+        if r.due:
+            self.next_limit = min(self.next_limit, r.due[0][0])
         self.executor(r).submit(r)
 
     def executor(self, r: FlightRun) -> Any:

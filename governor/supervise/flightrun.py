@@ -42,7 +42,7 @@ class FlightRun(JobRun):
     """One job of a worker that runs several: held by slot ``index``."""
 
     __slots__ = ("index", "table", "suspect", "outcome", "thread", "task", "throw", "timed_out",
-                 "lock", "is_async")
+                 "lock", "is_async", "due")
 
     def __init__(self, host: Host, reply: list[Any], lane: QueueKeys, index: int, table: RunTable | None) -> None:
         super().__init__(host, reply, lane)
@@ -57,21 +57,15 @@ class FlightRun(JobRun):
         self.timed_out: str | None = None  # 'timeout_soft' or 'timeout_hard' once delivered
         self.lock = threading.Lock()
         self.is_async = False
+        self.due: list[tuple[float, type[BaseException]]] = []  # (when, what): soft, then hard
 
     # -- the report: the slot's entry, not the worker's ---------------------------------
-
-    def hold(self, held: int) -> None:
-        if self.table is not None:
-            self.table.hold(self.index, self.host.jobs_run + 1, self.job.id, self.token, self.handler,
-                            self.lane.partition, held)
 
     def _report_start(self, wait: float | None, adaptive: bool) -> None:
         host = self.host
         if self.table is not None:
             self.table.start(self.index, time.monotonic(), self.soft, self.hard, self.job.attempts, adaptive)
-        board = host.spec.board
-        if board is not None:
-            board.count_start(host.spec.slot, wait)
+        host.tally.start(wait)
 
     def announce(self) -> None:
         pass  # the title counts the jobs in flight (the worker's), it names none
@@ -80,8 +74,7 @@ class FlightRun(JobRun):
         pass  # the slot's entry is freed by the worker, when it takes the settle
 
     def report_end(self, outcome: str, seconds: float) -> None:
-        if self.host.spec.board is not None:
-            self.host.spec.board.count_end(self.host.spec.slot, outcome, seconds)
+        self.host.tally.end(outcome, seconds)
 
     # -- where it runs ---------------------------------------------------------------------
 
