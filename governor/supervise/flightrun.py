@@ -163,10 +163,9 @@ class Threads:
             if not start:
                 self.idle -= 1
         if start:
-            threading.stack_size(STACK_SIZE)
             t = threading.Thread(target=self._serve, name=f"governor-job-{len(self.threads)}", daemon=True)
             self.threads.append(t)
-            t.start()
+            _start_small(t, STACK_SIZE)
         self.work.put(run)
 
     def _serve(self) -> None:
@@ -215,9 +214,8 @@ class EventLoop:
     def submit(self, run: FlightRun) -> None:
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
-            threading.stack_size(STACK_SIZE * 2)
             self.thread = threading.Thread(target=self.loop.run_forever, name="governor-event-loop", daemon=True)
-            self.thread.start()
+            _start_small(self.thread, STACK_SIZE * 2)
         self.loop.call_soon_threadsafe(self._start, run)
 
     def _start(self, run: FlightRun) -> None:
@@ -238,6 +236,16 @@ class EventLoop:
     def stop(self) -> None:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _start_small(thread: threading.Thread, stack: int) -> None:
+    """Starts ``thread`` with a stack of ``stack`` bytes; threads the job code starts get the
+    size they had before."""
+    old = threading.stack_size(stack)
+    try:
+        thread.start()
+    finally:
+        threading.stack_size(old)
 
 
 def is_async(func: Any) -> bool:
