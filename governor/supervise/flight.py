@@ -49,6 +49,7 @@ from governor.supervise.worker import (
 
 log = logging.getLogger("governor.worker")
 
+BLOCKED_AFTER = 1.0  # seconds the event loop may not turn before it is shown blocked
 _WAKE, _TERM = "wake", "term"  # besides finished runs, what the control thread is woken by
 
 
@@ -98,7 +99,8 @@ class FlightWorker(Worker):
         self.loop = EventLoop(self.inbox.put)
         self.waker = Waker(spec, self.inbox)
         self.tally = Tally(spec.board.buckets if spec.board is not None else ())
-        self.next_limit = math.inf  # the earliest soft or hard limit of a job in flight (or before)
+        self.next_limit = math.inf
+        self._blocked_shown: tuple[float, int] | None = None  # the earliest soft or hard limit of a job in flight (or before)
         self.suspect: FlightRun | None = None  # runs (or waits to run) alone
         self.settles: list[Call] = []
         self.empty = False  # the last reserve found nothing to take: wait for a wake first
@@ -179,6 +181,8 @@ class FlightWorker(Worker):
             timeout = min(timeout, max(self.next_limit - time.monotonic(), 0.0))
         if self.retry_at:
             timeout = min(timeout, max(self.retry_at - time.monotonic(), 0.0))
+        if self.loop.loop is not None:
+            timeout = min(timeout, BLOCKED_AFTER)  # (to see a blocked loop while it is)
         items = []
         try:
             items.append(self.inbox.get(timeout=timeout))
@@ -197,8 +201,25 @@ class FlightWorker(Worker):
             self._after_job()
         self._fire_timers()
         self._write_tally()
+        self._watch_loop()
         if self.retry_at and time.monotonic() >= self.retry_at:
             self.retry_at = 0.0
+
+    def _watch_loop(self) -> None:
+        """A loop that has not turned for BLOCKED_AFTER is blocked by sync code in the job it
+        runs: said in our run table (status and metrics show it, with the job)."""
+        blocked = self.loop.blocker(BLOCKED_AFTER) if any(r.is_async for r in self.flying.values()) else None
+        shown = self._blocked_shown
+        if blocked is None:
+            if shown and self.table is not None:
+                self.table.blocked(0.0, -1)
+            self._blocked_shown = None
+            return
+        since, task = blocked
+        index = next((r.index for r in self.flying.values() if r.task is task), -1)
+        if shown != (since, index) and self.table is not None:
+            self.table.blocked(since, index)
+            self._blocked_shown = (since, index)
 
     def _write_tally(self) -> None:
         """What the jobs did since the last turn, into our report (one write a turn)."""

@@ -216,7 +216,23 @@ class EventLoop:
             self.loop = asyncio.new_event_loop()
             self.thread = threading.Thread(target=self.loop.run_forever, name="governor-event-loop", daemon=True)
             _start_small(self.thread, STACK_SIZE * 2)
+            self.beat = time.monotonic()
+            self.loop.call_soon_threadsafe(self._beat)
         self.loop.call_soon_threadsafe(self._start, run)
+
+    BEAT = 0.1  # seconds between the loop's heartbeats
+
+    def _beat(self) -> None:
+        self.beat = time.monotonic()
+        assert self.loop is not None
+        self.loop.call_later(self.BEAT, self._beat)
+
+    def blocker(self, after: float) -> tuple[float, asyncio.Task | None] | None:
+        """(since when, the task running) if the loop has not turned for ``after`` seconds:
+        sync code in an ``async def`` holds it. Read from the control thread."""
+        if self.loop is None or time.monotonic() - self.beat < after:
+            return None
+        return self.beat, asyncio.current_task(self.loop)  # (the loop's running task, from any thread)
 
     def _start(self, run: FlightRun) -> None:
         run.task = asyncio.get_running_loop().create_task(self._run(run))

@@ -91,7 +91,8 @@ class WorkerProcess:
         # jobs_per_worker > 1: its run table, the jobs it holds by slot (``job`` is the oldest
         # of them), and how long a job past its hard limit has to end before the tree is killed
         self.runs: Any = None  # runtable.RunTable
-        self.runs_seen: tuple[int, int] = (-1, -1)
+        self.runs_seen: tuple[int, int, float, int] = (-1, -1, 0.0, -1)
+        self.loop_blocked: tuple[float, int] | None = None  # its event loop: blocked since, by slot
         self.jobs: dict[int, CurrentJob] = {}
         self.grace = 0.0
 
@@ -234,6 +235,11 @@ class WorkerProcess:
         if self.runs is not None:
             out["slots"] = self.runs.slots
             out["jobs"] = [_job_view(j, now) for j in sorted(self.jobs.values(), key=lambda j: j.index)]
+            if self.loop_blocked:
+                since, index = self.loop_blocked
+                by = self.jobs.get(index)
+                out["loop_blocked"] = {"seconds": round(max(now - since, 0.0), 3), "job": by.id if by else None,
+                                       "handler": by.handler if by else None}
         return out
 
 

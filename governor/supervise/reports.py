@@ -202,6 +202,7 @@ class WorkerReports:
                                        partition=e.partition if e.partition >= 0 else None, run=e.run,
                                        adaptive=bool(e.adaptive), index=e.index)
         w.runs_seen = gen
+        w.loop_blocked = (gen[2], gen[3]) if gen[2] and math.isfinite(gen[2]) else None
         w.on_jobs(jobs)
         return None
 

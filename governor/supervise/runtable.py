@@ -23,7 +23,9 @@ from typing import NamedTuple
 from governor.supervise.scoreboard import SLOT_SIZE, Scoreboard
 
 HELD, RUNNING = 1, 2  # an entry's state: reserved (a suspect waiting to run alone), running
-_HEADER = struct.Struct("=qq")  # generation, jobs held
+# generation, jobs held, since when (monotonic) the event loop has been blocked (0: it is not),
+# and the slot whose job blocks it
+_HEADER = struct.Struct("=qqdq")
 _ENTRY_AT = 64
 _ENTRY_SIZE = 1024
 # seq, run (the worker's number for the run; 0: the slot is free), state, started (monotonic),
@@ -89,9 +91,15 @@ class RunTable:
         _FIELDS.pack_into(mm, at, seq + 1, *fields)
         struct.pack_into("=q", mm, at, seq + 2)
         self._gen += 1
-        if held is None:
-            held = _HEADER.unpack_from(mm, self._at())[1]
-        _HEADER.pack_into(mm, self._at(), self._gen, held)
+        header = _HEADER.unpack_from(mm, self._at())
+        _HEADER.pack_into(mm, self._at(), self._gen, header[1] if held is None else held, *header[2:])
+
+    def blocked(self, since: float, index: int) -> None:
+        """The event loop has not turned since ``since`` (0: it turns), held by the job in
+        slot ``index``: sync code in an ``async def`` (its limits still hold, from outside)."""
+        self._gen += 1
+        header = _HEADER.unpack_from(self.board.mm, self._at())
+        _HEADER.pack_into(self.board.mm, self._at(), self._gen, header[1], since, index)
 
     def hold(self, index: int, run: int, job_id: str, token: str, handler: str, partition: int | None,
              held: int) -> None:
@@ -112,8 +120,9 @@ class RunTable:
 
     # -- the master's side ----------------------------------------------------------------
 
-    def generation(self) -> tuple[int, int]:
-        """(generation, jobs held): the generation moves with every write of the worker."""
+    def generation(self) -> tuple[int, int, float, int]:
+        """(generation, jobs held, loop blocked since, by slot): the generation moves with every
+        write of the worker."""
         return _HEADER.unpack_from(self.board.mm, self._at())
 
     def entries(self) -> list[RunEntry] | None:
