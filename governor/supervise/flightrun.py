@@ -17,6 +17,7 @@ read) sees the exception only when that call returns: the master's kill is what 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import inspect
 import queue
@@ -210,6 +211,8 @@ class EventLoop:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
         self.beat = time.monotonic()  # the loop's last turn seen (a blocked loop shows its age)
+        self.pending: collections.deque[FlightRun] = collections.deque()  # submitted, not yet tasks
+        self.scheduled = False  # a call to start them is on its way to the loop
 
     def submit(self, run: FlightRun) -> None:
         if self.loop is None:
@@ -218,7 +221,11 @@ class EventLoop:
             _start_small(self.thread, STACK_SIZE * 2)
             self.beat = time.monotonic()
             self.loop.call_soon_threadsafe(self._beat)
-        self.loop.call_soon_threadsafe(self._start, run)
+        # the runs of one round trip wake the loop once, not once each
+        self.pending.append(run)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self._start_pending)
 
     BEAT = 0.1  # seconds between the loop's heartbeats
 
@@ -234,8 +241,12 @@ class EventLoop:
             return None
         return self.beat, asyncio.current_task(self.loop)  # (the loop's running task, from any thread)
 
-    def _start(self, run: FlightRun) -> None:
-        run.task = asyncio.get_running_loop().create_task(self._run(run))
+    def _start_pending(self) -> None:
+        self.scheduled = False  # (first: a run added from now on schedules another call)
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            run = self.pending.popleft()
+            run.task = loop.create_task(self._run(run))
 
     async def _run(self, run: FlightRun) -> None:
         assert run.payload is not None
@@ -264,6 +275,12 @@ def _start_small(thread: threading.Thread, stack: int) -> None:
         threading.stack_size(old)
 
 
+_ASYNC: dict[Any, bool] = {}
+
+
 def is_async(func: Any) -> bool:
     """Whether a handler runs as a task on the event loop (``async def``)."""
-    return inspect.iscoroutinefunction(func)
+    known = _ASYNC.get(func)
+    if known is None:
+        known = _ASYNC[func] = inspect.iscoroutinefunction(func)
+    return known
