@@ -292,8 +292,8 @@ class FlightWorker(Worker):
         for group, reply in zip(groups, replies, strict=True):
             for c, result in zip(group, reply[:-1], strict=True):
                 _log_settle(self.spec, c, result)
-                if self.spec.wait[0]:
-                    self._wait_replicas(c)
+            if group and self.spec.wait[0]:
+                self._wait_replicas(group[-1])  # (one WAIT covers every write before it on that node)
         if lane is None:
             return
         reserved = replies[0][-1]
