@@ -100,6 +100,8 @@ class FlightWorker(Worker):
         self.waker = Waker(spec, self.inbox)
         self.tally = Tally(spec.board.buckets if spec.board is not None else ())
         self.next_limit = math.inf
+        self.kill_at = 0.0  # the earliest hard limit and grace of a job in flight (0: none), as shown
+        self.grace = spec.queue.settings.timeout.grace
         self._blocked_shown: tuple[float, int] | None = None  # the earliest soft or hard limit of a job in flight (or before)
         self.suspect: FlightRun | None = None  # runs (or waits to run) alone
         self.settles: list[Call] = []
@@ -339,6 +341,11 @@ class FlightWorker(Worker):
         if call is not None:  # it cannot run here (bad payload, handler not allowed)
             self._finish(r, call)
             return
+        if r.hard and self.table is not None:  # the master kills our tree if it has not ended by then
+            r.kill_at = r.started + r.hard + self.grace
+            if not self.kill_at or r.kill_at < self.kill_at:
+                self.kill_at = r.kill_at
+                self.table.kill_at(self.kill_at)
         r.due = [(r.started + limit, exc_type) for limit, exc_type in
                     ((r.soft, SoftTimeLimitExceeded), (r.hard, HardTimeLimitExceeded)) if limit]
         if r.due:
@@ -365,6 +372,9 @@ class FlightWorker(Worker):
                 self.table.free(r.index, len(self.flying))
         if not self.flying and self.spec.board is not None:
             self.spec.board.end(self.spec.slot)
+        if r.kill_at and r.kill_at == self.kill_at and self.table is not None:
+            self.kill_at = min((x.kill_at for x in self.flying.values() if x.kill_at), default=0.0)
+            self.table.kill_at(self.kill_at)
         if self.suspect is r:
             self.suspect = None
         elif self.suspect is not None and len(self.flying) == 1 and self.suspect.started == 0.0:

@@ -43,7 +43,7 @@ class FlightRun(JobRun):
     """One job of a worker that runs several: held by slot ``index``."""
 
     __slots__ = ("index", "table", "suspect", "outcome", "thread", "task", "throw", "timed_out",
-                 "lock", "is_async", "due")
+                 "lock", "is_async", "due", "kill_at")
 
     def __init__(self, host: Host, reply: list[Any], lane: QueueKeys, index: int, table: RunTable | None) -> None:
         super().__init__(host, reply, lane)
@@ -59,6 +59,7 @@ class FlightRun(JobRun):
         self.lock = threading.Lock()
         self.is_async = False
         self.due: list[tuple[float, type[BaseException]]] = []  # (when, what): soft, then hard
+        self.kill_at = 0.0  # when the master kills the worker if this job has not ended (0: never)
 
     # -- the report: the slot's entry, not the worker's ---------------------------------
 

@@ -273,6 +273,7 @@ class Housekeeper:
                     continue
                 job = self.board.read(w.slot)[0] if w.slot >= 0 else 0
                 if w.runs is not None:  # several jobs: each slot's lease, where its job is
+                    w.refresh_jobs()
                     for j in w.jobs.values():
                         flights.setdefault(self.keys(pool.name, j.partition), []).append(
                             (w, job, slot_id(w.wid, j.index), j.run))

@@ -24,8 +24,9 @@ from governor.supervise.scoreboard import SLOT_SIZE, Scoreboard
 
 HELD, RUNNING = 1, 2  # an entry's state: reserved (a suspect waiting to run alone), running
 # generation, jobs held, since when (monotonic) the event loop has been blocked (0: it is not),
-# and the slot whose job blocks it
-_HEADER = struct.Struct("=qqdq")
+# the slot whose job blocks it, and the earliest moment a job's hard limit and grace run out
+# (0: none has a limit): all the master reads on its clock; the entries only when it must
+_HEADER = struct.Struct("=qqdqd")
 _ENTRY_AT = 64
 _ENTRY_SIZE = 1024
 # seq, run (the worker's number for the run; 0: the slot is free), state, started (monotonic),
@@ -99,7 +100,13 @@ class RunTable:
         slot ``index``: sync code in an ``async def`` (its limits still hold, from outside)."""
         self._gen += 1
         header = _HEADER.unpack_from(self.board.mm, self._at())
-        _HEADER.pack_into(self.board.mm, self._at(), self._gen, header[1], since, index)
+        _HEADER.pack_into(self.board.mm, self._at(), self._gen, header[1], since, index, header[4])
+
+    def kill_at(self, when: float) -> None:
+        """The earliest moment a job in flight is past its hard limit and grace (0: none)."""
+        self._gen += 1
+        header = _HEADER.unpack_from(self.board.mm, self._at())
+        _HEADER.pack_into(self.board.mm, self._at(), self._gen, *header[1:4], when)
 
     def hold(self, index: int, run: int, job_id: str, token: str, handler: str, partition: int | None,
              held: int) -> None:
@@ -120,9 +127,9 @@ class RunTable:
 
     # -- the master's side ----------------------------------------------------------------
 
-    def generation(self) -> tuple[int, int, float, int]:
-        """(generation, jobs held, loop blocked since, by slot): the generation moves with every
-        write of the worker."""
+    def generation(self) -> tuple[int, int, float, int, float]:
+        """(generation, jobs held, loop blocked since, by slot, kill at): the generation moves
+        with every write of the worker."""
         return _HEADER.unpack_from(self.board.mm, self._at())
 
     def entries(self) -> list[RunEntry] | None:
