@@ -171,6 +171,8 @@ class FlightWorker(Worker):
             return 0
         if self.retry_at and time.monotonic() < self.retry_at:
             return 0
+        if self.turns is not None and not (self.turns.current is not None and self.spec.held.held(self.turns.current)):
+            return 0  # partitioned, and no partition to reserve from: wait for a hint
         return len(self.free)
 
     def _await(self, took: int) -> None:

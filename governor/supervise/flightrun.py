@@ -68,6 +68,9 @@ class FlightRun(JobRun):
         if self.table is not None:
             self.table.start(self.index, time.monotonic(), self.soft, self.hard, self.job.attempts, adaptive)
         host.tally.start(wait)
+        if not host.rang:  # an idle worker took work: the master looks at it at its busy pace
+            host.rang = True
+            host.channel.send("busy")
 
     def announce(self) -> None:
         pass  # the title counts the jobs in flight (the worker's), it names none

@@ -247,16 +247,17 @@ class Scoreboard(_ReportMixin):
             return None
         self._taken[slot:slot + pages] = b"\x01" * pages
         self._spans[slot] = pages
-        for s in range(slot, slot + pages):
-            self.clear(s)
+        self.clear(slot)
+        # a run table's pages whole (runtable.py): entries left by the worker that held them
+        # before would be read as this one's jobs
+        self.mm[self._at(slot + 1):self._at(slot + pages)] = bytes((pages - 1) * SLOT_SIZE)
         return slot
 
     def release(self, slot: int) -> None:
         """The worker is reaped: its slots may serve another."""
         if slot >= 0:
             pages = self._spans.pop(slot, 1)
-            for s in range(slot, slot + pages):
-                self.clear(s)
+            self.clear(slot)
             self._taken[slot:slot + pages] = bytes(pages)
 
     def fileno(self) -> int:
