@@ -326,6 +326,11 @@ def test_sigkill_of_a_worker_holding_20_jobs_requeues_all_20_at_once(governor):
     assert starts == {k: 2 for k in keys}
     assert collections.Counter(k for k, *_ in lines(governor, "done")) == {k: 1 for k in keys}
     assert governor.client.counts("k")["dead"] == 0
+    # a crash with several running: each went back as a suspect, and ran alone next time
+    assert all(r.get("suspect") == 1 for r in recs)
+    second = {k: float(t) for k, _, t in lines(governor, "start")[20:]}
+    ended = {k: float(t) for k, _, t in lines(governor, "done")}
+    assert max_overlap([(second[k], ended[k]) for k in keys]) == 1
 
 
 def test_sigterm_with_20_in_flight_finishes_each_once_and_starts_none_after(governor):
