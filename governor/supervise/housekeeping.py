@@ -65,12 +65,13 @@ class LostJob:
     def why(self) -> str:
         """The reason with its measured figure, as an operator reads it in `governor status`."""
         d = self.detail
-        if self.reason == "memory_hard" and "memory" in d:
-            return f"memory_hard: {format_size(d['memory'])} > {format_size(d['limit'])}"
+        figure = f": {format_size(d['memory'])} > {format_size(d['limit'])}" if "memory" in d else ""
         if self.reason == "neighbour_killed":
             return f"for another job's {d.get('beside')}; this one not charged"
         if self.mode == "suspect":
-            return f"{self.reason} with several jobs running; not charged, it runs alone next"
+            return f"{self.reason}{figure} with several jobs running; not charged, it runs alone next"
+        if self.reason == "memory_hard" and figure:
+            return f"memory_hard{figure}"
         if self.reason == "timeout_hard" and self.seconds is not None:
             return f"timeout_hard: ran {self.seconds:.2f}s, limit {d.get('limit')}s"
         return self.reason
