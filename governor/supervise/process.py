@@ -142,17 +142,18 @@ class WorkerProcess:
         else:
             self.on_end()
 
-    def refresh_jobs(self) -> None:
+    def refresh_jobs(self) -> bool:
         """Reads the jobs its run table holds, if it moved since the last read; an entry out of
-        range is left out (the header, read on every look, is what is judged)."""
+        range is left out (the header, read on every look, is what is judged). False when the
+        table could not be read whole (being written): ``jobs`` is as last read."""
         if self.runs is None:
-            return
+            return True
         gen = self.runs.generation()[0]
         if gen == self.jobs_read:
-            return
+            return True
         entries = self.runs.entries()
         if entries is None:
-            return  # being written: the next look
+            return False  # being written: the next look
         jobs = {}
         for e in entries:
             if not all(math.isfinite(x) and 0 <= x < 2 ** 40 for x in (e.started, e.soft, e.hard)):
@@ -167,6 +168,7 @@ class WorkerProcess:
                                        adaptive=bool(e.adaptive), index=e.index)
         self.jobs_read = gen
         self.on_jobs(jobs)
+        return True
 
     def overdue(self, at: float) -> list[CurrentJob]:
         """Its jobs past their hard limit (and the grace a job among several has) at ``at``."""
