@@ -205,25 +205,10 @@ class FlightWorker(Worker):
             self._after_job()
         self._fire_timers()
         self._write_tally()
-        self._watch_loop()
+        if self.table is not None:
+            self.loop.watch(self.flying.values(), self.table, BLOCKED_AFTER)
         if self.retry_at and time.monotonic() >= self.retry_at:
             self.retry_at = 0.0
-
-    def _watch_loop(self) -> None:
-        """A loop that has not turned for BLOCKED_AFTER is blocked by sync code in the job it
-        runs: said in our run table (status and metrics show it, with the job)."""
-        blocked = self.loop.blocker(BLOCKED_AFTER) if any(r.is_async for r in self.flying.values()) else None
-        shown = self._blocked_shown
-        if blocked is None:
-            if shown and self.table is not None:
-                self.table.blocked(0.0, -1)
-            self._blocked_shown = None
-            return
-        since, task = blocked
-        index = next((r.index for r in self.flying.values() if r.task is task), -1)
-        if shown != (since, index) and self.table is not None:
-            self.table.blocked(since, index)
-            self._blocked_shown = (since, index)
 
     def _write_tally(self) -> None:
         """What the jobs did since the last turn, into our report (one write a turn)."""

@@ -23,7 +23,7 @@ import inspect
 import queue
 import threading
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any
 
 from governor import context
@@ -217,6 +217,7 @@ class EventLoop:
         self.beat = time.monotonic()  # the loop's last turn seen (a blocked loop shows its age)
         self.pending: collections.deque[FlightRun] = collections.deque()  # submitted, not yet tasks
         self.scheduled = False  # a call to start them is on its way to the loop
+        self.shown: tuple[float, int] | None = None  # (blocked since, by slot) as the run table says
 
     def submit(self, run: FlightRun) -> None:
         if self.loop is None:
@@ -244,6 +245,22 @@ class EventLoop:
         if self.loop is None or time.monotonic() - self.beat < after:
             return None
         return self.beat, asyncio.current_task(self.loop)  # (the loop's running task, from any thread)
+
+    def watch(self, flying: Iterable[FlightRun], table: RunTable, after: float) -> None:
+        """A loop that has not turned for ``after`` seconds is blocked by sync code in the job
+        it runs: said in the run table (status and metrics show it, with the job)."""
+        runs = [r for r in flying if r.is_async]
+        blocked = self.blocker(after) if runs else None
+        if blocked is None:
+            if self.shown:
+                table.blocked(0.0, -1)
+            self.shown = None
+            return
+        since, task = blocked
+        index = next((r.index for r in runs if r.task is task), -1)
+        if self.shown != (since, index):
+            table.blocked(since, index)
+            self.shown = (since, index)
 
     def _start_pending(self) -> None:
         self.scheduled = False  # (first: a run added from now on schedules another call)
