@@ -311,8 +311,7 @@ class FlightWorker(Worker):
         r = self.flight_run(reply, lane, index)
         self.flying[index] = r
         self.holds += 1
-        if self.table is not None:
-            self.table.hold(index, self.holds, r.job.id, r.token, r.handler, lane.partition, len(self.flying))
+        r.run_no = self.holds
         if len(self.flying) == 1 and self.spec.board is not None:
             self.epoch += 1  # the sentry freezes our tree if no renewal is confirmed by then
             self.spec.board.begin(self.spec.slot, self.epoch, sent + self.lease_ms / 1000.0 - margin(self.spec.lease),
@@ -320,6 +319,9 @@ class FlightWorker(Worker):
         if r.suspect:
             self.suspect = r  # nothing more is reserved while it waits or runs
             if len(self.flying) > 1:
+                if self.table is not None:  # held, so that the master renews it and knows it
+                    self.table.hold(index, r.run_no, r.job.id, r.token, r.handler, lane.partition, len(self.flying))
+                    r.held = True
                 return  # it starts when the others have ended
         self._start(r)
 

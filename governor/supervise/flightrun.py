@@ -43,7 +43,7 @@ class FlightRun(JobRun):
     """One job of a worker that runs several: held by slot ``index``."""
 
     __slots__ = ("index", "table", "suspect", "outcome", "thread", "task", "throw", "timed_out",
-                 "lock", "is_async", "due", "kill_at")
+                 "lock", "is_async", "due", "kill_at", "run_no", "held")
 
     def __init__(self, host: Host, reply: list[Any], lane: QueueKeys, index: int, table: RunTable | None) -> None:
         super().__init__(host, reply, lane)
@@ -60,13 +60,19 @@ class FlightRun(JobRun):
         self.is_async = False
         self.due: list[tuple[float, type[BaseException]]] = []  # (when, what): soft, then hard
         self.kill_at = 0.0  # when the master kills the worker if this job has not ended (0: never)
+        self.run_no = 0  # the worker's number for this run (its run-table entry's)
+        self.held = False  # its entry was written before it started (a suspect waiting)
 
     # -- the report: the slot's entry, not the worker's ---------------------------------
 
     def _report_start(self, wait: float | None, adaptive: bool) -> None:
         host = self.host
         if self.table is not None:
-            self.table.start(self.index, time.monotonic(), self.soft, self.hard, self.job.attempts, adaptive)
+            if self.held:  # (a suspect that waited to run alone)
+                self.table.start(self.index, time.monotonic(), self.soft, self.hard, self.job.attempts, adaptive)
+            else:  # held and started in one write
+                self.table.hold(self.index, self.run_no, self.job.id, self.token, self.handler, self.lane.partition,
+                                len(host.flying), (time.monotonic(), self.soft, self.hard, self.job.attempts, adaptive))
         host.tally.start(wait)
         if not host.rang:  # an idle worker took work: the master looks at it at its busy pace
             host.rang = True

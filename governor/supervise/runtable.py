@@ -109,11 +109,17 @@ class RunTable:
         _HEADER.pack_into(self.board.mm, self._at(), self._gen, *header[1:4], when)
 
     def hold(self, index: int, run: int, job_id: str, token: str, handler: str, partition: int | None,
-             held: int) -> None:
-        """Slot ``index`` holds job ``job_id`` (leased under ``token``), not yet running."""
+             held: int, started: tuple[float, float | None, float | None, int, bool] | None = None) -> None:
+        """Slot ``index`` holds job ``job_id`` (leased under ``token``): not yet running, or
+        running since ``started`` = (when, soft, hard, attempt, adaptive) (one write, not two)."""
         jid, tok, hdl = _text(job_id), _text(token), _text(handler)
-        self._write(index, (run, HELD, 0.0, 0.0, 0.0, 0, -1 if partition is None else partition, 0),
-                    _TEXT.pack(len(jid), jid, len(tok), tok, len(hdl), hdl), held)
+        part = -1 if partition is None else partition
+        if started is None:
+            fields: tuple = (run, HELD, 0.0, 0.0, 0.0, 0, part, 0)
+        else:
+            when, soft, hard, attempt, adaptive = started
+            fields = (run, RUNNING, when, soft or 0.0, hard or 0.0, attempt, part, int(adaptive))
+        self._write(index, fields, _TEXT.pack(len(jid), jid, len(tok), tok, len(hdl), hdl), held)
 
     def start(self, index: int, started: float, soft: float | None, hard: float | None, attempt: int,
               adaptive: bool) -> None:
