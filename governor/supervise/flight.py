@@ -33,6 +33,7 @@ from governor.protocol.connection import connect, disconnect, is_cluster
 from governor.protocol.keys import QueueKeys
 from governor.protocol.records import ReserveReply
 from governor.protocol.scripts import Call, flight, hash_tag, run
+from governor.supervise import proctree
 from governor.supervise.channel import WorkerEnd
 from governor.supervise.child import WorkerSpec
 from governor.supervise.flightrun import EventLoop, FlightRun, Threads, is_async
@@ -40,6 +41,7 @@ from governor.supervise.runtable import RunTable, slot_id
 from governor.supervise.scoreboard import Tally, margin
 from governor.supervise.worker import (
     _IDLE_WAIT_MAX,
+    _REAP_EVERY,
     FORWARDED_SIGNALS,
     Worker,
     _connect,
@@ -109,6 +111,7 @@ class FlightWorker(Worker):
         self.status = ReserveReply.EMPTY, -1  # the last reserve reply that was not a job
         self.retry_at = 0.0  # throttled: a start is ours then
         self.holds = 0  # runs held so far (each entry's run number)
+        self.reaped_at = 0  # jobs run when zombies our jobs' orphans left were last reaped
         self.epoch = 0  # the board's job number: one per stretch of holding any job
         self._titled = -1
 
@@ -203,6 +206,9 @@ class FlightWorker(Worker):
                     self.turns.hinted(item[1])
         if items and any(isinstance(i, FlightRun) for i in items):
             self._after_job()
+            if self.jobs_run - self.reaped_at >= _REAP_EVERY:  # (jobs end in batches: no exact multiple)
+                self.reaped_at = self.jobs_run
+                proctree.reap_adopted()
         self._fire_timers()
         self._write_tally()
         if self.table is not None:
