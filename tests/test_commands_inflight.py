@@ -107,6 +107,34 @@ def test_a_line_no_job_can_be_blamed_for_costs_the_neighbours_nothing(governor, 
     assert "not a JSON line" in culprit["errors"][-1]["error"], culprit
 
 
+def test_a_malformed_answer_is_its_job_s_alone_and_the_others_finish(governor):
+    """An answer with its job's id but no "ok": that job is charged; the two beside it finish
+    in the same program, uncharged; then the program is replaced."""
+    governor.start({"many": pool("python")}, app=APP)
+    c = governor.client
+    sleepers = c.enqueue_many("many", [{"handler": "demo:sleep", "args": [800]} for _ in range(2)])
+    wait_for(lambda: read_by_program(governor) == 2, 10, "the program to hold the two sleepers")
+    shapeless = c.enqueue("many", "demo:shapeless")
+    jobs = wait_for(lambda: settled(c, [*sleepers, shapeless]), 15, "the three jobs")
+    assert [(j["state"], j["attempts"], j["errors"]) for j in jobs[:2]] == [("done", 1, [])] * 2, jobs
+    assert (jobs[2]["state"], jobs[2]["reason"], jobs[2]["attempts"]) == ("dead", "protocol_error", 1), jobs[2]
+    assert "an answer without \"ok\"" in jobs[2]["errors"][0]["error"], jobs[2]
+    assert read_by_program(governor) == 3  # (nothing ran twice)
+    wait_for(lambda: "reason protocol_error" in governor.log(), 10, "the worker to be replaced")
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_many_jobs_over_two_programs_each_run_once(governor, program):
+    """600 short jobs over 2 programs x 20 slots: every one done, once, its own result."""
+    governor.start({"many": pool(program, concurrency=2, jobs_per_worker=20)}, app=APP)
+    c = governor.client
+    ids = c.enqueue_many("many", [{"handler": "demo:sleep", "args": [i % 20]} for i in range(600)])
+    wait_for(lambda: c.counts("many")["done_total"] == 600, 60, "600 jobs", interval=0.1)
+    jobs = [c.job(i) for i in ids]
+    assert [(j["state"], j["attempts"], j["result"]) for j in jobs] == [("done", 1, i % 20) for i in range(600)]
+    assert read_by_program(governor) == 600
+
+
 def test_a_job_past_its_hard_limit_costs_its_neighbours_nothing(governor):
     """The program cannot be told to drop one job: past hard + grace the master kills the
     worker's tree; the hung job is charged, its neighbours requeued uncharged and done."""

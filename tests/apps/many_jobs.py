@@ -1,7 +1,8 @@
 """A jsonl program that runs its jobs concurrently, a thread each, and answers each as it
 finishes, in any order (tests/test_commands_inflight.py): the Python twin of
 etc/examples/worker.js, with the same handler names. "demo:sleep" sleeps args[0] ms and
-answers it; "demo:garbage" writes a line that is not JSON and never answers. With argv[1] = K
+answers it; "demo:garbage" writes a line that is not JSON and never answers;
+"demo:shapeless" answers without "ok". With argv[1] = K
 it exits with code 3 as soon as it holds K jobs at once, none answered (a crash with K jobs in
 flight). It logs every job it reads, and every soft time limit it is told of."""
 
@@ -31,6 +32,8 @@ def run(job: dict) -> None:
     elif job["handler"] == "demo:garbage":
         with lock:
             results.write(b"this is not json\n")
+    elif job["handler"] == "demo:shapeless":  # its own id, but no "ok"
+        answer({"id": job["id"], "result": "?"})
     else:
         answer({"id": job["id"], "ok": False, "error": f"no handler {job['handler']}", "retry": False})
 
