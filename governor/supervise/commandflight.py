@@ -32,6 +32,7 @@ program sent ``stop_signal``.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import selectors
@@ -176,7 +177,7 @@ class Program:
     def __init__(self, host: CommandFlightWorker, child: Child, done: Callable[[FlightRun], None]) -> None:
         self.host, self.child, self.done = host, child, done
         self.lock = threading.Lock()
-        self.orders: list[tuple[str, CommandFlightRun | None, Any]] = []
+        self.orders: collections.deque[tuple[str, CommandFlightRun | None, Any]] = collections.deque()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -216,26 +217,41 @@ class Program:
     # -- the thread -----------------------------------------------------------------------
 
     def _serve(self) -> None:
+        while True:
+            try:
+                if not self._turn():
+                    return
+            except Exception as exc:  # a bug of ours: no run may wait for ever on a thread that died
+                log.exception("worker %s: the thread feeding the program failed", self.child.name,
+                              extra=fields(queue=self.child.queue, worker_pid=os.getpid(), reason="protocol_error"))
+                if self.dead is None:
+                    self._crash(f"the worker failed to feed the program ({type(exc).__name__}: {exc})", "")
+
+    def _turn(self) -> bool:
+        """One turn: the orders carried out, the answers taken, the program watched; False
+        when told to stop."""
         child = self.child
         while True:
-            with self.lock:
-                orders, self.orders = self.orders, []
-            for what, run, line in orders:
-                if what == "stop":
-                    return
-                assert run is not None
-                if what == "job":
-                    self._hand(run, line)
-                elif self.runs.get(run.job.id) is run:
-                    child.send({"id": run.job.id, "soft_timeout": True})
-            if self.dead is None:
-                why = self._answers()
-                during = ""
-                if why is None and self._gone():
-                    why, during = self._death()
-                if why is not None:
-                    self._crash(why, during)
-            child.pump(WAIT)
+            with self.lock:  # (one at a time: a failure loses no order behind it)
+                if not self.orders:
+                    break
+                what, run, line = self.orders.popleft()
+            if what == "stop":
+                return False
+            assert run is not None
+            if what == "job":
+                self._hand(run, line)
+            elif self.runs.get(run.job.id) is run:
+                child.send({"id": run.job.id, "soft_timeout": True})
+        if self.dead is None:
+            why = self._answers()
+            during = ""
+            if why is None and self._gone():
+                why, during = self._death()
+            if why is not None:
+                self._crash(why, during)
+        child.pump(WAIT)
+        return True
 
     def _hand(self, run: CommandFlightRun, line: dict[str, Any]) -> None:
         """Sends the job's line; a program already gone never gets it (requeued uncharged)."""
@@ -246,8 +262,8 @@ class Program:
                            "requeued uncharged")
             self._end(run, None, (UNDELIVERED, host.broken))
             return
+        self.runs[run.job.id] = run  # (first: whatever happens next, it is settled with the others)
         run.line_at = self.child.send(line)
-        self.runs[run.job.id] = run
 
     def _end(self, run: CommandFlightRun, answer: dict[str, Any] | None, problem: tuple[str, str] | None) -> None:
         run.outcome = (answer, problem, time.monotonic() - run.started)
