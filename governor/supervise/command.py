@@ -23,6 +23,11 @@ read its job's line has not run it: the job is requeued uncharged and the worker
 (``_handed_over``). Lines are written without ever blocking the reading of the program's
 output (``Child._flush``).
 
+With ``jobs_per_worker: N`` > 1 the program gets up to N job lines before it answers, and
+its answers are matched by ``id`` in any order: the loop is the one of every worker that runs
+several jobs (flight.py), and the program is fed and read by a thread of its own
+(commandflight.py).
+
 Runs in: worker (a command pool's).
 """
 
@@ -123,6 +128,14 @@ class Child:
             fd, what = key.fd, key.data
             if what == "jobs":
                 self._flush()
+                continue
+            if what == "wake":  # (commandflight.py: a line to send, or a stop, was queued)
+                while True:
+                    try:
+                        if not os.read(fd, 4096):
+                            break
+                    except BlockingIOError:
+                        break
                 continue
             try:
                 data = os.read(fd, 65536)
@@ -230,6 +243,16 @@ class CommandWorker(Worker):
         self.undelivered = False  # ... because it exited before it read its job (not a break)
         self.took_jobs = 0  # jobs the program read
 
+    @classmethod
+    def kind(cls, many: bool) -> type[Worker]:
+        """The worker class of a command pool: this one, or with ``jobs_per_worker`` > 1 and
+        ``protocol: jsonl`` (``many``) the one that keeps several jobs in the program at once."""
+        if not many:
+            return cls
+        from governor.supervise.commandflight import CommandFlightWorker  # (it imports this module)
+
+        return CommandFlightWorker
+
     def run(self) -> int:
         # the program must not start with the signals the master blocked across fork still blocked
         signal.signal(signal.SIGTERM, self._term_handler)
@@ -246,6 +269,7 @@ class CommandWorker(Worker):
                 return 1
             return code
         finally:
+            self._let_go()
             code = self.child.stop(self.spec.queue.stop_signal, self.spec.shutdown_timeout)
             if self.undelivered:
                 log.warning("worker %s: %s; replacing it", self.child.name, self.broken,
@@ -253,6 +277,10 @@ class CommandWorker(Worker):
             elif self.broken:
                 log.error("worker %s: %s; the program %s; replacing it", self.child.name, self.broken,
                           describe(code), extra=fields(queue=self.spec.queue.name, reason="protocol_error"))
+
+    def _let_go(self) -> None:
+        """Before the program is stopped: nothing else may touch it any more (a subclass's
+        thread that feeds it)."""
 
     def _supervise(self) -> int:
         """No protocol: the program runs until it exits (so do we, with its status) or until a
@@ -339,6 +367,24 @@ class CommandWorker(Worker):
             self.child.pump(wait)
 
 
+def admit(host: CommandWorker, payload: Payload) -> None:
+    """HandlerError unless the handler may run: allowed by app.handlers (the program resolves
+    it; a job it may not run is never sent)."""
+    registry = host.registry
+    if not registry.allowed(payload.handler):
+        raise HandlerError("not_allowed", f"handler {payload.handler!r} is not allowed by app.handlers "
+                                          f"{list(registry.patterns)} (not sent to the program)")
+
+
+def job_line(run: JobRun) -> dict[str, Any]:
+    """The line that hands ``run``'s job to the program."""
+    job, payload = run.job, run.payload
+    assert payload is not None
+    deadline_ms = int((time.time() + run.hard) * 1000) if run.hard else None
+    return {"id": job.id, "handler": payload.handler, "args": payload.args, "kwargs": payload.kwargs,
+            "attempt": job.attempts, "deadline_ms": deadline_ms}
+
+
 class CommandRun(JobRun):
     """One job of a command pool: handed to the program as a line, settled by its answer."""
 
@@ -353,19 +399,14 @@ class CommandRun(JobRun):
         pass  # the title names the job once it goes to the program (execute)
 
     def admit(self, payload: Payload) -> None:
-        registry = self.host.registry
-        if not registry.allowed(payload.handler):
-            raise HandlerError("not_allowed", f"handler {payload.handler!r} is not allowed by app.handlers "
-                                              f"{list(registry.patterns)} (not sent to the program)")
+        admit(self.host, payload)
 
     def execute(self) -> Call:
         """Hands the job to the program and waits for its answer line."""
         host, job, payload = self.host, self.job, self.payload
         assert host.child is not None and payload is not None
         host.title(f"job {job.id} {payload.handler}")
-        deadline_ms = int((time.time() + self.hard) * 1000) if self.hard else None
-        line_at = host.child.send({"id": job.id, "handler": payload.handler, "args": payload.args,
-                                   "kwargs": payload.kwargs, "attempt": job.attempts, "deadline_ms": deadline_ms})
+        line_at = host.child.send(job_line(self))
         try:
             answer = host._answer(job.id, self.started + self.soft if self.soft else None)
         except ProtocolError as exc:

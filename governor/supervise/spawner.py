@@ -124,7 +124,7 @@ class Spawner:
         if room < 1:
             return why
         slots = pool.config.settings.jobs_per_worker
-        many = slots > 1 and not pool.config.command
+        many = slots > 1 and (not pool.config.command or pool.config.protocol == "jsonl")
         slot = self.board.allocate(pages_for(slots) if many else 1)
         if slot is None:
             return f"no room left in the scoreboard ({self.board.slots} pages) for another worker"
@@ -151,7 +151,7 @@ class Spawner:
             return f"fork: {exc}"
         if pid == 0:
             worker.main(spec, worker_end, inherited,
-                        CommandWorker if pool.config.command else FlightWorker if many else None)
+                        CommandWorker.kind(many) if pool.config.command else FlightWorker if many else None)
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
         worker_end.close()
         try:
