@@ -148,7 +148,13 @@ def _queue(q: _Section, name: str, redis: RedisConfig, base_dir: Path, defaults:
     command = _command(q, base_dir)
     user = read_one(QueueConfig, "user", q, account[0])
     group = read_one(QueueConfig, "group", q, account[1])
+    own_slots = "jobs_per_worker" in q.data  # (read_settings takes the keys it reads)
     settings = read_settings(q, defaults)
+    if settings.jobs_per_worker > 1 and command.get("command") and not command.get("protocol"):
+        where = q.sub("jobs_per_worker") if own_slots else "defaults.jobs_per_worker"
+        raise ConfigError(where, f"{settings.jobs_per_worker} jobs at once need a program that takes jobs: "
+                                 f"queue {name!r} runs a command without protocol: jsonl (set it, or "
+                                 "jobs_per_worker: 1 for this queue)")
     rate_limits, limiters, global_concurrency = _queue_limits(q, named)
     partitions, per_host = _partitioning(q, bool(rate_limits or limiters or global_concurrency))
     if limiters and redisurl.is_cluster(redis.url):

@@ -141,7 +141,8 @@ class QueueSettings:
         "how long a finished job's record stays readable"))
     jobs_per_worker: int = setting(1, _int(1), help=(
         "jobs each worker process runs at once: async def handlers as tasks on its event loop, "
-        "plain functions on a pool of this many threads; each job keeps its own limits"))
+        "plain functions on a pool of this many threads, a jsonl program's job lines held at "
+        "once; each job keeps its own limits"))
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,6 @@ WAIT = 0.5  # seconds between two looks at a program that is quiet (has it exite
 # what became of a run, besides an answer (its ``problem``)
 UNDELIVERED, CHARGED, SUSPECT = "undelivered", "charged", "suspect"
 
-
 class CommandFlightWorker(CommandWorker, FlightWorker):
     """A command pool's worker with several jobs in its program at once: CommandWorker starts
     and stops the program around FlightWorker's loop (its ``run`` calls this one's through
@@ -81,23 +80,6 @@ class CommandFlightWorker(CommandWorker, FlightWorker):
         if self.program is not None:
             self.program.stop()
 
-    def _finish(self, r: FlightRun, call: Call) -> None:
-        super()._finish(r, call)  # (its run-table entry freed)
-        self.touch()
-
-    def touch(self) -> None:
-        """Moves the worker's own scoreboard page after its run table moved: the master reads
-        a run table only when that page moved (reports.WorkerReports.observe), and a run of
-        ours may start and end without a count on the page (a job the program never read).
-        The field moved is one a worker running several jobs leaves unused: its ``started``."""
-        board = self.spec.board
-        if board is None:
-            return
-        old = board._own_report(self.spec.slot)
-        board._write(self.spec.slot, (old.run, time.monotonic(), old.soft, old.hard, old.attempt, old.partition,
-                                      old.finished, old.run_seconds, old.wait_seconds, old.adaptive))
-
-
 class CommandFlightRun(FlightRun):
     """One job of several in the program: its line, and its answer (``outcome``: the answer or
     None, what went wrong or None, seconds)."""
@@ -115,18 +97,6 @@ class CommandFlightRun(FlightRun):
 
     def admit(self, payload: Payload) -> None:
         admit(self.host, payload)
-
-    def _report_start(self, wait: float | None, adaptive: bool) -> None:
-        """The run-table entry, the worker's page moved (``touch``), and a ring when nothing
-        else of ours runs: a master that saw no job running looks at the reports only every
-        few seconds (reports.SCAN_IDLE), and it is the master that enforces this job's hard
-        limit."""
-        super()._report_start(wait, adaptive)
-        host = self.host
-        host.touch()
-        if not host.rang or len(host.flying) == 1:
-            host.rang = True
-            host.channel.send("busy")
 
     def interrupt(self, exc_type: type[BaseException]) -> None:
         """At the soft limit the program is told (that job alone); at the hard limit nothing
@@ -163,7 +133,6 @@ class CommandFlightRun(FlightRun):
         message = str(answer.get("error") or "the program said the job failed")[:16384]
         error = self.error("exception", message, seconds=round(seconds, 3))
         return self.fail(error, "dead" if answer.get("retry") is False else "retry", self.backoff_ms(), "exception")
-
 
 class Program:
     """Where a command pool's runs go (the loop's executor): the program, fed their lines and

@@ -74,7 +74,9 @@ class FlightRun(JobRun):
                 self.table.hold(self.index, self.run_no, self.job.id, self.token, self.handler, self.lane.partition,
                                 len(host.flying), (time.monotonic(), self.soft, self.hard, self.job.attempts, adaptive))
         host.tally.start(wait)
-        if not host.rang:  # an idle worker took work: the master looks at it at its busy pace
+        # a worker that held nothing took work (the master may have seen it idle, and look at
+        # it only every few seconds, reports.SCAN_IDLE): the master looks at its busy pace
+        if not host.rang or len(host.flying) == 1:
             host.rang = True
             host.channel.send("busy")
 
