@@ -47,6 +47,12 @@ def test_check_accepts_the_shipped_example_and_prints_effective_config():
     (BASE.replace("{concurrency: 3}", "{concurrency: 3, timeout: {hard: 5 minutes}}"), "queues.email.timeout.hard", "'5 minutes'"),
     (BASE + "shutdown_timeout: soon\n", "shutdown_timeout", "'soon'"),
     (BASE + "metrics: {listen: nowhere}\n", "metrics.listen", "HOST:PORT"),
+    (BASE.replace("{concurrency: 3}", "{concurrency: 1, command: 'sleep 9', jobs_per_worker: 4}"),
+     "queues.email.jobs_per_worker", "without protocol: jsonl"),
+    (BASE.replace("{concurrency: 3}", "{concurrency: 1, command: 'sleep 9'}") + "defaults: {jobs_per_worker: 2}\n",
+     "defaults.jobs_per_worker", "queue 'email' runs a command without protocol: jsonl"),
+    (BASE.replace("{concurrency: 3}", "{concurrency: 3, timeout: {grace: never}}"), "queues.email.timeout.grace",
+     "'never'"),
 ])
 def test_check_names_the_path_and_the_bad_value(tmp_path, text, path, words):
     out = check(tmp_path, text)
