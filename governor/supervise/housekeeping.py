@@ -89,7 +89,6 @@ class Housekeeper:
         self.redis = client
         self.health = health  # shared with the other duties: one outage, one probe
         self.prefix = prefix
-        self.lease = lease
         self.renewals = Renewals(client, prefix, lease, board, on_lease_lost, on_thaw)
         self.lost: list[LostJob] = []
         self.next_tick: dict[QueueKeys, float] = {}
@@ -238,6 +237,15 @@ class Housekeeper:
             self.next_tick[lane] = 0.0
             if fresh:
                 self.fresh_until[lane] = time.monotonic() + 2 * self.lease
+
+    @property
+    def lease(self) -> float:
+        """The lease workers hold jobs under (a reload may change it: the renewals follow)."""
+        return self.renewals.lease
+
+    @lease.setter
+    def lease(self, seconds: float) -> None:
+        self.renewals.lease = seconds
 
     def load_library(self) -> None:
         """governor's function library on every primary at start (scripts.prepare); a node
