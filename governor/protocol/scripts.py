@@ -177,10 +177,11 @@ def _execute_atomic(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
 def _execute(client: redis.Redis, calls: Sequence[Call], functions: bool) -> list[Any]:
     if len(calls) == 1:
         c = calls[0]
+        command = ("FCALL", _FUNCTIONS[c.script]) if functions else ("EVALSHA", _SCRIPTS[c.script][1])
         try:
-            if functions:
-                return [client.execute_command("FCALL", _FUNCTIONS[c.script], len(c.keys), *c.keys, *c.args)]
-            return [client.evalsha(_SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)]
+            if is_cluster(client):
+                return [client.execute_command(*command, len(c.keys), *c.keys, *c.args)]
+            return [_direct(client, *command, len(c.keys), *c.keys, *c.args)]
         except redis.exceptions.ResponseError as exc:  # (NoScriptError is one)
             return [exc]
     pipe = client.pipeline(transaction=False)
@@ -195,6 +196,34 @@ def _execute(client: redis.Redis, calls: Sequence[Call], functions: bool) -> lis
         else:
             pipe.execute_command("EVALSHA", _SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args, **route)
     return pipe.execute(raise_on_error=False)
+
+
+def _direct(client: redis.Redis, *command: Any) -> Any:
+    """One command on a connection of the client's pool, without redis-py's per-command
+    machinery (retry wrapper, observability hooks, response callbacks: tens of microseconds,
+    more than Redis takes to run a transition). A connection that fails mid-command is
+    dropped and the command left to ``execute_command``, which reconnects and re-sends it as
+    redis-py always does (every governor call is safe to re-send)."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_command(*command)
+        reply = conn.read_response()
+    except redis.exceptions.ResponseError:
+        pool.release(conn)  # a whole reply, an error one: the connection is fine
+        raise
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        conn.disconnect()
+        pool.release(conn)
+        return client.execute_command(*command)
+    except BaseException:
+        conn.disconnect()  # (half read: not to be reused)
+        pool.release(conn)
+        raise
+    pool.release(conn)
+    if isinstance(reply, redis.exceptions.ResponseError):
+        raise reply
+    return reply
 
 
 def hash_tag(key: str) -> str:
