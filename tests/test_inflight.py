@@ -108,6 +108,15 @@ def test_current_job_answers_per_task_and_per_thread(governor):
     assert max_overlap([(r["started_at"], r["finished_at"]) for r in recs]) >= 10
 
 
+def test_an_async_handler_runs_in_a_one_job_worker_too(governor):
+    """jobs_per_worker 1 (the default): an `async def` handler is awaited, on the worker's one
+    event loop, and its result kept (found by the bench: it used to end 'done' unrun)."""
+    start(governor, {"one": {"concurrency": 1}})
+    ids = [governor.client.enqueue("one", "inflight:awhoami", 0.05) for _ in range(3)]
+    for job_id, rec in zip(ids, all_done(governor, ids, "one", 15, "3 async jobs"), strict=True):
+        assert rec["result"] == [job_id, job_id]
+
+
 # -- 3, 4: a hard limit stops its job; the neighbours are not charged -------------------------
 
 def test_a_stuck_thread_past_hard_and_grace_kills_its_worker_and_its_neighbours_go_back_uncharged(governor):

@@ -102,7 +102,9 @@ def lost_jobs(wp: WorkerProcess, exit: Exit, queue: Any, now: float) -> list[Los
         return [lost_job(wp, exit, queue, wp.run_time(now))]
     lanes = all_lanes(queue) if queue else [None]
     end = wp.killed_at or now
-    overdue = {j.index for j in wp.overdue(end)} if exit.reason == "timeout_hard" else set()
+    # charged: every job past its own hard limit when the worker died for one (a job still in
+    # its grace had overrun too; sparing it would only run it again, and again)
+    overdue = {j.index for j in wp.overdue(end, grace=False)} if exit.reason == "timeout_hard" else set()
     running = [j for j in wp.jobs.values() if j.since]
     lost = []
     for index in range(wp.runs.slots):

@@ -29,7 +29,7 @@ from setproctitle import setproctitle
 
 from governor.errors import HardTimeLimitExceeded, SoftTimeLimitExceeded
 from governor.protocol import limits
-from governor.protocol.connection import connect, disconnect, is_cluster
+from governor.protocol.connection import connect, is_cluster
 from governor.protocol.keys import QueueKeys
 from governor.protocol.records import ReserveReply
 from governor.protocol.scripts import Call, flight, hash_tag, run
@@ -45,7 +45,6 @@ from governor.supervise.worker import (
     FORWARDED_SIGNALS,
     Worker,
     _connect,
-    _Interrupted,
     _log_settle,
 )
 
@@ -117,9 +116,7 @@ class FlightWorker(Worker):
 
     def _on_term(self, signum: int, frame: Any) -> None:
         self.draining = True
-        self.inbox.put(_TERM)  # (SimpleQueue.put is safe in a signal handler)
-        if self._idle:
-            raise _Interrupted()
+        self.inbox.put(_TERM)  # wakes every wait of ours (SimpleQueue.put is safe in a signal handler)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -134,28 +131,23 @@ class FlightWorker(Worker):
         limits.bind(self.redis, self.spec.prefix, self.spec.limiters)
         self.channel.send("ready")
         reason = "drain"
-        try:
-            while True:
-                take = self._wanted()
-                if self.settles or take:
-                    self._round_trip(take)
-                if not self.flying and not self.settles:
-                    self._write_tally()
-                    due = self._recycle_due()
-                    if due and self._may_recycle(due):
-                        reason = due
-                        break
-                    if self.draining or self.channel.lost:
-                        break
-                    if not self._wanted():
-                        self._idle_wait()
-                    continue
-                self._title()
-                self._await(take)
-        except _Interrupted:
-            disconnect(self.redis)  # a BLPOP reply may be half read
-        while self.flying:  # (interrupted while idle: nothing flies; kept for safety)
-            self._await(0)
+        while True:
+            take = self._wanted()
+            if self.settles or take:
+                self._round_trip(take)
+            if not self.flying and not self.settles:
+                self._write_tally()
+                due = self._recycle_due()
+                if due and self._may_recycle(due):
+                    reason = due
+                    break
+                if self.draining or self.channel.lost:
+                    break
+                if not self._wanted():
+                    self._idle_wait()
+                continue
+            self._title()
+            self._await(take)
         if self.settles:
             self._round_trip(0)
         self._write_tally()
@@ -240,21 +232,34 @@ class FlightWorker(Worker):
         self.next_limit = upcoming
 
     def _idle_wait(self) -> None:
-        """Nothing in flight and nothing to take: block as a one-job worker does."""
+        """Nothing in flight and nothing to take: wait as a one-job worker does, but on the
+        inbox, with the waker blocking in Redis for us. (Two waits on one wake list, ours and
+        the waker's, would let the waker take the token and leave us asleep.)"""
+        self.rang = False
         self.empty = False
-        if self.turns is not None and self._lane() is None:
-            self._wait_for_hint()
-            return
+        proctree.reap_adopted()
         status, arg = self.status
-        if self.retry_at:
-            self._wait_for_ticket(max(int((self.retry_at - time.monotonic()) * 1000), 0))
-            self.retry_at = 0.0
-        elif status == ReserveReply.AT_LIMIT:
-            self._wait_for_work(-1, "waiting for a slot")
-        elif status == ReserveReply.PAUSED:
-            self._wait_for_work(-1, "paused")
+        if self.retry_at:  # a start is ours then (aimed a little early): on our own clock
+            self.title("throttled")
+            timeout = self.retry_at - time.monotonic()
         else:
-            self._wait_for_work(arg)
+            self.title({ReserveReply.AT_LIMIT: "waiting for a slot", ReserveReply.PAUSED: "paused"}.get(status, "idle"))
+            due = arg / 1000.0 if status == ReserveReply.EMPTY and arg >= 0 and self.turns is None else _IDLE_WAIT_MAX
+            timeout = due
+            self.waker.arm(self.spec.hint_key if self.turns is not None else self.keys.wake)
+        timeout = max(min(self._age_left(timeout), _IDLE_WAIT_MAX), 0.01)
+        items: list[Any] = []
+        try:
+            items.append(self.inbox.get(timeout=timeout))
+            while True:
+                items.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        for item in items:
+            if isinstance(item, tuple) and item[0] == _WAKE and self.turns is not None and item[1]:
+                self.turns.hinted(item[1])
+        if self.retry_at and time.monotonic() >= self.retry_at:
+            self.retry_at = 0.0
 
     def _lane(self) -> QueueKeys | None:
         return self.keys if self.turns is None else self.turns.lane()

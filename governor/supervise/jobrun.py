@@ -10,6 +10,8 @@ the program over the line protocol in a command pool (``command.CommandRun``).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import math
@@ -186,6 +188,8 @@ class JobRun:
                 if self.soft:
                     signal.setitimer(signal.ITIMER_REAL, self.soft)
                 result = self.func(*payload.args, **payload.kwargs)
+                if inspect.iscoroutine(result):  # an async def handler, one job at a time
+                    result = _event_loop().run_until_complete(result)
             finally:
                 host.in_job = False  # (first: an alarm from now on interrupts nothing)
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -273,6 +277,18 @@ class JobRun:
         """The entry the job's record keeps for this attempt's failure."""
         entry = {"attempt": self.job.attempts, "reason": reason, "error": message, "worker": self.holder, **extra}
         return {k: _clean(v) if isinstance(v, str) else v for k, v in entry.items()}
+
+
+_LOOP: list[asyncio.AbstractEventLoop] = []
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The worker's one event loop for ``async def`` handlers (one job per process): kept from
+    job to job, so what a module binds to a loop (a connection pool) lives as long as the
+    worker; the soft limit's alarm interrupts it like any code."""
+    if not _LOOP:
+        _LOOP.append(asyncio.new_event_loop())
+    return _LOOP[0]
 
 
 def _printable(text: str) -> str:

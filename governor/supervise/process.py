@@ -170,9 +170,11 @@ class WorkerProcess:
         self.on_jobs(jobs)
         return True
 
-    def overdue(self, at: float) -> list[CurrentJob]:
-        """Its jobs past their hard limit (and the grace a job among several has) at ``at``."""
-        return [j for j in self.jobs.values() if j.since and j.hard and j.since + j.hard + self.grace <= at]
+    def overdue(self, at: float, grace: bool = True) -> list[CurrentJob]:
+        """Its jobs past their hard limit (and, with ``grace``, the grace a job among several
+        has) at ``at``."""
+        extra = self.grace if grace else 0.0
+        return [j for j in self.jobs.values() if j.since and j.hard and j.since + j.hard + extra <= at]
 
     def on_end(self) -> None:
         self.job = None
