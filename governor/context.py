@@ -13,6 +13,7 @@ partitioned queue and across them as the shards' clocks go (lib.lua
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 
@@ -26,15 +27,17 @@ class JobContext:
     deadline: float | None  # the hard time limit as a Unix time (time.time()), if any
 
 
-_current: JobContext | None = None
+# A context variable, not a global: with jobs_per_worker > 1 each thread and each asyncio
+# task of a worker runs its own job, and each sees its own (a task copies its context when
+# it is created; a thread starts with an empty one).
+_current: ContextVar[JobContext | None] = ContextVar("governor_current_job", default=None)
 
 
 def current_job() -> JobContext | None:
-    """The job this worker is running, or None outside a handler."""
-    return _current
+    """The job this thread or task is running, or None outside a handler."""
+    return _current.get()
 
 
 def _enter(job: JobContext | None) -> None:
-    """Set by the worker around each handler call."""
-    global _current
-    _current = job
+    """Set by the worker around each handler call (in the thread or task that runs it)."""
+    _current.set(job)

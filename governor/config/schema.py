@@ -73,6 +73,9 @@ class TimeoutLimits:
         "raises SoftTimeLimitExceeded in the handler; a job's own timeout scales it in proportion"))
     hard: float | None = setting(60.0, _optional(parse_duration), show=D, help=(
         "the kill deadline; a job's own timeout replaces it"))
+    grace: float = setting(1.0, parse_duration, show=D, help=(
+        "with jobs_per_worker > 1: a job past its hard limit is cancelled first, and its worker's "
+        "tree killed only if it has not ended this much later (0: at once)"))
     adaptive: AdaptiveTimeout | None = setting(None, omit_none=True, kind="on, off or a mapping", help=(
         "a hard limit learnt from each handler's own runs (on: the defaults below)"))
 
@@ -136,6 +139,9 @@ class QueueSettings:
     retry: RetryPolicy = setting(factory=RetryPolicy, help="how a failed job is retried")
     done_ttl: float = setting(3600.0, parse_duration, show=D, help=(
         "how long a finished job's record stays readable"))
+    jobs_per_worker: int = setting(1, _int(1), help=(
+        "jobs each worker process runs at once: async def handlers as tasks on its event loop, "
+        "plain functions on a pool of this many threads; each job keeps its own limits"))
 
 
 @dataclass(frozen=True)

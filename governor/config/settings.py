@@ -1,5 +1,5 @@
 """The settings a queue inherits from ``defaults`` (memory, timeout, recycle, retry,
-done_ttl), read over the inherited values; each mapping through its declarations (``read``),
+done_ttl, jobs_per_worker), read over the inherited values; each mapping through its declarations (``read``),
 with the cross-field rules (soft <= hard, an adaptive limit needs a hard one) by hand."""
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def read_settings(sec: _Section, base: QueueSettings) -> QueueSettings:
     retry = RetryPolicy(**read(RetryPolicy, ret, base.retry))
     ret.done()
     done_ttl = read_one(QueueSettings, "done_ttl", sec, base.done_ttl)
-    return QueueSettings(memory=memory, timeout=timeout, recycle=recycle, retry=retry, done_ttl=done_ttl)
+    slots = read_one(QueueSettings, "jobs_per_worker", sec, base.jobs_per_worker)
+    return QueueSettings(memory=memory, timeout=timeout, recycle=recycle, retry=retry, done_ttl=done_ttl,
+                         jobs_per_worker=slots)
 
 
 def _memory(mem: _Section, base: MemoryLimits) -> MemoryLimits:

@@ -104,8 +104,16 @@ class _StateCollector(Collector):
                                     "Crash-loop backoff in force, per queue (0: none)", labels=["queue"])
         rss = GaugeMetricFamily("governor_worker_memory_bytes",
                                 "Resident memory of each worker and its descendants", labels=["queue", "index"])
+        slots = GaugeMetricFamily("governor_pool_slots", "Jobs the pool's workers taking work can run at "
+                                  "once (workers times jobs_per_worker), per queue", labels=["queue"])
+        flying = GaugeMetricFamily("governor_worker_jobs_in_flight", "Jobs the pool's workers hold now "
+                                   "(running, or a suspect waiting to run alone), per queue", labels=["queue"])
         for pool in st["pools"]:
             q = pool["queue"]
+            taking = [w for w in pool["workers"] if w["state"] in ("starting", "idle", "busy")]
+            slots.add_metric([q], sum(w.get("slots", 1) for w in taking))
+            flying.add_metric([q], sum(len(w["jobs"]) if "jobs" in w else int(w.get("job") is not None)
+                                       for w in pool["workers"]))
             desired.add_metric([q], pool["desired"])
             actual.add_metric([q], pool["actual"])
             scale = pool.get("autoscale") or {"min": pool["desired"], "max": pool["desired"]}
@@ -157,6 +165,7 @@ class _StateCollector(Collector):
         up = GaugeMetricFamily("governor_redis_up", "1 when the master's last Redis call succeeded")
         up.add_metric([], 1.0 if st["redis_ok"] else 0.0)
         yield from (depth, oldest, throttled, paused, limit, workers, desired, actual, low, high, backoff, rss,
+                    slots, flying,
                     times, runs, learnt, fallback, unheld, masters, beat, up)
 
 

@@ -33,6 +33,7 @@ class JobSnapshot(TypedDict, total=False):
     attempt: int | None
     seconds: float | None  # how long it has run
     partition: int  # only on a partitioned queue
+    waiting_alone: bool  # a suspect held until the worker's other jobs end (jobs_per_worker > 1)
 
 
 class WorkerSnapshot(TypedDict, total=False):
@@ -45,9 +46,11 @@ class WorkerSnapshot(TypedDict, total=False):
     jobs_done: int
     rss: int | None
     peak_rss: int | None
-    job: JobSnapshot | None
+    job: JobSnapshot | None  # (jobs_per_worker > 1: the oldest of ``jobs``)
     stop_reason: str | None
     generation: int
+    slots: int  # jobs_per_worker > 1 only: how many jobs it runs at once ...
+    jobs: list[JobSnapshot]  # ... and the ones it holds now
 
 
 class Backoff(TypedDict):

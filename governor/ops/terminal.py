@@ -106,15 +106,29 @@ def _queues(st: StatusDocument) -> list[str]:
     return lines
 
 
+JOBS_SHOWN = 10  # of one worker's jobs in flight, listed under it (the JSON has them all)
+
+
 def _workers(pools: list[PoolSnapshot]) -> str:
     """Every worker of every pool, with the job it runs."""
     rows = [["POOL", "#", "PID", "STATE", "UPTIME", "JOBS", "RSS", "JOB", "FOR"]]
     for p in pools:
         for w in p["workers"]:  # (from a record with --host: fleetshape checked what is indexed)
             job: Any = w.get("job") or {}
+            jobs = w.get("jobs")
+            what = f"{job['id']} {job.get('handler')}" if job else "-"
+            if isinstance(jobs, list):  # several at once: the count here, each job below
+                what = f"{len(jobs)}/{w.get('slots', '?')} slots busy"
             rows.append([p["queue"], str(w.get("index", "?")), str(w["pid"]), w["state"],
                          format_age(w.get("uptime")), str(w.get("jobs_done", "?")), format_size(w.get("rss")),
-                         f"{job['id']} {job.get('handler')}" if job else "-", format_age(job.get("seconds"))])
+                         what, format_age(job.get("seconds"))])
+            for j in (jobs or [])[:JOBS_SHOWN]:
+                if isinstance(j, dict):
+                    rows.append(["", "", "", "", "", "", "", f"  {j.get('id')} {j.get('handler')}"
+                                 + (" (waits to run alone)" if j.get("waiting_alone") else ""),
+                                 format_age(j.get("seconds"))])
+            if isinstance(jobs, list) and len(jobs) > JOBS_SHOWN:
+                rows.append(["", "", "", "", "", "", "", f"  ... and {len(jobs) - JOBS_SHOWN} more", ""])
     return _table(rows)
 
 

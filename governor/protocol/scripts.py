@@ -37,6 +37,7 @@ def _load_scripts() -> dict[str, tuple[str, str]]:
     for name in _TRANSITIONS:
         bodies[name] = f"{text(name)}\nreturn {name}(KEYS, ARGV)\n"
     bodies["settle_reserve"] = "\n".join(text(name) for name in (*_TRANSITIONS, "settle_reserve"))
+    bodies["flight"] = "\n".join(text(name) for name in (*_TRANSITIONS, "flight"))
     scripts = {}
     for name, body in bodies.items():
         src = prelude + "\n" + body
@@ -155,3 +156,29 @@ def settle_and_reserve(settle: Call, reserve: Call) -> Call:
                          f"these keys span {', '.join(sorted(tags))}")
     return Call("settle_reserve", (*settle.keys, *reserve.keys),
                 (settle.script, len(settle.keys), len(settle.args), *settle.args, *reserve.args))
+
+
+def flight(settles: Sequence[Call], slots: Sequence[tuple[str, str]], reserve: Call | None) -> Call:
+    """One script call that settles ``settles`` (acks and fails) and then reserves a job for
+    each of ``slots`` (worker id, token) in turn, stopping at the first reply that is not a
+    job: a worker running many jobs settles and refills them all in one round trip.
+
+    ``reserve`` is built as for running alone (its worker and token are replaced per slot);
+    every call must be of one lane (one hash tag), as for ``settle_and_reserve``. The reply is
+    ``[settle replies ..., [reserve replies ...]]``, each what its script returns alone."""
+    keys: list[str] = []
+    counts: list[Any] = []
+    args: list[Any] = []
+    for c in settles:
+        if c.script not in ("ack", "fail"):
+            raise ValueError(f"flight settles acks and fails, got {c.script!r}")
+        keys.extend(c.keys)
+        counts.extend((c.script, len(c.keys), len(c.args)))
+        args.extend(c.args)
+    tags = {hash_tag(k) for k in (*keys, *(reserve.keys[:RESERVE_LANE_KEYS] if reserve else ()))}
+    if len(tags) > 1:
+        raise ValueError(f"a flight call runs within one hash tag; these keys span {', '.join(sorted(tags))}")
+    pairs = [x for pair in slots for x in pair] if reserve else []
+    rest = list(reserve.args[2:]) if reserve else []
+    return Call("flight", (*keys, *(reserve.keys if reserve else ())),
+                (len(settles), *counts, *args, len(pairs) // 2, *pairs, *rest))

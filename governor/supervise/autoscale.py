@@ -170,7 +170,9 @@ class Autoscaler:
         # per worker of the fleet: every host sees the whole backlog, and each scaling on it
         # divided by its own workers alone would grow the fleet N times too much (the queue's
         # running jobs count every host's busy workers)
-        per_worker = waiting / max(1, len(workers), int(queue.get("active", 0)))
+        # (a worker with jobs_per_worker slots counts as that many: the depth is per slot)
+        slots = pool.config.settings.jobs_per_worker
+        per_worker = waiting / max(1, len(workers) * slots, int(queue.get("active", 0)))
         reason = ""
         if scale.up_wait is not None and oldest > scale.up_wait:
             reason = "oldest_wait"
@@ -215,9 +217,10 @@ class Autoscaler:
         gc = pool.config.global_concurrency
         if gc:
             active = int(queue.get("active", 0))
-            busy = sum(1 for w in workers if w.state is State.BUSY)
+            slots = pool.config.settings.jobs_per_worker
+            busy = sum(len(w.jobs) if w.runs is not None else int(w.state is State.BUSY) for w in workers)
             # ours that run now, and the fleet's free slots: beyond that a worker only waits
-            ceiling = min(ceiling, busy + max(0, gc - active))
+            ceiling = min(ceiling, -(-(busy + max(0, gc - active)) // slots))
             if len(workers) >= ceiling:
                 return Held.GLOBAL_CONCURRENCY, ceiling, {"running": active, "global_concurrency": gc}
         # a limit refusing starts lately: the workers there already wait for their tickets

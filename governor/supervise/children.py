@@ -24,7 +24,7 @@ from governor.ops.health import Health
 from governor.protocol.queue import run
 from governor.supervise import channel, proctree
 from governor.supervise.enforce import max_concurrent_recycles
-from governor.supervise.exits import Stopping, classify_exit, lost_job
+from governor.supervise.exits import Stopping, classify_exit, lost_jobs
 from governor.supervise.housekeeping import Housekeeper
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess
@@ -185,7 +185,8 @@ class Children:
             "".join(f", {k} {v}" for k, v in wp.stop_detail.items()) if ex.killed else "",
             extra=fields(worker=f"{wp.queue}[{wp.index}]", worker_pid=wp.pid, queue=wp.queue,
                          reason=ex.reason, job=wp.job.id if wp.job else None))
-        self.housekeeper.lose(lost_job(wp, ex, pool.config if pool else None, ran))
+        for lost in lost_jobs(wp, ex, pool.config if pool else None, now):
+            self.housekeeper.lose(lost)
         if ex.back_off and pool:
             error = wp.fatal or ex.description
             backoff = pool.note_crash(now, error, wp.started)

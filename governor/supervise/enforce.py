@@ -120,8 +120,11 @@ def enforce_hard_deadlines(pools: Iterable[Pool], now: float) -> None:
     for w, deadline in stopped:  # (grows while it runs)
         if time.monotonic() >= upcoming:
             upcoming = stop_due()
-        learnt = {"adaptive": True, "limit_s": w.job.hard} if w.job.adaptive else {}
-        w.kill("timeout_hard", limit=w.job.hard, overshoot=round(w.killed_at - deadline, 4), **learnt)
+        job = w.job
+        if w.runs is not None:  # several jobs: the kill is for the one past its limit and grace
+            job = min(w.overdue(deadline + 1e-9) or [job], key=lambda j: j.since + (j.hard or 0))
+        learnt = {"adaptive": True, "limit_s": job.hard} if job.adaptive else {}
+        w.kill("timeout_hard", limit=job.hard, overshoot=round(w.killed_at - deadline, 4), **learnt)
 
 
 LEAVE_MARGIN = 5.0  # seconds beyond shutdown_timeout a draining worker running nothing may take to exit

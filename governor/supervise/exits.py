@@ -15,6 +15,7 @@ from typing import Any
 from governor.supervise.handlerstats import runtimes_kept
 from governor.supervise.housekeeping import LostJob, all_lanes
 from governor.supervise.process import State, WorkerProcess, describe_exit
+from governor.supervise.runtable import slot_id
 
 LOUD = ("memory_hard", "timeout_hard")  # kills an operator should see as warnings
 
@@ -87,3 +88,48 @@ def lost_job(wp: WorkerProcess, exit: Exit, queue: Any, ran: float | None) -> Lo
                    handler=job.handler if job else None,
                    keep=runtimes_kept(adaptive) if adaptive and job and job.adaptive
                    and exit.reason == "timeout_hard" else 0)
+
+
+def lost_jobs(wp: WorkerProcess, exit: Exit, queue: Any, now: float) -> list[LostJob]:
+    """The jobs ``wp`` may have died holding. One job per process: the one ``lost_job`` says.
+    Several (jobs_per_worker > 1): one per slot, each found by its slot's lease in Redis (the
+    master may not have seen the latest it reserved). Only the job that caused the kill is
+    charged: past its hard limit and grace (``timeout_hard``), or the only one that ran (a
+    crash or memory.hard with one job). Its neighbours are requeued, not charged; after a
+    crash or memory.hard with several running, each goes back as a *suspect*, which runs
+    alone next time (so the one that blows the limit is charged then, and only it)."""
+    if wp.runs is None:
+        return [lost_job(wp, exit, queue, wp.run_time(now))]
+    lanes = all_lanes(queue) if queue else [None]
+    end = wp.killed_at or now
+    overdue = {j.index for j in wp.overdue(end)} if exit.reason == "timeout_hard" else set()
+    running = [j for j in wp.jobs.values() if j.since]
+    lost = []
+    for index in range(wp.runs.slots):
+        job = wp.jobs.get(index)
+        if exit.reason == "shutdown":
+            mode, reason = "requeue", "shutdown"
+        elif index in overdue:
+            mode, reason = "retry", "timeout_hard"
+        elif exit.reason == "timeout_hard":
+            mode, reason = "requeue", "neighbour_killed"
+        elif exit.reason in ("memory_hard", "crashed") and len(running) > 1:
+            mode, reason = "suspect", exit.reason
+        elif exit.reason in ("memory_hard", "crashed") and job is not None and job.since:
+            mode, reason = "retry", exit.reason  # it ran alone: it is the cause
+        else:
+            mode, reason = "requeue", exit.reason if job is None else "neighbour_killed"
+        charged = mode == "retry"
+        adaptive = queue.settings.timeout.adaptive if queue else None
+        lost.append(LostJob(
+            queue=wp.queue, wid=slot_id(wp.wid, index), pid=wp.pid, reason=reason,
+            description=exit.description,
+            mode=mode, seconds=round(end - job.since, 3) if job and job.since else None,
+            known=(job.id, job.token) if job else None,
+            max_retries=queue.settings.retry.max if queue else 0,
+            detail=exit.detail if charged or mode == "suspect" else {"beside": exit.reason},
+            partitions=likely_first(job.partition if job else None, lanes),
+            handler=job.handler if job else None,
+            keep=runtimes_kept(adaptive) if adaptive and job and job.adaptive and charged
+            and reason == "timeout_hard" else 0))
+    return lost

@@ -25,6 +25,7 @@ from governor.protocol.queue import FailOutcome, QueueKeys, parse_lease, run
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess
 from governor.supervise.redishealth import REPLY_ERRORS, RedisHealth
+from governor.supervise.runtable import owner_of, slot_id
 from governor.supervise.scoreboard import Scoreboard, margin
 from governor.units import format_size
 from governor.untrusted import loads
@@ -66,6 +67,10 @@ class LostJob:
         d = self.detail
         if self.reason == "memory_hard" and "memory" in d:
             return f"memory_hard: {format_size(d['memory'])} > {format_size(d['limit'])}"
+        if self.reason == "neighbour_killed":
+            return f"for another job's {d.get('beside')}; this one not charged"
+        if self.mode == "suspect":
+            return f"{self.reason} with several jobs running; not charged, it runs alone next"
         if self.reason == "timeout_hard" and self.seconds is not None:
             return f"timeout_hard: ran {self.seconds:.2f}s, limit {d.get('limit')}s"
         return self.reason
@@ -108,10 +113,10 @@ class Housekeeper:
                 for part in all_lanes(pool.config):
                     for wid, held in self.redis.hgetall(self.keys(name, part).leases).items():
                         wid = wid.decode()
-                        if is_local_and_dead(wid):
+                        if is_local_and_dead(owner_of(wid)):
                             job_id, token = parse_lease(held)
                             self.lost.append(LostJob(
-                                queue=name, wid=wid, pid=pid_of(wid), reason="orphaned",
+                                queue=name, wid=wid, pid=pid_of(owner_of(wid)), reason="orphaned",
                                 description="died with its master", mode="requeue", seconds=None,
                                 known=(job_id, token), max_retries=pool.config.settings.retry.max,
                                 detail={}, partitions=(part,)))
@@ -261,12 +266,17 @@ class Housekeeper:
         refused while the worker still runs the same job means another host has it: the run
         is killed."""
         by_lane: dict[QueueKeys, list[tuple[WorkerProcess, int]]] = {}
+        flights: dict[QueueKeys, list[tuple[WorkerProcess, int, str, int]]] = {}
         for pool in pools.values():
             for w in pool:
                 if w.state is State.STOPPING:
                     continue
                 job = self.board.read(w.slot)[0] if w.slot >= 0 else 0
-                if job or w.job is not None:
+                if w.runs is not None:  # several jobs: each slot's lease, where its job is
+                    for j in w.jobs.values():
+                        flights.setdefault(self.keys(pool.name, j.partition), []).append(
+                            (w, job, slot_id(w.wid, j.index), j.run))
+                elif job or w.job is not None:
                     # a worker reserves from one partition at a time: its lease is where its job
                     # is, as the worker wrote it with the job (a 'start' message may lag behind)
                     part = self.board.partition(w.slot) if job else (w.job.partition if w.job else None)
@@ -275,13 +285,16 @@ class Housekeeper:
         for lane, holders in by_lane.items():
             calls.append(lane.renew(int(self.lease * 1000), [w.wid for w, _ in holders]))
             batches.append(holders)
+        for lane, slots in flights.items():
+            calls.append(lane.renew(int(self.lease * 1000), [sid for _, _, sid, _ in slots]))
         if not calls:
             return False
         sent = time.monotonic()
         replies = run(self.redis, *calls)
         deadline = sent + self.lease - margin(self.lease)
         now = time.monotonic()
-        for holders, flags in zip(batches, replies, strict=True):
+        self._renewed_flights(flights, replies[len(batches):], deadline, now)
+        for holders, flags in zip(batches, replies[:len(batches)], strict=True):
             if not (isinstance(flags, list) and len(flags) == len(holders)):
                 raise ValueError(f"unexpected reply to renew: {flags!r:.80}")
             for (w, job), renewed in zip(holders, flags, strict=True):
@@ -298,6 +311,31 @@ class Housekeeper:
                     # the last deadline we proved was ``previous``: cut off since about then
                     self.on_lease_lost(w, now - (previous - self.lease + margin(self.lease)))
         return True
+
+    def _renewed_flights(self, flights: Mapping[QueueKeys, list[tuple[WorkerProcess, int, str, int]]],
+                         replies: list[Any], deadline: float, now: float) -> None:
+        """Workers with several jobs: the board's deadline (the sentry's) is extended when
+        every job the worker held was renewed; a refusal for a job the worker still holds
+        means another host has it: the worker is killed (its neighbours go back uncharged)."""
+        refused: dict[int, tuple[WorkerProcess, int]] = {}
+        seen: dict[int, tuple[WorkerProcess, int]] = {}
+        for slots, flags in zip(flights.values(), replies, strict=True):
+            if not (isinstance(flags, list) and len(flags) == len(slots)):
+                raise ValueError(f"unexpected reply to renew: {flags!r:.80}")
+            for (w, epoch, _sid, run_no), renewed in zip(slots, flags, strict=True):
+                seen[w.pid] = (w, epoch)
+                if not renewed and any(j.run == run_no for j in w.jobs.values()):
+                    refused[w.pid] = (w, epoch)
+        for pid, (w, epoch) in seen.items():
+            current, previous, frozen = self.board.read(w.slot)
+            if pid in refused:
+                if current == epoch and w.runs is not None:
+                    self.on_lease_lost(w, now - (previous - self.lease + margin(self.lease)))
+                continue
+            if epoch and current == epoch:
+                self.board.extend(w.slot, epoch, deadline)
+                if frozen and deadline > time.monotonic():
+                    self.on_thaw(w, now - frozen)
 
     def _tick(self, lanes: list[QueueKeys], now: float, pools: Mapping[str, Pool]) -> None:
         """Promote due delayed jobs, expire done records, reclaim expired leases."""
@@ -340,7 +378,8 @@ class Housekeeper:
         if not isinstance(meta, dict):
             meta = {}
         token, holder = str(meta.get("token") or ""), str(meta.get("worker") or "?")
-        if any(w.wid == holder and w.state is not State.STOPPING for p in pools.values() for w in p):
+        owner = owner_of(holder)  # (a slot's lease names its worker)
+        if any(w.wid == owner and w.state is not State.STOPPING for p in pools.values() for w in p):
             self.next_renew = 0.0  # ours and alive: renew it, never take it away
             return
         error = {"reason": "lease_expired", "worker": holder,

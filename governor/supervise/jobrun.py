@@ -94,7 +94,8 @@ class JobRun:
 
     # appended to a malformed record's error: a Python worker cannot tell its settings
     MALFORMED = ", so its settings are unknown"
-    __slots__ = ("host", "lane", "token", "job", "handler", "number", "soft", "hard", "payload", "func", "started")
+    __slots__ = ("host", "lane", "token", "job", "handler", "number", "soft", "hard", "payload", "func", "started",
+                 "holder")
 
     def __init__(self, host: Host, reply: list[Any], lane: QueueKeys) -> None:
         self.host = host
@@ -109,6 +110,7 @@ class JobRun:
         self.payload: Payload | None = None
         self.func: Any = None
         self.started = 0.0
+        self.holder = host.id  # whom the lease names (with jobs_per_worker > 1: the slot's id)
 
     def run(self) -> Call:
         """Prepares the job and, when it may run, executes it."""
@@ -188,26 +190,33 @@ class JobRun:
                 host.in_job = False  # (first: an alarm from now on interrupts nothing)
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 self.over()
-        except RateLimited as exc:
-            # not the job's failure: it goes back, due when the limiter will have a start
-            self.report_end("throttled", time.monotonic() - self.started)
-            return self.fail(None, "throttle", max(1, int(exc.retry_after * 1000)), "throttled")
         except (Exception, SystemExit, SoftTimeLimitExceeded) as exc:
-            seconds = time.monotonic() - self.started
-            reason = "timeout_soft" if isinstance(exc, SoftTimeLimitExceeded) else "exception"
-            self.report_end(reason, seconds)
-            tb = traceback.format_exc()[-_MAX_TRACEBACK:]
-            error = self.error(reason, "".join(traceback.format_exception_only(type(exc), exc)).strip(),
-                               traceback=tb, seconds=round(seconds, 3))
-            log.debug("job %s failed: %s", job.id, error["error"])
-            return self.fail(error, "retry", self.backoff_ms(), reason)
-        seconds = time.monotonic() - self.started
+            return self.failed(exc, time.monotonic() - self.started)
+        return self.succeeded(result, time.monotonic() - self.started)
+
+    def failed(self, exc: BaseException, seconds: float, reason: str | None = None) -> Call:
+        """The settle of a run whose handler raised ``exc`` after ``seconds``."""
+        if isinstance(exc, RateLimited):
+            # not the job's failure: it goes back, due when the limiter will have a start
+            self.report_end("throttled", seconds)
+            return self.fail(None, "throttle", max(1, int(exc.retry_after * 1000)), "throttled")
+        reason = reason or ("timeout_soft" if isinstance(exc, SoftTimeLimitExceeded) else "exception")
+        self.report_end(reason, seconds)
+        tb = "".join(traceback.format_exception(exc))[-_MAX_TRACEBACK:]
+        error = self.error(reason, "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                           traceback=tb, seconds=round(seconds, 3))
+        log.debug("job %s failed: %s", self.job.id, error["error"])
+        return self.fail(error, "retry", self.backoff_ms(), reason)
+
+    def succeeded(self, result: Any, seconds: float) -> Call:
+        """The settle of a run whose handler returned ``result`` after ``seconds``."""
+        job, spec = self.job, self.host.spec
         self.report_end("ok", seconds)
         log.debug("job %s done in %.3fs", job.id, seconds)
-        text, note = _result_json(result, host.spec.max_result)
+        text, note = _result_json(result, spec.max_result)
         if note:
             log.warning("job %s: result not kept: %s", job.id, note,
-                        extra=fields(queue=host.spec.queue.name, job=job.id, reason="result_dropped"))
+                        extra=fields(queue=spec.queue.name, job=job.id, reason="result_dropped"))
         return self.ack(text, note, seconds)
 
     # -- the report to the master ----------------------------------------------
@@ -245,13 +254,13 @@ class JobRun:
         kept, ``note`` saying why)."""
         spec = self.host.spec
         assert self.payload is not None
-        return self.lane.ack(self.job.id, self.token, self.host.id, self.host.done_ttl_ms, text,
+        return self.lane.ack(self.job.id, self.token, self.holder, self.host.done_ttl_ms, text,
                              int(seconds * 1000), note, wake=spec.rules.global_concurrency > 0,
                              runtimes=(self.payload.handler, runtimes_kept(spec.queue.settings.timeout.adaptive)))
 
     def fail(self, error: dict[str, Any] | None, mode: str, delay_ms: int, reason: str) -> Call:
         """The call that settles the job as failed (``mode``: retry, dead, throttle, requeue)."""
-        return self.lane.fail(self.job.id, self.token, self.host.id, error, mode, delay_ms, reason,
+        return self.lane.fail(self.job.id, self.token, self.holder, error, mode, delay_ms, reason,
                               self.host.spec.queue.settings.retry.max)
 
     def backoff_ms(self) -> int:
@@ -262,7 +271,7 @@ class JobRun:
 
     def error(self, reason: str, message: str, **extra: Any) -> dict[str, Any]:
         """The entry the job's record keeps for this attempt's failure."""
-        entry = {"attempt": self.job.attempts, "reason": reason, "error": message, "worker": self.host.id, **extra}
+        entry = {"attempt": self.job.attempts, "reason": reason, "error": message, "worker": self.holder, **extra}
         return {k: _clean(v) if isinstance(v, str) else v for k, v in entry.items()}
 
 

@@ -54,6 +54,7 @@ class CurrentJob:
     partition: int | None = None  # of a partitioned queue: where the job (and its lease) is
     run: int = 0  # the worker's number for this run (its scoreboard report names it)
     adaptive: bool = False  # its hard limit was learnt from its handler's runs (timeout.adaptive)
+    index: int = -1  # the worker's slot holding it (jobs_per_worker > 1), else -1
 
 
 class WorkerProcess:
@@ -87,6 +88,12 @@ class WorkerProcess:
         self.said_leaving = False
         self.runs_while_draining = 0  # runs seen starting after it was told to drain
         self.leave_by: float | None = None  # monotonic: draining and idle, it must be gone by then
+        # jobs_per_worker > 1: its run table, the jobs it holds by slot (``job`` is the oldest
+        # of them), and how long a job past its hard limit has to end before the tree is killed
+        self.runs: Any = None  # runtable.RunTable
+        self.runs_seen: tuple[int, int] = (-1, -1)
+        self.jobs: dict[int, CurrentJob] = {}
+        self.grace = 0.0
 
     def __repr__(self) -> str:
         return f"{self.queue}[{self.index}] pid {self.pid}"
@@ -118,6 +125,21 @@ class WorkerProcess:
         self.job = job
         if self.state in (State.IDLE, State.STARTING):
             self._to(State.BUSY)
+
+    def on_jobs(self, jobs: dict[int, CurrentJob]) -> None:
+        """A worker running several jobs: the ones it holds now."""
+        self.jobs = jobs
+        running = [j for j in jobs.values() if j.since]
+        if running:
+            self.on_start(min(running, key=lambda j: j.since))
+        elif jobs:
+            self.job = next(iter(jobs.values()))  # a suspect waiting to run alone
+        else:
+            self.on_end()
+
+    def overdue(self, at: float) -> list[CurrentJob]:
+        """Its jobs past their hard limit (and the grace a job among several has) at ``at``."""
+        return [j for j in self.jobs.values() if j.since and j.hard and j.since + j.hard + self.grace <= at]
 
     def on_end(self) -> None:
         self.job = None
@@ -163,7 +185,12 @@ class WorkerProcess:
         # as a drain after its next job, so one more run may start, as for any drain)
 
     def hard_deadline(self) -> float | None:
-        if self.job and self.job.hard and self.state is not State.STOPPING:
+        if self.state is State.STOPPING:
+            return None
+        if self.runs is not None:
+            ends = [j.since + j.hard + self.grace for j in self.jobs.values() if j.since and j.hard]
+            return min(ends) if ends else None
+        if self.job and self.job.hard:
             return self.job.since + self.job.hard
         return None
 
@@ -199,16 +226,25 @@ class WorkerProcess:
         os.close(self.pidfd)
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        job = None
-        if self.job:
-            job = {"id": self.job.id, "handler": self.job.handler, "attempt": self.job.attempt,
-                   "seconds": round(now - self.job.since, 3)}
-            if self.job.partition is not None:
-                job["partition"] = self.job.partition
-        return {"pid": self.pid, "index": self.index, "state": self.state.value,
-                "uptime": round(now - self.started, 3), "jobs_done": self.jobs_done,
-                "rss": self.rss or rss_bytes(self.pid), "peak_rss": self.peak_rss,
-                "job": job, "stop_reason": self.stop_reason, "generation": self.generation}
+        job = _job_view(self.job, now) if self.job else None
+        out = {"pid": self.pid, "index": self.index, "state": self.state.value,
+               "uptime": round(now - self.started, 3), "jobs_done": self.jobs_done,
+               "rss": self.rss or rss_bytes(self.pid), "peak_rss": self.peak_rss,
+               "job": job, "stop_reason": self.stop_reason, "generation": self.generation}
+        if self.runs is not None:
+            out["slots"] = self.runs.slots
+            out["jobs"] = [_job_view(j, now) for j in sorted(self.jobs.values(), key=lambda j: j.index)]
+        return out
+
+
+def _job_view(job: CurrentJob, now: float) -> dict[str, Any]:
+    view: dict[str, Any] = {"id": job.id, "handler": job.handler, "attempt": job.attempt,
+                            "seconds": round(now - job.since, 3) if job.since else 0.0}
+    if job.partition is not None:
+        view["partition"] = job.partition
+    if not job.since:
+        view["waiting_alone"] = True  # a suspect: it runs once the others have ended
+    return view
 
 
 def _signal(pid: int, sig: int) -> None:

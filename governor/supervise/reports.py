@@ -127,6 +127,12 @@ class WorkerReports:
         if r == before:
             return  # (the common case while a long job runs: nothing new, nothing to judge)
         lie = _lie(r, before, w, pool, time.monotonic())
+        if w.runs is not None:  # several jobs at once: what runs is in its run table
+            lie = lie or self._observe_table(pool, w)
+            if lie is not None:
+                self.on_lie(w, lie)
+                return
+            r = r._replace(run=0)
         new_run = bool(r.run) and (w.job is None or w.job.run != r.run)
         if lie is None and new_run and w.said_leaving:
             lie = "a run started after it said it leaves"
@@ -142,7 +148,7 @@ class WorkerReports:
                                   since=r.started, soft=r.soft or None, hard=r.hard or None,
                                   partition=r.partition if r.partition >= 0 else None, run=r.run,
                                   adaptive=bool(r.adaptive)))
-        elif not r.run and w.job is not None:
+        elif not r.run and w.job is not None and w.runs is None:
             if w.state is State.STOPPING:
                 w.job = None  # killed between two runs: it died running nothing
             else:
@@ -165,6 +171,39 @@ class WorkerReports:
         if finished > 0:
             w.jobs_done += finished
             self.on_finished(pool, w, finished, r.partition if r.partition >= 0 else None)
+
+    def _observe_table(self, pool: Pool, w: WorkerProcess) -> str | None:
+        """A worker with several jobs at once: the jobs its run table holds (read only when
+        the table moved since the last look); what makes it impossible, or None."""
+        assert w.runs is not None
+        gen = w.runs.generation()
+        if gen == w.runs_seen:
+            return None
+        entries = w.runs.entries()
+        if entries is None:
+            return None  # being written: the next look
+        now = time.monotonic()
+        jobs = {}
+        for e in entries:
+            if not all(math.isfinite(x) for x in (e.started, e.soft, e.hard)) or e.soft < 0 or e.hard < 0 \
+                    or e.hard > MAX_TIMEOUT * 2 or not -1 <= e.partition < max(pool.config.partitions or 0, 0):
+                return "a run table entry out of range"
+            if e.started and not w.started - CLOCK_SLACK <= e.started <= now + CLOCK_SLACK:
+                return f"a run started outside the worker's life ({e.started:.3f})"
+            old = w.jobs.get(e.index)
+            if old is not None and old.run == e.run and (old.since or not e.started):
+                jobs[e.index] = old
+                continue
+            if old is None or old.run != e.run:
+                if w.said_leaving:
+                    return "a job taken after it said it leaves"
+            jobs[e.index] = CurrentJob(id=e.job_id, token=e.token, handler=e.handler, attempt=e.attempt,
+                                       since=e.started, soft=e.soft or None, hard=e.hard or None,
+                                       partition=e.partition if e.partition >= 0 else None, run=e.run,
+                                       adaptive=bool(e.adaptive), index=e.index)
+        w.runs_seen = gen
+        w.on_jobs(jobs)
+        return None
 
     def forget(self, w: WorkerProcess) -> None:
         self._seen.pop(w.pid, None)

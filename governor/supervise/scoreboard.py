@@ -38,7 +38,7 @@ _SLOT = struct.Struct("=qdd")  # job, deadline, frozen
 # One page per slot: a worker maps only its own page (``narrow``), so no job can write another
 # worker's deadline. The memfd is sparse: untouched pages cost nothing.
 SLOT_SIZE = mmap.PAGESIZE
-DEFAULT_SLOTS = 4096
+DEFAULT_SLOTS = 65536  # 256 MiB of address space, sparse: a page costs memory once written
 
 
 def margin(lease: float) -> float:
@@ -151,6 +151,21 @@ class _ReportMixin:
                            old.finished + 1, old.run_seconds + seconds, old.wait_seconds, old.adaptive),
                     tuple(counts))
 
+    def count_start(self, slot: int, wait: float | None) -> None:
+        """A worker running several jobs at once started one (its run is in the run table,
+        runtable.py): only its wait is counted here."""
+        if wait is None:
+            return
+        old = self._own_report(slot)
+        counts = list(old.counts)
+        counts[len(OUTCOMES) + len(self.buckets) + 1 + _bucket(self.buckets, wait)] += 1
+        self._write(slot, (0, old.started, old.soft, old.hard, old.attempt, old.partition, old.finished,
+                           old.run_seconds, old.wait_seconds + wait, old.adaptive), tuple(counts))
+
+    def count_end(self, slot: int, outcome: str, seconds: float) -> None:
+        """... and one of its jobs ended with ``outcome`` after ``seconds``."""
+        self.finish_run(slot, outcome, seconds)
+
     def withdraw_run(self, slot: int) -> None:
         """The run started did not happen (a command pool's job its program never read): no
         job is running and nothing is counted, so a worker whose program never took a job still
@@ -198,21 +213,30 @@ class Scoreboard(_ReportMixin):
         self.slots = slots
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.base = 0  # the first slot this mapping holds (a narrowed one holds just one)
-        self._free = list(range(slots - 1, -1, -1))  # the master's: which slots no worker holds
+        # the master's: 1 for each slot a worker holds. A worker running several jobs at once
+        # holds its own slot and, right after it, the pages of its run table (runtable.py).
+        self._taken = bytearray(slots)
+        self._spans: dict[int, int] = {}  # first slot -> how many slots its worker holds
 
-    def allocate(self) -> int | None:
-        """A cleared slot for a new worker, or None when all are taken."""
-        if not self._free:
+    def allocate(self, pages: int = 1) -> int | None:
+        """The first of ``pages`` cleared, consecutive slots for a new worker, or None when no
+        such run is free."""
+        slot = self._taken.find(bytes(pages))
+        if slot < 0:
             return None
-        slot = self._free.pop()
-        self.clear(slot)
+        self._taken[slot:slot + pages] = b"\x01" * pages
+        self._spans[slot] = pages
+        for s in range(slot, slot + pages):
+            self.clear(s)
         return slot
 
     def release(self, slot: int) -> None:
-        """The worker is reaped: its slot may serve another."""
+        """The worker is reaped: its slots may serve another."""
         if slot >= 0:
-            self.clear(slot)
-            self._free.append(slot)
+            pages = self._spans.pop(slot, 1)
+            for s in range(slot, slot + pages):
+                self.clear(s)
+            self._taken[slot:slot + pages] = bytes(pages)
 
     def fileno(self) -> int:
         return self.fd
@@ -221,12 +245,13 @@ class Scoreboard(_ReportMixin):
         return (slot - self.base) * SLOT_SIZE
 
     def narrow(self, slot: int) -> None:
-        """In a new worker, before any job code: keep a mapping of our own slot only (the
+        """In a new worker, before any job code: keep a mapping of our own slots only (the
         whole table, inherited from the master, is unmapped)."""
-        own = mmap.mmap(self.fd, SLOT_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+        pages = self._spans.get(slot, 1)
+        own = mmap.mmap(self.fd, pages * SLOT_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                         offset=slot * SLOT_SIZE)
         self.mm.close()
-        self.mm, self.base, self.slots = own, slot, 1
+        self.mm, self.base, self.slots = own, slot, pages
 
     def read(self, slot: int) -> tuple[int, float, float]:
         """(job, deadline, frozen) of one slot."""

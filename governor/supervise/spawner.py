@@ -27,9 +27,11 @@ from governor.protocol.queue import QueueKeys
 from governor.supervise import channel, fdbudget, worker
 from governor.supervise.command import CommandWorker
 from governor.supervise.enforce import jittered_limits
+from governor.supervise.flight import FlightWorker
 from governor.supervise.partitions import HeldTable
 from governor.supervise.pool import Pool
 from governor.supervise.process import WorkerProcess
+from governor.supervise.runtable import RunTable, pages_for
 from governor.supervise.scoreboard import Scoreboard
 from governor.supervise.sentry import Sentry
 
@@ -121,9 +123,11 @@ class Spawner:
         room, why = fdbudget.workers_that_fit()
         if room < 1:
             return why
-        slot = self.board.allocate()
+        slots = pool.config.settings.jobs_per_worker
+        many = slots > 1 and not pool.config.command
+        slot = self.board.allocate(pages_for(slots) if many else 1)
         if slot is None:
-            return f"all {self.board.slots} scoreboard slots are taken"
+            return f"no room left in the scoreboard ({self.board.slots} pages) for another worker"
         try:
             master_end, worker_end = channel.pair()
         except OSError as exc:
@@ -146,7 +150,8 @@ class Spawner:
             master_end.close()
             return f"fork: {exc}"
         if pid == 0:
-            worker.main(spec, worker_end, inherited, CommandWorker if pool.config.command else None)
+            worker.main(spec, worker_end, inherited,
+                        CommandWorker if pool.config.command else FlightWorker if many else None)
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
         worker_end.close()
         try:
@@ -164,6 +169,9 @@ class Spawner:
         wp = WorkerProcess(pid=pid, wid=worker_id(pid), queue=pool.name, index=spec.index,
                            generation=pool.generation, sock=master_end, pidfd=pidfd, now=now)
         wp.slot = slot
+        if many:
+            wp.runs = RunTable(self.board, slot, slots)
+            wp.grace = pool.config.settings.timeout.grace
         pool.workers[pid] = wp
         log.debug("spawned worker %r", wp)
         return wp

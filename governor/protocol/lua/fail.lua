@@ -5,6 +5,8 @@
 -- mode 'dead': dead-letter now (bad payload, handler not allowed).
 -- mode 'requeue': back to the front of waiting, the attempt not counted
 --   (the job did nothing wrong: its worker was stopped under it).
+-- mode 'suspect': as 'requeue', the record marked a suspect: it ran beside others in a worker
+--   that was killed (memory.hard, a crash) and may be the cause; it runs alone next time.
 -- mode 'throttle': back as delayed by backoff_ms, the attempt not counted, the record
 --   counting it as `throttled` (its handler met an exhausted governor.limit()).
 -- Returns 0 lease lost, 1 requeued, 2 retry scheduled, 3 dead-lettered.
@@ -52,7 +54,8 @@ local function fail(KEYS, ARGV, nxt)
   end
   local max_retries = tonumber(meta.max_retries) or tonumber(ARGV[8])
   local result
-  if mode == 'requeue' or mode == 'throttle' then
+  if mode == 'requeue' or mode == 'throttle' or mode == 'suspect' then
+    if mode == 'suspect' then meta.suspect = 1 end
     meta.attempts = math.max(0, (tonumber(meta.attempts) or 1) - 1)
     local delay = 0
     if mode == 'throttle' then

@@ -1,0 +1,337 @@
+"""Runs in the worker child: the loop of a worker that runs several jobs at once
+(``jobs_per_worker`` > 1).
+
+The control thread (the process's main thread) owns the Redis connection, the scoreboard and
+every job's lease; jobs run on the pool of threads or as tasks on the event loop
+(flightrun.py) and hand back only what their handler returned or raised. Each turn of the
+loop settles every job that finished since the last and reserves for every free slot, in one
+script call (flight.lua: one round trip, however many jobs), then waits for the next job to
+finish, a limit to fall due, or (with a slot free and the queue empty) a wake token. Each job
+keeps its own lease (held by its slot, ``<worker id>~<n>``), fencing token, limits and
+record; a job the master must kill with its worker costs its neighbours nothing (they are
+requeued, not charged). A job requeued as a *suspect* (it was among several in a worker killed
+for memory or a crash) runs alone: the worker takes no job while it waits or runs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib
+import logging
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+import redis
+from setproctitle import setproctitle
+
+from governor.errors import HardTimeLimitExceeded, SoftTimeLimitExceeded
+from governor.protocol import limits
+from governor.protocol.connection import connect, disconnect, is_cluster
+from governor.protocol.keys import QueueKeys
+from governor.protocol.records import ReserveReply
+from governor.protocol.scripts import Call, flight, hash_tag, run
+from governor.supervise.channel import WorkerEnd
+from governor.supervise.child import WorkerSpec
+from governor.supervise.flightrun import EventLoop, FlightRun, Threads, is_async
+from governor.supervise.runtable import RunTable, slot_id
+from governor.supervise.scoreboard import margin
+from governor.supervise.worker import (
+    _IDLE_WAIT_MAX,
+    FORWARDED_SIGNALS,
+    Worker,
+    _connect,
+    _Interrupted,
+    _log_settle,
+)
+
+log = logging.getLogger("governor.worker")
+
+_WAKE, _TERM = "wake", "term"  # besides finished runs, what the control thread is woken by
+
+
+class Waker:
+    """While jobs run and a slot is free with nothing to take, blocks in Redis (on its own
+    connection) for a wake token or a partition hint, and wakes the control thread with it:
+    a job enqueued meanwhile is picked up at once, not when a running job ends."""
+
+    def __init__(self, spec: WorkerSpec, wake: queue.SimpleQueue) -> None:
+        self.spec, self.wake = spec, wake
+        self.key = ""
+        self.armed = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def arm(self, key: str) -> None:
+        self.key = key
+        self.armed.set()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._serve, name="governor-waker", daemon=True)
+            self.thread.start()
+
+    def _serve(self) -> None:
+        client = connect(self.spec.redis_url, socket_timeout=_IDLE_WAIT_MAX + 5.0, tls=self.spec.tls,
+                         name=f"governor-waker-{self.spec.queue.name}-{self.spec.index}")
+        while True:
+            self.armed.wait()
+            self.armed.clear()
+            try:
+                got = client.blpop([self.key], timeout=_IDLE_WAIT_MAX)
+            except redis.RedisError:
+                time.sleep(0.5)
+                got = None
+            self.wake.put((_WAKE, got))
+
+
+class FlightWorker(Worker):
+    """A worker with ``jobs_per_worker`` slots; the loop, its slots and its timers."""
+
+    def __init__(self, spec: WorkerSpec, channel: WorkerEnd) -> None:
+        super().__init__(spec, channel)
+        self.size = spec.queue.settings.jobs_per_worker
+        self.table = RunTable(spec.board, spec.slot, self.size) if spec.board is not None else None
+        self.free = list(range(self.size - 1, -1, -1))  # slots holding nothing (a stack: 0 first)
+        self.flying: dict[int, FlightRun] = {}  # slot -> its run (running, or a suspect waiting)
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.threads = Threads(self.size, self.inbox.put)
+        self.loop = EventLoop(self.inbox.put)
+        self.waker = Waker(spec, self.inbox)
+        self.timers: list[tuple[float, int, type[BaseException], FlightRun]] = []
+        self._timer_seq = 0
+        self.suspect: FlightRun | None = None  # runs (or waits to run) alone
+        self.settles: list[Call] = []
+        self.empty = False  # the last reserve found nothing to take: wait for a wake first
+        self.status = ReserveReply.EMPTY, -1  # the last reserve reply that was not a job
+        self.retry_at = 0.0  # throttled: a start is ours then
+        self.holds = 0  # runs held so far (each entry's run number)
+        self.epoch = 0  # the board's job number: one per stretch of holding any job
+        self._titled = -1
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.draining = True
+        self.inbox.put(_TERM)  # (SimpleQueue.put is safe in a signal handler)
+        if self._idle:
+            raise _Interrupted()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._term_handler)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)  # limits are timers of the loop, not alarms
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+        self.title("starting")
+        for module in self.spec.app.imports:
+            importlib.import_module(module)
+        self.redis = _connect(self.spec)
+        limits.bind(self.redis, self.spec.prefix, self.spec.limiters)
+        self.channel.send("ready")
+        reason = "drain"
+        try:
+            while True:
+                take = self._wanted()
+                if self.settles or take:
+                    self._round_trip(take)
+                if not self.flying and not self.settles:
+                    due = self._recycle_due()
+                    if due and self._may_recycle(due):
+                        reason = due
+                        break
+                    if self.draining or self.channel.lost:
+                        break
+                    if not self._wanted():
+                        self._idle_wait()
+                    continue
+                self._title()
+                self._await(take)
+        except _Interrupted:
+            disconnect(self.redis)  # a BLPOP reply may be half read
+        while self.flying:  # (interrupted while idle: nothing flies; kept for safety)
+            self._await(0)
+        if self.settles:
+            self._round_trip(0)
+        self.threads.stop()
+        self.loop.stop()
+        if self.channel.lost:
+            reason = "channel_lost"
+        self.channel.send("exit", self.exit_reason or reason)
+        return 0
+
+    def _wanted(self) -> int:
+        """How many jobs to reserve now."""
+        if self.draining or self.channel.lost or self.suspect is not None or self._recycle_due():
+            return 0
+        if self.empty and not self.settles:
+            return 0
+        if self.retry_at and time.monotonic() < self.retry_at:
+            return 0
+        return len(self.free)
+
+    def _await(self, took: int) -> None:
+        """Waits for a job to end, a limit to fall due or a wake token; then takes what
+        came: finished runs become settles, due limits are thrown into their jobs."""
+        if self.free and self.empty and not self.draining and self.suspect is None:
+            self.waker.arm(self.spec.hint_key if self.turns is not None else self.keys.wake)
+        timeout = _IDLE_WAIT_MAX
+        if self.timers:
+            timeout = min(timeout, max(self.timers[0][0] - time.monotonic(), 0.0))
+        if self.retry_at:
+            timeout = min(timeout, max(self.retry_at - time.monotonic(), 0.0))
+        items = []
+        try:
+            items.append(self.inbox.get(timeout=timeout))
+            while True:
+                items.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        for item in items:
+            if isinstance(item, FlightRun):
+                self._finish(item, item.settle())
+            elif isinstance(item, tuple) and item[0] == _WAKE:
+                self.empty = False
+                if self.turns is not None and item[1]:
+                    self.turns.hinted(item[1])
+        if items and any(isinstance(i, FlightRun) for i in items):
+            self._after_job()
+        self._fire_timers()
+        if self.retry_at and time.monotonic() >= self.retry_at:
+            self.retry_at = 0.0
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, exc_type, r = heapq.heappop(self.timers)
+            if self.flying.get(r.index) is r and r.outcome is None:
+                r.interrupt(exc_type)
+
+    def _idle_wait(self) -> None:
+        """Nothing in flight and nothing to take: block as a one-job worker does."""
+        self.empty = False
+        if self.turns is not None and self._lane() is None:
+            self._wait_for_hint()
+            return
+        status, arg = self.status
+        if self.retry_at:
+            self._wait_for_ticket(max(int((self.retry_at - time.monotonic()) * 1000), 0))
+            self.retry_at = 0.0
+        elif status == ReserveReply.AT_LIMIT:
+            self._wait_for_work(-1, "waiting for a slot")
+        elif status == ReserveReply.PAUSED:
+            self._wait_for_work(-1, "paused")
+        else:
+            self._wait_for_work(arg)
+
+    def _lane(self) -> QueueKeys | None:
+        return self.keys if self.turns is None else self.turns.lane()
+
+    # -- one round trip: settle what finished, reserve for the free slots ------------------
+
+    def _round_trip(self, take: int) -> None:
+        lane = self._lane() if take else None
+        if lane is None:
+            take = 0
+        by_tag: dict[str, list[Call]] = {}
+        for c in self.settles:
+            by_tag.setdefault(hash_tag(c.keys[0]), []).append(c)
+        self.settles = []
+        slots = [(slot_id(self.id, i), self._next_token()) for i in reversed(self.free[-take:])] if take else []
+        groups: list[list[Call]] = []
+        calls: list[Call] = []
+        if lane is not None:
+            reserve = lane.reserve(self.id, "", self.lease_ms, self.spec.rules,
+                                   partitions=self.partitions or 0, cluster=is_cluster(self.redis))
+            groups.append(by_tag.pop(hash_tag(reserve.keys[0]), []))
+            calls.append(flight(groups[0], slots, reserve))
+        for group in by_tag.values():
+            groups.append(group)
+            calls.append(flight(group, [], None))
+        if not calls:
+            return
+        sent = time.monotonic()
+        replies = self._redis_retry(lambda: run(self.redis, *calls))
+        for group, reply in zip(groups, replies, strict=True):
+            for c, result in zip(group, reply[:-1], strict=True):
+                _log_settle(self.spec, c, result)
+                if self.spec.wait[0]:
+                    self._wait_replicas(c)
+        if lane is None:
+            return
+        reserved = replies[0][-1]
+        self.empty = False
+        for (_sid, token), reply in zip(slots, reserved, strict=False):
+            if reply[0] != ReserveReply.JOB:
+                self._not_a_job(reply)
+                break
+            self._take(list(reply) + [token], lane, sent)
+        if self.turns is not None and reserved and reserved[-1][0] == ReserveReply.JOB:
+            self.turns.in_a_row += len(reserved)
+
+    def _not_a_job(self, reply: list[Any]) -> None:
+        status = ReserveReply(reply[0])
+        self.status = status, (reply[1] if len(reply) > 1 else -1)
+        if status == ReserveReply.THROTTLED:
+            self.retry_at = time.monotonic() + max(reply[1] - self.spec.rules.grace_ms / 2, 0) / 1000.0
+        else:
+            self.empty = True
+            if self.turns is not None:
+                self.turns.leave()
+
+    def _take(self, reply: list[Any], lane: QueueKeys, sent: float) -> None:
+        """A job reserved for the next free slot: held, then started (a suspect only alone)."""
+        index = self.free.pop()
+        r = self.flight_run(reply, lane, index)
+        self.flying[index] = r
+        self.holds += 1
+        if self.table is not None:
+            self.table.hold(index, self.holds, r.job.id, r.token, r.handler, lane.partition, len(self.flying))
+        if len(self.flying) == 1 and self.spec.board is not None:
+            self.epoch += 1  # the sentry freezes our tree if no renewal is confirmed by then
+            self.spec.board.begin(self.spec.slot, self.epoch, sent + self.lease_ms / 1000.0 - margin(self.spec.lease),
+                                  -1 if lane.partition is None else lane.partition)
+        if r.suspect:
+            self.suspect = r  # nothing more is reserved while it waits or runs
+            if len(self.flying) > 1:
+                return  # it starts when the others have ended
+        self._start(r)
+
+    def _start(self, r: FlightRun) -> None:
+        call = r.prepare()
+        if call is not None:  # it cannot run here (bad payload, handler not allowed)
+            self._finish(r, call)
+            return
+        for limit, exc_type in ((r.soft, SoftTimeLimitExceeded), (r.hard, HardTimeLimitExceeded)):
+            if limit:
+                self._timer_seq += 1
+                heapq.heappush(self.timers, (r.started + limit, self._timer_seq, exc_type, r))
+        self.executor(r).submit(r)
+
+    def executor(self, r: FlightRun) -> Any:
+        """Where the run goes: the event loop for ``async def`` handlers, else a thread (a
+        command pool's worker hands it to its program instead)."""
+        r.is_async = is_async(r.func)
+        return self.loop if r.is_async else self.threads
+
+    def flight_run(self, reply: list[Any], lane: QueueKeys, index: int) -> FlightRun:
+        """The run of one reserved job in slot ``index`` (a command pool's runs differ)."""
+        return FlightRun(self, reply, lane, index, self.table)
+
+    def _finish(self, r: FlightRun, call: Call) -> None:
+        """The run ended: its settle goes out with the next round trip, its slot is free."""
+        self.settles.append(call)
+        if self.flying.get(r.index) is r:
+            del self.flying[r.index]
+            self.free.append(r.index)
+            if self.table is not None:
+                self.table.free(r.index, len(self.flying))
+        if not self.flying and self.spec.board is not None:
+            self.spec.board.end(self.spec.slot)
+        if self.suspect is r:
+            self.suspect = None
+        elif self.suspect is not None and len(self.flying) == 1 and self.suspect.started == 0.0:
+            self._start(self.suspect)  # the others have ended: it runs alone now
+
+    def _title(self) -> None:
+        if len(self.flying) != self._titled:
+            self._titled = len(self.flying)
+            setproctitle(f"governor: worker {self.spec.queue.name}[{self.spec.index}] "
+                         f"{len(self.flying)}/{self.size} jobs")
