@@ -72,6 +72,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import statistics
@@ -90,6 +91,7 @@ import yaml
 from run import Setup, cpu_seconds, pct, wait_for  # bench/run.py
 
 from governor import Client
+from governor.ops import control
 
 HERE = Path(__file__).resolve().parent
 PEERS_DIR = HERE / ".peers"
@@ -755,8 +757,9 @@ def run_io(s: Setup, args: argparse.Namespace) -> list[str]:
     for kind in ("async", "threads"):
         if not chosen(f"governor {kind}", args.systems):
             continue
-        why = refuse or (governor_refuses(s, jobs_per_worker=2) and "async def handlers need jobs_per_worker, "
-                         "which this governor does not have" if kind == "async" else "")
+        why = refuse
+        if not why and kind == "async" and args.slots == 1:
+            why = "async def handlers run only with jobs_per_worker > 1 (at 1 the coroutine is never awaited)"
         if why:
             skipped[f"governor {kind}"] = why
         else:
@@ -833,19 +836,28 @@ class GovernorSlots(peers.Governor):
 
 
 def drain_trial(sys_: peers.System, args: argparse.Namespace) -> dict[str, float]:
+    """The drain, then the pickup latency (inf if its samples did not all come in time)."""
     s = sys_.s
     sys_.reset()
     try:
         sys_.start()
         peers.warm_up(sys_)
-        lat = peers.pickup(sys_, args.pickups + 1)
-        time.sleep(0.5)
         rate, cpu, _ = timed_run(s, sys_.processes(), args.jobs, lambda: sys_.enqueue_drain(args.jobs),
                                  sys_.drained, f"{sys_.name}'s drain")
+        time.sleep(0.5)
+        try:
+            lat = peers.pickup(sys_, args.pickups + 1)
+        except SystemExit as exc:
+            print(f"  pickup: {exc}", file=sys.stderr, flush=True)
+            lat = [math.inf]
         return {"rate": rate, "cpu_ms": cpu, "p50": pct(lat, 50), "p99": pct(lat, 99)}
     finally:
         sys_.stop()
         sys_.reset()
+
+
+def ms(x: float) -> str:
+    return f"{x:.2f} ms" if math.isfinite(x) else "timed out"
 
 
 def run_drain(s: Setup, args: argparse.Namespace) -> list[str]:
@@ -868,12 +880,21 @@ def run_drain(s: Setup, args: argparse.Namespace) -> list[str]:
     if why:
         skipped["huey"] = why
     results: dict[str, list[dict[str, float]]] = {x.name: [] for x in systems}
+    failed: dict[str, str] = {}
     for r in range(args.repeat):
         for sys_ in systems:
+            if sys_.name in failed:
+                continue
             print(f"drain trial {r + 1}/{args.repeat}: {sys_.name}", file=sys.stderr, flush=True)
-            res = drain_trial(sys_, args)
+            try:
+                res = drain_trial(sys_, args)
+            except SystemExit as exc:
+                failed[sys_.name] = str(exc)
+                print(f"  FAILED: {exc}", file=sys.stderr, flush=True)
+                continue
             results[sys_.name].append(res)
             print("  " + ", ".join(f"{k} {v:,.3g}" for k, v in res.items()), file=sys.stderr, flush=True)
+    systems = [x for x in systems if results[x.name]]
     med = {x.name: {k: statistics.median(t[k] for t in results[x.name]) for k in results[x.name][0]}
            for x in systems}
     huey = med.get("huey")
@@ -883,24 +904,24 @@ def run_drain(s: Setup, args: argparse.Namespace) -> list[str]:
     for x in systems:
         m = med[x.name]
         per = str(getattr(x, "slots", 1))
-        rows.append([x.name, per, f"{m['rate']:,.0f} jobs/s", f"{m['cpu_ms']:.3f} ms", f"{m['p50']:.2f} ms",
-                     f"{m['p99']:.2f} ms", f"{m['rate'] / huey['rate']:.2f}x" if huey else "-",
+        rows.append([x.name, per, f"{m['rate']:,.0f} jobs/s", f"{m['cpu_ms']:.3f} ms", ms(m["p50"]), ms(m["p99"]), f"{m['rate'] / huey['rate']:.2f}x" if huey else "-",
                      f"{m['cpu_ms'] / huey['cpu_ms']:.2f}x" if huey else "-"])
     out = [f"No-op drain (each job one INCR), {WORKERS} processes, {args.jobs:,} jobs; pickup: {args.pickups} "
            f"jobs one at a time on idle slots; median of {args.repeat}", *format_table(rows, left=1)]
     out.append("versions: " + ", ".join(f"{x.name} {x.version()}" for x in systems if x.name.startswith("huey")))
     out += [f"skipped {name}: {why}" for name, why in skipped.items()]
+    out += [f"failed {name}: {why}" for name, why in failed.items()]
     return out
 
 
 # -- table 3: a worker's idle memory ------------------------------------------------------
 
 def worker_uss(s: Setup) -> float:
-    assert s.master is not None
-    workers = psutil.Process(s.master.pid).children()
+    """The USS (MiB) of the master's one worker, as its status names it."""
+    workers = control.request(str(s.workdir / "state"), "status")["pools"][0]["workers"]
     if len(workers) != 1:
         raise SystemExit(f"bench: expected one worker, found {len(workers)}")
-    return workers[0].memory_full_info().uss / 2**20
+    return psutil.Process(workers[0]["pid"]).memory_full_info().uss / 2**20
 
 
 def memory_one(s: Setup, slots: int, kind: str, prefix: str) -> tuple[float, float]:
@@ -916,7 +937,7 @@ def memory_one(s: Setup, slots: int, kind: str, prefix: str) -> tuple[float, flo
         c.enqueue_many("bench", [{"handler": handler}] * n)
         wait_for(lambda: c.counts("bench")["done_total"] >= n, 120, f"{n} {kind} jobs")
         time.sleep(1)
-        used = worker_uss(s)
+        used = worker_uss(s) if counter(s) == n else math.nan  # nan: done, but the body never ran
     finally:
         s.stop_master()
         s.redis.flushall()
@@ -926,7 +947,8 @@ def memory_one(s: Setup, slots: int, kind: str, prefix: str) -> tuple[float, flo
 def run_memory(s: Setup, args: argparse.Namespace) -> list[str]:
     rows = [["jobs_per_worker", "threads: started", "threads: after 2N jobs", "async: started",
              "async: after 2N jobs"]]
-    skipped = []
+    skipped: list[str] = []
+    notes: list[str] = []
     can_async = not governor_refuses(s, jobs_per_worker=2)
     for slots in args.memory_slots:
         why = governor_refuses(s, **slots_key(slots))
@@ -940,10 +962,13 @@ def run_memory(s: Setup, args: argparse.Namespace) -> list[str]:
                 continue
             print(f"memory: {slots} slots, {kind}", file=sys.stderr, flush=True)
             fresh, used = memory_one(s, slots, kind, f"mem{kind}{slots}")
-            row += [f"{fresh:.1f} MiB", f"{used:.1f} MiB"]
+            if math.isnan(used):
+                notes.append(f"jobs_per_worker {slots}, async: the jobs ended done but their bodies never ran "
+                             "(the coroutine was not awaited)")
+            row += [f"{fresh:.1f} MiB", "not run" if math.isnan(used) else f"{used:.1f} MiB"]
         rows.append(row)
     return ["USS of one idle governor worker (psutil), as started and after 2 x jobs_per_worker jobs ran on it "
-            "at once (every slot used), 1 s idle", *format_table(rows, left=0), *skipped]
+            "at once (every slot used), 1 s idle", *format_table(rows, left=0), *skipped, *notes]
 
 
 # -- table 4: hard-limit fidelity ---------------------------------------------------------
@@ -981,7 +1006,7 @@ def limits_trial(s: Setup, slots: int, grace: bool, prefix: str) -> tuple[list[f
 
 
 def run_limits(s: Setup, args: argparse.Namespace) -> list[str]:
-    grace = not governor_refuses(s, timeout={"hard": "500ms", "grace": "200ms"})
+    grace = not governor_refuses(s, timeout={"soft": "off", "hard": "500ms", "grace": "200ms"})
     why = governor_refuses(s, **slots_key(args.slots))
     if why:
         return [f"hard-limit fidelity: skipped: {why}"]
