@@ -26,10 +26,16 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+# one decoder for every call: json.loads with these hooks would build a new one each time
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constants)
+
+
 def loads(raw: bytes | str, what: str = "record") -> Any:
     """json.loads that raises only ValueError, naming ``what`` and the reason."""
     try:
-        return json.loads(raw, parse_float=_finite, parse_constant=_no_constants)
+        if isinstance(raw, (bytes, bytearray)):
+            raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        return _DECODER.decode(raw)
     except RecursionError:
         raise ValueError(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:

@@ -108,8 +108,14 @@ class _StateCollector(Collector):
                                   "once (workers times jobs_per_worker), per queue", labels=["queue"])
         flying = GaugeMetricFamily("governor_worker_jobs_in_flight", "Jobs the pool's workers hold now "
                                    "(running, or a suspect waiting to run alone), per queue", labels=["queue"])
+        blocked = GaugeMetricFamily("governor_worker_event_loop_blocked_seconds", "How long a worker's "
+                                    "event loop has not turned (sync code in an async def job), per worker "
+                                    "with one blocked", labels=["queue", "index"])
         for pool in st["pools"]:
             q = pool["queue"]
+            for w in pool["workers"]:
+                if w.get("loop_blocked"):
+                    blocked.add_metric([q, str(w["index"])], w["loop_blocked"]["seconds"])
             taking = [w for w in pool["workers"] if w["state"] in ("starting", "idle", "busy")]
             slots.add_metric([q], sum(w.get("slots", 1) for w in taking))
             flying.add_metric([q], sum(len(w["jobs"]) if "jobs" in w else int(w.get("job") is not None)
@@ -165,7 +171,7 @@ class _StateCollector(Collector):
         up = GaugeMetricFamily("governor_redis_up", "1 when the master's last Redis call succeeded")
         up.add_metric([], 1.0 if st["redis_ok"] else 0.0)
         yield from (depth, oldest, throttled, paused, limit, workers, desired, actual, low, high, backoff, rss,
-                    slots, flying,
+                    slots, flying, blocked,
                     times, runs, learnt, fallback, unheld, masters, beat, up)
 
 

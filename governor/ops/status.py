@@ -51,6 +51,7 @@ class WorkerSnapshot(TypedDict, total=False):
     generation: int
     slots: int  # jobs_per_worker > 1 only: how many jobs it runs at once ...
     jobs: list[JobSnapshot]  # ... and the ones it holds now
+    loop_blocked: dict[str, Any]  # its event loop not turning: seconds, and the job (id, handler) holding it
 
 
 class Backoff(TypedDict):

@@ -127,6 +127,10 @@ def _workers(pools: list[PoolSnapshot]) -> str:
                     rows.append(["", "", "", "", "", "", "", f"  {j.get('id')} {j.get('handler')}"
                                  + (" (waits to run alone)" if j.get("waiting_alone") else ""),
                                  format_age(j.get("seconds"))])
+            lb = w.get("loop_blocked")
+            if isinstance(lb, dict):
+                rows.append(["", "", "", "", "", "", "", f"  event loop blocked by {lb.get('job')} "
+                             f"{lb.get('handler')}", format_age(lb.get("seconds"))])
             if isinstance(jobs, list) and len(jobs) > JOBS_SHOWN:
                 rows.append(["", "", "", "", "", "", "", f"  ... and {len(jobs) - JOBS_SHOWN} more", ""])
     return _table(rows)

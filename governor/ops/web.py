@@ -189,18 +189,21 @@ form{{display:inline;margin:0}} button{{font-size:12px;padding:2px 6px}}
             m = rec.get("master") or {}
             pools = rec.get("pools") or []
             workers = [w for p in pools for w in p.get("workers", [])]
-            jobs = [f"{w['job'].get('handler')} {w['job']['id']}" for w in workers if w.get("job")]
+            # a worker running several jobs at once (jobs_per_worker) lists them all
+            running = [j for w in workers for j in (w["jobs"] if isinstance(w.get("jobs"), list)
+                                                    else [w["job"]] if w.get("job") else [])]
+            jobs = [f"{j.get('handler')} {j['id']}" for j in running]
             if len(jobs) > RUNNING_SHOWN:
                 jobs = [*jobs[:RUNNING_SHOWN], f"... and {len(jobs) - RUNNING_SHOWN} more"]
             sizes = " ".join(f"{p.get('queue')}={p.get('actual')}/{p.get('desired')}" for p in pools)
             rows.append(
                 f"<tr><td>{_e(m.get('host'))}:{_e(m.get('pid'))}</td><td>{_e(m.get('version'))}</td>"
                 f"<td>{_e(format_age(m.get('uptime')))}</td><td>{_e(sizes)}</td>"
-                f"<td class=num>{len(workers)}</td><td class=num>{sum(1 for w in workers if w.get('job'))}</td>"
+                f"<td class=num>{len(workers)}</td><td class=num>{len(running)}</td>"
                 f"<td class=num>{_e(format_size(sum(w.get('rss') or 0 for w in workers)))}</td>"
                 f"<td class=err>{_e(chr(10).join(jobs) or '-')}</td></tr>")
         return ("<h2>Hosts</h2><div class=scroll><table id=hosts><tr><th>master</th><th>version</th><th>up</th>"
-                "<th>pools</th><th>workers</th><th>busy</th><th>memory</th><th>running</th></tr>"
+                "<th>pools</th><th>workers</th><th>jobs running</th><th>memory</th><th>running</th></tr>"
                 + "".join(rows) + "</table></div>")
 
     def _dead(self, v: PageView) -> str:

@@ -24,7 +24,8 @@ def _opt(*spec: Spec) -> tuple[Spec, ...]:
 JOB = {"id": str, "?handler": _opt(str), "?seconds": _opt(*NUM), "?attempt": _opt(int), "?partition": _opt(int),
        "?waiting_alone": bool}
 WORKER = {"pid": int, "state": str, "?index": int, "?uptime": NUM, "?jobs_done": int, "?rss": _opt(int),
-          "?job": _opt(JOB), "?slots": int, "?jobs": [JOB]}
+          "?job": _opt(JOB), "?slots": int, "?jobs": [JOB],
+          "?loop_blocked": {"seconds": NUM, "job": _opt(str), "handler": _opt(str)}}
 DECISION = {"at": NUM, "direction": str, "from": int, "to": int, "reason": str, "signals": {"*": (str, *NUM, NONE)}}
 POOL = {"queue": str, "workers": [WORKER], "?desired": int, "?actual": int,
         "?backoff": _opt({"seconds": NUM, "respawn_in": NUM, "last_error": _opt(str)}),

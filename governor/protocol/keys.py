@@ -7,6 +7,7 @@ script reads them (scripts.py runs the calls).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -157,13 +158,10 @@ class QueueKeys:
         queue has a global_concurrency, so the freed slot wakes one waiting worker; ``runtimes``:
         (handler, how many run times to keep): the run is counted as the handler's, and its
         time kept among the handler's last ones (its percentiles, its adaptive limit)."""
-        keys = (self.active, self.meta, self.data, self.done, self.leases, self.stats, self.unique,
-                self.waiting, self.wake, self.delayed, self.heads, self.key_lists)
         args = (job_id, token, worker, done_ttl_ms, result, run_ms, result_note, "1" if wake else "")
         if runtimes:
-            keys = (*keys, self.runtimes(runtimes[0]), self.handler_counts)
             args = (*args, runtimes[1], runtimes[0])
-        return Call("ack", keys, args)
+        return Call("ack", _ack_keys(self, runtimes[0] if runtimes else None), args)
 
     # -- operations on jobs (an operator's, from the CLI, the Client or the web page) -------
 
@@ -228,9 +226,7 @@ class QueueKeys:
     def fail(self, job_id: str, token: str, worker: str, error: dict | None, mode: str,
              backoff_ms: int, reason: str, default_max_retries: int) -> Call:
         """mode: ``retry`` (if attempts remain), ``dead`` (now) or ``requeue`` (attempt not counted)."""
-        return Call("fail", (self.active, self.meta, self.waiting, self.delayed, self.dead,
-                             self.leases, self.wake, self.stats, self.unique, self.heads,
-                             self.key_lists, self.handler_counts),
+        return Call("fail", _fail_keys(self),
                     (job_id, token, worker, json.dumps(error) if error else "", mode, backoff_ms,
                      reason, default_max_retries))
 
@@ -260,3 +256,18 @@ class QueueKeys:
         for p, n in counts.items():
             args += [p, n]
         return Call("hint", (h.key("holders"), h.key("hint:"), h.key("touched:")), args)
+
+
+# The keys of the two settles, built once per lane (and handler): a worker settles thousands of
+# jobs a second, each of them naming the same dozen keys.
+@functools.lru_cache(maxsize=4096)
+def _ack_keys(k: QueueKeys, handler: str | None) -> tuple[str, ...]:
+    keys = (k.active, k.meta, k.data, k.done, k.leases, k.stats, k.unique, k.waiting, k.wake, k.delayed,
+            k.heads, k.key_lists)
+    return keys if handler is None else (*keys, k.runtimes(handler), k.handler_counts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fail_keys(k: QueueKeys) -> tuple[str, ...]:
+    return (k.active, k.meta, k.waiting, k.delayed, k.dead, k.leases, k.wake, k.stats, k.unique, k.heads,
+            k.key_lists, k.handler_counts)

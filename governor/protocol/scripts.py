@@ -159,26 +159,29 @@ def settle_and_reserve(settle: Call, reserve: Call) -> Call:
 
 
 def flight(settles: Sequence[Call], slots: Sequence[tuple[str, str]], reserve: Call | None) -> Call:
-    """One script call that settles ``settles`` (acks and fails) and then reserves a job for
-    each of ``slots`` (worker id, token) in turn, stopping at the first reply that is not a
-    job: a worker running many jobs settles and refills them all in one round trip.
+    """One script call that settles ``settles`` (acks and fails of one lane) and then reserves a
+    job for each of ``slots`` (worker id, token) in turn, stopping at the first reply that is
+    not a job: a worker running many jobs settles and refills them all in one round trip.
 
     ``reserve`` is built as for running alone (its worker and token are replaced per slot);
-    every call must be of one lane (one hash tag), as for ``settle_and_reserve``. The reply is
-    ``[settle replies ..., [reserve replies ...]]``, each what its script returns alone."""
-    keys: list[str] = []
-    counts: list[Any] = []
+    every call must be of one lane, as for ``settle_and_reserve``: each distinct set of settle
+    keys is sent once (acks differ only by their handler's run-times list), not once per
+    settle. The reply is ``[settle replies ..., [reserve replies ...]]``, each what its script
+    returns alone."""
+    sets: dict[tuple[str, ...], int] = {}
     args: list[Any] = []
     for c in settles:
         if c.script not in ("ack", "fail"):
             raise ValueError(f"flight settles acks and fails, got {c.script!r}")
-        keys.extend(c.keys)
-        counts.extend((c.script, len(c.keys), len(c.args)))
-        args.extend(c.args)
-    tags = {hash_tag(k) for k in (*keys, *(reserve.keys[:RESERVE_LANE_KEYS] if reserve else ()))}
+        number = sets.setdefault(tuple(c.keys), len(sets) + 1)
+        args.extend((c.script, number, len(c.args), *c.args))
+    tags = {hash_tag(keys[0]) for keys in sets}
+    if reserve is not None:
+        tags.add(hash_tag(reserve.keys[0]))
     if len(tags) > 1:
         raise ValueError(f"a flight call runs within one hash tag; these keys span {', '.join(sorted(tags))}")
     pairs = [x for pair in slots for x in pair] if reserve else []
     rest = list(reserve.args[2:]) if reserve else []
+    keys = [k for keyset in sets for k in keyset]
     return Call("flight", (*keys, *(reserve.keys if reserve else ())),
-                (len(settles), *counts, *args, len(pairs) // 2, *pairs, *rest))
+                (len(settles), len(sets), *(len(keyset) for keyset in sets), *args, len(pairs) // 2, *pairs, *rest))

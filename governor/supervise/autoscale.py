@@ -218,7 +218,7 @@ class Autoscaler:
         if gc:
             active = int(queue.get("active", 0))
             slots = pool.config.settings.jobs_per_worker
-            busy = sum(len(w.jobs) if w.runs is not None else int(w.state is State.BUSY) for w in workers)
+            busy = sum(w.held if w.runs is not None else int(w.state is State.BUSY) for w in workers)
             # ours that run now, and the fleet's free slots: beyond that a worker only waits
             ceiling = min(ceiling, -(-(busy + max(0, gc - active)) // slots))
             if len(workers) >= ceiling:

@@ -163,6 +163,7 @@ class Children:
         pool = self.pools.get(wp.queue)
         if pool:  # its last words: the runs it finished, and the job it died running (exactly)
             self.reports.observe(pool, wp)
+        wp.refresh_jobs()  # (several at once: every job its run table holds, before the slot is cleared)
         self.reports.forget(wp)
         self.board.release(wp.slot)
         self.strays_due = True  # killed once the batch of exits is read, before any requeue

@@ -122,6 +122,7 @@ def enforce_hard_deadlines(pools: Iterable[Pool], now: float) -> None:
             upcoming = stop_due()
         job = w.job
         if w.runs is not None:  # several jobs: the kill is for the one past its limit and grace
+            w.refresh_jobs()
             job = min(w.overdue(deadline + 1e-9) or [job], key=lambda j: j.since + (j.hard or 0))
         learnt = {"adaptive": True, "limit_s": job.hard} if job.adaptive else {}
         w.kill("timeout_hard", limit=job.hard, overshoot=round(w.killed_at - deadline, 4), **learnt)

@@ -15,9 +15,9 @@ for memory or a crash) runs alone: the worker takes no job while it waits or run
 
 from __future__ import annotations
 
-import heapq
 import importlib
 import logging
+import math
 import queue
 import signal
 import threading
@@ -33,13 +33,15 @@ from governor.protocol.connection import connect, disconnect, is_cluster
 from governor.protocol.keys import QueueKeys
 from governor.protocol.records import ReserveReply
 from governor.protocol.scripts import Call, flight, hash_tag, run
+from governor.supervise import proctree
 from governor.supervise.channel import WorkerEnd
 from governor.supervise.child import WorkerSpec
 from governor.supervise.flightrun import EventLoop, FlightRun, Threads, is_async
 from governor.supervise.runtable import RunTable, slot_id
-from governor.supervise.scoreboard import margin
+from governor.supervise.scoreboard import Tally, margin
 from governor.supervise.worker import (
     _IDLE_WAIT_MAX,
+    _REAP_EVERY,
     FORWARDED_SIGNALS,
     Worker,
     _connect,
@@ -49,6 +51,7 @@ from governor.supervise.worker import (
 
 log = logging.getLogger("governor.worker")
 
+BLOCKED_AFTER = 1.0  # seconds the event loop may not turn before it is shown blocked
 _WAKE, _TERM = "wake", "term"  # besides finished runs, what the control thread is woken by
 
 
@@ -97,14 +100,18 @@ class FlightWorker(Worker):
         self.threads = Threads(self.size, self.inbox.put)
         self.loop = EventLoop(self.inbox.put)
         self.waker = Waker(spec, self.inbox)
-        self.timers: list[tuple[float, int, type[BaseException], FlightRun]] = []
-        self._timer_seq = 0
+        self.tally = Tally(spec.board.buckets if spec.board is not None else ())
+        self.next_limit = math.inf
+        self.kill_at = 0.0  # the earliest hard limit and grace of a job in flight (0: none), as shown
+        self.grace = spec.queue.settings.timeout.grace
+        self._blocked_shown: tuple[float, int] | None = None  # the earliest soft or hard limit of a job in flight (or before)
         self.suspect: FlightRun | None = None  # runs (or waits to run) alone
         self.settles: list[Call] = []
         self.empty = False  # the last reserve found nothing to take: wait for a wake first
         self.status = ReserveReply.EMPTY, -1  # the last reserve reply that was not a job
         self.retry_at = 0.0  # throttled: a start is ours then
         self.holds = 0  # runs held so far (each entry's run number)
+        self.reaped_at = 0  # jobs run when zombies our jobs' orphans left were last reaped
         self.epoch = 0  # the board's job number: one per stretch of holding any job
         self._titled = -1
 
@@ -133,6 +140,7 @@ class FlightWorker(Worker):
                 if self.settles or take:
                     self._round_trip(take)
                 if not self.flying and not self.settles:
+                    self._write_tally()
                     due = self._recycle_due()
                     if due and self._may_recycle(due):
                         reason = due
@@ -150,6 +158,7 @@ class FlightWorker(Worker):
             self._await(0)
         if self.settles:
             self._round_trip(0)
+        self._write_tally()
         self.threads.stop()
         self.loop.stop()
         if self.channel.lost:
@@ -165,6 +174,8 @@ class FlightWorker(Worker):
             return 0
         if self.retry_at and time.monotonic() < self.retry_at:
             return 0
+        if self.turns is not None and not (self.turns.current is not None and self.spec.held.held(self.turns.current)):
+            return 0  # partitioned, and no partition to reserve from: wait for a hint
         return len(self.free)
 
     def _await(self, took: int) -> None:
@@ -173,10 +184,12 @@ class FlightWorker(Worker):
         if self.free and self.empty and not self.draining and self.suspect is None:
             self.waker.arm(self.spec.hint_key if self.turns is not None else self.keys.wake)
         timeout = _IDLE_WAIT_MAX
-        if self.timers:
-            timeout = min(timeout, max(self.timers[0][0] - time.monotonic(), 0.0))
+        if self.next_limit < math.inf:
+            timeout = min(timeout, max(self.next_limit - time.monotonic(), 0.0))
         if self.retry_at:
             timeout = min(timeout, max(self.retry_at - time.monotonic(), 0.0))
+        if self.loop.loop is not None:
+            timeout = min(timeout, BLOCKED_AFTER)  # (to see a blocked loop while it is)
         items = []
         try:
             items.append(self.inbox.get(timeout=timeout))
@@ -193,16 +206,38 @@ class FlightWorker(Worker):
                     self.turns.hinted(item[1])
         if items and any(isinstance(i, FlightRun) for i in items):
             self._after_job()
+            if self.jobs_run - self.reaped_at >= _REAP_EVERY:  # (jobs end in batches: no exact multiple)
+                self.reaped_at = self.jobs_run
+                proctree.reap_adopted()
         self._fire_timers()
+        self._write_tally()
+        if self.table is not None:
+            self.loop.watch(self.flying.values(), self.table, BLOCKED_AFTER)
         if self.retry_at and time.monotonic() >= self.retry_at:
             self.retry_at = 0.0
 
+    def _write_tally(self) -> None:
+        """What the jobs did since the last turn, into our report (one write a turn)."""
+        if self.tally.dirty:
+            if self.spec.board is not None:
+                self.spec.board.add_tally(self.spec.slot, self.tally)
+            self.tally.clear()
+
     def _fire_timers(self) -> None:
+        """Throws each limit that fell due into its job. The earliest limit is kept, so that
+        most turns cost one comparison; a look over the jobs in flight finds the next."""
         now = time.monotonic()
-        while self.timers and self.timers[0][0] <= now:
-            _, _, exc_type, r = heapq.heappop(self.timers)
-            if self.flying.get(r.index) is r and r.outcome is None:
-                r.interrupt(exc_type)
+        if now < self.next_limit:
+            return
+        upcoming = math.inf
+        for r in self.flying.values():
+            while r.due and r.due[0][0] <= now:
+                exc_type = r.due.pop(0)[1]
+                if r.outcome is None:
+                    r.interrupt(exc_type)
+            if r.due:
+                upcoming = min(upcoming, r.due[0][0])
+        self.next_limit = upcoming
 
     def _idle_wait(self) -> None:
         """Nothing in flight and nothing to take: block as a one-job worker does."""
@@ -252,8 +287,8 @@ class FlightWorker(Worker):
         for group, reply in zip(groups, replies, strict=True):
             for c, result in zip(group, reply[:-1], strict=True):
                 _log_settle(self.spec, c, result)
-                if self.spec.wait[0]:
-                    self._wait_replicas(c)
+            if group and self.spec.wait[0]:
+                self._wait_replicas(group[-1])  # (one WAIT covers every write before it on that node)
         if lane is None:
             return
         reserved = replies[0][-1]
@@ -282,8 +317,7 @@ class FlightWorker(Worker):
         r = self.flight_run(reply, lane, index)
         self.flying[index] = r
         self.holds += 1
-        if self.table is not None:
-            self.table.hold(index, self.holds, r.job.id, r.token, r.handler, lane.partition, len(self.flying))
+        r.run_no = self.holds
         if len(self.flying) == 1 and self.spec.board is not None:
             self.epoch += 1  # the sentry freezes our tree if no renewal is confirmed by then
             self.spec.board.begin(self.spec.slot, self.epoch, sent + self.lease_ms / 1000.0 - margin(self.spec.lease),
@@ -291,6 +325,9 @@ class FlightWorker(Worker):
         if r.suspect:
             self.suspect = r  # nothing more is reserved while it waits or runs
             if len(self.flying) > 1:
+                if self.table is not None:  # held, so that the master renews it and knows it
+                    self.table.hold(index, r.run_no, r.job.id, r.token, r.handler, lane.partition, len(self.flying))
+                    r.held = True
                 return  # it starts when the others have ended
         self._start(r)
 
@@ -299,10 +336,15 @@ class FlightWorker(Worker):
         if call is not None:  # it cannot run here (bad payload, handler not allowed)
             self._finish(r, call)
             return
-        for limit, exc_type in ((r.soft, SoftTimeLimitExceeded), (r.hard, HardTimeLimitExceeded)):
-            if limit:
-                self._timer_seq += 1
-                heapq.heappush(self.timers, (r.started + limit, self._timer_seq, exc_type, r))
+        if r.hard and self.table is not None:  # the master kills our tree if it has not ended by then
+            r.kill_at = r.started + r.hard + self.grace
+            if not self.kill_at or r.kill_at < self.kill_at:
+                self.kill_at = r.kill_at
+                self.table.kill_at(self.kill_at)
+        r.due = [(r.started + limit, exc_type) for limit, exc_type in
+                    ((r.soft, SoftTimeLimitExceeded), (r.hard, HardTimeLimitExceeded)) if limit]
+        if r.due:
+            self.next_limit = min(self.next_limit, r.due[0][0])
         self.executor(r).submit(r)
 
     def executor(self, r: FlightRun) -> Any:
@@ -325,6 +367,9 @@ class FlightWorker(Worker):
                 self.table.free(r.index, len(self.flying))
         if not self.flying and self.spec.board is not None:
             self.spec.board.end(self.spec.slot)
+        if r.kill_at and r.kill_at == self.kill_at and self.table is not None:
+            self.kill_at = min((x.kill_at for x in self.flying.values() if x.kill_at), default=0.0)
+            self.table.kill_at(self.kill_at)
         if self.suspect is r:
             self.suspect = None
         elif self.suspect is not None and len(self.flying) == 1 and self.suspect.started == 0.0:

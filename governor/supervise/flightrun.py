@@ -17,12 +17,13 @@ read) sees the exception only when that call returns: the master's kill is what 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import inspect
 import queue
 import threading
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any
 
 from governor import context
@@ -42,7 +43,7 @@ class FlightRun(JobRun):
     """One job of a worker that runs several: held by slot ``index``."""
 
     __slots__ = ("index", "table", "suspect", "outcome", "thread", "task", "throw", "timed_out",
-                 "lock", "is_async")
+                 "lock", "is_async", "due", "kill_at", "run_no", "held")
 
     def __init__(self, host: Host, reply: list[Any], lane: QueueKeys, index: int, table: RunTable | None) -> None:
         super().__init__(host, reply, lane)
@@ -57,21 +58,25 @@ class FlightRun(JobRun):
         self.timed_out: str | None = None  # 'timeout_soft' or 'timeout_hard' once delivered
         self.lock = threading.Lock()
         self.is_async = False
+        self.due: list[tuple[float, type[BaseException]]] = []  # (when, what): soft, then hard
+        self.kill_at = 0.0  # when the master kills the worker if this job has not ended (0: never)
+        self.run_no = 0  # the worker's number for this run (its run-table entry's)
+        self.held = False  # its entry was written before it started (a suspect waiting)
 
     # -- the report: the slot's entry, not the worker's ---------------------------------
-
-    def hold(self, held: int) -> None:
-        if self.table is not None:
-            self.table.hold(self.index, self.host.jobs_run + 1, self.job.id, self.token, self.handler,
-                            self.lane.partition, held)
 
     def _report_start(self, wait: float | None, adaptive: bool) -> None:
         host = self.host
         if self.table is not None:
-            self.table.start(self.index, time.monotonic(), self.soft, self.hard, self.job.attempts, adaptive)
-        board = host.spec.board
-        if board is not None:
-            board.count_start(host.spec.slot, wait)
+            if self.held:  # (a suspect that waited to run alone)
+                self.table.start(self.index, time.monotonic(), self.soft, self.hard, self.job.attempts, adaptive)
+            else:  # held and started in one write
+                self.table.hold(self.index, self.run_no, self.job.id, self.token, self.handler, self.lane.partition,
+                                len(host.flying), (time.monotonic(), self.soft, self.hard, self.job.attempts, adaptive))
+        host.tally.start(wait)
+        if not host.rang:  # an idle worker took work: the master looks at it at its busy pace
+            host.rang = True
+            host.channel.send("busy")
 
     def announce(self) -> None:
         pass  # the title counts the jobs in flight (the worker's), it names none
@@ -80,8 +85,7 @@ class FlightRun(JobRun):
         pass  # the slot's entry is freed by the worker, when it takes the settle
 
     def report_end(self, outcome: str, seconds: float) -> None:
-        if self.host.spec.board is not None:
-            self.host.spec.board.count_end(self.host.spec.slot, outcome, seconds)
+        self.host.tally.end(outcome, seconds)
 
     # -- where it runs ---------------------------------------------------------------------
 
@@ -170,10 +174,9 @@ class Threads:
             if not start:
                 self.idle -= 1
         if start:
-            threading.stack_size(STACK_SIZE)
             t = threading.Thread(target=self._serve, name=f"governor-job-{len(self.threads)}", daemon=True)
             self.threads.append(t)
-            t.start()
+            _start_small(t, STACK_SIZE)
         self.work.put(run)
 
     def _serve(self) -> None:
@@ -218,17 +221,59 @@ class EventLoop:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
         self.beat = time.monotonic()  # the loop's last turn seen (a blocked loop shows its age)
+        self.pending: collections.deque[FlightRun] = collections.deque()  # submitted, not yet tasks
+        self.scheduled = False  # a call to start them is on its way to the loop
+        self.shown: tuple[float, int] | None = None  # (blocked since, by slot) as the run table says
 
     def submit(self, run: FlightRun) -> None:
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
-            threading.stack_size(STACK_SIZE * 2)
             self.thread = threading.Thread(target=self.loop.run_forever, name="governor-event-loop", daemon=True)
-            self.thread.start()
-        self.loop.call_soon_threadsafe(self._start, run)
+            _start_small(self.thread, STACK_SIZE * 2)
+            self.beat = time.monotonic()
+            self.loop.call_soon_threadsafe(self._beat)
+        # the runs of one round trip wake the loop once, not once each
+        self.pending.append(run)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self._start_pending)
 
-    def _start(self, run: FlightRun) -> None:
-        run.task = asyncio.get_running_loop().create_task(self._run(run))
+    BEAT = 0.1  # seconds between the loop's heartbeats
+
+    def _beat(self) -> None:
+        self.beat = time.monotonic()
+        assert self.loop is not None
+        self.loop.call_later(self.BEAT, self._beat)
+
+    def blocker(self, after: float) -> tuple[float, asyncio.Task | None] | None:
+        """(since when, the task running) if the loop has not turned for ``after`` seconds:
+        sync code in an ``async def`` holds it. Read from the control thread."""
+        if self.loop is None or time.monotonic() - self.beat < after:
+            return None
+        return self.beat, asyncio.current_task(self.loop)  # (the loop's running task, from any thread)
+
+    def watch(self, flying: Iterable[FlightRun], table: RunTable, after: float) -> None:
+        """A loop that has not turned for ``after`` seconds is blocked by sync code in the job
+        it runs: said in the run table (status and metrics show it, with the job)."""
+        runs = [r for r in flying if r.is_async]
+        blocked = self.blocker(after) if runs else None
+        if blocked is None:
+            if self.shown:
+                table.blocked(0.0, -1)
+            self.shown = None
+            return
+        since, task = blocked
+        index = next((r.index for r in runs if r.task is task), -1)
+        if self.shown != (since, index):
+            table.blocked(since, index)
+            self.shown = (since, index)
+
+    def _start_pending(self) -> None:
+        self.scheduled = False  # (first: a run added from now on schedules another call)
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            run = self.pending.popleft()
+            run.task = loop.create_task(self._run(run))
 
     async def _run(self, run: FlightRun) -> None:
         assert run.payload is not None
@@ -247,6 +292,22 @@ class EventLoop:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+def _start_small(thread: threading.Thread, stack: int) -> None:
+    """Starts ``thread`` with a stack of ``stack`` bytes; threads the job code starts get the
+    size they had before."""
+    old = threading.stack_size(stack)
+    try:
+        thread.start()
+    finally:
+        threading.stack_size(old)
+
+
+_ASYNC: dict[Any, bool] = {}
+
+
 def is_async(func: Any) -> bool:
     """Whether a handler runs as a task on the event loop (``async def``)."""
-    return inspect.iscoroutinefunction(func)
+    known = _ASYNC.get(func)
+    if known is None:
+        known = _ASYNC[func] = inspect.iscoroutinefunction(func)
+    return known

@@ -25,8 +25,9 @@ from governor.protocol.queue import FailOutcome, QueueKeys, parse_lease, run
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess
 from governor.supervise.redishealth import REPLY_ERRORS, RedisHealth
-from governor.supervise.runtable import owner_of, slot_id
-from governor.supervise.scoreboard import Scoreboard, margin
+from governor.supervise.renewals import Renewals
+from governor.supervise.runtable import owner_of
+from governor.supervise.scoreboard import Scoreboard
 from governor.units import format_size
 from governor.untrusted import loads
 
@@ -65,12 +66,13 @@ class LostJob:
     def why(self) -> str:
         """The reason with its measured figure, as an operator reads it in `governor status`."""
         d = self.detail
-        if self.reason == "memory_hard" and "memory" in d:
-            return f"memory_hard: {format_size(d['memory'])} > {format_size(d['limit'])}"
+        figure = f": {format_size(d['memory'])} > {format_size(d['limit'])}" if "memory" in d else ""
         if self.reason == "neighbour_killed":
             return f"for another job's {d.get('beside')}; this one not charged"
         if self.mode == "suspect":
-            return f"{self.reason} with several jobs running; not charged, it runs alone next"
+            return f"{self.reason}{figure} with several jobs running; not charged, it runs alone next"
+        if self.reason == "memory_hard" and figure:
+            return f"memory_hard{figure}"
         if self.reason == "timeout_hard" and self.seconds is not None:
             return f"timeout_hard: ran {self.seconds:.2f}s, limit {d.get('limit')}s"
         return self.reason
@@ -87,9 +89,7 @@ class Housekeeper:
         self.health = health  # shared with the other duties: one outage, one probe
         self.prefix = prefix
         self.lease = lease
-        self.board = board
-        self.on_lease_lost = on_lease_lost
-        self.on_thaw = on_thaw
+        self.renewals = Renewals(client, prefix, lease, board, on_lease_lost, on_thaw)
         self.lost: list[LostJob] = []
         self.next_tick: dict[QueueKeys, float] = {}
         self.next_renew = 0.0
@@ -202,7 +202,7 @@ class Housekeeper:
             # renew first: after a stall longer than the lease, our own workers' leases must be
             # extended before the tick looks for expired ones
             if now >= self.next_renew:
-                if self._renew(pools):
+                if self.renewals.renew(pools):
                     self.health.succeeded()
                 self.next_renew = now + self.lease / 3
             if due:
@@ -255,87 +255,6 @@ class Housekeeper:
         for lane in [lane for lane in self.lane_stats if lane.queue == queue]:
             self.lane_stats.pop(lane)
         self.lanes.pop(queue, None)
-
-    def _renew(self, pools: Mapping[str, Pool]) -> bool:
-        """Extends our busy workers' leases, and tells each one's guard what Redis confirmed;
-        False when there was nothing to renew (no call made).
-
-        A confirmed renewal sent at ``sent`` proves the lease runs until at least
-        ``sent + lease``: that (less the margin) becomes the run's deadline in the scoreboard,
-        which the sentry enforces, and a run the sentry froze meanwhile is thawed. A renewal
-        refused while the worker still runs the same job means another host has it: the run
-        is killed."""
-        by_lane: dict[QueueKeys, list[tuple[WorkerProcess, int]]] = {}
-        flights: dict[QueueKeys, list[tuple[WorkerProcess, int, str, int]]] = {}
-        for pool in pools.values():
-            for w in pool:
-                if w.state is State.STOPPING:
-                    continue
-                job = self.board.read(w.slot)[0] if w.slot >= 0 else 0
-                if w.runs is not None:  # several jobs: each slot's lease, where its job is
-                    for j in w.jobs.values():
-                        flights.setdefault(self.keys(pool.name, j.partition), []).append(
-                            (w, job, slot_id(w.wid, j.index), j.run))
-                elif job or w.job is not None:
-                    # a worker reserves from one partition at a time: its lease is where its job
-                    # is, as the worker wrote it with the job (a 'start' message may lag behind)
-                    part = self.board.partition(w.slot) if job else (w.job.partition if w.job else None)
-                    by_lane.setdefault(self.keys(pool.name, part), []).append((w, job))
-        calls, batches = [], []
-        for lane, holders in by_lane.items():
-            calls.append(lane.renew(int(self.lease * 1000), [w.wid for w, _ in holders]))
-            batches.append(holders)
-        for lane, slots in flights.items():
-            calls.append(lane.renew(int(self.lease * 1000), [sid for _, _, sid, _ in slots]))
-        if not calls:
-            return False
-        sent = time.monotonic()
-        replies = run(self.redis, *calls)
-        deadline = sent + self.lease - margin(self.lease)
-        now = time.monotonic()
-        self._renewed_flights(flights, replies[len(batches):], deadline, now)
-        for holders, flags in zip(batches, replies[:len(batches)], strict=True):
-            if not (isinstance(flags, list) and len(flags) == len(holders)):
-                raise ValueError(f"unexpected reply to renew: {flags!r:.80}")
-            for (w, job), renewed in zip(holders, flags, strict=True):
-                current, previous, frozen = self.board.read(w.slot)
-                if not job or current != job:
-                    continue  # its handler returned meanwhile: nothing of that run is left to guard
-                if renewed:
-                    self.board.extend(w.slot, job, deadline)
-                    # only while what the renewal proves still holds: a reply read after a long
-                    # stall (this master paused) proves a lease that may have ended since
-                    if frozen and deadline > time.monotonic():
-                        self.on_thaw(w, now - frozen)
-                else:
-                    # the last deadline we proved was ``previous``: cut off since about then
-                    self.on_lease_lost(w, now - (previous - self.lease + margin(self.lease)))
-        return True
-
-    def _renewed_flights(self, flights: Mapping[QueueKeys, list[tuple[WorkerProcess, int, str, int]]],
-                         replies: list[Any], deadline: float, now: float) -> None:
-        """Workers with several jobs: the board's deadline (the sentry's) is extended when
-        every job the worker held was renewed; a refusal for a job the worker still holds
-        means another host has it: the worker is killed (its neighbours go back uncharged)."""
-        refused: dict[int, tuple[WorkerProcess, int]] = {}
-        seen: dict[int, tuple[WorkerProcess, int]] = {}
-        for slots, flags in zip(flights.values(), replies, strict=True):
-            if not (isinstance(flags, list) and len(flags) == len(slots)):
-                raise ValueError(f"unexpected reply to renew: {flags!r:.80}")
-            for (w, epoch, _sid, run_no), renewed in zip(slots, flags, strict=True):
-                seen[w.pid] = (w, epoch)
-                if not renewed and any(j.run == run_no for j in w.jobs.values()):
-                    refused[w.pid] = (w, epoch)
-        for pid, (w, epoch) in seen.items():
-            current, previous, frozen = self.board.read(w.slot)
-            if pid in refused:
-                if current == epoch and w.runs is not None:
-                    self.on_lease_lost(w, now - (previous - self.lease + margin(self.lease)))
-                continue
-            if epoch and current == epoch:
-                self.board.extend(w.slot, epoch, deadline)
-                if frozen and deadline > time.monotonic():
-                    self.on_thaw(w, now - frozen)
 
     def _tick(self, lanes: list[QueueKeys], now: float, pools: Mapping[str, Pool]) -> None:
         """Promote due delayed jobs, expire done records, reclaim expired leases."""

@@ -11,6 +11,7 @@ Runs in: master.
 from __future__ import annotations
 
 import enum
+import math
 import os
 import signal
 import socket
@@ -91,7 +92,11 @@ class WorkerProcess:
         # jobs_per_worker > 1: its run table, the jobs it holds by slot (``job`` is the oldest
         # of them), and how long a job past its hard limit has to end before the tree is killed
         self.runs: Any = None  # runtable.RunTable
-        self.runs_seen: tuple[int, int] = (-1, -1)
+        self.runs_seen: tuple[int, int, float, int, float] = (-1, -1, 0.0, -1, 0.0)  # its header, as last read
+        self.jobs_read = -1  # the header generation ``jobs`` was read at
+        self.held = 0  # jobs it holds (from the header, every look)
+        self.kill_at: float | None = None  # ... and when the first of them is past hard + grace
+        self.loop_blocked: tuple[float, int] | None = None  # its event loop: blocked since, by slot
         self.jobs: dict[int, CurrentJob] = {}
         self.grace = 0.0
 
@@ -136,6 +141,34 @@ class WorkerProcess:
             self.job = next(iter(jobs.values()))  # a suspect waiting to run alone
         else:
             self.on_end()
+
+    def refresh_jobs(self) -> bool:
+        """Reads the jobs its run table holds, if it moved since the last read; an entry out of
+        range is left out (the header, read on every look, is what is judged). False when the
+        table could not be read whole (being written): ``jobs`` is as last read."""
+        if self.runs is None:
+            return True
+        gen = self.runs.generation()[0]
+        if gen == self.jobs_read:
+            return True
+        entries = self.runs.entries()
+        if entries is None:
+            return False  # being written: the next look
+        jobs = {}
+        for e in entries:
+            if not all(math.isfinite(x) and 0 <= x < 2 ** 40 for x in (e.started, e.soft, e.hard)):
+                continue
+            old = self.jobs.get(e.index)
+            if old is not None and old.run == e.run and (old.since or not e.started):
+                jobs[e.index] = old
+                continue
+            jobs[e.index] = CurrentJob(id=e.job_id, token=e.token, handler=e.handler, attempt=e.attempt,
+                                       since=e.started, soft=e.soft or None, hard=e.hard or None,
+                                       partition=e.partition if e.partition >= 0 else None, run=e.run,
+                                       adaptive=bool(e.adaptive), index=e.index)
+        self.jobs_read = gen
+        self.on_jobs(jobs)
+        return True
 
     def overdue(self, at: float) -> list[CurrentJob]:
         """Its jobs past their hard limit (and the grace a job among several has) at ``at``."""
@@ -188,8 +221,7 @@ class WorkerProcess:
         if self.state is State.STOPPING:
             return None
         if self.runs is not None:
-            ends = [j.since + j.hard + self.grace for j in self.jobs.values() if j.since and j.hard]
-            return min(ends) if ends else None
+            return self.kill_at
         if self.job and self.job.hard:
             return self.job.since + self.job.hard
         return None
@@ -232,8 +264,14 @@ class WorkerProcess:
                "rss": self.rss or rss_bytes(self.pid), "peak_rss": self.peak_rss,
                "job": job, "stop_reason": self.stop_reason, "generation": self.generation}
         if self.runs is not None:
+            self.refresh_jobs()
             out["slots"] = self.runs.slots
             out["jobs"] = [_job_view(j, now) for j in sorted(self.jobs.values(), key=lambda j: j.index)]
+            if self.loop_blocked:
+                since, index = self.loop_blocked
+                by = self.jobs.get(index)
+                out["loop_blocked"] = {"seconds": round(max(now - since, 0.0), 3), "job": by.id if by else None,
+                                       "handler": by.handler if by else None}
         return out
 
 

@@ -123,16 +123,16 @@ class WorkerReports:
                 self.on_lie(w, f"its report stayed half written for {now - torn:.1f}s")
             return
         self._torn.pop(w.pid, None)
-        before = self._seen.get(w.pid)
-        if r == before:
-            return  # (the common case while a long job runs: nothing new, nothing to judge)
-        lie = _lie(r, before, w, pool, time.monotonic())
         if w.runs is not None:  # several jobs at once: what runs is in its run table
-            lie = lie or self._observe_table(pool, w)
+            lie = self._observe_table(pool, w)
             if lie is not None:
                 self.on_lie(w, lie)
                 return
             r = r._replace(run=0)
+        before = self._seen.get(w.pid)
+        if r == before:
+            return  # (the common case while a long job runs: nothing new, nothing to judge)
+        lie = _lie(r, before, w, pool, time.monotonic())
         new_run = bool(r.run) and (w.job is None or w.job.run != r.run)
         if lie is None and new_run and w.said_leaving:
             lie = "a run started after it said it leaves"
@@ -173,36 +173,28 @@ class WorkerReports:
             self.on_finished(pool, w, finished, r.partition if r.partition >= 0 else None)
 
     def _observe_table(self, pool: Pool, w: WorkerProcess) -> str | None:
-        """A worker with several jobs at once: the jobs its run table holds (read only when
-        the table moved since the last look); what makes it impossible, or None."""
+        """A worker with several jobs at once: its run table's header only (how many jobs it
+        holds, when the first of them must be killed, a blocked event loop): no per-job work
+        on the master's clock. Its entries are read when something needs the jobs themselves
+        (a renewal, a kill, an exit, ``status``: ``WorkerProcess.refresh_jobs``)."""
         assert w.runs is not None
         gen = w.runs.generation()
         if gen == w.runs_seen:
             return None
-        entries = w.runs.entries()
-        if entries is None:
-            return None  # being written: the next look
-        now = time.monotonic()
-        jobs = {}
-        for e in entries:
-            if not all(math.isfinite(x) for x in (e.started, e.soft, e.hard)) or e.soft < 0 or e.hard < 0 \
-                    or e.hard > MAX_TIMEOUT * 2 or not -1 <= e.partition < max(pool.config.partitions or 0, 0):
-                return "a run table entry out of range"
-            if e.started and not w.started - CLOCK_SLACK <= e.started <= now + CLOCK_SLACK:
-                return f"a run started outside the worker's life ({e.started:.3f})"
-            old = w.jobs.get(e.index)
-            if old is not None and old.run == e.run and (old.since or not e.started):
-                jobs[e.index] = old
-                continue
-            if old is None or old.run != e.run:
-                if w.said_leaving:
-                    return "a job taken after it said it leaves"
-            jobs[e.index] = CurrentJob(id=e.job_id, token=e.token, handler=e.handler, attempt=e.attempt,
-                                       since=e.started, soft=e.soft or None, hard=e.hard or None,
-                                       partition=e.partition if e.partition >= 0 else None, run=e.run,
-                                       adaptive=bool(e.adaptive), index=e.index)
+        _, held, since, _, kill_at = gen
+        if not (math.isfinite(since) and math.isfinite(kill_at) and 0 <= held <= w.runs.slots and since >= 0
+                and (not kill_at or w.started - CLOCK_SLACK <= kill_at <= time.monotonic() + 2 * MAX_TIMEOUT)):
+            return "a run table header out of range"
         w.runs_seen = gen
-        w.on_jobs(jobs)
+        w.loop_blocked = (since, gen[3]) if since else None
+        w.kill_at = kill_at or None
+        if held and w.said_leaving and held > w.held:
+            return "a job taken after it said it leaves"
+        w.held = held
+        if not held:
+            w.on_jobs({})
+        elif w.job is None:
+            w.refresh_jobs()  # (an idle worker took work: which, once)
         return None
 
     def forget(self, w: WorkerProcess) -> None:

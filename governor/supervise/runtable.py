@@ -23,7 +23,10 @@ from typing import NamedTuple
 from governor.supervise.scoreboard import SLOT_SIZE, Scoreboard
 
 HELD, RUNNING = 1, 2  # an entry's state: reserved (a suspect waiting to run alone), running
-_HEADER = struct.Struct("=qq")  # generation, jobs held
+# generation, jobs held, since when (monotonic) the event loop has been blocked (0: it is not),
+# the slot whose job blocks it, and the earliest moment a job's hard limit and grace run out
+# (0: none has a limit): all the master reads on its clock; the entries only when it must
+_HEADER = struct.Struct("=qqdqd")
 _ENTRY_AT = 64
 _ENTRY_SIZE = 1024
 # seq, run (the worker's number for the run; 0: the slot is free), state, started (monotonic),
@@ -89,16 +92,34 @@ class RunTable:
         _FIELDS.pack_into(mm, at, seq + 1, *fields)
         struct.pack_into("=q", mm, at, seq + 2)
         self._gen += 1
-        if held is None:
-            held = _HEADER.unpack_from(mm, self._at())[1]
-        _HEADER.pack_into(mm, self._at(), self._gen, held)
+        header = _HEADER.unpack_from(mm, self._at())
+        _HEADER.pack_into(mm, self._at(), self._gen, header[1] if held is None else held, *header[2:])
+
+    def blocked(self, since: float, index: int) -> None:
+        """The event loop has not turned since ``since`` (0: it turns), held by the job in
+        slot ``index``: sync code in an ``async def`` (its limits still hold, from outside)."""
+        self._gen += 1
+        header = _HEADER.unpack_from(self.board.mm, self._at())
+        _HEADER.pack_into(self.board.mm, self._at(), self._gen, header[1], since, index, header[4])
+
+    def kill_at(self, when: float) -> None:
+        """The earliest moment a job in flight is past its hard limit and grace (0: none)."""
+        self._gen += 1
+        header = _HEADER.unpack_from(self.board.mm, self._at())
+        _HEADER.pack_into(self.board.mm, self._at(), self._gen, *header[1:4], when)
 
     def hold(self, index: int, run: int, job_id: str, token: str, handler: str, partition: int | None,
-             held: int) -> None:
-        """Slot ``index`` holds job ``job_id`` (leased under ``token``), not yet running."""
+             held: int, started: tuple[float, float | None, float | None, int, bool] | None = None) -> None:
+        """Slot ``index`` holds job ``job_id`` (leased under ``token``): not yet running, or
+        running since ``started`` = (when, soft, hard, attempt, adaptive) (one write, not two)."""
         jid, tok, hdl = _text(job_id), _text(token), _text(handler)
-        self._write(index, (run, HELD, 0.0, 0.0, 0.0, 0, -1 if partition is None else partition, 0),
-                    _TEXT.pack(len(jid), jid, len(tok), tok, len(hdl), hdl), held)
+        part = -1 if partition is None else partition
+        if started is None:
+            fields: tuple = (run, HELD, 0.0, 0.0, 0.0, 0, part, 0)
+        else:
+            when, soft, hard, attempt, adaptive = started
+            fields = (run, RUNNING, when, soft or 0.0, hard or 0.0, attempt, part, int(adaptive))
+        self._write(index, fields, _TEXT.pack(len(jid), jid, len(tok), tok, len(hdl), hdl), held)
 
     def start(self, index: int, started: float, soft: float | None, hard: float | None, attempt: int,
               adaptive: bool) -> None:
@@ -112,8 +133,9 @@ class RunTable:
 
     # -- the master's side ----------------------------------------------------------------
 
-    def generation(self) -> tuple[int, int]:
-        """(generation, jobs held): the generation moves with every write of the worker."""
+    def generation(self) -> tuple[int, int, float, int, float]:
+        """(generation, jobs held, loop blocked since, by slot, kill at): the generation moves
+        with every write of the worker."""
         return _HEADER.unpack_from(self.board.mm, self._at())
 
     def entries(self) -> list[RunEntry] | None:

@@ -151,20 +151,14 @@ class _ReportMixin:
                            old.finished + 1, old.run_seconds + seconds, old.wait_seconds, old.adaptive),
                     tuple(counts))
 
-    def count_start(self, slot: int, wait: float | None) -> None:
-        """A worker running several jobs at once started one (its run is in the run table,
-        runtable.py): only its wait is counted here."""
-        if wait is None:
-            return
+    def add_tally(self, slot: int, tally: Tally) -> None:
+        """A worker running several jobs at once (its runs are in its run table, runtable.py)
+        adds what its jobs did since the last write: one write per turn of its loop."""
         old = self._own_report(slot)
-        counts = list(old.counts)
-        counts[len(OUTCOMES) + len(self.buckets) + 1 + _bucket(self.buckets, wait)] += 1
-        self._write(slot, (0, old.started, old.soft, old.hard, old.attempt, old.partition, old.finished,
-                           old.run_seconds, old.wait_seconds + wait, old.adaptive), tuple(counts))
-
-    def count_end(self, slot: int, outcome: str, seconds: float) -> None:
-        """... and one of its jobs ended with ``outcome`` after ``seconds``."""
-        self.finish_run(slot, outcome, seconds)
+        counts = tuple(a + b for a, b in zip(old.counts, tally.counts, strict=True))
+        self._write(slot, (0, old.started, old.soft, old.hard, old.attempt, old.partition,
+                           old.finished + tally.finished, old.run_seconds + tally.run_seconds,
+                           old.wait_seconds + tally.wait_seconds, old.adaptive), counts)
 
     def withdraw_run(self, slot: int) -> None:
         """The run started did not happen (a command pool's job its program never read): no
@@ -193,6 +187,33 @@ class _ReportMixin:
         at = self._at(slot)
         return _report(_REPORT.unpack_from(self.mm, at + _REPORT_AT),
                        self._counts.unpack_from(self.mm, at + _COUNTS_AT), None)
+
+
+class Tally:
+    """What the jobs of a worker running several at once did between two writes of its report
+    (counted by its control thread, written by ``Scoreboard.add_tally``)."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self._waits = len(OUTCOMES) + len(buckets) + 1
+        self.clear()
+
+    def clear(self) -> None:
+        self.counts = [0] * (len(OUTCOMES) + 2 * (len(self.buckets) + 1))
+        self.finished, self.run_seconds, self.wait_seconds, self.dirty = 0, 0.0, 0.0, False
+
+    def start(self, wait: float | None) -> None:
+        if wait is not None:
+            self.counts[self._waits + _bucket(self.buckets, wait)] += 1
+            self.wait_seconds += wait
+            self.dirty = True
+
+    def end(self, outcome: str, seconds: float) -> None:
+        self.counts[_OUTCOME_INDEX.get(outcome, _OUTCOME_INDEX["other"])] += 1
+        self.counts[len(OUTCOMES) + _bucket(self.buckets, seconds)] += 1
+        self.finished += 1
+        self.run_seconds += seconds
+        self.dirty = True
 
 
 class Scoreboard(_ReportMixin):
@@ -226,16 +247,17 @@ class Scoreboard(_ReportMixin):
             return None
         self._taken[slot:slot + pages] = b"\x01" * pages
         self._spans[slot] = pages
-        for s in range(slot, slot + pages):
-            self.clear(s)
+        self.clear(slot)
+        # a run table's pages whole (runtable.py): entries left by the worker that held them
+        # before would be read as this one's jobs
+        self.mm[self._at(slot + 1):self._at(slot + pages)] = bytes((pages - 1) * SLOT_SIZE)
         return slot
 
     def release(self, slot: int) -> None:
         """The worker is reaped: its slots may serve another."""
         if slot >= 0:
             pages = self._spans.pop(slot, 1)
-            for s in range(slot, slot + pages):
-                self.clear(s)
+            self.clear(slot)
             self._taken[slot:slot + pages] = bytes(pages)
 
     def fileno(self) -> int:

@@ -2,32 +2,43 @@
 -- and reserves for every free slot, in one call. Composed after ack.lua, fail.lua and
 -- reserve.lua (scripts.py `_load_scripts`), whose functions it runs in turn; every rule stays
 -- in those files, and each reserve is exactly what reserve.lua does alone for that slot.
--- KEYS: each settle's keys in turn (ack.lua's or fail.lua's), then reserve.lua's
--- ARGV: n (settles), then n times: 'ack' or 'fail', its key count, its argument count;
---       then every settle's arguments in turn; then m (reserves wanted), then m times: the
---       slot's worker id and its token; then reserve.lua's arguments after worker and token
+-- The settles are of one lane, so each distinct set of keys is sent once (an ack's differ only
+-- by their handler's run-times list: a few sets for any number of settles).
+-- KEYS: each distinct settle key set in turn, then reserve.lua's
+-- ARGV: n (settles), k (key sets), then k times its key count; then n times: 'ack' or
+--       'fail', the number of its key set (1-based), its argument count, its arguments; then
+--       m (reserves wanted), then m times: the slot's worker id and its token; then
+--       reserve.lua's arguments after worker and token
 -- Returns {settle reply 1, ..., settle reply n, {reserve reply, ...}}: the reserves stop at the
 -- first reply that is not a job (it is the last one), and after a job marked a suspect (it
 -- runs alone: the worker starts nothing beside it). Settles go first, so a slot they free (a
 -- global_concurrency run) is the reserves' to take. Each part is idempotent for a call re-sent
 -- after a lost reply (a settled run answers as before, or 0; a slot's live lease under the
 -- same token is handed back), so a re-sent call loses and doubles nothing.
+local n, k = tonumber(ARGV[1]), tonumber(ARGV[2])
+if not n or not k or n < 0 or k < 0 or 2 + k > #ARGV then
+  return redis.error_reply('flight: expected the number of settles and of key sets')
+end
+local sets, at = {}, 0
+for i = 1, k do
+  local count = tonumber(ARGV[2 + i])
+  if not count or at + count > #KEYS then return redis.error_reply('flight: a key set past KEYS') end
+  sets[i] = {unpack(KEYS, at + 1, at + count)}
+  at = at + count
+end
 local settles = {ack = ack, fail = fail}
-local n = tonumber(ARGV[1])
-if not n or n < 0 then return redis.error_reply('flight: expected the number of settles') end
-local out, k, a = {}, 0, 2 + 3 * n
+local out, a = {}, 3 + k
 for i = 1, n do
-  local settle = settles[ARGV[2 + 3 * (i - 1)]]
-  local nk, na = tonumber(ARGV[3 + 3 * (i - 1)]), tonumber(ARGV[4 + 3 * (i - 1)])
-  if not settle or not nk or not na or k + nk > #KEYS or a + na > #ARGV then
-    return redis.error_reply('flight: expected ack or fail, then the settle\'s key and argument counts')
+  local settle, set, na = settles[ARGV[a]], sets[tonumber(ARGV[a + 1])], tonumber(ARGV[a + 2])
+  if not settle or not set or not na or a + 2 + na > #ARGV then
+    return redis.error_reply('flight: expected ack or fail, its key set and its argument count')
   end
-  out[i] = settle({unpack(KEYS, k + 1, k + nk)}, {unpack(ARGV, a, a + na - 1)}, nil)
-  k, a = k + nk, a + na
+  out[i] = settle(set, {unpack(ARGV, a + 3, a + 2 + na)}, nil)
+  a = a + 3 + na
 end
 local m = tonumber(ARGV[a])
 if not m or m < 0 or a + 2 * m > #ARGV then return redis.error_reply('flight: expected the slots to reserve for') end
-local rkeys = {unpack(KEYS, k + 1, #KEYS)}
+local rkeys = {unpack(KEYS, at + 1, #KEYS)}
 local rest = {unpack(ARGV, a + 2 * m + 1, #ARGV)}
 local reserved = {}
 for j = 1, m do
