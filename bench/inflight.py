@@ -82,7 +82,9 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import peers  # bench/peers.py, beside this file
@@ -976,33 +978,49 @@ def run_memory(s: Setup, args: argparse.Namespace) -> list[str]:
 HARD, GRACE = 0.5, 0.2
 
 
-def limits_trial(s: Setup, slots: int, grace: bool, prefix: str) -> tuple[list[float], list[float], int]:
-    """(settle lateness ms, stop lateness ms, jobs): WORKERS x slots jobs past their hard limit."""
+@dataclass
+class Limits:
+    """One or more trials of table 4, pooled."""
+
+    settle: list[float] = field(default_factory=list)  # ms past the due end, per job
+    stop: list[float] = field(default_factory=list)
+    runs: list[int] = field(default_factory=list)  # runs per job until it was dead
+    asked: int = 0
+    seconds: list[float] = field(default_factory=list)  # per trial: enqueue to the last job dead
+    before: Counter = field(default_factory=Counter)  # the reasons of the runs before the last
+
+
+def limits_trial(s: Setup, slots: int, grace: bool, prefix: str, out: Limits) -> None:
+    """WORKERS x slots jobs, all stuck past their hard limit, retry max 0."""
     timeout = {"soft": "off", "hard": f"{HARD * 1000:.0f}ms", **({"grace": f"{GRACE * 1000:.0f}ms"} if grace else {})}
     s.start_master(prefix, WORKERS, timeout=timeout, retry={"max": 0}, recycle={"max_jobs": "off"},
                    **slots_key(slots))
     c = Client.from_url(s.url, prefix=prefix)
     n = WORKERS * slots
     try:
+        t0 = time.perf_counter()
         ids = c.enqueue_many("bench", [{"handler": "bench_tasks:sleep", "args": [30]}] * n)
         wait_for(lambda: c.counts("bench")["dead"] >= n, 120, "the hard-limit kills", interval=0.05)
+        out.seconds.append(time.perf_counter() - t0)
     finally:
         s.stop_master()
     due = HARD + (GRACE if grace else 0)
-    settle, stop, other = [], [], 0
+    other: Counter = Counter()
     for i in ids:
         job = c.job(i, "bench") or {}
         errors = job.get("errors") or [{}]
-        e = errors[0]
+        e = errors[-1]  # the run that ended it (any before it: requeued)
+        out.runs.append(len(errors))
+        out.before.update(str(x.get("reason")) for x in errors[:-1])
         if e.get("reason") != "timeout_hard" or "started_at" not in job:
-            other += 1
+            other[f"{job.get('state')} {e.get('reason')}"] += 1
             continue
-        settle.append((e["at"] / 1000 - job["started_at"] - due) * 1000)
-        stop.append((e["seconds"] - due) * 1000)
+        out.settle.append((e["at"] / 1000 - job["started_at"] - due) * 1000)
+        out.stop.append((e["seconds"] - due) * 1000)
+    out.asked += n
     s.redis.flushall()
     if other:
-        print(f"  {other} jobs not ended by timeout_hard", file=sys.stderr, flush=True)
-    return settle, stop, n
+        print(f"  jobs not ended by timeout_hard (state, reason): {dict(other)}", file=sys.stderr, flush=True)
 
 
 def run_limits(s: Setup, args: argparse.Namespace) -> list[str]:
@@ -1010,26 +1028,27 @@ def run_limits(s: Setup, args: argparse.Namespace) -> list[str]:
     why = governor_refuses(s, **slots_key(args.slots))
     if why:
         return [f"hard-limit fidelity: skipped: {why}"]
-    settle: list[float] = []
-    stop: list[float] = []
-    asked = 0
+    res = Limits()
     for r in range(args.repeat):
         print(f"limits trial {r + 1}/{args.repeat}", file=sys.stderr, flush=True)
-        a, b, n = limits_trial(s, args.slots, grace, f"lim{r}")
-        settle += a
-        stop += b
-        asked += n
-    settle.sort()
-    stop.sort()
+        limits_trial(s, args.slots, grace, f"lim{r}", res)
+    settle, stop = sorted(res.settle), sorted(res.stop)
     due = f"hard {HARD * 1000:.0f} ms + grace {GRACE * 1000:.0f} ms" if grace else \
         f"hard {HARD * 1000:.0f} ms (this governor has no timeout.grace)"
     rows = [["measure", "p50", "p99", "max"]]
     for label, xs in (("job settled dead, after its due end", settle), ("job stopped, after its due end", stop)):
         if xs:
             rows.append([label, f"{pct(xs, 50):.1f} ms", f"{pct(xs, 99):.1f} ms", f"{xs[-1]:.1f} ms"])
-    return [f"Hard-limit fidelity: {WORKERS} workers x {args.slots} jobs in flight, each sleeping past {due}; "
-            f"{len(settle)} of {asked} jobs ended timeout_hard over {args.repeat} trials",
-            *format_table(rows, left=1)]
+    runs = sorted(res.runs)
+    rows.append(["runs per job until dead", f"{pct(runs, 50)}", f"{pct(runs, 99)}", f"{runs[-1]}"])
+    out = [f"Hard-limit fidelity: {WORKERS} workers x {args.slots} jobs in flight, each sleeping past {due}, "
+           f"retry max 0; {len(settle)} of {res.asked} jobs ended timeout_hard over {args.repeat} trials",
+           "(due end: the last run's started_at + hard + grace; settled: its error's at; stopped: its error's "
+           "seconds)", *format_table(rows, left=1),
+           f"each trial, from the enqueue to the last job dead: {', '.join(f'{x:.1f} s' for x in res.seconds)}"]
+    if res.before:
+        out.append("the runs before the last ended: " + ", ".join(f"{k} x{v}" for k, v in res.before.most_common()))
+    return out
 
 
 # -- main ---------------------------------------------------------------------------------
