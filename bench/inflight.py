@@ -21,10 +21,12 @@ slow drift of the machine spreads over all):
    function jobs (threads) and with ``async def`` jobs (tasks), each in a pool of its own.
 4. **limits** (governor only): hard-limit fidelity: 2 workers x 50 jobs in flight, every
    job a ``time.sleep(30)`` under ``timeout: {hard: 500ms, grace: 200ms}``, retry max 0.
-   Each job's end is the ``at`` of its ``timeout_hard`` error (Redis's clock at the settle,
-   fail.lua); its due end is ``started_at`` (Redis's clock at the reserve) + hard + grace;
-   the table gives p50/p99/max of the difference over all trials' jobs, and the same for
-   the stop itself (the error's ``seconds``: run time until the master stopped the job).
+   Each job's end is the ``at`` of the ``timeout_hard`` error of its last run (Redis's clock
+   at the settle, fail.lua); its due end is that run's ``started_at`` (Redis's clock at the
+   reserve) + hard + grace; the table gives p50/p99/max of the difference over all trials'
+   jobs, the same for the stop itself (the error's ``seconds``: run time until the master
+   stopped the job), how many runs each job took until it was dead (a job requeued as the
+   neighbour of one killed runs again) and how long each trial took.
 
 How a run is timed (tables 1 and 2): the system is started and warmed up (400 jobs run, and
 jobs seen on both worker processes), then every one of its processes is stopped with SIGSTOP,
@@ -58,13 +60,16 @@ Settings, defaults unless said (logging at warning for all):
   ``ListQueueBroker`` (BRPOP, no acks: a job whose worker dies is lost), no result backend;
   ``kiq()`` per job (gathered).
 - **arq**: 2 processes of ``run_worker`` with ``max_jobs = 50`` (poll_delay 0.5 s, results
-  kept 1 h: the defaults); ``enqueue_job`` per job (gathered).
+  kept 1 h: the defaults); ``enqueue_job`` per job (gathered). A process starts at most
+  max_jobs jobs per poll, so its runs are of ARQ_JOBS jobs only (at its rate, --jobs would
+  take minutes).
 - **Celery gevent**: 2 ``celery worker -P gevent -c 50`` processes (prefetch multiplier 4,
   acks on receipt, no result backend, without gossip/mingle/heartbeat); ``delay()`` per job.
-  The gevent pool has no time limits that stop a job, no memory or task-count recycling.
+  The gevent pool has no memory or task-count recycling (those are prefork's).
 
-Every Python peer's venv has hiredis, as governor does. The defaults take about 9 minutes
-on 2 cores.
+Every Python peer's venv has hiredis, as governor does. governor's processes are its
+master, its sentry and the workers. The defaults take about 7 minutes on 2 cores (plus the
+peers' install, once).
 """
 
 from __future__ import annotations
@@ -788,10 +793,12 @@ def run_io(s: Setup, args: argparse.Namespace) -> list[str]:
         versions[sys_.name] = sys_.version()
     head = ["system", "processes", "jobs/s", "% of ceiling", "CPU per job", "USS, all processes (peak)"]
     rows = [head]
+    meds: dict[str, dict[str, float]] = {}
     for sys_ in systems:
         if sys_.name in failed or not results[sys_.name]:
             continue
-        med = {k: statistics.median(t[k] for t in results[sys_.name]) for k in results[sys_.name][0]}
+        med = meds[sys_.name] = {k: statistics.median(t[k] for t in results[sys_.name])
+                                 for k in results[sys_.name][0]}
         others = int(med["procs"]) - WORKERS
         name = sys_.name + (f" ({sys_.jobs_cap:,} jobs)" if 0 < sys_.jobs_cap < args.jobs else "")
         rows.append([name, f"{WORKERS}" + (f" (+{others})" if others else ""), f"{med['rate']:,.0f}",
@@ -800,9 +807,28 @@ def run_io(s: Setup, args: argparse.Namespace) -> list[str]:
            f"INCR; {args.jobs:,} jobs; ceiling {CEILING:,.0f} jobs/s; median of {args.repeat}",
            "(processes: the worker processes, + any others of the system: its master, parent...)",
            *format_table(rows, left=1)]
-    out += [f"versions: {name}: {v}" for name, v in versions.items()]
+    out += io_targets(meds)
+    out += [f"versions: {name}: {v}" for name, v in versions.items() if not name.startswith("governor")]
     out += [f"skipped {name}: {why}" for name, why in skipped.items()]
     out += [f"failed {name}: {why}" for name, why in failed.items()]
+    return out
+
+
+def io_targets(meds: dict[str, dict[str, float]]) -> list[str]:
+    """Issue 23's targets for table 1: jobs/s >= the best peer's, CPU per job <= BullMQ's,
+    USS <= 0.6 x BullMQ's."""
+    peers_ = {k: v for k, v in meds.items() if not k.startswith("governor")}
+    out = []
+    for name, m in meds.items():
+        if not name.startswith("governor") or not peers_:
+            continue
+        best = max(peers_, key=lambda k: peers_[k]["rate"])
+        parts = [f"jobs/s {m['rate'] / peers_[best]['rate']:.2f}x {best}'s (target >= 1)"]
+        bull = peers_.get("BullMQ")
+        if bull:
+            parts += [f"CPU per job {m['cpu_ms'] / bull['cpu_ms']:.2f}x BullMQ's (target <= 1)",
+                      f"USS {m['uss_mib'] / bull['uss_mib']:.2f}x BullMQ's (target <= 0.6)"]
+        out.append(f"{name}: " + ", ".join(parts))
     return out
 
 
