@@ -10,42 +10,53 @@ The keys each script is given are built in keys.py, the replies read in records.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
 import redis
 
+from governor.protocol import library
 from governor.protocol.connection import is_cluster
 
 # Each of these files defines one transition as a function of its KEYS and ARGV, so that one
-# text serves both its own script and settle_reserve, which runs a settle and a reserve in turn.
-_TRANSITIONS = ("ack", "fail", "reserve")
+# text serves both its own script and the composites (settle_reserve, flight), which run a
+# settle and a reserve in turn.
+_TRANSITIONS = library.TRANSITIONS
+_OWN = ("enqueue", "tick", "renew", "limit", "partitions", "hint", "handlers", "censor", "fleet", "jobs", "retry",
+        "registry", "cancel", "purge")
+_COMPOSITES = ("settle_reserve", "flight")
 
 
-def _load_scripts() -> dict[str, tuple[str, str]]:
-    """name -> (source, SHA1): lib.lua, the shared prelude, then the script's own text."""
+def _load_scripts() -> tuple[dict[str, tuple[str, str]], str]:
+    """(name -> (script source, SHA1), the function library's source). A script is lib.lua,
+    the shared prelude, then its own text (a composite's: the transitions it runs, then its
+    own); the library holds each once (library.py)."""
     pkg = resources.files("governor.protocol") / "lua"
     prelude = (pkg / "lib.lua").read_text()
 
     def text(name: str) -> str:
         return (pkg / f"{name}.lua").read_text()
 
-    bodies = {name: text(name) for name in ("enqueue", "tick", "renew", "limit", "partitions", "hint", "handlers",
-                                                "censor", "fleet", "jobs", "retry", "registry",
-                                                "cancel", "purge")}
+    own = {name: text(name) for name in (*_OWN, *_TRANSITIONS, *_COMPOSITES)}
+    bodies = {name: own[name] for name in _OWN}
     for name in _TRANSITIONS:
-        bodies[name] = f"{text(name)}\nreturn {name}(KEYS, ARGV)\n"
-    bodies["settle_reserve"] = "\n".join(text(name) for name in (*_TRANSITIONS, "settle_reserve"))
-    bodies["flight"] = "\n".join(text(name) for name in (*_TRANSITIONS, "flight"))
+        bodies[name] = f"{own[name]}\nreturn {name}(KEYS, ARGV)\n"
+    for name in _COMPOSITES:
+        bodies[name] = "\n".join([*(own[t] for t in _TRANSITIONS), own[name]])
     scripts = {}
     for name, body in bodies.items():
         src = prelude + "\n" + body
         scripts[name] = (src, hashlib.sha1(src.encode()).hexdigest())
-    return scripts
+    return scripts, library.build({name: own[name] for name in (*_OWN, *_TRANSITIONS, *_COMPOSITES)})
 
 
-_SCRIPTS = _load_scripts()
+_SCRIPTS, LIBRARY_SOURCE = _load_scripts()
+_FUNCTIONS = {name: library.function_name(name) for name in _SCRIPTS}
+# GOVERNOR_SCRIPTS=1 forces script mode (EVALSHA) on a Redis that has functions: the documented
+# switch, for a proxy that passes EVALSHA but not FCALL, and for the test suite's second run
+FORCE_SCRIPTS = os.environ.get("GOVERNOR_SCRIPTS", "") not in ("", "0")
 
 RESERVE_LANE_KEYS = 11  # reserve.lua's keys of its own lane, before the limits' and the queue fence
 
@@ -59,28 +70,79 @@ class Call(NamedTuple):
 
 
 def run(client: redis.Redis, *calls: Call, atomic: bool = False) -> list[Any]:
-    """Runs the calls in one round trip; reloads the scripts once if Redis forgot them.
-
-    A NOSCRIPT error means that command did not run, so re-running just the
-    failed ones is safe (a restarted Redis starts with an empty script cache).
-    ``atomic`` runs several calls as one MULTI/EXEC that loads its scripts first,
-    so no NOSCRIPT can split it: Redis runs all of them or, if it refuses the
-    transaction (OOM, READONLY), none.
+    """Runs the calls in one round trip: as functions of governor's library (FCALL) on a Redis
+    that has them, else as scripts (EVALSHA); loads the library, or the scripts, once if Redis
+    does not have them (a restarted or failed-over node), and re-runs just the calls that
+    failed for it (such a call did not run). ``atomic`` runs several calls as one MULTI/EXEC
+    that loads what it needs first, so no missing library or script can split it: Redis runs
+    all of them or, if it refuses the transaction (OOM, READONLY), none.
     """
     if atomic and len(calls) > 1:
         return _execute_atomic(client, calls)
-    results = _execute(client, calls)
-    missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
-    if missing:
-        for src, _sha in _SCRIPTS.values():
-            client.script_load(src)
-        retried = _execute(client, [calls[i] for i in missing])
-        for i, r in zip(missing, retried, strict=True):
-            results[i] = r
+    if uses_functions(client):
+        results = _execute(client, calls, functions=True)
+        missing = [i for i, r in enumerate(results) if _no_function(r)]
+        if missing and _no_fcall(results[missing[0]]):
+            _set_mode(client, functions=False)  # Redis < 7: the same code as scripts from now on
+            return run(client, *calls)
+        if missing:
+            load_library(client)
+            for i, r in zip(missing, _execute(client, [calls[i] for i in missing], functions=True), strict=True):
+                results[i] = r
+    else:
+        results = _execute(client, calls, functions=False)
+        missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:
+            for src, _sha in _SCRIPTS.values():
+                client.script_load(src)
+            for i, r in zip(missing, _execute(client, [calls[i] for i in missing], functions=False), strict=True):
+                results[i] = r
     for r in results:
         if isinstance(r, Exception):
             raise r
     return results
+
+
+def uses_functions(client: Any) -> bool:
+    """Whether calls on this client go as functions (FCALL): until Redis says it has none."""
+    mode = getattr(client, "_governor_functions", None)
+    return (not FORCE_SCRIPTS) if mode is None else mode
+
+
+def _set_mode(client: Any, functions: bool) -> None:
+    try:
+        client._governor_functions = functions
+    except AttributeError:
+        pass  # (a client that takes no attributes asks again next time)
+
+
+def load_library(client: Any) -> None:
+    """FUNCTION LOAD REPLACE on the node (every primary of a Cluster): a master does it at
+    start, and any caller when Redis says the function is not there."""
+    client.function_load(LIBRARY_SOURCE, replace=True)
+
+
+def prepare(client: Any) -> None:
+    """A master at its start: the library loaded on the node (every primary) before any worker
+    calls it, or, on a Redis without functions (< 7), script mode chosen."""
+    if FORCE_SCRIPTS:
+        return
+    try:
+        load_library(client)
+    except redis.exceptions.ResponseError as exc:
+        if "unknown command" not in str(exc).lower():
+            raise
+        _set_mode(client, functions=False)
+
+
+def _no_function(r: Any) -> bool:
+    return isinstance(r, redis.exceptions.ResponseError) and (
+        "function not found" in str(r).lower() or _no_fcall(r))
+
+
+def _no_fcall(r: Any) -> bool:
+    text = str(r).lower()
+    return isinstance(r, redis.exceptions.ResponseError) and "unknown command" in text and "fcall" in text
 
 
 def _execute_atomic(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
@@ -91,6 +153,19 @@ def _execute_atomic(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
         for c in calls:
             pipe.execute_command("EVAL", _SCRIPTS[c.script][0], len(c.keys), *c.keys, *c.args)
         return pipe.execute(raise_on_error=True)
+    if uses_functions(client):
+        # the library loaded first, in the transaction: no "function not found" can split it
+        pipe.function_load(LIBRARY_SOURCE, replace=True)
+        for c in calls:
+            pipe.execute_command("FCALL", _FUNCTIONS[c.script], len(c.keys), *c.keys, *c.args)
+        try:
+            results = pipe.execute(raise_on_error=True)
+        except redis.exceptions.ResponseError as exc:
+            if not _no_fcall(exc) and "unknown command" not in str(exc).lower():
+                raise
+            _set_mode(client, functions=False)  # Redis < 7 (the transaction was refused whole)
+            return _execute_atomic(client, calls)
+        return results[len(results) - len(calls):]
     for name in dict.fromkeys(c.script for c in calls):
         pipe.script_load(_SCRIPTS[name][0])
     for c in calls:
@@ -99,12 +174,14 @@ def _execute_atomic(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     return results[len(results) - len(calls):]
 
 
-def _execute(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+def _execute(client: redis.Redis, calls: Sequence[Call], functions: bool) -> list[Any]:
     if len(calls) == 1:
         c = calls[0]
         try:
+            if functions:
+                return [client.execute_command("FCALL", _FUNCTIONS[c.script], len(c.keys), *c.keys, *c.args)]
             return [client.evalsha(_SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args)]
-        except redis.exceptions.NoScriptError as exc:
+        except redis.exceptions.ResponseError as exc:  # (NoScriptError is one)
             return [exc]
     pipe = client.pipeline(transaction=False)
     cluster = is_cluster(client)
@@ -113,7 +190,10 @@ def _execute(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
         # node of its first key, named here: else redis-py asks a node (COMMAND GETKEYS) for
         # every script of every pipeline, one round trip each, before sending it
         route = {"target_nodes": client.get_node_from_key(c.keys[0])} if cluster else {}
-        pipe.execute_command("EVALSHA", _SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args, **route)
+        if functions:
+            pipe.execute_command("FCALL", _FUNCTIONS[c.script], len(c.keys), *c.keys, *c.args, **route)
+        else:
+            pipe.execute_command("EVALSHA", _SCRIPTS[c.script][1], len(c.keys), *c.keys, *c.args, **route)
     return pipe.execute(raise_on_error=False)
 
 

@@ -21,6 +21,7 @@ import redis
 
 from governor.identity import is_local_and_dead, pid_of
 from governor.log import fields
+from governor.protocol import scripts
 from governor.protocol.queue import FailOutcome, QueueKeys, parse_lease, run
 from governor.supervise.pool import Pool
 from governor.supervise.process import State, WorkerProcess
@@ -237,6 +238,14 @@ class Housekeeper:
             self.next_tick[lane] = 0.0
             if fresh:
                 self.fresh_until[lane] = time.monotonic() + 2 * self.lease
+
+    def load_library(self) -> None:
+        """governor's function library on every primary at start (scripts.prepare); a node
+        that loses it later (a restart, a failover) gets it again on the first call to miss it."""
+        try:
+            scripts.prepare(self.redis)
+        except (redis.RedisError, *REPLY_ERRORS) as exc:
+            self.health.failed(exc)
 
     def register_queues(self, queues: Iterable[str]) -> None:
         """Our queues join the prefix's list of queues (as a Python producer's first enqueue

@@ -153,6 +153,7 @@ class Master:
             self.pools[q.name] = Pool(q, self.spawner.settings_key(q, self.config))
             self.metrics.prime(q.name)
         self.partitions.sync(self.pools)
+        self.housekeeper.load_library()
         self.housekeeper.recover_predecessor(self.pools)
         self.housekeeper.register_queues(self.pools)
         self.duties = duties.build(reports=self.reports, pools=self.pools, trees=self.trees,
