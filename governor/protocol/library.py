@@ -1,5 +1,5 @@
 """governor's Lua as one Redis Function library (Redis >= 7): ``FUNCTION LOAD`` once per
-node, then ``FCALL`` for every transition, ``FCALL_RO`` for the reads.
+node, then ``FCALL`` for every call (the read-only functions are flagged so, for FCALL_RO).
 
 The library is built from the same files as the scripts (``lua/``): the shared prelude
 (``lib.lua``) and the transitions that others compose (ack, fail, reserve) once at the top,
@@ -14,13 +14,12 @@ one wire behaviour (docs/protocol.md).
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
 
 PROTOCOL = 1  # the wire protocol's version: bump it with any change a producer or worker can see
 LIBRARY = f"governor_v{PROTOCOL}"
 TRANSITIONS = ("ack", "fail", "reserve")  # defined once at the library's top, shared by the composites
-READ_ONLY = ("jobs", "registry")  # flagged no-writes: they write nothing (a replica may answer them)
+READ_ONLY = ("jobs", "registry")  # flagged no-writes (FCALL_RO may call them, on a replica too)
 
 
 def function_name(script: str) -> str:
@@ -44,8 +43,3 @@ def build(scripts: dict[str, str]) -> str:
         parts.append(f"redis.register_function{{function_name='{function_name(name)}', flags={flags},\n"
                      f"  callback=entry(function(KEYS, ARGV)\n{body}\nend)}}\n")
     return "\n".join(parts)
-
-
-def digest(source: str) -> str:
-    """What tells two builds of the library apart (a master replaces one that differs)."""
-    return hashlib.sha1(source.encode()).hexdigest()
