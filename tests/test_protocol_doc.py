@@ -187,12 +187,15 @@ def cases(redis_port: int) -> dict[str, list[tuple[Call, dict[str, Any]]]]:
     job = ("j1", '{"handler":"m:f"}', '{"handler":"m:f"}', 0)
 
     client = Recording(port=redis_port)
+    direct = scripts._direct  # (single calls skip execute_command: recorded through it here)
+    scripts._direct = lambda c, *command: c.execute_command(*command)
     try:
         bind(client, P, {"api": [RateLimit(limit=1000, per=1.0), RateLimit(limit=5000, per=60.0)]})
         limit("api")
+        Client(client, prefix=P).registry()
     finally:
         limits._binding = None  # (a worker's state: no other test should find it bound)
-    Client(client, prefix=P).registry()
+        scripts._direct = direct
     limit_call = [c for c in client.sent if c.script == "limit"]
     registry_call = [c for c in client.sent if c.script == "registry"]
     assert limit_call and registry_call, client.sent  # (sent again after "function not found": the last)
