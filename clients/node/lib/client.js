@@ -48,9 +48,14 @@ class GovernorUnavailable extends Error {
   }
 }
 
+/** Redis's error without the arguments it echoes ("..., with args beginning with: ..."). */
+function said(err) {
+  return String(err.message).split(", with args beginning with")[0].trim();
+}
+
 function noLibrary(cause) {
   return new GovernorUnavailable(
-    `governor's function library ${LIBRARY} is not loaded on this Redis (${cause.message.trim()}): ` +
+    `governor's function library ${LIBRARY} is not loaded on this Redis (${said(cause)}): ` +
     "a governor master loads it at its start; start one on this Redis first " +
     "(this client cannot load it: the library is built from governor's Python package)",
     "GOVERNOR_NO_LIBRARY", cause);
@@ -58,7 +63,7 @@ function noLibrary(cause) {
 
 function noFunctions(cause) {
   return new GovernorUnavailable(
-    `this Redis has no functions (${cause.message.trim()}): governor-client needs Redis 7 or later; ` +
+    `this Redis has no functions (${said(cause)}): governor-client needs Redis 7 or later; ` +
     "governor's script mode (EVALSHA, for Redis < 7) serves Python producers only (governor.Client)",
     "GOVERNOR_NO_FUNCTIONS", cause);
 }

@@ -67,9 +67,10 @@ class RedisServer {
     return `redis://127.0.0.1:${this.port}/0`;
   }
 
+  /** Starts it (again, on the same port and directory, after stop({keep: true})). */
   async start() {
-    this.dir = tmpdir("redis");
-    this.port = await freePort();
+    this.dir = this.dir || tmpdir("redis");
+    this.port = this.port || await freePort();
     this.proc = spawn("redis-server", ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "",
       "--appendonly", "no", "--dir", this.dir, ...this.extra], { stdio: "ignore" });
     this.proc.on("error", () => {});
@@ -89,14 +90,14 @@ class RedisServer {
     return all.filter((k) => k.startsWith(`${prefix}:`) || k.includes(`{${prefix}:`)).sort();
   }
 
-  async stop() {
+  async stop({ keep = false } = {}) {
     if (this.admin && this.admin.isOpen) await this.admin.disconnect().catch(() => null);
     if (this.proc && this.proc.exitCode === null) {
       const exited = new Promise((r) => this.proc.once("exit", r));
       this.proc.kill("SIGTERM");
       await exited;
     }
-    fs.rmSync(this.dir, { recursive: true, force: true });
+    if (!keep) fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
