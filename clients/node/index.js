@@ -7,4 +7,6 @@ const { ValidationError } = require("./lib/prepare");
 const { partitionOf } = require("./lib/keys");
 const { parseDuration } = require("./lib/units");
 
-module.exports = { Client, ValidationError, NotReplicated, GovernorUnavailable, partitionOf, parseDuration, PROTOCOL, LIBRARY };
+module.exports = {
+  Client, ValidationError, NotReplicated, GovernorUnavailable, partitionOf, parseDuration, PROTOCOL, LIBRARY,
+};

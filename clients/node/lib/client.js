@@ -96,7 +96,12 @@ function connectOptions(url, extra = {}) {
   const socket = { reconnectStrategy, ...(extra.socket || {}) };
   if (scheme === "redis" || scheme === "rediss") return { ...extra, url, socket };
   if (scheme === "unix") {
-    const u = new URL(url);
+    let u;
+    try {
+      u = new URL(url);
+    } catch (err) {
+      throw new TypeError("a unix:// URL names the socket: unix:///run/redis/redis.sock[?db=N]");
+    }
     const db = u.searchParams.get("db");
     const out = { ...extra, socket: { ...socket, path: decodeURIComponent(u.pathname) } };
     if (db !== null) out.database = Number(db);
@@ -106,7 +111,7 @@ function connectOptions(url, extra = {}) {
     return out;
   }
   throw new TypeError(`governor-client connects to redis://, rediss:// or unix:// URLs, not ${scheme}:// ` +
-    "(for Sentinel or Cluster, pass a connected node-redis client to new Client())");
+    "(Sentinel and Cluster are not supported by the Node client: give it the primary's address)");
 }
 
 class Client {
@@ -158,8 +163,7 @@ class Client {
     const connection = createClient(connectOptions(url, redisOptions));
     const client = new Client(connection, rest);
     client._owned = true;
-    client.lastError = null;
-    connection.on("error", (err) => { client.lastError = err; }); // (the call that needs Redis fails)
+    connection.on("error", () => {}); // (reported by the calls that fail for it, not as an event)
     return client;
   }
 
@@ -233,7 +237,8 @@ class Client {
    */
   async enqueueMany(queue, jobs) {
     checkQueueName(queue);
-    if (jobs === null || jobs === undefined || typeof jobs === "string" || typeof jobs[Symbol.iterator] !== "function") {
+    if (jobs === null || jobs === undefined || typeof jobs === "string"
+        || typeof jobs[Symbol.iterator] !== "function") {
       throw new ValidationError(`jobs must be a list of jobs, got ${repr(jobs)}`);
     }
     const keys = this.keys(queue);
@@ -273,7 +278,9 @@ class Client {
     if (replicas) {
       const timeoutMs = Math.max(1, Math.trunc(timeout * 1000));
       const acked = Number(await this._send(["WAIT", replicas, timeoutMs]));
-      if (acked < replicas) throw new NotReplicated(`${out.length} job(s) queued on the primary`, acked, replicas, timeoutMs, out);
+      if (acked < replicas) {
+        throw new NotReplicated(`${out.length} job(s) queued on the primary`, acked, replicas, timeoutMs, out);
+      }
     }
     return out;
   }
@@ -287,7 +294,9 @@ class Client {
     }
     const groups = new Map();
     prepared.forEach((p, i) => {
-      if (p.key === null) throw new ValidationError(`job ${i}: queue ${repr(queue)} is partitioned: every job needs a key`);
+      if (p.key === null) {
+        throw new ValidationError(`job ${i}: queue ${repr(queue)} is partitioned: every job needs a key`);
+      }
       const part = partitionOf(p.key, n);
       if (!groups.has(part)) groups.set(part, []);
       groups.get(part).push(i);

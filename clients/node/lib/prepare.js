@@ -65,7 +65,8 @@ function get(spec, name) {
  */
 function prepare(queue, spec, maxPayload) {
   if (!isDict(spec)) {
-    throw new ValidationError(`a job is an object of handler, args, kwargs, priority, delay, timeout, maxRetries, jobId, unique, key; got ${repr(spec)}`);
+    throw new ValidationError("a job is an object of handler, args, kwargs, priority, delay, timeout, maxRetries, " +
+      `jobId, unique, key; got ${repr(spec)}`);
   }
   const unknown = Object.keys(spec).filter((k) => !Object.prototype.hasOwnProperty.call(FIELDS, k));
   if (unknown.length) throw new ValidationError(`unknown job field(s): ${unknown.sort(compare).join(", ")}`);
@@ -79,7 +80,8 @@ function prepare(queue, spec, maxPayload) {
   let priority = get(spec, "priority");
   if (priority === null || priority === undefined) priority = DEFAULT_PRIORITY;
   if (!isInt(priority) || !(priority >= 0 && priority <= MAX_PRIORITY)) {
-    throw new ValidationError(`priority must be an integer 0-${MAX_PRIORITY} (lower runs first), got ${repr(priority)}`);
+    throw new ValidationError(`priority must be an integer 0-${MAX_PRIORITY} (lower runs first), ` +
+      `got ${repr(priority)}`);
   }
   let maxRetries = get(spec, "maxRetries");
   if (maxRetries === undefined) maxRetries = null;
@@ -113,7 +115,8 @@ function prepare(queue, spec, maxPayload) {
     throw new ValidationError(`job payload is ${payload.length} bytes, over the limit of ${maxPayload}`);
   }
   // the record as Python writes it: its fields in this order, the timeout a float ("120.0")
-  let meta = `{"id":${jsonString(jobId)},"queue":${jsonString(queue)},"handler":${jsonString(handler)},"priority":${priority}`;
+  let meta = `{"id":${jsonString(jobId)},"queue":${jsonString(queue)},"handler":${jsonString(handler)}`;
+  meta += `,"priority":${priority}`;
   if (maxRetries !== null) meta += `,"max_retries":${maxRetries}`;
   if (timeout !== null) meta += `,"timeout":${floatRepr(timeout)}`;
   if (unique !== null) meta += `,"unique":${jsonString(unique)}`;
