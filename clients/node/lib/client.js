@@ -57,7 +57,8 @@ function noLibrary(cause) {
   return new GovernorUnavailable(
     `governor's function library ${LIBRARY} is not loaded on this Redis (${said(cause)}): ` +
     "a governor master loads it at its start; start one on this Redis first " +
-    "(this client cannot load it: the library is built from governor's Python package)",
+    "(this client cannot load it: the library is built from governor's Python package; " +
+    "a master in script mode, GOVERNOR_SCRIPTS=1, does not load it)",
     "GOVERNOR_NO_LIBRARY", cause);
 }
 
