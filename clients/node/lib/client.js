@@ -143,6 +143,7 @@ class Client {
     }
     this._owned = false; // whether close() closes the connection (fromUrl made it)
     this._connecting = null;
+    this._closed = false;
     this._registered = new Set();
     this._partitions = new Map(); // queue -> its partition count (it never changes)
     this._told = new Map();
@@ -173,6 +174,7 @@ class Client {
   }
 
   async _ready() {
+    if (this._closed) throw new Error("governor-client: this Client is closed");
     if (this.redis.isOpen) return;
     if (!this._connecting) {
       this._connecting = Promise.resolve(this.redis.connect()).finally(() => { this._connecting = null; });
@@ -468,7 +470,9 @@ class Client {
 
   /** Closes the connection fromUrl opened (a client passed to the constructor is the caller's). */
   async close() {
-    if (!this._owned || !this.redis.isOpen) return;
+    if (!this._owned) return;
+    this._closed = true;
+    if (!this.redis.isOpen) return;
     await (typeof this.redis.close === "function" ? this.redis.close() : this.redis.quit());
   }
 }

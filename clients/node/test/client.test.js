@@ -302,6 +302,7 @@ describe("the client, against a redis-server and a governor master", () => {
     try {
       assert.equal((await c.counts("q")).waiting, 0);
       await c.close();
+      await assert.rejects(() => c.counts("q"), { message: "governor-client: this Client is closed" });
     } finally {
       await gone.stop();
     }

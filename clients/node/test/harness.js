@@ -129,9 +129,10 @@ class Master {
 
   async start() {
     const log = fs.openSync(this.log, "a");
+    const env = { ...process.env, PYTHONUNBUFFERED: "1", TEST_RECORDS: this.records };
+    delete env.GOVERNOR_SCRIPTS; // (script mode loads no library: this client needs it)
     this.proc = spawn(python(), ["-m", "governor", "run", "-c", this.config], {
-      cwd: this.dir, stdio: ["ignore", log, log],
-      env: { ...process.env, PYTHONUNBUFFERED: "1", TEST_RECORDS: this.records },
+      cwd: this.dir, stdio: ["ignore", log, log], env,
     });
     fs.closeSync(log);
     for (const [queue, q] of Object.entries(this.queues)) {
