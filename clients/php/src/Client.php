@@ -142,7 +142,18 @@ final class Client
     public static function fromUrl(string $url, array $options = []): self
     {
         self::checkOptions($options, array_merge(self::OPTIONS, self::URL_OPTIONS));
-        $parts = parse_url($url);
+        if (preg_match('#\Aunix://(?:([^@/]*)@)?(/[^?]*)(?:\?(.*))?\z#is', $url, $m)) {  // (parse_url refuses unix:///)
+            $parts = ['scheme' => 'unix', 'path' => rawurldecode($m[2]), 'query' => $m[3] ?? ''];
+            if (($m[1] ?? '') !== '') {
+                $auth = explode(':', $m[1], 2);
+                $parts['user'] = $auth[0];
+                if (isset($auth[1])) {
+                    $parts['pass'] = $auth[1];
+                }
+            }
+        } else {
+            $parts = parse_url($url);
+        }
         $scheme = is_array($parts) ? strtolower($parts['scheme'] ?? '') : '';
         if (!in_array($scheme, ['redis', 'rediss', 'unix'], true)) {
             throw new \InvalidArgumentException("a Redis URL is redis://, rediss:// or unix://, got " . PyFormat::repr($url));
@@ -168,9 +179,11 @@ final class Client
             throw new \InvalidArgumentException('the database in a Redis URL is a number, got ' . PyFormat::repr($db));
         }
         $redis = new \Redis();
-        $context = $scheme === 'rediss' ? ['stream' => $options['tls'] ?? []] : [];
-        $ok = $redis->connect($host, (int)$port, (float)($options['connectTimeout'] ?? 0), null, 0,
-            (float)($options['readTimeout'] ?? 0), $context);
+        $args = [$host, (int)$port, (float)($options['connectTimeout'] ?? 0), null, 0, (float)($options['readTimeout'] ?? 0)];
+        if ($scheme === 'rediss') {
+            $args[] = ['stream' => $options['tls'] ?? []];  // (phpredis 5.3 and later)
+        }
+        $ok = $redis->connect(...$args);
         if (!$ok) {
             throw new ServerError("cannot connect to $host" . ($port ? ":$port" : ''));
         }

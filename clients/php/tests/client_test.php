@@ -299,3 +299,47 @@ function test_from_url_refuses_what_it_cannot_use(Env $env): void
     });
     check(strpos($e->getMessage(), 'unknown option(s): prefx') === 0, $e->getMessage());
 }
+
+function test_from_url_over_tls_with_a_client_certificate_and_over_a_unix_socket(Env $env): void
+{
+    $pki = "{$env->dir}/pki";
+    @mkdir($pki, 0755, true);
+    $openssl = function (string ...$args) use ($pki): void {
+        exec('cd ' . escapeshellarg($pki) . ' && openssl ' . implode(' ', array_map('escapeshellarg', $args))
+            . ' 2>&1', $out, $rc);
+        if ($rc !== 0) {
+            throw new Failure("openssl " . implode(' ', $args) . ":\n" . implode("\n", $out));
+        }
+    };
+    $openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1',
+        '-subj', '/CN=governor-php-test-ca');
+    file_put_contents("$pki/san.ext", "subjectAltName=IP:127.0.0.1\n");
+    foreach (['server', 'client'] as $name) {
+        $openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', "$name.key", '-out', "$name.csr", '-subj', "/CN=$name");
+        $openssl('x509', '-req', '-in', "$name.csr", '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out',
+            "$name.crt", '-days', '1', '-extfile', 'san.ext');
+    }
+    $tlsPort = freePort();
+    $socket = "{$env->dir}/tls/redis.sock";
+    if (strlen($socket) > 100) {  // (a unix socket's path has room for 107 bytes)
+        $socket = sys_get_temp_dir() . '/governor-php-' . bin2hex(random_bytes(4)) . '.sock';
+    }
+    $server = $env->redisServer('tls', ['--tls-port', (string)$tlsPort, '--tls-cert-file', "$pki/server.crt",
+        '--tls-key-file', "$pki/server.key", '--tls-ca-cert-file', "$pki/ca.crt", '--tls-auth-clients', 'yes',
+        '--unixsocket', $socket]);
+    Python::call(['op' => 'load_library', 'url' => $server->url()]);  // (as a master would at its start)
+    $tls = ['cafile' => "$pki/ca.crt", 'local_cert' => "$pki/client.crt", 'local_pk' => "$pki/client.key"];
+    $c = Client::fromUrl("rediss://127.0.0.1:$tlsPort/1", ['prefix' => 'p', 'tls' => $tls, 'connectTimeout' => 5.0]);
+    $id = $c->enqueue('q', 'm:f', ['args' => ['over tls']]);
+    $r = $server->connect();
+    $r->select(1);
+    same(1, $r->rawCommand('HEXISTS', '{p:q}:meta', $id), 'the job, queued over TLS into database 1');
+    throws(\Exception::class, function () use ($tlsPort, $pki) {  // (RedisException, or ServerError)
+        Client::fromUrl("rediss://127.0.0.1:$tlsPort/1", ['tls' => ['cafile' => "$pki/ca.crt"]])->counts('q');
+    }, 'without its certificate the server refuses us: TLS is really in force');
+    $u = Client::fromUrl("unix://$socket?db=3", ['prefix' => 'p']);
+    $id = $u->enqueue('q', 'm:f');
+    $r->select(3);
+    same(1, $r->rawCommand('HEXISTS', '{p:q}:meta', $id), 'the job, queued over the unix socket into database 3');
+    same('waiting', $u->job($id)['state'], 'and read back');
+}

@@ -15,6 +15,7 @@ Requests (each answer has one entry per case or value):
   {"op": "dumps", "values": [...]} -> [{"json": ...} or {"error": ...}]
   {"op": "job", "url", "prefix", "id", "queue"?} -> Client.job's record (floats as above)
   {"op": "counts", "url", "prefix", "queue"} -> Client.counts
+  {"op": "load_library", "url"}: FUNCTION LOAD the library, as a master does at its start
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ import struct
 import sys
 from typing import Any
 
+import redis
+
 from governor import Client
 from governor.protocol.records import partition_of
+from governor.protocol.scripts import load_library
 
 NAMES = {"maxRetries": "max_retries", "jobId": "job_id"}
 
@@ -93,6 +97,9 @@ def main() -> None:
         out = [dumps(v) for v in req["values"]]
     elif op == "job":
         out = Client.from_url(req["url"], prefix=req["prefix"]).job(req["id"], req.get("queue"))
+    elif op == "load_library":  # what a master does at its start
+        load_library(redis.Redis.from_url(req["url"]))
+        out = None
     elif op == "counts":
         out = Client.from_url(req["url"], prefix=req["prefix"]).counts(req["queue"])
     else:
