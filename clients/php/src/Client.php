@@ -165,7 +165,7 @@ final class Client
             $host = $parts['path'] ?? '';
             $port = 0;
         } else {
-            $host = $parts['host'] ?? '127.0.0.1';
+            $host = trim($parts['host'] ?? '127.0.0.1', '[]');  // (an IPv6 address without its brackets)
             $port = $parts['port'] ?? 6379;
             $path = trim($parts['path'] ?? '', '/');
             if ($path !== '') {
