@@ -237,7 +237,7 @@ final class Client
     }
 
     /**
-     * Queues many jobs in one round trip, all or none; returns, per job, the id of the job that
+     * Queues many jobs at once, all or none (one function call per 1,000 jobs); returns, per job, the id of the job that
      * holds it: its own, or, when its unique key is held (by a live job, or by an earlier job of
      * this batch), the holder's, and that job is not queued. Each job is an array with "handler"
      * and optionally the options of enqueue(). Every job is validated before anything is sent, so
