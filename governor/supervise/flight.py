@@ -15,7 +15,6 @@ for memory or a crash) runs alone: the worker takes no job while it waits or run
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import queue
@@ -28,7 +27,6 @@ import redis
 from setproctitle import setproctitle
 
 from governor.errors import HardTimeLimitExceeded, SoftTimeLimitExceeded
-from governor.protocol import limits
 from governor.protocol.connection import connect, is_cluster
 from governor.protocol.keys import QueueKeys
 from governor.protocol.records import ReserveReply
@@ -42,9 +40,7 @@ from governor.supervise.scoreboard import Tally, margin
 from governor.supervise.worker import (
     _IDLE_WAIT_MAX,
     _REAP_EVERY,
-    FORWARDED_SIGNALS,
     Worker,
-    _connect,
     _log_settle,
 )
 
@@ -121,15 +117,7 @@ class FlightWorker(Worker):
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._term_handler)
-        signal.signal(signal.SIGALRM, signal.SIG_IGN)  # limits are timers of the loop, not alarms
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-        self.title("starting")
-        for module in self.spec.app.imports:
-            importlib.import_module(module)
-        self.redis = _connect(self.spec)
-        limits.bind(self.redis, self.spec.prefix, self.spec.limiters)
-        self.channel.send("ready")
+        self.start_up(signal.SIG_IGN)  # (limits are timers of the loop, not alarms)
         reason = "drain"
         while True:
             take = self._wanted()
@@ -182,13 +170,7 @@ class FlightWorker(Worker):
             timeout = min(timeout, max(self.retry_at - time.monotonic(), 0.0))
         if self.loop.loop is not None:
             timeout = min(timeout, BLOCKED_AFTER)  # (to see a blocked loop while it is)
-        items = []
-        try:
-            items.append(self.inbox.get(timeout=timeout))
-            while True:
-                items.append(self.inbox.get_nowait())
-        except queue.Empty:
-            pass
+        items = self._inbox(timeout)
         for item in items:
             if isinstance(item, FlightRun):
                 self._finish(item, item.settle())
@@ -248,6 +230,15 @@ class FlightWorker(Worker):
             timeout = due
             self.waker.arm(self.spec.hint_key if self.turns is not None else self.keys.wake)
         timeout = max(min(self._age_left(timeout), _IDLE_WAIT_MAX), 0.01)
+        for item in self._inbox(timeout):
+            if isinstance(item, tuple) and item[0] == _WAKE and self.turns is not None and item[1]:
+                self.turns.hinted(item[1])
+        if self.retry_at and time.monotonic() >= self.retry_at:
+            self.retry_at = 0.0
+
+    def _inbox(self, timeout: float) -> list[Any]:
+        """What came since the last look (runs that ended, wake-ups), waiting up to ``timeout``
+        for the first."""
         items: list[Any] = []
         try:
             items.append(self.inbox.get(timeout=timeout))
@@ -255,11 +246,7 @@ class FlightWorker(Worker):
                 items.append(self.inbox.get_nowait())
         except queue.Empty:
             pass
-        for item in items:
-            if isinstance(item, tuple) and item[0] == _WAKE and self.turns is not None and item[1]:
-                self.turns.hinted(item[1])
-        if self.retry_at and time.monotonic() >= self.retry_at:
-            self.retry_at = 0.0
+        return items
 
     def _lane(self) -> QueueKeys | None:
         return self.keys if self.turns is None else self.turns.lane()

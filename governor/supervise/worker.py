@@ -184,16 +184,7 @@ class Worker:
 
     def run(self) -> int:
         """Takes jobs until drained (or recycled, or the channel is lost); the exit code."""
-        signal.signal(signal.SIGTERM, self._term_handler)
-        signal.signal(signal.SIGALRM, self._alarm_handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)  # blocked by the master at fork
-        self.title("starting")
-        for module in self.spec.app.imports:
-            # a failure here kills the worker before its first job: the master backs off
-            importlib.import_module(module)
-        self.redis = _connect(self.spec)
-        limits.bind(self.redis, self.spec.prefix, self.spec.limiters)
-        self.channel.send("ready")
+        self.start_up(self._alarm_handler)
         pending: Call | None = None
         reason = "drain"
         try:
@@ -238,6 +229,20 @@ class Worker:
             self._settle_and_reserve(pending, reserve=False)
         self.channel.send("exit", self.exit_reason or reason)
         return 0
+
+    def start_up(self, on_alarm: Any) -> None:
+        """Between the fork and the first job: our signal handlers (SIGALRM's is ``on_alarm``),
+        the app's imports, our connection; then the master hears we are ready."""
+        signal.signal(signal.SIGTERM, self._term_handler)
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)  # blocked by the master at fork
+        self.title("starting")
+        for module in self.spec.app.imports:
+            # a failure here kills the worker before its first job: the master backs off
+            importlib.import_module(module)
+        self.redis = _connect(self.spec)
+        limits.bind(self.redis, self.spec.prefix, self.spec.limiters)
+        self.channel.send("ready")
 
     def _after_job(self) -> bool:
         """Undo what job code may have done to the worker itself; False when the channel to
