@@ -30,11 +30,11 @@ _COMPOSITES = ("settle_reserve", "flight")
 
 
 def _load_scripts() -> tuple[dict[str, tuple[str, str]], str]:
-    """(name -> (script source, SHA1), the function library's source). A script is lib.lua,
-    the shared prelude, then its own text (a composite's: the transitions it runs, then its
-    own); the library holds each once (library.py)."""
+    """(name -> (script source, SHA1), the function library's source). A script is the shared
+    prelude (lua/lib/, library.PRELUDE), then its own text (a composite's: the transitions it
+    runs, then its own); the library holds each once (library.py)."""
     pkg = resources.files("governor.protocol") / "lua"
-    prelude = (pkg / "lib.lua").read_text()
+    prelude = library.prelude()
 
     def text(name: str) -> str:
         return (pkg / f"{name}.lua").read_text()

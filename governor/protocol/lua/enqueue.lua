@@ -1,6 +1,8 @@
--- KEYS: meta, data, waiting, delayed, seq, wake, stats, unique, heads, key lists' prefix,
---       partitioned (exists when the queue is partitioned: every job must have a key)
--- ARGV: n, then n times: id, payload, meta_json, delay_ms
+-- keys: records data waiting delayed seq wake_list stats unique heads key_lists partitions
+-- args: n (id payload meta_json delay_ms)*n
+--   records: the job records (QueueKeys.meta); key_lists: the prefix of each ordering key's
+--   list; partitions: the queue's partition count, which exists while the queue is partitioned
+--   (every job must have a key then)
 -- Returns, per job, 1 if created, 0 if a job with that id already exists, or the
 -- id of the job that holds its unique key (meta.unique) while that job is waiting,
 -- delayed or active: then nothing is added. The unique hash maps key -> job id;
@@ -10,11 +12,13 @@
 -- Every job is checked before the first write, so a bad one fails the whole
 -- call with an error that names it and nothing is half-committed. (The client
 -- checks the same rules; this is the line for producers that bypass it.)
+local records, data, waiting, delayed, seq, wake_list, stats, unique, heads, key_lists, partitions =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local n = tonumber(ARGV[1])
 -- whether the queue is partitioned, asked once per call (and only if a job has no key)
 local is_partitioned = nil
 local function partitioned()
-  if is_partitioned == nil then is_partitioned = redis.call('EXISTS', KEYS[11]) == 1 end
+  if is_partitioned == nil then is_partitioned = redis.call('EXISTS', partitions) == 1 end
   return is_partitioned
 end
 local metas = {}
@@ -28,16 +32,16 @@ local function number_in(v, lo, hi, integer)
     and (not integer or math.floor(v) == v)
 end
 for i = 0, n - 1 do
-  local b = 2 + i * 4
-  local id = ARGV[b]
+  local b = 2 + i * 4  -- this job's id, payload, meta_json and delay_ms: ARGV[b] to ARGV[b + 3]
+  local id, meta_json, delay_ms = ARGV[b], ARGV[b + 2], ARGV[b + 3]
   if not valid_id(id) then
     return bad(i, id, 'a job id is 1-200 printable ASCII characters without spaces')
   end
-  local ok, meta = pcall(cjson.decode, ARGV[b + 2])
+  local ok, meta = pcall(cjson.decode, meta_json)
   if not ok or type(meta) ~= 'table' or not finite(meta, 0) then
     return bad(i, id, 'its record is not a JSON object of finite numbers')
   end
-  if not number_in(tonumber(ARGV[b + 3]), 0, 315360000000, true) then
+  if not number_in(tonumber(delay_ms), 0, 315360000000, true) then
     return bad(i, id, 'delay_ms must be an integer from 0 to 10 years')
   end
   if not number_in(meta.priority or 50, 0, 100, true) then
@@ -62,32 +66,30 @@ for i = 0, n - 1 do
   metas[i] = meta
 end
 -- a unique hash clobbered by something else would fail the script mid-way: refuse it up front
-local unique_key = KEYS[8]
 if any_unique then
-  local t = redis.call('TYPE', unique_key)
+  local t = redis.call('TYPE', unique)
   t = type(t) == 'table' and t.ok or t
   if t ~= 'hash' and t ~= 'none' then
-    return redis.error_reply('ERR governor: ' .. unique_key .. ' is a ' .. t .. ', not the hash of unique keys')
+    return redis.error_reply('ERR governor: ' .. unique .. ' is a ' .. t .. ', not the hash of unique keys')
   end
 end
 local now = now_ms()
-local seq = redis.call('INCRBY', KEYS[5], n) - n
+local last_seq = redis.call('INCRBY', seq, n) - n
 local live = {waiting = true, delayed = true, active = true, queued = true}  -- (queued: behind its key's head)
 -- The job that holds a unique key, or nil when the key is free or its holder is
 -- done, dead or gone.
 local function holder_of(key)
-  local held = redis.call('HGET', unique_key, key)
-  if held and live[load_meta(KEYS[1], held).state] then return held end
+  local held = redis.call('HGET', unique, key)
+  if held and live[load_meta(records, held).state] then return held end
   return nil
 end
-local ks = {meta = KEYS[1], waiting = KEYS[3], delayed = KEYS[4], heads = KEYS[9], lists = KEYS[10],
-            stats = KEYS[7]}
+local ks = {meta = records, waiting = waiting, delayed = delayed, heads = heads, lists = key_lists, stats = stats}
 local created, n_created, n_ready = {}, 0, 0
 for i = 0, n - 1 do
   local b = 2 + i * 4
-  local id = ARGV[b]
+  local id, payload, delay_ms = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 3])
   local key = metas[i].unique
-  local exists = redis.call('HEXISTS', KEYS[1], id) == 1
+  local exists = redis.call('HEXISTS', records, id) == 1
   local holder = not exists and key and holder_of(key) or nil
   if exists then
     created[i + 1] = 0
@@ -95,24 +97,24 @@ for i = 0, n - 1 do
     created[i + 1] = holder
   else
     local meta = metas[i]
-    seq = seq + 1
-    meta.seq = seq
+    last_seq = last_seq + 1
+    meta.seq = last_seq
     meta.enqueued_at = now
     meta.attempts = 0
     if meta.key then
-      if key_enqueue(ks, meta, id, now, tonumber(ARGV[b + 3])) then n_ready = n_ready + 1 end
+      if key_enqueue(ks, meta, id, now, delay_ms) then n_ready = n_ready + 1 end
     else
-      schedule(meta, id, now, tonumber(ARGV[b + 3]), KEYS[3], KEYS[4])
+      schedule(meta, id, now, delay_ms, waiting, delayed)
       n_ready = n_ready + 1
     end
-    redis.call('HSET', KEYS[2], id, ARGV[b + 1])
-    redis.call('HSET', KEYS[1], id, cjson.encode(meta))
-    if key then redis.call('HSET', unique_key, key, id) end
+    redis.call('HSET', data, id, payload)
+    redis.call('HSET', records, id, cjson.encode(meta))
+    if key then redis.call('HSET', unique, key, id) end
     created[i + 1] = 1
     n_created = n_created + 1
   end
 end
 -- one token per job; a delayed job wakes an idle worker too, so it re-arms its timer
-wake(KEYS[6], n_ready)
-if n_created > 0 then redis.call('HINCRBY', KEYS[7], 'enqueued', n_created) end
+wake(wake_list, n_ready)
+if n_created > 0 then redis.call('HINCRBY', stats, 'enqueued', n_created) end
 return created

@@ -1,17 +1,21 @@
+-- keys: state_set records data queued?
+-- args: offset want budget handler text what
 -- Lists jobs of one state of a lane, newest first, filtered on the server in bounded steps.
--- KEYS: the state's sorted set (waiting, delayed, active, dead or done), meta, data, and for
---       waiting (optional) the index of the jobs queued behind their key's head (lib.lua), which
---       `status` counts as waiting too: listed first (they are the newer), then the heads
--- ARGV: offset (rank from the newest to start at), how many matches at most, how many
---       entries to look at at most (the bound on this call's work), handler ('' for any),
---       text ('' for any: a case-insensitive substring of the arguments or of an error),
---       what to return of each: 'full' (record and payload), 'record', or 'ids'
+--   state_set: the state's sorted set (waiting, delayed, active, dead or done); records: the
+--   job records (QueueKeys.meta); queued, for waiting (optional): the index of the jobs queued
+--   behind their key's head (lib/ordering.lua), which `status` counts as waiting too: listed
+--   first (they are the newer), then the heads
+--   offset: the rank from the newest to start at; want: how many matches at most; budget: how
+--   many entries to look at at most (the bound on this call's work); handler: '' for any;
+--   text: '' for any, else a case-insensitive substring of the arguments or of an error;
+--   what: what to return of each: 'full' (record and payload), 'record', or 'ids'
 -- Returns {next offset (-1: the end was reached), id, record, payload, id, record, ...}
 -- (record and payload '' when not asked for).
-local offset, want, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local handler, text, what = ARGV[4], string.lower(ARGV[5]), ARGV[6] or 'full'
+local state_set, records, data, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local offset, want, budget, handler, text, what =
+  tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], string.lower(ARGV[5]), ARGV[6] or 'full'
 -- the ids at ranks offset .. offset + budget - 1 of the sets one after the other, newest first
-local sets = KEYS[4] and {KEYS[4], KEYS[1]} or {KEYS[1]}
+local sets = queued and {queued, state_set} or {state_set}
 local ids, skip, indexed = {}, offset, {}
 for _, set in ipairs(sets) do
   if #ids < budget then
@@ -19,7 +23,7 @@ for _, set in ipairs(sets) do
     if skip < n then
       for _, id in ipairs(redis.call('ZREVRANGE', set, skip, skip + budget - #ids - 1)) do
         ids[#ids + 1] = id
-        if set == KEYS[4] then indexed[id] = true end
+        if set == queued then indexed[id] = true end
       end
       skip = 0
     else
@@ -31,9 +35,9 @@ local out = {0}
 local found, i = 0, 0
 for _, id in ipairs(ids) do
   i = i + 1
-  local raw = redis.call('HGET', KEYS[2], id)
+  local raw = redis.call('HGET', records, id)
   if raw then
-    local payload = (text ~= '' or what == 'full') and (redis.call('HGET', KEYS[3], id) or '') or ''
+    local payload = (text ~= '' or what == 'full') and (redis.call('HGET', data, id) or '') or ''
     local ok = true
     if handler ~= '' or indexed[id] then
       local okd, meta = pcall(cjson.decode, raw)

@@ -1,8 +1,9 @@
+-- keys: dead records waiting delayed wake_list stats heads key_lists unique
+-- args: mode id*
+--   records: the job records (QueueKeys.meta); key_lists: the prefix of each ordering key's list
+--   mode: 'strict' (every id must be retryable, else nothing changes), 'any' (retry those that
+--   are, leave the others) or 'check' (change nothing, say what a retry would do)
 -- Operator's retry: dead jobs back to waiting, attempts reset, their errors kept.
--- KEYS: dead, meta, waiting, delayed, wake, stats, heads, key lists' prefix, unique
--- ARGV: 'strict' (every id must be retryable, else nothing changes), 'any' (retry those
---       that are, leave the others) or 'check' (change nothing, say what a retry would do),
---       then job ids
 -- Returns {1 if anything may have changed (0: strict or check, and nothing did), then per id: 1 retried,
 -- 0 not dead (left alone), -1 no such job, or {unique key, id of the live job holding it}: left
 -- dead}.
@@ -20,24 +21,25 @@
 -- K that has started (running, or back after a failed or killed run): a job that has run is
 -- never overtaken, and a job already done of K ran before it, necessarily. So dead jobs retried
 -- in any order, in one call or several, run in their enqueue order, before K's newer jobs.
+local dead, records, waiting, delayed, wake_list, stats, heads, key_lists, unique =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local mode = ARGV[1]
 local now = now_ms()
-local ks = {meta = KEYS[2], waiting = KEYS[3], delayed = KEYS[4], heads = KEYS[7], lists = KEYS[8],
-            stats = KEYS[6]}
-local unique_key = KEYS[9]
+local ks = {meta = records, waiting = waiting, delayed = delayed, heads = heads, lists = key_lists, stats = stats}
 local live = {waiting = true, delayed = true, active = true, queued = true}
 local ids = {unpack(ARGV, 2)}
 local claimed = {}  -- unique keys taken by jobs retried in this call
 
 -- 1 retryable, 0 not dead, -1 no such job, or {unique key, holder}
 local function code(id)
-  if not redis.call('HGET', KEYS[2], id) then return -1 end
-  if redis.call('ZSCORE', KEYS[1], id) == false then return 0 end
-  local meta = load_meta(KEYS[2], id)
+  if not redis.call('HGET', records, id) then return -1 end
+  if redis.call('ZSCORE', dead, id) == false then return 0 end
+  local meta = load_meta(records, id)
   if type(meta.unique) == 'string' and not meta.malformed then
     local held = claimed[meta.unique]
     if not held then
-      held = redis.pcall('HGET', unique_key, meta.unique)
-      if type(held) ~= 'string' or held == id or not live[load_meta(KEYS[2], held).state] then held = nil end
+      held = redis.pcall('HGET', unique, meta.unique)
+      if type(held) ~= 'string' or held == id or not live[load_meta(records, held).state] then held = nil end
     end
     if held and held ~= id then return {meta.unique, held} end
     claimed[meta.unique] = id
@@ -45,18 +47,18 @@ local function code(id)
   return 1
 end
 
-if ARGV[1] == 'strict' or ARGV[1] == 'check' then
+if mode == 'strict' or mode == 'check' then
   local codes, bad = {0}, false
   for i, id in ipairs(ids) do
     codes[i + 1] = code(id)
     bad = bad or codes[i + 1] ~= 1
   end
-  if bad or ARGV[1] == 'check' then return codes end
+  if bad or mode == 'check' then return codes end
   claimed = {}
 end
 
 local function seq_of(id)
-  local m = load_meta(KEYS[2], id)
+  local m = load_meta(records, id)
   return tonumber(m.seq) or -1  -- (a record governor cannot read stays in front: it is passed on)
 end
 
@@ -92,13 +94,13 @@ end
 local function key_retry(k, jobs)
   local head = redis.call('HGET', ks.heads, k)
   if head then
-    local hm = load_meta(KEYS[2], head)
+    local hm = load_meta(records, head)
     if not LIVE[hm.state] then
       redis.call('HDEL', ks.heads, k)  -- a head that ended without handing its key on
     elseif (hm.state == 'waiting' or hm.state == 'delayed') and hm.started_at == nil and not hm.malformed
         and tonumber(hm.seq) and tonumber(hm.seq) > tonumber(jobs[1].meta.seq) then
       -- a head that never ran, enqueued after a retried job: back in the list, at its place
-      redis.call('ZREM', hm.state == 'waiting' and KEYS[3] or KEYS[4], head)
+      redis.call('ZREM', hm.state == 'waiting' and waiting or delayed, head)
       hm.state, hm.ready_at = 'queued', nil  -- (a due_at is kept: it applies when it is head again)
       redis.call('HDEL', ks.heads, k)
       jobs[#jobs + 1] = {id = head, meta = hm}
@@ -107,7 +109,7 @@ local function key_retry(k, jobs)
   end
   for _, j in ipairs(jobs) do
     j.meta.state = 'queued'
-    redis.call('HSET', KEYS[2], j.id, cjson.encode(j.meta))
+    redis.call('HSET', records, j.id, cjson.encode(j.meta))
     queued_add(ks, j.id, j.meta)
   end
   redis.call('HINCRBY', ks.stats, 'queued', #jobs)
@@ -124,17 +126,17 @@ for j, id in ipairs(ids) do
   if c ~= 1 then
     out[i] = c
   else
-    local meta = load_meta(KEYS[2], id)
-    redis.call('ZREM', KEYS[1], id)
+    local meta = load_meta(records, id)
+    redis.call('ZREM', dead, id)
     meta.attempts = 0
     meta.retries_by_operator = (tonumber(meta.retries_by_operator) or 0) + 1
     -- (started_at too: a retried job has not started since, which its key's order goes by)
     meta.reason, meta.finished_at, meta.token, meta.started_at, meta.due_at = nil, nil, nil, nil, nil
     if meta.malformed then
       out[i] = 0  -- (a record governor cannot read stays dead)
-      redis.call('ZADD', KEYS[1], fmt(now), id)
+      redis.call('ZADD', dead, fmt(now), id)
     else
-      if type(meta.unique) == 'string' then redis.pcall('HSET', unique_key, meta.unique, id) end
+      if type(meta.unique) == 'string' then redis.pcall('HSET', unique, meta.unique, id) end
       if type(meta.key) == 'string' and valid_id(meta.key) and tonumber(meta.seq) then
         if not keyed[meta.key] then
           keyed[meta.key] = {}
@@ -143,10 +145,10 @@ for j, id in ipairs(ids) do
         table.insert(keyed[meta.key], {id = id, meta = meta})
       elseif type(meta.key) == 'string' and meta.key ~= '' then  -- (no sequence: behind its key)
         if key_enqueue(ks, meta, id, now, 0) then ready = ready + 1 end
-        redis.call('HSET', KEYS[2], id, cjson.encode(meta))
+        redis.call('HSET', records, id, cjson.encode(meta))
       else
-        schedule(meta, id, now, 0, KEYS[3], KEYS[4])
-        redis.call('HSET', KEYS[2], id, cjson.encode(meta))
+        schedule(meta, id, now, 0, waiting, delayed)
+        redis.call('HSET', records, id, cjson.encode(meta))
         ready = ready + 1
       end
       retried = retried + 1
@@ -159,6 +161,6 @@ for _, k in ipairs(key_order) do
   table.sort(jobs, function(a, b) return tonumber(a.meta.seq) < tonumber(b.meta.seq) end)
   ready = ready + key_retry(k, jobs)
 end
-wake(KEYS[5], ready)
-if retried > 0 then redis.call('HINCRBY', KEYS[6], 'retried_by_operator', retried) end
+wake(wake_list, ready)
+if retried > 0 then redis.call('HINCRBY', stats, 'retried_by_operator', retried) end
 return out
