@@ -7,7 +7,7 @@ accepted and refuses a lower one makes such a write harmless, whatever the
 network did. The token only grows, fleet-wide, across every run of every job
 of the queue (counted in the same script that reserves the job: no extra
 round trip); on a Redis Cluster, strictly within each partition of a
-partitioned queue and across them as the shards' clocks go (lib.lua
+partitioned queue and across them as the shards' clocks go (lua/lib/leases.lua
 ``next_fence``, README "Fencing tokens").
 """
 

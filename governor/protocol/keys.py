@@ -134,7 +134,7 @@ class QueueKeys:
                 partitions: int = 0, cluster: bool = False) -> Call:
         """``rules``: the queue's fleet-wide concurrency and rate limits (limits.py).
 
-        A partition's fencing token (lib.lua ``next_fence``): on one Redis, the queue's own
+        A partition's fencing token (lua/lib/leases.lua ``next_fence``): on one Redis, the queue's own
         counter, passed beside the partition's keys (another slot, which only a Cluster
         refuses), so tokens grow in reservation order across the queue; on a Cluster
         (``cluster``), from the partition's counter and Redis time, which needs the queue's

@@ -66,7 +66,7 @@ class Rules:
     @property
     def grace_ms(self) -> int:
         # a hundredth of the shortest window, 3 to 10 ms (a round trip and a sleep's overshoot):
-        # counted twice (lib.lua), it costs 2% of the throughput for windows of a second or more
+        # counted twice (lua/lib/limits.lua), it costs 2% of the throughput for windows of a second or more
         return min([GRACE_MAX_MS, *(max(GRACE_MIN_MS, lim.per_ms // 100) for lim in self.limits)])
 
     def argv(self) -> list[Any]:

@@ -87,7 +87,7 @@ class Reserved:
 
     @property
     def fencing_token(self) -> int:
-        """Grows with every run of every job of the queue, fleet-wide (lib.lua ``next_fence``;
+        """Grows with every run of every job of the queue, fleet-wide (lua/lib/leases.lua ``next_fence``;
         on a Cluster, across a partitioned queue's partitions only as their shards' clocks go)."""
         fence = self.meta.get("fence")
         return fence if isinstance(fence, int) and 0 <= fence < 2 ** 63 else 0
@@ -100,7 +100,7 @@ class Reserved:
 
 def parse_lease(held: bytes) -> tuple[str, str]:
     """A lease entry is ``"<job id> <token>"``. Tokens never hold a space, so the entry is
-    split at its last space whatever the id holds (as ``parse_lease`` in lib.lua does)."""
+    split at its last space whatever the id holds (as ``parse_lease`` in lua/lib/leases.lua does)."""
     job_id, _, token = held.decode(errors="surrogateescape").rpartition(" ")
     return job_id, token
 

@@ -201,9 +201,10 @@ def _execute(client: redis.Redis, calls: Sequence[Call], functions: bool) -> lis
 def _direct(client: redis.Redis, *command: Any) -> Any:
     """One command on a connection of the client's pool, without redis-py's per-command
     machinery (retry wrapper, observability hooks, response callbacks: tens of microseconds,
-    more than Redis takes to run a transition). A connection that fails mid-command is
-    dropped and the command left to ``execute_command``, which reconnects and re-sends it as
-    redis-py always does (every governor call is safe to re-send)."""
+    more than Redis takes to run a transition). A connection Redis closed is dropped and the
+    command left to ``execute_command``, which reconnects and re-sends it as redis-py always
+    does (every governor call is safe to re-send); a timeout is raised at once, as the
+    caller's socket timeout promises (a second wait would hold a master's loop twice as long)."""
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
@@ -212,8 +213,12 @@ def _direct(client: redis.Redis, *command: Any) -> Any:
     except redis.exceptions.ResponseError:
         pool.release(conn)  # a whole reply, an error one: the connection is fine
         raise
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-        conn.disconnect()
+    except redis.exceptions.TimeoutError:
+        conn.disconnect()  # Redis is there and does not answer: no second wait (a master's clock runs on)
+        pool.release(conn)
+        raise
+    except (redis.exceptions.ConnectionError, OSError):
+        conn.disconnect()  # a pooled connection Redis closed (a restart): execute_command reconnects
         pool.release(conn)
         return client.execute_command(*command)
     except BaseException:

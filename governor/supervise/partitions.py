@@ -2,7 +2,7 @@
 
 A partitioned queue (``partitions: N``) keeps its jobs in N hash tags, one per
 partition, so it spreads over a Redis Cluster's shards; per-key order is kept
-inside each partition by its Lua scripts (the key's head, lib.lua), whoever
+inside each partition by its Lua scripts (the key's head, lua/lib/ordering.lua), whoever
 serves it. Leases spread the partitions over the live masters (about N /
 masters each, at most ``partitions_per_host``) so each host serves a stable
 share: one script in the queue's home slot renews this master's leases (a

@@ -21,9 +21,10 @@ for i = 1, #ARGV, 2 do
     redis.call('RPUSH', list, unpack(tokens))
     redis.call('LTRIM', list, -4096, -1)
     redis.call('SADD', touched .. m, partition)
-    -- (the holder's pass keeps them alive; a dead holder's go away on their own)
-    redis.call('PEXPIRE', list, 600000, 'NX')
-    redis.call('PEXPIRE', touched .. m, 600000, 'NX')
+    -- (the holder's pass keeps them alive; a dead holder's go away on their own). PTTL, not
+    -- PEXPIRE's NX flag: that needs Redis 7, and script mode serves older ones
+    if redis.call('PTTL', list) < 0 then redis.call('PEXPIRE', list, 600000) end
+    if redis.call('PTTL', touched .. m) < 0 then redis.call('PEXPIRE', touched .. m, 600000) end
   end
 end
 return 1
