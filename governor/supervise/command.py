@@ -243,16 +243,6 @@ class CommandWorker(Worker):
         self.undelivered = False  # ... because it exited before it read its job (not a break)
         self.took_jobs = 0  # jobs the program read
 
-    @classmethod
-    def kind(cls, many: bool) -> type[Worker]:
-        """The worker class of a command pool: this one, or with ``jobs_per_worker`` > 1 and
-        ``protocol: jsonl`` (``many``) the one that keeps several jobs in the program at once."""
-        if not many:
-            return cls
-        from governor.supervise.commandflight import CommandFlightWorker  # (it imports this module)
-
-        return CommandFlightWorker
-
     def run(self) -> int:
         # the program must not start with the signals the master blocked across fork still blocked
         signal.signal(signal.SIGTERM, self._term_handler)

@@ -26,6 +26,7 @@ from governor.protocol.limits import rules_for
 from governor.protocol.queue import QueueKeys
 from governor.supervise import channel, fdbudget, worker
 from governor.supervise.command import CommandWorker
+from governor.supervise.commandflight import CommandFlightWorker
 from governor.supervise.enforce import jittered_limits
 from governor.supervise.flight import FlightWorker
 from governor.supervise.partitions import HeldTable
@@ -151,7 +152,7 @@ class Spawner:
             return f"fork: {exc}"
         if pid == 0:
             worker.main(spec, worker_end, inherited,
-                        CommandWorker.kind(many) if pool.config.command else FlightWorker if many else None)
+                        _worker_class(bool(pool.config.command), many))
         signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
         worker_end.close()
         try:
@@ -175,6 +176,15 @@ class Spawner:
         pool.workers[pid] = wp
         log.debug("spawned worker %r", wp)
         return wp
+
+
+def _worker_class(command: bool, many: bool) -> type | None:
+    """The loop a worker runs: a command pool's (with jobs_per_worker > 1 and protocol jsonl,
+    ``many``: several jobs in the program at once), or a Python pool's with several jobs at
+    once; None: the one-job worker."""
+    if command:
+        return CommandFlightWorker if many else CommandWorker
+    return FlightWorker if many else None
 
 
 def prepare_app(cfg: Any) -> None:

@@ -136,9 +136,7 @@ class Worker:
     in its JobRun."""
 
     def __init__(self, spec: WorkerSpec, channel: WorkerEnd) -> None:
-        self.spec = spec
-        self.channel = channel
-        self.id = worker_id(os.getpid())
+        self.spec, self.channel, self.id = spec, channel, worker_id(os.getpid())
         self.keys = QueueKeys(spec.prefix, spec.queue.name)
         self.partitions = spec.queue.partitions if spec.held is not None else None
         self.turns = (Turns(self.keys, self.partitions, spec.held, spec.hint_key, self._on_redis)
@@ -148,8 +146,7 @@ class Worker:
         self.settings = spec.queue.settings
         self.lease_ms = int(spec.lease * 1000)
         self.done_ttl_ms = int(self.settings.done_ttl * 1000)
-        self._token_prefix = secrets.token_hex(6)
-        self._tokens = 0
+        self._token_prefix, self._tokens = secrets.token_hex(6), 0
         self.draining = False
         self.exit_reason: str | None = None  # why we stop taking work, when not drained (a subclass's)
         self._idle = False
@@ -157,12 +154,10 @@ class Worker:
         self.in_job = False  # a job's code runs: the soft limit's alarm interrupts it
         self.jobs_run = 0
         self.started = time.monotonic()
-        self._last_recycle_ask = -1.0
-        self._asked_at_jobs = 0
+        self._last_recycle_ask, self._asked_at_jobs = -1.0, 0
         self.redis: redis.Redis | None = None
         # Bound once, so "is the handler still ours?" is an identity check after each job.
-        self._term_handler = self._on_term
-        self._alarm_handler = self._on_alarm
+        self._term_handler, self._alarm_handler = self._on_term, self._on_alarm
         self._channel_inode = os.fstat(channel.sock.fileno()).st_ino
 
     # -- signals --------------------------------------------------------------
