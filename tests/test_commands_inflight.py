@@ -195,11 +195,7 @@ def test_a_program_that_dies_before_its_first_job_backs_off_with_slots_too(gover
     job = c.enqueue("stillborn", "demo:sleep", 1)
 
     def backoff() -> dict | None:
-        try:
-            pools = {p["queue"]: p for p in governor.status()["pools"]}
-        except OSError:
-            return None  # (not listening yet)
-        return pools["stillborn"]["backoff"] if "stillborn" in pools else None
+        return governor.backoff("stillborn")
 
     wait_for(lambda: (backoff() or {}).get("seconds", 0) >= 2, 20, "the pool to back off twice")
     assert "exited with code 0 before taking its first job" in backoff()["last_error"]

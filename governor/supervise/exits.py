@@ -106,6 +106,7 @@ def lost_jobs(wp: WorkerProcess, exit: Exit, queue: Any, now: float) -> list[Los
     # its grace had overrun too; sparing it would only run it again, and again)
     overdue = {j.index for j in wp.overdue(end, grace=False)} if exit.reason == "timeout_hard" else set()
     running = [j for j in wp.jobs.values() if j.since]
+    adaptive = queue.settings.timeout.adaptive if queue else None
     lost = []
     for index in range(wp.runs.slots):
         job = wp.jobs.get(index)
@@ -122,7 +123,6 @@ def lost_jobs(wp: WorkerProcess, exit: Exit, queue: Any, now: float) -> list[Los
         else:
             mode, reason = "requeue", exit.reason if job is None else "neighbour_killed"
         charged = mode == "retry"
-        adaptive = queue.settings.timeout.adaptive if queue else None
         lost.append(LostJob(
             queue=wp.queue, wid=slot_id(wp.wid, index), pid=wp.pid, reason=reason,
             description=exit.description,

@@ -11,6 +11,7 @@ the program over the line protocol in a command pool (``command.CommandRun``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -279,16 +280,12 @@ class JobRun:
         return {k: _clean(v) if isinstance(v, str) else v for k, v in entry.items()}
 
 
-_LOOP: list[asyncio.AbstractEventLoop] = []
-
-
+@functools.cache
 def _event_loop() -> asyncio.AbstractEventLoop:
     """The worker's one event loop for ``async def`` handlers (one job per process): kept from
     job to job, so what a module binds to a loop (a connection pool) lives as long as the
     worker; the soft limit's alarm interrupts it like any code."""
-    if not _LOOP:
-        _LOOP.append(asyncio.new_event_loop())
-    return _LOOP[0]
+    return asyncio.new_event_loop()
 
 
 def _printable(text: str) -> str:

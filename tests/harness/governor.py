@@ -105,6 +105,14 @@ class Governor:
     def status(self) -> dict[str, Any]:
         return control.request(str(self.state_dir), "status")
 
+    def backoff(self, queue: str) -> dict | None:
+        """The pool's crash-loop backoff as status shows it (None: none, or not listening yet)."""
+        try:
+            pools = {p["queue"]: p for p in self.status()["pools"]}
+        except OSError:
+            return None
+        return pools[queue]["backoff"] if queue in pools else None
+
     def workers(self, queue: str, states: tuple[str, ...] = ("starting", "idle", "busy")) -> list[dict]:
         try:
             st = self.status()
